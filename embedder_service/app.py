@@ -1,0 +1,57 @@
+"""Builds the embedder's objects and starts its server (used by __main__ and tests)."""
+
+from __future__ import annotations
+
+import logging
+
+from embedder_service.batcher import Batcher
+from embedder_service.decode import Decoder
+from embedder_service.model import ModelRunner
+from embedder_service.servicer import EmbedderServicer
+from embedder_service.settings import EmbedderSettings
+from imagesearch import logs
+from imagesearch.server import RunningServer, start_server
+from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+
+
+def start(settings: EmbedderSettings) -> RunningServer:
+    """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
+    runner = ModelRunner(settings)
+    decoder = Decoder(settings.max_pixels, settings.resize, settings.image_size)
+    batcher = Batcher(
+        runner.embed,
+        decoder,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        queue_size=settings.queue_size,
+        decode_workers=settings.decode_threads,
+    )
+    servicer = EmbedderServicer(batcher, runner.info, settings)
+    running = start_server(
+        [lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        host=settings.host,
+        port=settings.port,
+        max_workers=settings.rpc_workers,
+        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        serving=False,
+    )
+    running.on_stop.append(batcher.close)
+    if settings.warmup:
+        seconds = runner.warm_up()
+        logs.event(log, "model.warmup", ms=round(seconds * 1000))
+    running.set_serving(True)
+    logs.event(
+        log,
+        "serving",
+        service=SERVICE_NAME,
+        port=running.port,
+        model_id=runner.info.model_id,
+        device=runner.info.device,
+        dtype=runner.info.dtype,
+    )
+    return running

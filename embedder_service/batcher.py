@@ -1,0 +1,169 @@
+"""Cross-request dynamic batching.
+
+Every Embed call hands its images to ``Batcher.submit``. Images are decoded in
+a thread pool; decoded ones join one queue; a single model thread takes up to
+``max_batch`` of them (waiting at most ``max_wait`` for a batch to fill) and
+runs the model, so images of concurrent calls share batches while the next
+batch is being decoded. The number of images in flight is bounded: past
+``queue_size`` a call is refused with RESOURCE_EXHAUSTED instead of queueing
+without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from prometheus_client import Gauge, Histogram
+
+from embedder_service.decode import DecodeError, Decoded, Decoder
+from imagesearch import errors, logs
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = Histogram(
+    "imagesearch_embedder_batch_size",
+    "Images per model batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+QUEUE_DEPTH = Gauge("imagesearch_embedder_queue_depth", "Images accepted and not yet embedded")
+MODEL_SECONDS = Histogram("imagesearch_embedder_model_seconds", "Model time per batch in seconds")
+
+
+@dataclass(frozen=True)
+class Result:
+    vector: np.ndarray | None  # (dim,) float32 on success
+    width: int = 0
+    height: int = 0
+    error: DecodeError | None = None
+
+
+@dataclass
+class _Item:
+    decoded: Decoded
+    future: Future[Result]
+
+
+class Batcher:
+    def __init__(
+        self,
+        embed: Callable[[np.ndarray], np.ndarray],
+        decoder: Decoder,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+        decode_workers: int,
+    ) -> None:
+        self._embed = embed
+        self._decoder = decoder
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self._ready: queue.Queue[_Item | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def submit(self, images: Sequence[tuple[str, bytes]]) -> list[Future[Result]]:
+        """Queues images; each future resolves to a vector or a per-image error."""
+        with self._lock:
+            if self._closed:
+                raise errors.unavailable("the embedder is shutting down; retry on another replica")
+            if self._in_flight + len(images) > self.queue_size:
+                raise errors.resource_exhausted(
+                    f"embedder queue is full ({self._in_flight} images waiting, limit "
+                    f"{self.queue_size}, EMBEDDER_QUEUE_SIZE); retry later or add replicas"
+                )
+            self._in_flight += len(images)
+            QUEUE_DEPTH.set(self._in_flight)
+        futures: list[Future[Result]] = []
+        for name, data in images:
+            fut: Future[Result] = Future()
+            fut.add_done_callback(self._release)
+            self._pool.submit(self._decode, name, data, fut)
+            futures.append(fut)
+        return futures
+
+    def _release(self, _fut: Future[Result]) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            QUEUE_DEPTH.set(self._in_flight)
+
+    def _decode(self, name: str, data: bytes, fut: Future[Result]) -> None:
+        try:
+            decoded = self._decoder.decode(data, name)
+        except DecodeError as exc:
+            fut.set_result(Result(None, error=exc))
+            return
+        except Exception as exc:  # a decoder bug must not hang the caller
+            log.exception("decode.crash", extra={"fields": {"image": name}})
+            fut.set_result(
+                Result(None, error=DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}"))
+            )
+            return
+        self._ready.put(_Item(decoded, fut))
+
+    def _take_batch(self) -> list[_Item] | None:
+        first = self._ready.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._ready.put(None)  # let the loop see the stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            started = time.perf_counter()
+            try:
+                vectors = self._embed(np.stack([it.decoded.pixels for it in batch]))
+            except Exception as exc:
+                log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
+                for it in batch:
+                    it.future.set_exception(
+                        errors.ServiceError(
+                            grpc.StatusCode.INTERNAL, f"the model failed on a batch: {exc}"
+                        )
+                    )
+                continue
+            seconds = time.perf_counter() - started
+            BATCH_SIZE.observe(len(batch))
+            MODEL_SECONDS.observe(seconds)
+            logs.event(log, "model.batch", logging.DEBUG, size=len(batch), ms=round(seconds * 1000, 1))
+            for it, vec in zip(batch, vectors, strict=True):
+                it.future.set_result(Result(vec, it.decoded.width, it.decoded.height))
+
+    def close(self) -> None:
+        """Finishes queued work, then stops the model thread."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self._ready.put(None)
+        self._thread.join(timeout=30)

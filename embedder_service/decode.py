@@ -1,0 +1,139 @@
+"""Image bytes -> fixed-size RGB uint8 arrays, safely.
+
+Refuses images over the pixel limit from their header, before decoding;
+decodes JPEGs at reduced size (draft mode) when they are much larger than
+needed; applies EXIF orientation; turns every mode into RGB (transparent
+pixels over white, 16-bit and float images rescaled); then resizes the shorter
+side and center-crops, as torchvision's ImageNet preprocessing does.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imagesearch.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+# A truncated file is an error, never a partly grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(ServiceError):
+    """One image could not be used; ``code`` says why (INVALID_ARGUMENT or
+    RESOURCE_EXHAUSTED) and the message names the image."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (size, size, 3) uint8
+    width: int  # after EXIF orientation
+    height: int
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) if arr.size else 0.0
+        if top > 255.0:
+            arr = arr * (255.0 / top)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class Decoder:
+    """Decodes and preprocesses one image at a time; thread-safe."""
+
+    def __init__(self, max_pixels: int, resize: int = 256, crop: int = 224) -> None:
+        self.max_pixels = max_pixels
+        self.resize = resize
+        self.crop = crop
+        # Pillow's own bomb check (raises above 2x this) backs ours up for
+        # formats that decode several frames or sub-images.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+    def decode(self, data: bytes, name: str) -> Decoded:
+        label = name or "image"
+        if not data:
+            raise DecodeError(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: empty file (0 bytes)")
+        try:
+            return self._decode(data, label)
+        except DecodeError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise DecodeError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{label}: refused as a decompression bomb ({exc})",
+            ) from None
+        except UnidentifiedImageError:
+            raise DecodeError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{label}: not an image in a format we can read "
+                "(JPEG, PNG, WebP, TIFF, BMP, GIF, ICO, ...)",
+            ) from None
+        except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
+                KeyError, ZeroDivisionError, MemoryError) as exc:
+            raise DecodeError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{label}: corrupt or truncated image ({type(exc).__name__}: {exc})",
+            ) from None
+
+    def _decode(self, data: bytes, label: str) -> Decoded:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise DecodeError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{label}: image has no pixels ({width}x{height})"
+            )
+        if width * height > self.max_pixels:
+            raise DecodeError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{label}: {width}x{height} is {width * height / 1e6:.1f} Mpx, over the "
+                f"limit of {self.max_pixels / 1e6:.1f} Mpx (EMBEDDER_MAX_PIXELS); "
+                "downscale it first",
+            )
+        if img.format == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale when that still covers the resize.
+            img.draft(img.mode, (self.resize, self.resize))
+        img.load()
+        try:
+            oriented = ImageOps.exif_transpose(img)
+            if oriented is not None:
+                img = oriented
+        except Exception as exc:  # broken EXIF must not lose an otherwise good image
+            log.debug("exif.ignored", extra={"fields": {"image": label, "error": str(exc)}})
+        rgb = _to_rgb(img)
+        # Report the full-resolution size after orientation (draft mode may
+        # have decoded the pixels smaller).
+        out_w, out_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
+        return Decoded(self._resize_crop(rgb), out_w, out_h)
+
+    def _resize_crop(self, img: Image.Image) -> np.ndarray:
+        w, h = img.size
+        scale = self.resize / min(w, h)
+        new_w, new_h = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        left, top = (new_w - self.crop) // 2, (new_h - self.crop) // 2
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _swaps_axes(img: Image.Image, width: int, height: int) -> bool:
+    """True when EXIF orientation turned a width x height image on its side."""
+    w, h = img.size
+    if width == height:
+        return False
+    return (w > h) != (width > height)

@@ -1,0 +1,218 @@
+"""The CNN trunk that turns preprocessed images into L2-normalised vectors,
+and the runner that owns its device, precision and memory format."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from embedder_service.settings import EmbedderSettings
+from embedder_service.weights import Weights, resolve
+from imagesearch import logs
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Keys that belong to the classification head we discard; a weights file may
+# lack them.
+HEAD_PREFIXES = ("fc.", "classifier.")
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al.), p=1 is average pooling."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = p
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
+        return pooled.pow(1.0 / self.p)
+
+
+class Trunk(nn.Module):
+    """uint8 NCHW images -> normalised float -> features -> pooled vector."""
+
+    def __init__(self, body: nn.Module, pool: nn.Module, head: nn.Module | None) -> None:
+        super().__init__()
+        self.body = body
+        self.pool = pool
+        self.head = head
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        x = self.pool(self.body(x))
+        x = torch.flatten(x, 1)
+        if self.head is not None:
+            x = self.head(x)
+        return x
+
+
+def build_network(model: str, weights: Weights, pooling: str, gem_p: float) -> tuple[nn.Module, str]:
+    """Returns (trunk, pooling name). Loads weights, checks nothing but the head is missing."""
+    if weights.state_dict is None:
+        torch.manual_seed(0)  # random init is reproducible across replicas
+    net = torchvision.models.get_model(model, weights=None)
+    if weights.state_dict is not None:
+        result = net.load_state_dict(weights.state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"weights '{weights.source}' do not fit {model}: missing {missing[:5]}, "
+                f"unexpected {list(result.unexpected_keys)[:5]}"
+            )
+    pool: nn.Module = GeM(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+    if model.startswith("resnet"):
+        body = nn.Sequential(*list(net.children())[:-2])
+        return Trunk(body, pool, None), pooling
+    if model == "mobilenet_v2":
+        return Trunk(net.features, pool, None), pooling
+    if model == "vgg16":
+        # fc7: the 4096-d output of the second fully connected layer.
+        body = nn.Sequential(net.features, net.avgpool)
+        head = nn.Sequential(*list(net.classifier.children())[:-1])
+        return Trunk(body, nn.Identity(), head), "fc7"
+    raise ValueError(f"unsupported model {model}")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("EMBEDDER_DEVICE=cuda but torch sees no CUDA device; use auto or cpu")
+    return device
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "float32":
+        return torch.float32
+    if setting == "bfloat16":
+        return torch.bfloat16
+    if setting == "float16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    dim: int
+    weights: str
+    weights_digest: str
+    pretrained: bool
+    pooling: str
+    device: str
+    dtype: str
+    image_size: int
+    note: str
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the vector space: model, pooling and weights digest."""
+        return f"{self.model}/{self.pooling}/{self.weights_digest[:12]}"
+
+
+class ModelRunner:
+    """Runs batches of preprocessed uint8 images through the trunk."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        model, weights = resolve(settings.model, settings.weights, settings.weights_fallback)
+        net, pooling = build_network(model, weights, settings.pooling, settings.gem_p)
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(settings.dtype, self.device)
+        self.channels_last = settings.channels_last
+        net = net.eval().to(self.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net: nn.Module = net
+        self.forward = torch.compile(net) if settings.compile else net
+        self.compiled = settings.compile
+        self.max_batch = settings.max_batch
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, settings.image_size, settings.image_size, dtype=torch.uint8)
+            dim = int(net(probe.to(self.device)).shape[1])
+        self.info = ModelInfo(
+            model=model,
+            dim=dim,
+            weights=weights.source,
+            weights_digest=weights.digest,
+            pretrained=weights.pretrained,
+            pooling=pooling,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            image_size=settings.image_size,
+            note=weights.note,
+        )
+        logs.event(
+            log,
+            "model.ready",
+            model=model,
+            dim=dim,
+            weights=weights.source,
+            digest=weights.digest[:12],
+            device=self.info.device,
+            dtype=self.info.dtype,
+            compile=settings.compile,
+            pretrained=weights.pretrained,
+        )
+        if not weights.pretrained:
+            logs.event(log, "model.random_init", logging.WARNING, note="random weights: vectors are meaningless, use only for shape and speed tests")
+
+    def _bucket(self, n: int) -> int:
+        """Compiled graphs are specialised on shape: pad to a power of two."""
+        if not self.compiled:
+            return n
+        size = 1
+        while size < n:
+            size *= 2
+        return min(size, max(self.max_batch, n))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm."""
+        n = images.shape[0]
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2)  # NHWC view -> NCHW
+        padded = self._bucket(n)
+        if padded > n:
+            pad = torch.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
+            batch = torch.cat([batch, pad])
+        if self.device.type == "cuda":
+            batch = batch.contiguous().pin_memory().to(self.device, non_blocking=True)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = batch.contiguous(memory_format=memory_format)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        ):
+            out = self.forward(batch)
+        out = torch.nn.functional.normalize(out[:n].float(), dim=1)
+        return out.cpu().numpy()
+
+    def warm_up(self) -> float:
+        """Runs the largest and smallest batch once; returns seconds taken."""
+        started = time.perf_counter()
+        size = self.info.image_size
+        for n in {1, self.max_batch}:
+            self.embed(np.zeros((n, size, size, 3), dtype=np.uint8))
+        return time.perf_counter() - started

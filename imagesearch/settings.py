@@ -1,0 +1,98 @@
+"""Typed settings from environment variables, with command-line flags on top.
+
+Each service declares one frozen dataclass; every field is read from
+``<PREFIX><FIELD_NAME>`` (e.g. ``EMBEDDER_MAX_BATCH``) and can be overridden by
+``--field-name``. The field's ``metadata["help"]`` is the documentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if raw == "":
+            return None
+        return _parse(args[0], raw, name)
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    return raw
+
+
+def env_name(prefix: str, field_name: str) -> str:
+    return f"{prefix}{field_name.upper()}"
+
+
+def load_settings(
+    cls: type[T],
+    prefix: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    description: str | None = None,
+) -> T:
+    """Builds ``cls`` from env vars, then flags in ``argv`` (None: no flags parsed)."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = env_name(prefix, f.name)
+        if name in env:
+            values[f.name] = _parse(hints[f.name], env[name], name)
+    if argv is not None:
+        parser = argparse.ArgumentParser(description=description)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            name = env_name(prefix, f.name)
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=None,
+                help=f"{f.metadata.get('help', '')} (env {name})",
+            )
+        parsed = parser.parse_args(list(argv))
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            raw = getattr(parsed, f.name)
+            if raw is not None:
+                values[f.name] = _parse(hints[f.name], raw, "--" + f.name.replace("_", "-"))
+    settings = cls(**values)
+    check = getattr(settings, "validate", None)
+    if callable(check):
+        check()
+    return settings
+
+
+def settings_table(cls: type, prefix: str) -> list[tuple[str, str, str]]:
+    """(env var, default, help) rows, for the README's configuration table."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((env_name(prefix, f.name), str(default), f.metadata.get("help", "")))
+    return rows

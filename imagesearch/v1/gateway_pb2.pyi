@@ -1,0 +1,192 @@
+from imagesearch.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_PENDING: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_PENDING: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELED: JobState
+
+class Query(_message.Message):
+    __slots__ = ("image", "image_id", "path")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    image_id: int
+    path: str
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "image", "image_id", "path", "top_k", "min_score", "path_prefix", "queries")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image: bytes
+    image_id: int
+    path: str
+    top_k: int
+    min_score: float
+    path_prefix: str
+    queries: _containers.RepeatedCompositeFieldContainer[Query]
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    image_id: int
+    path: str
+    distance: float
+    score: float
+    width: int
+    height: int
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., distance: _Optional[float] = ..., score: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryResult(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "results")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    results: _containers.RepeatedCompositeFieldContainer[QueryResult]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ...) -> None: ...
+
+class IndexImagesRequest(_message.Message):
+    __slots__ = ("collection", "name", "data", "more_chunks")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MORE_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    name: str
+    data: bytes
+    more_chunks: bool
+    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., more_chunks: _Optional[bool] = ...) -> None: ...
+
+class FileError(_message.Message):
+    __slots__ = ("path", "reason", "code")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    reason: str
+    code: int
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
+
+class IndexedImage(_message.Message):
+    __slots__ = ("name", "image_id", "duplicate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image_id: int
+    duplicate: bool
+    def __init__(self, name: _Optional[str] = ..., image_id: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class IndexImagesResponse(_message.Message):
+    __slots__ = ("indexed", "duplicates", "failed", "errors", "images")
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    indexed: int
+    duplicates: int
+    failed: int
+    errors: _containers.RepeatedCompositeFieldContainer[FileError]
+    images: _containers.RepeatedCompositeFieldContainer[IndexedImage]
+    def __init__(self, indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[IndexedImage, _Mapping]]] = ...) -> None: ...
+
+class StartIndexJobRequest(_message.Message):
+    __slots__ = ("collection", "folder", "recursive")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    folder: str
+    recursive: bool
+    def __init__(self, collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    total: int
+    done: int
+    indexed: int
+    duplicates: int
+    failed: int
+    errors: _containers.RepeatedCompositeFieldContainer[FileError]
+    collection: str
+    folder: str
+    recursive: bool
+    message: str
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...

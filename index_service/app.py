@@ -1,0 +1,53 @@
+"""Builds the index's objects and starts its server (used by __main__ and tests)."""
+
+from __future__ import annotations
+
+import logging
+
+from imagesearch import errors, logs
+from imagesearch.server import RunningServer, start_server
+from imagesearch.v1 import index_pb2, index_pb2_grpc
+from index_service.metadata import MetadataStore
+from index_service.servicer import IndexServicer
+from index_service.settings import IndexSettings
+from index_service.store import IndexStore
+from index_service.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
+
+
+def build_store(settings: IndexSettings) -> IndexStore:
+    return IndexStore(MetadataStore(settings.database_url, settings.table_prefix), VectorStore(settings))
+
+
+def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningServer:
+    store = store or build_store(settings)
+    if settings.reconcile_on_start:
+        try:
+            store.reconcile()
+        except errors.ServiceError as exc:  # a backend down at start is not fatal
+            logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
+    servicer = IndexServicer(store, settings.max_items_per_upsert)
+    running = start_server(
+        [lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        host=settings.host,
+        port=settings.port,
+        max_workers=settings.rpc_workers,
+        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+    )
+    running.on_stop.append(store.vectors.close)
+    running.on_stop.append(store.meta.dispose)
+    logs.event(
+        log,
+        "serving",
+        service=SERVICE_NAME,
+        port=running.port,
+        milvus=settings.milvus_uri,
+        database=store.meta.safe_url,
+        index=settings.index_type,
+        metric=settings.metric,
+    )
+    return running

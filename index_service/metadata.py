@@ -1,0 +1,436 @@
+"""The SQL side: collections, image rows and their paths (SQLAlchemy Core,
+bound parameters only). This is the system of record; Milvus holds vectors.
+
+Tables (names carry INDEX_TABLE_PREFIX):
+  collections  name, model, dim, metric, index_type, created_at_ms
+  images       (collection, image_id) -> sha256, size, width, height, model,
+               status ('pending' until the vector is in Milvus, then 'ready'),
+               created_at_ms, updated_at_ms
+  image_paths  (collection, path) -> image_id; one image may have many paths
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from imagesearch import errors
+
+PENDING = "pending"
+READY = "ready"
+CHUNK = 500  # ids per IN (...) clause
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index_type: str
+
+
+@dataclass
+class ImageRow:
+    image_id: int
+    sha256: str
+    size: int
+    width: int
+    height: int
+    model: str
+    status: str
+    created_at_ms: int
+    updated_at_ms: int
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NewImage:
+    image_id: int
+    sha256: str
+    path: str
+    size: int
+    width: int
+    height: int
+
+
+def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+class MetadataStore:
+    def __init__(self, url: str, table_prefix: str = "imgsearch_") -> None:
+        self.url = url
+        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        kwargs: dict[str, object] = {"pool_pre_ping": True, "future": True}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_recycle"] = 3600
+            kwargs["connect_args"] = {"connect_timeout": 5}
+        self.engine: Engine = create_engine(url, **kwargs)
+        md = MetaData()
+        opts = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+        p = table_prefix
+        self.collections = Table(
+            f"{p}collections",
+            md,
+            Column("name", String(64), primary_key=True),
+            Column("model", String(255), nullable=False),
+            Column("dim", Integer, nullable=False),
+            Column("metric", String(16), nullable=False),
+            Column("index_type", String(32), nullable=False),
+            Column("created_at_ms", BigInteger, nullable=False),
+            **opts,
+        )
+        self.images = Table(
+            f"{p}images",
+            md,
+            Column("collection", String(64), primary_key=True),
+            Column("image_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("sha256", String(64), nullable=False),
+            Column("size", BigInteger, nullable=False),
+            Column("width", Integer, nullable=False),
+            Column("height", Integer, nullable=False),
+            Column("model", String(255), nullable=False),
+            Column("status", String(8), nullable=False),
+            Column("created_at_ms", BigInteger, nullable=False),
+            Column("updated_at_ms", BigInteger, nullable=False),
+            Index(f"{p}ix_images_status", "collection", "status"),
+            **opts,
+        )
+        self.paths = Table(
+            f"{p}image_paths",
+            md,
+            Column("collection", String(64), primary_key=True),
+            Column("path", String(700), primary_key=True),
+            Column("image_id", BigInteger, nullable=False),
+            Column("created_at_ms", BigInteger, nullable=False),
+            Index(f"{p}ix_paths_image", "collection", "image_id"),
+            **opts,
+        )
+        self.md = md
+        self._created = False
+
+    # -- plumbing --------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction; database outages become UNAVAILABLE."""
+        try:
+            if not self._created:
+                self.md.create_all(self.engine)
+                self._created = True
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise errors.unavailable(
+                f"the metadata database at {self.safe_url} is unavailable "
+                f"({exc.orig if exc.orig is not None else exc}); retry later"
+            ) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise errors.unavailable(
+                    f"lost the connection to the metadata database at {self.safe_url}; retry"
+                ) from None
+            raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- collections -----------------------------------------------------
+
+    def get_collection(self, name: str) -> CollectionRow | None:
+        with self._tx() as conn:
+            row = conn.execute(select(self.collections).where(self.collections.c.name == name)).first()
+        if row is None:
+            return None
+        return CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
+
+    def create_collection(self, row: CollectionRow) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(self.collections).values(
+                    name=row.name,
+                    model=row.model,
+                    dim=row.dim,
+                    metric=row.metric,
+                    index_type=row.index_type,
+                    created_at_ms=now_ms(),
+                )
+            )
+
+    def list_collections(self) -> list[CollectionRow]:
+        with self._tx() as conn:
+            rows = conn.execute(select(self.collections).order_by(self.collections.c.name)).all()
+        return [CollectionRow(r.name, r.model, r.dim, r.metric, r.index_type) for r in rows]
+
+    def drop_collection(self, name: str) -> bool:
+        with self._tx() as conn:
+            conn.execute(delete(self.paths).where(self.paths.c.collection == name))
+            conn.execute(delete(self.images).where(self.images.c.collection == name))
+            result = conn.execute(delete(self.collections).where(self.collections.c.name == name))
+        return bool(result.rowcount)
+
+    def counts(self, name: str) -> tuple[int, int]:
+        """(ready, pending) image counts."""
+        img = self.images
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(img.c.status, func.count())
+                .where(img.c.collection == name)
+                .group_by(img.c.status)
+            ).all()
+        by_status = {status: count for status, count in rows}
+        return by_status.get(READY, 0), by_status.get(PENDING, 0)
+
+    # -- images ----------------------------------------------------------
+
+    def statuses(self, name: str, ids: Sequence[int]) -> dict[int, str]:
+        img = self.images
+        out: dict[int, str] = {}
+        with self._tx() as conn:
+            for chunk in _chunks(list(ids)):
+                rows = conn.execute(
+                    select(img.c.image_id, img.c.status).where(
+                        and_(img.c.collection == name, img.c.image_id.in_(chunk))
+                    )
+                )
+                out.update({r.image_id: r.status for r in rows})
+        return out
+
+    def path_owners(self, name: str, paths: Sequence[str]) -> dict[str, int]:
+        pt = self.paths
+        out: dict[str, int] = {}
+        with self._tx() as conn:
+            for i in range(0, len(paths), CHUNK):
+                rows = conn.execute(
+                    select(pt.c.path, pt.c.image_id).where(
+                        and_(pt.c.collection == name, pt.c.path.in_(paths[i : i + CHUNK]))
+                    )
+                )
+                out.update({r.path: r.image_id for r in rows})
+        return out
+
+    def write_pending(
+        self,
+        name: str,
+        model: str,
+        new_images: Sequence[NewImage],
+        new_paths: Sequence[tuple[str, int]],
+        moved_paths: Sequence[tuple[str, int]],
+    ) -> list[int]:
+        """In one transaction: inserts new image rows as pending, adds paths,
+        re-points paths whose file now has other bytes. Returns the ids of
+        images left with no path (their rows are deleted here; the caller
+        deletes their vectors)."""
+        ts = now_ms()
+        img, pt = self.images, self.paths
+        with self._tx() as conn:
+            if new_images:
+                conn.execute(
+                    insert(img),
+                    [
+                        {
+                            "collection": name,
+                            "image_id": n.image_id,
+                            "sha256": n.sha256,
+                            "size": n.size,
+                            "width": n.width,
+                            "height": n.height,
+                            "model": model,
+                            "status": PENDING,
+                            "created_at_ms": ts,
+                            "updated_at_ms": ts,
+                        }
+                        for n in new_images
+                    ],
+                )
+            if new_paths:
+                conn.execute(
+                    insert(pt),
+                    [
+                        {"collection": name, "path": path, "image_id": iid, "created_at_ms": ts}
+                        for path, iid in new_paths
+                    ],
+                )
+            previous: set[int] = set()
+            for path, iid in moved_paths:
+                old = conn.execute(
+                    select(pt.c.image_id).where(and_(pt.c.collection == name, pt.c.path == path))
+                ).scalar_one()
+                previous.add(old)
+                conn.execute(
+                    update(pt)
+                    .where(and_(pt.c.collection == name, pt.c.path == path))
+                    .values(image_id=iid, created_at_ms=ts)
+                )
+            return self._delete_pathless(conn, name, previous)
+
+    def _delete_pathless(self, conn: Connection, name: str, candidates: Iterable[int]) -> list[int]:
+        img, pt = self.images, self.paths
+        gone: list[int] = []
+        for chunk in _chunks(sorted(set(candidates))):
+            still = {
+                r.image_id
+                for r in conn.execute(
+                    select(pt.c.image_id)
+                    .where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk)))
+                    .distinct()
+                )
+            }
+            orphans = [i for i in chunk if i not in still]
+            if orphans:
+                conn.execute(
+                    delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(orphans)))
+                )
+                gone += orphans
+        return gone
+
+    def mark_ready(self, name: str, ids: Sequence[int]) -> None:
+        img = self.images
+        ts = now_ms()
+        with self._tx() as conn:
+            for chunk in _chunks(list(ids)):
+                conn.execute(
+                    update(img)
+                    .where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
+                    .values(status=READY, updated_at_ms=ts)
+                )
+
+    def records(
+        self, name: str, ids: Sequence[int], *, ready_only: bool = True
+    ) -> dict[int, ImageRow]:
+        """Rows with their paths (oldest first) for the given ids."""
+        img, pt = self.images, self.paths
+        out: dict[int, ImageRow] = {}
+        with self._tx() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                cond = and_(img.c.collection == name, img.c.image_id.in_(chunk))
+                if ready_only:
+                    cond = and_(cond, img.c.status == READY)
+                for r in conn.execute(select(img).where(cond)):
+                    out[r.image_id] = ImageRow(
+                        r.image_id, r.sha256, r.size, r.width, r.height, r.model, r.status,
+                        r.created_at_ms, r.updated_at_ms,
+                    )
+                if not out:
+                    continue
+                rows = conn.execute(
+                    select(pt.c.image_id, pt.c.path)
+                    .where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk)))
+                    .order_by(pt.c.created_at_ms, pt.c.path)
+                )
+                for r in rows:
+                    if r.image_id in out:
+                        out[r.image_id].paths.append(r.path)
+        return out
+
+    def ids_for_paths(self, name: str, paths: Sequence[str]) -> list[int]:
+        return list(dict.fromkeys(self.path_owners(name, paths).values()))
+
+    def ids_with_prefix(self, name: str, prefix: str, limit: int) -> list[int]:
+        pt = self.paths
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(pt.c.image_id)
+                .where(and_(pt.c.collection == name, pt.c.path.startswith(prefix, autoescape=True)))
+                .distinct()
+                .limit(limit)
+            )
+            return [r.image_id for r in rows]
+
+    def ids_by_status(self, name: str, status: str) -> list[int]:
+        img = self.images
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(img.c.image_id).where(and_(img.c.collection == name, img.c.status == status))
+            )
+            return [r.image_id for r in rows]
+
+    def all_ids(self, name: str) -> set[int]:
+        img = self.images
+        with self._tx() as conn:
+            return {r.image_id for r in conn.execute(select(img.c.image_id).where(img.c.collection == name))}
+
+    def delete_images(self, name: str, ids: Sequence[int]) -> list[int]:
+        """Deletes rows and all their paths; returns the ids that existed."""
+        img, pt = self.images, self.paths
+        existed: list[int] = []
+        with self._tx() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                existed += [
+                    r.image_id
+                    for r in conn.execute(
+                        select(img.c.image_id).where(
+                            and_(img.c.collection == name, img.c.image_id.in_(chunk))
+                        )
+                    )
+                ]
+                conn.execute(delete(pt).where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk))))
+                conn.execute(delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(chunk))))
+        return existed
+
+    def delete_paths(
+        self, name: str, paths: Sequence[str] = (), prefix: str | None = None
+    ) -> tuple[int, list[int]]:
+        """Removes paths; images left without a path are deleted too.
+        Returns (paths removed, ids of images deleted)."""
+        pt = self.paths
+        removed = 0
+        touched: set[int] = set()
+        with self._tx() as conn:
+            conditions = []
+            for i in range(0, len(paths), CHUNK):
+                conditions.append(pt.c.path.in_(paths[i : i + CHUNK]))
+            if prefix is not None:
+                conditions.append(pt.c.path.startswith(prefix, autoescape=True))
+            for cond in conditions:
+                where = and_(pt.c.collection == name, cond)
+                touched.update(r.image_id for r in conn.execute(select(pt.c.image_id).where(where)))
+                removed += conn.execute(delete(pt).where(where)).rowcount or 0
+            gone = self._delete_pathless(conn, name, touched)
+        return removed, gone
+
+    def pending_rows(self, name: str, ids: Sequence[int]) -> list[ImageRow]:
+        rows = self.records(name, ids, ready_only=False)
+        return [r for r in rows.values() if r.status == PENDING]
+
+
+def group_paths(pairs: Iterable[tuple[str, int]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for path, iid in pairs:
+        out[iid].append(path)
+    return out

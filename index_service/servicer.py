@@ -1,0 +1,147 @@
+"""gRPC layer of the index: translates messages to IndexStore calls."""
+
+from __future__ import annotations
+
+import grpc
+
+from index_service.metadata import READY, ImageRow
+from index_service.store import IndexStore, Item
+from imagesearch import errors
+from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
+
+STATUS = {READY: index_pb2.IMAGE_STATUS_READY}
+
+
+def record(row: ImageRow) -> index_pb2.ImageRecord:
+    return index_pb2.ImageRecord(
+        image_id=row.image_id,
+        path=row.paths[0] if row.paths else "",
+        paths=row.paths,
+        size=row.size,
+        width=row.width,
+        height=row.height,
+        sha256=row.sha256,
+        model=row.model,
+        status=STATUS.get(row.status, index_pb2.IMAGE_STATUS_PENDING),
+        created_at_ms=row.created_at_ms,
+        updated_at_ms=row.updated_at_ms,
+    )
+
+
+class IndexServicer(index_pb2_grpc.IndexServicer):
+    def __init__(self, store: IndexStore, max_items: int) -> None:
+        self.store = store
+        self.max_items = max_items
+
+    def Upsert(
+        self, request: index_pb2.IndexUpsertRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexUpsertResponse:
+        if len(request.items) > self.max_items:
+            raise errors.invalid_argument(
+                f"{len(request.items)} items in one Upsert, limit {self.max_items} "
+                "(INDEX_MAX_ITEMS_PER_UPSERT); split the request"
+            )
+        items = [
+            Item(it.sha256, it.path, it.size, it.width, it.height, it.vector) for it in request.items
+        ]
+        results = self.store.upsert(request.collection, request.model, request.dim, items)
+        out = [
+            index_pb2.UpsertResult(
+                image_id=r.image_id,
+                outcome=index_pb2.UPSERT_OUTCOME_DUPLICATE
+                if r.duplicate
+                else index_pb2.UPSERT_OUTCOME_INDEXED,
+                path_added=r.path_added,
+            )
+            for r in results
+        ]
+        dups = sum(r.duplicate for r in results)
+        return index_pb2.IndexUpsertResponse(
+            results=out, indexed=len(results) - dups, duplicates=dups
+        )
+
+    def Search(
+        self, request: index_pb2.IndexSearchRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexSearchResponse:
+        results = self.store.search(
+            request.collection,
+            list(request.vectors),
+            list(request.image_ids),
+            request.top_k,
+            request.path_prefix,
+            request.min_score,
+        )
+        return index_pb2.IndexSearchResponse(
+            results=[
+                index_pb2.IndexHits(
+                    hits=[
+                        index_pb2.IndexHit(
+                            image_id=h.image_id,
+                            path=h.row.paths[0] if h.row.paths else "",
+                            paths=h.row.paths,
+                            distance=h.distance,
+                            score=h.score,
+                            width=h.row.width,
+                            height=h.row.height,
+                        )
+                        for h in hits
+                    ]
+                )
+                for hits in results
+            ]
+        )
+
+    def Get(
+        self, request: index_pb2.IndexGetRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexGetResponse:
+        rows = self.store.get(
+            request.collection, list(request.image_ids), list(request.paths), request.include_pending
+        )
+        return index_pb2.IndexGetResponse(records=[record(r) for r in rows])
+
+    def Delete(
+        self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> common_pb2.DeleteResponse:
+        deleted, paths = self.store.delete(
+            request.collection, list(request.image_ids), list(request.paths), request.path_prefix
+        )
+        return common_pb2.DeleteResponse(deleted=deleted, paths_removed=paths)
+
+    def Count(
+        self, request: common_pb2.CountRequest, context: grpc.ServicerContext
+    ) -> common_pb2.CountResponse:
+        ready, pending = self.store.count(request.collection)
+        return common_pb2.CountResponse(count=ready, pending=pending)
+
+    def ListCollections(
+        self, request: common_pb2.ListCollectionsRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ListCollectionsResponse:
+        return common_pb2.ListCollectionsResponse(
+            collections=[
+                common_pb2.CollectionInfo(
+                    name=row.name,
+                    model=row.model,
+                    dim=row.dim,
+                    metric=row.metric,
+                    index_type=row.index_type,
+                    count=ready,
+                    pending=pending,
+                )
+                for row, ready, pending in self.store.list_collections()
+            ]
+        )
+
+    def DropCollection(
+        self, request: common_pb2.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> common_pb2.DropCollectionResponse:
+        return common_pb2.DropCollectionResponse(dropped=self.store.drop(request.collection))
+
+    def Reconcile(
+        self, request: index_pb2.ReconcileRequest, context: grpc.ServicerContext
+    ) -> index_pb2.ReconcileResponse:
+        report = self.store.reconcile(request.collection)
+        return index_pb2.ReconcileResponse(
+            marked_ready=report.marked_ready,
+            orphan_vectors_deleted=report.orphan_vectors_deleted,
+            needs_reembedding=[record(r) for _, r in report.needs_reembedding],
+        )

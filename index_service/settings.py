@@ -1,0 +1,62 @@
+"""Index settings: env ``INDEX_*``, flags ``--name`` override."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imagesearch.settings import SettingsError
+
+METRICS = ("IP", "COSINE", "L2")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    host: str = field(default="[::]", metadata={"help": "address to listen on"})
+    port: int = field(default=50053, metadata={"help": "gRPC port (0: pick a free one)"})
+    milvus_uri: str = field(
+        default="./data/milvus.db",
+        metadata={"help": "Milvus Lite file (*.db) or server URI (http://host:19530)"},
+    )
+    milvus_token: str = field(default="", metadata={"help": "Milvus token (user:password or API key)"})
+    milvus_user: str = field(default="", metadata={"help": "Milvus user (secured servers)"})
+    milvus_password: str = field(default="", metadata={"help": "Milvus password"})
+    milvus_db_name: str = field(default="", metadata={"help": "Milvus database (server only)"})
+    milvus_prefix: str = field(
+        default="", metadata={"help": "prefix of the Milvus collection names we own"}
+    )
+    milvus_timeout_s: float = field(default=30.0, metadata={"help": "timeout of one Milvus call"})
+    database_url: str = field(
+        default="sqlite:///./data/meta.db",
+        metadata={"help": "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db"},
+    )
+    table_prefix: str = field(default="imgsearch_", metadata={"help": "prefix of our SQL tables"})
+    metric: str = field(default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"})
+    index_type: str = field(
+        default="FLAT",
+        metadata={
+            "help": "FLAT, IVF_FLAT, IVF_SQ8, HNSW or AUTOINDEX (Milvus Lite: FLAT, "
+            "IVF_FLAT, AUTOINDEX)"
+        },
+    )
+    nlist: int = field(default=1024, metadata={"help": "IVF: clusters"})
+    nprobe: int = field(default=16, metadata={"help": "IVF: clusters searched"})
+    hnsw_m: int = field(default=16, metadata={"help": "HNSW: M"})
+    hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW: efConstruction"})
+    hnsw_ef: int = field(default=128, metadata={"help": "HNSW: ef at search (raised to top_k)"})
+    max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
+    reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
+    rpc_workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    max_message_mb: int = field(default=128, metadata={"help": "largest gRPC message"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+
+    def validate(self) -> None:
+        if self.metric.upper() not in METRICS:
+            raise SettingsError(f"INDEX_METRIC={self.metric!r}: use one of {', '.join(METRICS)}")
+        if self.index_type.upper() not in INDEX_TYPES:
+            raise SettingsError(
+                f"INDEX_INDEX_TYPE={self.index_type!r}: use one of {', '.join(INDEX_TYPES)}"
+            )
+        if not self.table_prefix.replace("_", "").isalnum() and self.table_prefix:
+            raise SettingsError("INDEX_TABLE_PREFIX may hold only letters, digits and _")

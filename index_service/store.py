@@ -1,0 +1,333 @@
+"""The index's logic over both stores, with the write order that keeps them
+consistent through a crash:
+
+* Upsert: SQL rows as ``pending`` -> vectors into Milvus -> rows ``ready``.
+* Delete / Drop: SQL first -> Milvus. A crash leaves at worst a vector with
+  no row, which searches skip and Reconcile deletes.
+* Reconcile: pending rows whose vector exists become ready; pending rows
+  without a vector are reported for re-embedding; vectors without a row go.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imagesearch import errors, ids, logs
+from index_service import names
+from index_service.metadata import (
+    PENDING,
+    READY,
+    CollectionRow,
+    ImageRow,
+    MetadataStore,
+    NewImage,
+)
+from index_service.vectors import MAX_TOPK, VectorStore
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 1000
+MAX_DIM = 32768
+PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
+
+
+@dataclass(frozen=True)
+class Item:
+    sha256: bytes
+    path: str
+    size: int
+    width: int
+    height: int
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    image_id: int
+    duplicate: bool
+    path_added: bool
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: int
+    distance: float
+    score: float
+    row: ImageRow
+
+
+@dataclass
+class ReconcileReport:
+    marked_ready: int = 0
+    orphan_vectors_deleted: int = 0
+    needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
+
+
+def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
+    if len(raw) == 0:
+        raise errors.invalid_argument(f"{what}: the vector is empty")
+    if len(raw) != dim * 4:
+        raise errors.invalid_argument(
+            f"{what}: the vector has {len(raw)} bytes, expected {dim} float32 values "
+            f"({dim * 4} bytes) for this collection"
+        )
+    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(vec)):
+        raise errors.invalid_argument(f"{what}: the vector contains NaN or infinity")
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0:
+        raise errors.invalid_argument(f"{what}: the vector is all zeros")
+    return vec / norm
+
+
+class IndexStore:
+    def __init__(self, meta: MetadataStore, vectors: VectorStore) -> None:
+        self.meta = meta
+        self.vectors = vectors
+        self.metric = vectors.metric
+        self._write = threading.Lock()  # one writer: keeps the two stores in step
+
+    # -- helpers ---------------------------------------------------------
+
+    def collection(self, name: str) -> CollectionRow:
+        names.collection(name)
+        row = self.meta.get_collection(name)
+        if row is None:
+            raise errors.not_found(
+                f"collection {name!r} does not exist; index images into it first "
+                "(ListCollections shows the existing ones)"
+            )
+        return row
+
+    def _score(self, distance: float) -> tuple[float, float]:
+        """(distance reported, score in [0,1]) from Milvus' raw distance."""
+        if self.metric == "L2":
+            cos = 1.0 - distance / 2.0  # squared L2 between unit vectors
+            return distance, min(1.0, max(0.0, cos))
+        return 1.0 - distance, min(1.0, max(0.0, distance))
+
+    # -- writes ----------------------------------------------------------
+
+    def upsert(self, name: str, model: str, dim: int, items: list[Item]) -> list[UpsertResult]:
+        names.collection(name)
+        if not model:
+            raise errors.invalid_argument("Upsert needs the model id of the vectors (ModelInfo.model_id)")
+        if not 0 < dim <= MAX_DIM:
+            raise errors.invalid_argument(f"dim {dim} is out of range 1..{MAX_DIM}")
+        if not items:
+            return []
+        vectors: list[np.ndarray] = []
+        image_ids: list[int] = []
+        for n, item in enumerate(items):
+            what = f"item #{n} ({item.path or 'no path'})"
+            names.path(item.path)
+            if len(item.sha256) != ids.SHA256_BYTES:
+                raise errors.invalid_argument(f"{what}: sha256 must be 32 bytes, got {len(item.sha256)}")
+            if item.size < 0 or item.width < 0 or item.height < 0:
+                raise errors.invalid_argument(f"{what}: size, width and height must not be negative")
+            vectors.append(unpack_vector(item.vector, dim, what))
+            image_ids.append(ids.image_id_from_sha256(item.sha256))
+
+        with self._write:
+            row = self.meta.get_collection(name)
+            if row is None:
+                # SQL is the system of record: a Milvus collection it does not
+                # know is a leftover of an interrupted drop, replaced here.
+                self.vectors.create(name, dim, replace=True)
+                self.meta.create_collection(
+                    CollectionRow(name, model, dim, self.metric, self.vectors.index_type)
+                )
+                logs.event(log, "collection.created", collection=name, model=model, dim=dim)
+            else:
+                if row.dim != dim or row.model != model:
+                    raise errors.failed_precondition(
+                        f"collection {name!r} holds {row.dim}-d vectors of model {row.model!r}; "
+                        f"these are {dim}-d vectors of {model!r}. Use another collection, or "
+                        "drop this one to re-index with the new model"
+                    )
+                self.vectors.ensure(name, dim)
+
+            statuses = self.meta.statuses(name, image_ids)
+            owners = self.meta.path_owners(name, [it.path for it in items])
+            new_images: dict[int, NewImage] = {}
+            to_embed: dict[int, np.ndarray] = {}
+            new_paths: dict[str, int] = {}
+            moved_paths: dict[str, int] = {}
+            results: list[UpsertResult] = []
+            for item, iid, vec in zip(items, image_ids, vectors, strict=True):
+                known = statuses.get(iid)
+                duplicate = known == READY or iid in new_images or (iid in to_embed)
+                if known is None and iid not in new_images:
+                    new_images[iid] = NewImage(
+                        iid, item.sha256.hex(), item.path, item.size, item.width, item.height
+                    )
+                if known != READY and iid not in to_embed:
+                    to_embed[iid] = vec
+                owner = owners.get(item.path, new_paths.get(item.path, moved_paths.get(item.path)))
+                path_added = False
+                if owner is None:
+                    new_paths[item.path] = iid
+                    path_added = True
+                elif owner != iid:
+                    moved_paths[item.path] = iid  # the file at this path changed
+                    path_added = True
+                results.append(UpsertResult(iid, duplicate, path_added and duplicate))
+
+            orphaned = self.meta.write_pending(
+                name, model, list(new_images.values()), list(new_paths.items()),
+                list(moved_paths.items()),
+            )
+            if to_embed:
+                keys = list(to_embed)
+                self.vectors.upsert(name, keys, np.stack([to_embed[k] for k in keys]))
+                self.meta.mark_ready(name, keys)
+            if orphaned:
+                self.vectors.delete(name, orphaned)
+        return results
+
+    def delete(
+        self, name: str, image_ids: list[int], paths: list[str], prefix: str
+    ) -> tuple[int, int]:
+        """Returns (images deleted, paths removed)."""
+        self.collection(name)
+        for p in paths:
+            names.path(p)
+        if not image_ids and not paths and not prefix:
+            raise errors.invalid_argument(
+                "Delete needs image_ids, paths or path_prefix; to remove everything use "
+                "DropCollection"
+            )
+        with self._write:
+            gone: list[int] = []
+            removed = 0
+            if image_ids:
+                gone += self.meta.delete_images(name, image_ids)
+            if paths or prefix:
+                count, deleted = self.meta.delete_paths(name, paths, prefix or None)
+                removed += count
+                gone += deleted
+            self.vectors.delete(name, gone)
+        logs.event(log, "images.deleted", collection=name, images=len(gone), paths=removed)
+        return len(gone), removed
+
+    def drop(self, name: str) -> bool:
+        names.collection(name)
+        with self._write:
+            existed = self.meta.drop_collection(name)
+            in_milvus = self.vectors.exists(name)
+            if in_milvus:
+                self.vectors.drop(name)
+        if not existed and not in_milvus:
+            raise errors.not_found(f"collection {name!r} does not exist")
+        logs.event(log, "collection.dropped", collection=name)
+        return True
+
+    # -- reads -----------------------------------------------------------
+
+    def search(
+        self,
+        name: str,
+        query_vectors: list[bytes],
+        query_ids: list[int],
+        top_k: int,
+        prefix: str = "",
+        min_score: float = 0.0,
+    ) -> list[list[Hit]]:
+        row = self.collection(name)
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        if not (0.0 <= min_score <= 1.0) or math.isnan(min_score):
+            raise errors.invalid_argument(f"min_score must be between 0 and 1, got {min_score}")
+        if not query_vectors and not query_ids:
+            raise errors.invalid_argument("Search needs at least one query vector or image id")
+        queries = [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
+        if query_ids:
+            known = self.meta.records(name, query_ids)
+            missing = [i for i in query_ids if i not in known]
+            if missing:
+                raise errors.not_found(f"image id {missing[0]} is not in collection {name!r}")
+            stored = self.vectors.get_vectors(name, query_ids)
+            lost = [i for i in query_ids if i not in stored]
+            if lost:
+                raise errors.failed_precondition(
+                    f"image {lost[0]} has a row but no vector in {name!r}; run Reconcile"
+                )
+            queries += [stored[i] for i in query_ids]
+
+        only_ids: list[int] | None = None
+        if prefix:
+            candidates = self.meta.ids_with_prefix(name, prefix, PREFIX_FILTER_LIMIT + 1)
+            if not candidates:
+                return [[] for _ in queries]
+            if len(candidates) <= PREFIX_FILTER_LIMIT:
+                only_ids = candidates
+        # Over-fetch a little: hits whose row is pending or gone are skipped.
+        fetch = min(MAX_TOPK, top_k + 16 if only_ids is not None or not prefix else top_k * 8 + 16)
+        raw = self.vectors.search(name, np.stack(queries), fetch, only_ids)
+        rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
+        out: list[list[Hit]] = []
+        for hits in raw:
+            chosen: list[Hit] = []
+            for iid, dist in hits:
+                meta_row = rows.get(iid)
+                if meta_row is None:
+                    continue
+                if prefix and not any(p.startswith(prefix) for p in meta_row.paths):
+                    continue
+                distance, score = self._score(dist)
+                if score < min_score:
+                    continue
+                chosen.append(Hit(iid, distance, score, meta_row))
+                if len(chosen) == top_k:
+                    break
+            out.append(chosen)
+        return out
+
+    def get(self, name: str, image_ids: list[int], paths: list[str], include_pending: bool) -> list[ImageRow]:
+        self.collection(name)
+        wanted = list(image_ids) + self.meta.ids_for_paths(name, paths)
+        found = self.meta.records(name, wanted, ready_only=not include_pending)
+        return [found[i] for i in dict.fromkeys(wanted) if i in found]
+
+    def count(self, name: str) -> tuple[int, int]:
+        self.collection(name)
+        return self.meta.counts(name)
+
+    def list_collections(self) -> list[tuple[CollectionRow, int, int]]:
+        return [(row, *self.meta.counts(row.name)) for row in self.meta.list_collections()]
+
+    # -- repair ----------------------------------------------------------
+
+    def reconcile(self, name: str = "") -> ReconcileReport:
+        report = ReconcileReport()
+        targets = [self.collection(name)] if name else self.meta.list_collections()
+        with self._write:
+            for row in targets:
+                self.vectors.ensure(row.name, row.dim)
+                pending = self.meta.ids_by_status(row.name, PENDING)
+                if pending:
+                    have = self.vectors.existing(row.name, pending)
+                    self.meta.mark_ready(row.name, sorted(have))
+                    report.marked_ready += len(have)
+                    lacking = [i for i in pending if i not in have]
+                    report.needs_reembedding += [
+                        (row.name, r) for r in self.meta.pending_rows(row.name, lacking)
+                    ]
+                known = self.meta.all_ids(row.name)
+                orphans = [i for i in self.vectors.all_ids(row.name) if i not in known]
+                self.vectors.delete(row.name, orphans)
+                report.orphan_vectors_deleted += len(orphans)
+        logs.event(
+            log,
+            "reconcile.done",
+            collection=name or "*",
+            marked_ready=report.marked_ready,
+            orphans_deleted=report.orphan_vectors_deleted,
+            needs_reembedding=len(report.needs_reembedding),
+        )
+        return report
