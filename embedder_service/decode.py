@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # A truncated file is an error, never a partly grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow warns about odd metadata it skips (bad EXIF, MPO headers): not
+# actionable for a caller, and the image itself is fine.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class DecodeError(ServiceError):
@@ -76,7 +80,8 @@ class Decoder:
         except Image.DecompressionBombError as exc:
             raise DecodeError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{label}: refused as a decompression bomb ({exc})",
+                f"{label}: refused before decoding, over the limit of "
+                f"{self.max_pixels / 1e6:.1f} Mpx (EMBEDDER_MAX_PIXELS): {exc}",
             ) from None
         except UnidentifiedImageError:
             raise DecodeError(

@@ -70,6 +70,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             request.top_k,
             request.path_prefix,
             request.min_score,
+            request.model,
         )
         return index_pb2.IndexSearchResponse(
             results=[

@@ -237,8 +237,14 @@ class IndexStore:
         top_k: int,
         prefix: str = "",
         min_score: float = 0.0,
+        model: str = "",
     ) -> list[list[Hit]]:
         row = self.collection(name)
+        if model and query_vectors and model != row.model:
+            raise errors.failed_precondition(
+                f"collection {name!r} holds vectors of model {row.model!r}, the query was "
+                f"embedded with {model!r}; search with the embedder that built it"
+            )
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         if not (0.0 <= min_score <= 1.0) or math.isnan(min_score):

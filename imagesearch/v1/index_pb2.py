@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from imagesearch.v1 import common_pb2 as imagesearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimagesearch/v1/index.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"\xe3\x01\n\x0bImageRecord\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12+\n\x06status\x18\t \x01(\x0e\x32\x1b.imagesearch.v1.ImageStatus\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"g\n\nUpsertItem\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x01(\x0c\"o\n\x12IndexUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12)\n\x05items\x18\x04 \x03(\x0b\x32\x1a.imagesearch.v1.UpsertItem\"d\n\x0cUpsertResult\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.imagesearch.v1.UpsertOutcome\x12\x12\n\npath_added\x18\x03 \x01(\x08\"i\n\x13IndexUpsertResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\x12\x0f\n\x07indexed\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05\"\x83\x01\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x03(\x0c\x12\x11\n\timage_ids\x18\x03 \x03(\x03\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x13\n\x0bpath_prefix\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\"y\n\x08IndexHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\"3\n\tIndexHits\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.imagesearch.v1.IndexHit\"A\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.IndexHits\"`\n\x0fIndexGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"@\n\x10IndexGetResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"&\n\x10ReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x11ReconcileResponse\x12\x14\n\x0cmarked_ready\x18\x01 \x01(\x03\x12\x1e\n\x16orphan_vectors_deleted\x18\x02 \x01(\x03\x12\x36\n\x11needs_reembedding\x18\x03 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord*]\n\x0bImageStatus\x12\x1c\n\x18IMAGE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_STATUS_PENDING\x10\x01\x12\x16\n\x12IMAGE_STATUS_READY\x10\x02*i\n\rUpsertOutcome\x12\x1e\n\x1aUPSERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSERT_OUTCOME_INDEXED\x10\x01\x12\x1c\n\x18UPSERT_OUTCOME_DUPLICATE\x10\x02\x32\x9d\x05\n\x05Index\x12Q\n\x06Upsert\x12\".imagesearch.v1.IndexUpsertRequest\x1a#.imagesearch.v1.IndexUpsertResponse\x12Q\n\x06Search\x12\".imagesearch.v1.IndexSearchRequest\x1a#.imagesearch.v1.IndexSearchResponse\x12H\n\x03Get\x12\x1f.imagesearch.v1.IndexGetRequest\x1a .imagesearch.v1.IndexGetResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\x44\n\x05\x43ount\x12\x1c.imagesearch.v1.CountRequest\x1a\x1d.imagesearch.v1.CountResponse\x12\x62\n\x0fListCollections\x12&.imagesearch.v1.ListCollectionsRequest\x1a\'.imagesearch.v1.ListCollectionsResponse\x12_\n\x0e\x44ropCollection\x12%.imagesearch.v1.DropCollectionRequest\x1a&.imagesearch.v1.DropCollectionResponse\x12P\n\tReconcile\x12 .imagesearch.v1.ReconcileRequest\x1a!.imagesearch.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimagesearch/v1/index.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"\xe3\x01\n\x0bImageRecord\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12+\n\x06status\x18\t \x01(\x0e\x32\x1b.imagesearch.v1.ImageStatus\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"g\n\nUpsertItem\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x01(\x0c\"o\n\x12IndexUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12)\n\x05items\x18\x04 \x03(\x0b\x32\x1a.imagesearch.v1.UpsertItem\"d\n\x0cUpsertResult\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.imagesearch.v1.UpsertOutcome\x12\x12\n\npath_added\x18\x03 \x01(\x08\"i\n\x13IndexUpsertResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\x12\x0f\n\x07indexed\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05\"\x92\x01\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x03(\x0c\x12\x11\n\timage_ids\x18\x03 \x03(\x03\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x13\n\x0bpath_prefix\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\"y\n\x08IndexHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\"3\n\tIndexHits\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.imagesearch.v1.IndexHit\"A\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.IndexHits\"`\n\x0fIndexGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"@\n\x10IndexGetResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"&\n\x10ReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x11ReconcileResponse\x12\x14\n\x0cmarked_ready\x18\x01 \x01(\x03\x12\x1e\n\x16orphan_vectors_deleted\x18\x02 \x01(\x03\x12\x36\n\x11needs_reembedding\x18\x03 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord*]\n\x0bImageStatus\x12\x1c\n\x18IMAGE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_STATUS_PENDING\x10\x01\x12\x16\n\x12IMAGE_STATUS_READY\x10\x02*i\n\rUpsertOutcome\x12\x1e\n\x1aUPSERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSERT_OUTCOME_INDEXED\x10\x01\x12\x1c\n\x18UPSERT_OUTCOME_DUPLICATE\x10\x02\x32\x9d\x05\n\x05Index\x12Q\n\x06Upsert\x12\".imagesearch.v1.IndexUpsertRequest\x1a#.imagesearch.v1.IndexUpsertResponse\x12Q\n\x06Search\x12\".imagesearch.v1.IndexSearchRequest\x1a#.imagesearch.v1.IndexSearchResponse\x12H\n\x03Get\x12\x1f.imagesearch.v1.IndexGetRequest\x1a .imagesearch.v1.IndexGetResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\x44\n\x05\x43ount\x12\x1c.imagesearch.v1.CountRequest\x1a\x1d.imagesearch.v1.CountResponse\x12\x62\n\x0fListCollections\x12&.imagesearch.v1.ListCollectionsRequest\x1a\'.imagesearch.v1.ListCollectionsResponse\x12_\n\x0e\x44ropCollection\x12%.imagesearch.v1.DropCollectionRequest\x1a&.imagesearch.v1.DropCollectionResponse\x12P\n\tReconcile\x12 .imagesearch.v1.ReconcileRequest\x1a!.imagesearch.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.index_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGESTATUS']._serialized_start=1445
-  _globals['_IMAGESTATUS']._serialized_end=1538
-  _globals['_UPSERTOUTCOME']._serialized_start=1540
-  _globals['_UPSERTOUTCOME']._serialized_end=1645
+  _globals['_IMAGESTATUS']._serialized_start=1460
+  _globals['_IMAGESTATUS']._serialized_end=1553
+  _globals['_UPSERTOUTCOME']._serialized_start=1555
+  _globals['_UPSERTOUTCOME']._serialized_end=1660
   _globals['_IMAGERECORD']._serialized_start=76
   _globals['_IMAGERECORD']._serialized_end=303
   _globals['_UPSERTITEM']._serialized_start=305
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INDEXUPSERTRESPONSE']._serialized_start=625
   _globals['_INDEXUPSERTRESPONSE']._serialized_end=730
   _globals['_INDEXSEARCHREQUEST']._serialized_start=733
-  _globals['_INDEXSEARCHREQUEST']._serialized_end=864
-  _globals['_INDEXHIT']._serialized_start=866
-  _globals['_INDEXHIT']._serialized_end=987
-  _globals['_INDEXHITS']._serialized_start=989
-  _globals['_INDEXHITS']._serialized_end=1040
-  _globals['_INDEXSEARCHRESPONSE']._serialized_start=1042
-  _globals['_INDEXSEARCHRESPONSE']._serialized_end=1107
-  _globals['_INDEXGETREQUEST']._serialized_start=1109
-  _globals['_INDEXGETREQUEST']._serialized_end=1205
-  _globals['_INDEXGETRESPONSE']._serialized_start=1207
-  _globals['_INDEXGETRESPONSE']._serialized_end=1271
-  _globals['_RECONCILEREQUEST']._serialized_start=1273
-  _globals['_RECONCILEREQUEST']._serialized_end=1311
-  _globals['_RECONCILERESPONSE']._serialized_start=1314
-  _globals['_RECONCILERESPONSE']._serialized_end=1443
-  _globals['_INDEX']._serialized_start=1648
-  _globals['_INDEX']._serialized_end=2317
+  _globals['_INDEXSEARCHREQUEST']._serialized_end=879
+  _globals['_INDEXHIT']._serialized_start=881
+  _globals['_INDEXHIT']._serialized_end=1002
+  _globals['_INDEXHITS']._serialized_start=1004
+  _globals['_INDEXHITS']._serialized_end=1055
+  _globals['_INDEXSEARCHRESPONSE']._serialized_start=1057
+  _globals['_INDEXSEARCHRESPONSE']._serialized_end=1122
+  _globals['_INDEXGETREQUEST']._serialized_start=1124
+  _globals['_INDEXGETREQUEST']._serialized_end=1220
+  _globals['_INDEXGETRESPONSE']._serialized_start=1222
+  _globals['_INDEXGETRESPONSE']._serialized_end=1286
+  _globals['_RECONCILEREQUEST']._serialized_start=1288
+  _globals['_RECONCILEREQUEST']._serialized_end=1326
+  _globals['_RECONCILERESPONSE']._serialized_start=1329
+  _globals['_RECONCILERESPONSE']._serialized_end=1458
+  _globals['_INDEX']._serialized_start=1663
+  _globals['_INDEX']._serialized_end=2332
 # @@protoc_insertion_point(module_scope)

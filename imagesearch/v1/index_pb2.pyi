@@ -101,20 +101,22 @@ class IndexUpsertResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[UpsertResult, _Mapping]]] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class IndexSearchRequest(_message.Message):
-    __slots__ = ("collection", "vectors", "image_ids", "top_k", "path_prefix", "min_score")
+    __slots__ = ("collection", "vectors", "image_ids", "top_k", "path_prefix", "min_score", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vectors: _containers.RepeatedScalarFieldContainer[bytes]
     image_ids: _containers.RepeatedScalarFieldContainer[int]
     top_k: int
     path_prefix: str
     min_score: float
-    def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[_Iterable[bytes]] = ..., image_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., path_prefix: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[_Iterable[bytes]] = ..., image_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., path_prefix: _Optional[str] = ..., min_score: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class IndexHit(_message.Message):
     __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths")

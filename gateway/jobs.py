@@ -1,0 +1,358 @@
+"""Server-side folder ingest jobs.
+
+A job lists the image files under a folder once (sorted, saved beside the job
+state), then indexes them in fixed-size batches, a few batches in flight so
+that embedding one overlaps inserting another. After every batch the job's
+state is written atomically to ``<data_dir>/jobs/<id>.json``: counters,
+the first errors, and which batches are done. A job stopped by an outage
+(FAILED), by a cancel, or by a gateway restart continues from there with
+ResumeJob (a restarted gateway resumes running jobs by itself), so every
+file is counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from gateway.orchestrator import Ingestor, Outcome, Result, Source
+from gateway.paths import AllowedRoots, walk_images
+from gateway.settings import GatewaySettings
+from imagesearch import errors, logs
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
+    "pending", "running", "succeeded", "failed", "canceled",
+)
+TERMINAL = {SUCCEEDED, FAILED, CANCELED}
+
+JOB_FILES = Counter("imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"])
+JOBS_RUNNING = Gauge("imagesearch_jobs_running", "Jobs running now")
+
+
+@dataclass
+class JobState:
+    job_id: str
+    collection: str
+    folder: str
+    recursive: bool
+    state: str = PENDING
+    total: int = 0
+    done: int = 0
+    indexed: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    errors: list[dict[str, object]] = field(default_factory=list)
+    message: str = ""
+    batch_size: int = 32
+    batch_cursor: int = 0  # every batch below this number is done
+    batches_ahead: list[int] = field(default_factory=list)  # done batches above it
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+    version: int = 0  # bumps on every change, for watchers
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JobManager:
+    def __init__(self, settings: GatewaySettings, ingestor: Ingestor, roots: AllowedRoots) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.roots = roots
+        self.dir = settings.jobs_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._jobs: dict[str, JobState] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._slots = threading.Semaphore(settings.max_jobs)
+        self._closed = False
+        self._load()
+
+    # -- persistence -----------------------------------------------------
+
+    def _state_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.json"
+
+    def _files_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.files"
+
+    def _save(self, job: JobState) -> None:
+        """Atomic write (tmp + rename); call with the lock held."""
+        tmp = self._state_path(job.job_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(job)))
+        os.replace(tmp, self._state_path(job.job_id))
+
+    def _load(self) -> None:
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                job = JobState(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as exc:
+                logs.event(log, "job.unreadable", logging.WARNING, file=str(path), error=str(exc))
+                continue
+            self._jobs[job.job_id] = job
+
+    def resume_interrupted(self) -> None:
+        """Jobs a previous gateway left running: resume them, or mark them failed."""
+        for job in list(self._jobs.values()):
+            if job.state in (PENDING, RUNNING):
+                if self.settings.resume_jobs:
+                    logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
+                    self._launch(job)
+                else:
+                    with self._lock:
+                        self._update(job, state=FAILED, message="interrupted by a gateway restart; ResumeJob continues it")
+
+    def _update(self, job: JobState, **changes: object) -> None:
+        """Applies changes, persists, wakes watchers; call with the lock held."""
+        for key, value in changes.items():
+            setattr(job, key, value)
+        job.updated_at_ms = _now_ms()
+        job.version += 1
+        self._save(job)
+        self._changed.notify_all()
+
+    # -- API -------------------------------------------------------------
+
+    def start(self, collection: str, folder: str, recursive: bool) -> JobState:
+        real = self.roots.resolve(folder)
+        if not real.is_dir():
+            raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
+        job_id = uuid.uuid4().hex[:12]
+        job = JobState(
+            job_id=job_id,
+            collection=collection,
+            folder=str(real),
+            recursive=recursive,
+            batch_size=self.settings.embed_batch,
+            created_at_ms=_now_ms(),
+        )
+        files = [str(p) for p in walk_images(real, recursive, self.roots)]
+        self._files_path(job_id).write_text("\n".join(files) + ("\n" if files else ""))
+        with self._lock:
+            self._jobs[job_id] = job
+            self._update(job, total=len(files))
+        logs.event(log, "job.started", job_id=job_id, collection=collection, folder=str(real), files=len(files))
+        self._launch(job)
+        return self.snapshot(job_id)
+
+    def get(self, job_id: str) -> JobState:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
+            return JobState(**{**asdict(job), "errors": list(job.errors)})
+
+    snapshot = get
+
+    def list(self, collection: str = "") -> list[JobState]:
+        with self._lock:
+            ids = [j.job_id for j in sorted(self._jobs.values(), key=lambda j: j.created_at_ms)]
+        jobs = [self.get(i) for i in ids]
+        return [j for j in jobs if not collection or j.collection == collection]
+
+    def cancel(self, job_id: str) -> JobState:
+        job = self.get(job_id)
+        if job.terminal:
+            return job
+        event = self._cancel.get(job_id)
+        if event is not None:
+            event.set()
+        thread = self._threads.get(job_id)
+        if thread is not None:
+            thread.join(timeout=self.settings.embed_timeout_s)
+        with self._lock:
+            real = self._jobs[job_id]
+            if not real.terminal:
+                self._update(real, state=CANCELED, message="canceled; ResumeJob continues it")
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> JobState:
+        job = self.get(job_id)
+        if job.state == SUCCEEDED:
+            return job
+        if job.state in (PENDING, RUNNING) and job_id in self._threads and self._threads[job_id].is_alive():
+            return job
+        with self._lock:
+            real = self._jobs[job_id]
+            self._update(real, state=PENDING, message="resumed")
+        self._launch(self._jobs[job_id])
+        return self.get(job_id)
+
+    def watch(
+        self, job_id: str, is_active: Callable[[], bool], interval: float = 0.25
+    ) -> Iterator[JobState]:
+        """Yields the job now and at every change (at most every ``interval``)
+        until it ends or the watcher goes away."""
+        seen = -1
+        while is_active():
+            job = self.get(job_id)
+            if job.version != seen:
+                seen = job.version
+                yield job
+                if job.terminal:
+                    return
+                time.sleep(interval)
+            with self._lock:
+                real = self._jobs[job_id]
+                if real.version == seen:
+                    self._changed.wait(timeout=1.0)
+
+    def close(self) -> None:
+        """Stops running jobs after their in-flight batches; they resume at the next start."""
+        self._closed = True
+        for event in self._cancel.values():
+            event.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout=30)
+
+    # -- running ---------------------------------------------------------
+
+    def _launch(self, job: JobState) -> None:
+        cancel = threading.Event()
+        self._cancel[job.job_id] = cancel
+        thread = threading.Thread(
+            target=self._run, args=(job.job_id, cancel), name=f"job-{job.job_id}", daemon=True
+        )
+        self._threads[job.job_id] = thread
+        thread.start()
+
+    def _run(self, job_id: str, cancel: threading.Event) -> None:
+        with self._slots:
+            JOBS_RUNNING.inc()
+            try:
+                self._execute(job_id, cancel)
+            except errors.ServiceError as exc:
+                if self._closed:
+                    return
+                with self._lock:
+                    self._update(self._jobs[job_id], state=FAILED, message=f"{exc.message}. ResumeJob continues from here")
+                logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=exc.message)
+            except Exception as exc:
+                log.exception("job.crash", extra={"fields": {"job_id": job_id}})
+                with self._lock:
+                    self._update(self._jobs[job_id], state=FAILED, message=f"internal error: {exc}")
+            finally:
+                JOBS_RUNNING.dec()
+
+    def _execute(self, job_id: str, cancel: threading.Event) -> None:
+        job = self._jobs[job_id]
+        files = [line for line in self._files_path(job_id).read_text().splitlines() if line]
+        size = job.batch_size
+        ahead = set(job.batches_ahead)
+        todo = [
+            b
+            for b in range(job.batch_cursor, (len(files) + size - 1) // size)
+            if b not in ahead
+        ]
+        with self._lock:
+            self._update(job, state=RUNNING, message="")
+        in_flight: dict[Future[list[Result]], int] = {}
+        failure: errors.ServiceError | None = None
+        with ThreadPoolExecutor(self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}") as pool:
+            pending = iter(todo)
+            while True:
+                while failure is None and not cancel.is_set() and len(in_flight) < self.settings.job_concurrency:
+                    batch = next(pending, None)
+                    if batch is None:
+                        break
+                    chunk = files[batch * size : (batch + 1) * size]
+                    in_flight[pool.submit(self._batch, job.collection, chunk, cancel)] = batch
+                if not in_flight:
+                    break
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    batch = in_flight.pop(fut)
+                    try:
+                        self._record(job, batch, fut.result())
+                    except errors.ServiceError as exc:
+                        failure = failure or exc
+        if failure is not None:
+            raise failure
+        if self._closed:
+            return  # gateway shutting down: stays RUNNING on disk, resumed at next start
+        with self._lock:
+            if cancel.is_set():
+                if not job.terminal:
+                    self._update(job, state=CANCELED, message="canceled; ResumeJob continues it")
+            else:
+                self._update(job, state=SUCCEEDED, message="")
+        logs.event(
+            log, "job.finished", job_id=job_id, state=job.state, indexed=job.indexed,
+            duplicates=job.duplicates, failed=job.failed,
+        )
+
+    def _batch(self, collection: str, paths: list[str], cancel: threading.Event) -> list[Result]:
+        sources = [self._read(p) for p in paths]
+        attempt = 0
+        while True:
+            try:
+                return self.ingestor.ingest(collection, sources)
+            except errors.ServiceError as exc:
+                attempt += 1
+                retryable = exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not retryable or attempt > self.settings.batch_retries or cancel.is_set():
+                    raise
+                logs.event(log, "job.batch_retry", logging.WARNING, attempt=attempt, reason=exc.message)
+                cancel.wait(min(2.0**attempt, 10.0))
+
+    def _read(self, path: str) -> Source:
+        real = Path(path).resolve()
+        if not self.roots.contains(real):
+            return Source(path, error=f"{path}: leads outside the allowed roots", error_code=7)
+        try:
+            size = real.stat().st_size
+            if size > self.ingestor.max_image_bytes:
+                return Source(
+                    path,
+                    error=f"{path}: {size} bytes, over the limit of "
+                    f"{self.ingestor.max_image_bytes} (GATEWAY_MAX_IMAGE_MB)",
+                    error_code=8,
+                )
+            return Source(path, real.read_bytes())
+        except OSError as exc:
+            return Source(path, error=f"{path}: cannot read ({exc.strerror or exc})", error_code=5)
+
+    def _record(self, job: JobState, batch: int, results: list[Result]) -> None:
+        with self._lock:
+            errs = list(job.errors)
+            counts = {Outcome.INDEXED: 0, Outcome.DUPLICATE: 0, Outcome.FAILED: 0}
+            for r in results:
+                counts[r.outcome] += 1
+                JOB_FILES.labels(r.outcome.value).inc()
+                if r.outcome is Outcome.FAILED and len(errs) < self.settings.max_errors_kept:
+                    errs.append({"path": r.name, "reason": r.reason, "code": r.code})
+            ahead = {*job.batches_ahead, batch}
+            cursor = job.batch_cursor
+            while cursor in ahead:
+                ahead.discard(cursor)
+                cursor += 1
+            self._update(
+                job,
+                done=job.done + len(results),
+                indexed=job.indexed + counts[Outcome.INDEXED],
+                duplicates=job.duplicates + counts[Outcome.DUPLICATE],
+                failed=job.failed + counts[Outcome.FAILED],
+                errors=errs,
+                batch_cursor=cursor,
+                batches_ahead=sorted(ahead),
+            )

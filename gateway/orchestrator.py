@@ -1,0 +1,115 @@
+"""Embed -> upsert for a batch of named images, shared by IndexImages streams
+and folder jobs. Images already stored under the same name are recognised
+from their content hash and never sent to the embedder again."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.clients import Backends
+from imagesearch import errors, ids
+from imagesearch.v1 import index_pb2
+
+
+class Outcome(enum.Enum):
+    INDEXED = "indexed"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to index: its bytes, or why they could not be read."""
+
+    name: str
+    data: bytes = b""
+    error: str = ""
+    error_code: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    outcome: Outcome
+    image_id: int = 0
+    reason: str = ""
+    code: int = 0
+
+
+class Ingestor:
+    def __init__(self, backends: Backends, max_image_bytes: int) -> None:
+        self.backends = backends
+        self.max_image_bytes = max_image_bytes
+
+    def ingest(self, collection: str, sources: Sequence[Source]) -> list[Result]:
+        """One result per source, in order. Per-file problems become FAILED
+        results; a backend outage raises (UNAVAILABLE) so the caller can retry."""
+        results: list[Result | None] = [None] * len(sources)
+        digests: dict[int, bytes] = {}
+        for i, src in enumerate(sources):
+            if src.error:
+                results[i] = Result(src.name, Outcome.FAILED, reason=src.error, code=src.error_code)
+            elif len(src.data) > self.max_image_bytes:
+                results[i] = Result(
+                    src.name,
+                    Outcome.FAILED,
+                    reason=f"{src.name}: {len(src.data)} bytes, over the limit of "
+                    f"{self.max_image_bytes} (GATEWAY_MAX_IMAGE_MB)",
+                    code=errors.status_code_number(grpc.StatusCode.RESOURCE_EXHAUSTED),
+                )
+            else:
+                digests[i] = ids.sha256(src.data)
+
+        known = self.backends.get_ready(
+            collection, [ids.image_id_from_sha256(d) for d in digests.values()]
+        )
+        todo: list[int] = []
+        for i, digest in digests.items():
+            iid = ids.image_id_from_sha256(digest)
+            record = known.get(iid)
+            if record is not None and sources[i].name in record.paths:
+                results[i] = Result(sources[i].name, Outcome.DUPLICATE, iid)
+            else:
+                todo.append(i)
+
+        if todo:
+            model_id, embedded = self.backends.embed([(sources[i].name, sources[i].data) for i in todo])
+            items: list[index_pb2.UpsertItem] = []
+            positions: list[int] = []
+            dim = 0
+            for i, emb in zip(todo, embedded, strict=True):
+                if emb.error:
+                    results[i] = Result(
+                        sources[i].name, Outcome.FAILED, reason=emb.error, code=emb.error_code
+                    )
+                    continue
+                dim = len(emb.vector) // 4
+                items.append(
+                    index_pb2.UpsertItem(
+                        sha256=digests[i],
+                        path=sources[i].name,
+                        size=len(sources[i].data),
+                        width=emb.width,
+                        height=emb.height,
+                        vector=emb.vector,
+                    )
+                )
+                positions.append(i)
+            if items:
+                response = self.backends.upsert(
+                    index_pb2.IndexUpsertRequest(
+                        collection=collection, model=model_id, dim=dim, items=items
+                    )
+                )
+                for i, res in zip(positions, response.results, strict=True):
+                    outcome = (
+                        Outcome.DUPLICATE
+                        if res.outcome == index_pb2.UPSERT_OUTCOME_DUPLICATE
+                        else Outcome.INDEXED
+                    )
+                    results[i] = Result(sources[i].name, outcome, res.image_id)
+        return [r for r in results if r is not None]

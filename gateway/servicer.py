@@ -1,0 +1,274 @@
+"""gRPC layer of the gateway: validates requests, calls the orchestrator,
+the job manager and the backends, and builds responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+
+from gateway.clients import Backends
+from gateway.jobs import JobManager, JobState
+from gateway.orchestrator import Ingestor, Outcome, Result, Source
+from gateway.paths import AllowedRoots
+from gateway.settings import GatewaySettings
+from imagesearch import errors
+from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, index_pb2
+
+JOB_STATES = {
+    "pending": gateway_pb2.JOB_STATE_PENDING,
+    "running": gateway_pb2.JOB_STATE_RUNNING,
+    "succeeded": gateway_pb2.JOB_STATE_SUCCEEDED,
+    "failed": gateway_pb2.JOB_STATE_FAILED,
+    "canceled": gateway_pb2.JOB_STATE_CANCELED,
+}
+
+
+def job_message(job: JobState) -> gateway_pb2.Job:
+    return gateway_pb2.Job(
+        job_id=job.job_id,
+        state=JOB_STATES[job.state],
+        total=job.total,
+        done=job.done,
+        indexed=job.indexed,
+        duplicates=job.duplicates,
+        failed=job.failed,
+        errors=[
+            gateway_pb2.FileError(path=str(e["path"]), reason=str(e["reason"]), code=int(str(e["code"])))
+            for e in job.errors
+        ],
+        collection=job.collection,
+        folder=job.folder,
+        recursive=job.recursive,
+        message=job.message,
+        created_at_ms=job.created_at_ms,
+        updated_at_ms=job.updated_at_ms,
+    )
+
+
+def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
+    return gateway_pb2.Hit(
+        image_id=h.image_id,
+        path=h.path,
+        paths=h.paths,
+        distance=h.distance,
+        score=h.score,
+        width=h.width,
+        height=h.height,
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backends: Backends,
+        ingestor: Ingestor,
+        jobs: JobManager,
+        roots: AllowedRoots,
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.ingestor = ingestor
+        self.jobs = jobs
+        self.roots = roots
+
+    def _collection(self, name: str) -> str:
+        return name or self.settings.default_collection
+
+    # -- search ----------------------------------------------------------
+
+    def _query_bytes(self, kind: str, value: object) -> bytes:
+        if kind == "image":
+            assert isinstance(value, bytes)
+            if not value:
+                raise errors.invalid_argument("the query image is empty (0 bytes)")
+            return value
+        assert isinstance(value, str)
+        real = self.roots.resolve(value)
+        if not real.is_file():
+            raise errors.not_found(f"{value}: no such file on the gateway's machine")
+        return real.read_bytes()
+
+    def Search(
+        self, request: gateway_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.SearchResponse:
+        collection = self._collection(request.collection)
+        top_k = request.top_k or self.settings.default_top_k
+        if not 1 <= top_k <= 1000:
+            raise errors.invalid_argument(f"top_k must be between 1 and 1000, got {top_k}")
+        single = request.WhichOneof("query")
+        queries: list[tuple[str, object]] = []
+        if single is not None:
+            queries.append((single, getattr(request, single)))
+        for q in request.queries:
+            kind = q.WhichOneof("query")
+            if kind is None:
+                raise errors.invalid_argument("a query in `queries` has no image, image_id or path")
+            queries.append((kind, getattr(q, kind)))
+        if not queries:
+            raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
+
+        images: list[tuple[int, bytes]] = []
+        stored: list[tuple[int, int]] = []
+        for pos, (kind, value) in enumerate(queries):
+            if kind == "image_id":
+                assert isinstance(value, int)
+                stored.append((pos, value))
+            else:
+                images.append((pos, self._query_bytes(kind, value)))
+        model_id = ""
+        vectors: list[bytes] = []
+        if images:
+            model_id, embedded = self.backends.embed([(f"query #{p}", data) for p, data in images])
+            for emb in embedded:
+                if emb.error:
+                    raise errors.ServiceError(
+                        errors.code_from_number(emb.error_code or 3), emb.error
+                    )
+                vectors.append(emb.vector)
+        response = self.backends.index_call(
+            "Search",
+            index_pb2.IndexSearchRequest(
+                collection=collection,
+                vectors=vectors,
+                image_ids=[iid for _, iid in stored],
+                top_k=top_k,
+                path_prefix=request.path_prefix,
+                min_score=request.min_score,
+                model=model_id,
+            ),
+        )
+        order = [p for p, _ in images] + [p for p, _ in stored]
+        by_position = dict(zip(order, response.results, strict=True))
+        results = [
+            gateway_pb2.QueryResult(hits=[hit_message(h) for h in by_position[p].hits])
+            for p in range(len(queries))
+        ]
+        if single is not None:
+            return gateway_pb2.SearchResponse(hits=results[0].hits, results=results[1:])
+        return gateway_pb2.SearchResponse(results=results)
+
+    # -- streaming ingest --------------------------------------------------
+
+    def _images(self, requests: Iterator[gateway_pb2.IndexImagesRequest]) -> Iterator[tuple[str, Source]]:
+        """Reassembles chunked images: yields (collection, source) per image."""
+        collection = ""
+        name, parts, size, count = "", [], 0, 0
+        oversized = False
+        for msg in requests:
+            collection = collection or msg.collection
+            if not parts and not oversized:
+                count += 1
+                name = msg.name or f"image #{count}"
+            size += len(msg.data)
+            if size > self.settings.max_image_bytes:
+                oversized = True
+                parts = []
+            else:
+                parts.append(msg.data)
+            if msg.more_chunks:
+                continue
+            if oversized:
+                yield collection, Source(
+                    name,
+                    error=f"{name}: over the limit of {self.settings.max_image_bytes} bytes "
+                    "(GATEWAY_MAX_IMAGE_MB)",
+                    error_code=8,
+                )
+            else:
+                yield collection, Source(name, b"".join(parts))
+            name, parts, size, oversized = "", [], 0, False
+        if parts or oversized:
+            raise errors.invalid_argument(
+                f"the stream ended inside image {name!r} (its last chunk had more_chunks=true)"
+            )
+
+    def IndexImages(
+        self, request_iterator: Iterator[gateway_pb2.IndexImagesRequest], context: grpc.ServicerContext
+    ) -> gateway_pb2.IndexImagesResponse:
+        collection = ""
+        batch: list[Source] = []
+        pending: list[Future[list[Result]]] = []
+        results: list[Result] = []
+        with ThreadPoolExecutor(self.settings.job_concurrency, thread_name_prefix="stream") as pool:
+
+            def flush() -> None:
+                pending.append(pool.submit(self.ingestor.ingest, collection, list(batch)))
+                batch.clear()
+                while len(pending) > self.settings.job_concurrency:
+                    results.extend(pending.pop(0).result())
+
+            for coll, source in self._images(request_iterator):
+                collection = collection or self._collection(coll)
+                batch.append(source)
+                if len(batch) >= self.settings.embed_batch:
+                    flush()
+            if batch:
+                flush()
+            for fut in pending:
+                results.extend(fut.result())
+        response = gateway_pb2.IndexImagesResponse()
+        for r in results:
+            if r.outcome is Outcome.FAILED:
+                response.failed += 1
+                response.errors.append(gateway_pb2.FileError(path=r.name, reason=r.reason, code=r.code))
+                continue
+            duplicate = r.outcome is Outcome.DUPLICATE
+            response.duplicates += int(duplicate)
+            response.indexed += int(not duplicate)
+            response.images.append(gateway_pb2.IndexedImage(name=r.name, image_id=r.image_id, duplicate=duplicate))
+        return response
+
+    # -- jobs ------------------------------------------------------------
+
+    def StartIndexJob(
+        self, request: gateway_pb2.StartIndexJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Job:
+        return job_message(
+            self.jobs.start(self._collection(request.collection), request.folder, request.recursive)
+        )
+
+    def WatchJob(
+        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.Job]:
+        for job in self.jobs.watch(request.job_id, context.is_active):
+            yield job_message(job)
+
+    def GetJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(self.jobs.get(request.job_id))
+
+    def ListJobs(
+        self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListJobsResponse:
+        return gateway_pb2.ListJobsResponse(jobs=[job_message(j) for j in self.jobs.list(request.collection)])
+
+    def CancelJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(self.jobs.cancel(request.job_id))
+
+    def ResumeJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
+        return job_message(self.jobs.resume(request.job_id))
+
+    # -- collections (forwarded to the index) ----------------------------
+
+    def Count(self, request: common_pb2.CountRequest, context: grpc.ServicerContext) -> common_pb2.CountResponse:
+        return self.backends.index_call("Count", common_pb2.CountRequest(collection=self._collection(request.collection)))
+
+    def Delete(self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext) -> common_pb2.DeleteResponse:
+        forwarded = common_pb2.DeleteRequest()
+        forwarded.CopyFrom(request)
+        forwarded.collection = self._collection(request.collection)
+        return self.backends.index_call("Delete", forwarded)
+
+    def DropCollection(
+        self, request: common_pb2.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> common_pb2.DropCollectionResponse:
+        if not request.collection:
+            raise errors.invalid_argument("DropCollection needs the collection's name")
+        return self.backends.index_call("DropCollection", request)
+
+    def ListCollections(
+        self, request: common_pb2.ListCollectionsRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ListCollectionsResponse:
+        return self.backends.index_call("ListCollections", request)

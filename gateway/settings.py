@@ -1,0 +1,76 @@
+"""Gateway settings: env ``GATEWAY_*``, flags ``--name`` override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagesearch.settings import SettingsError
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = field(default="[::]", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one)"})
+    embedder_addr: str = field(
+        default="localhost:50052",
+        metadata={
+            "help": "embedder target; dns:///embedder:50052 or ipv4:h1:p1,h2:p2 for "
+            "several replicas (round_robin)"
+        },
+    )
+    index_addr: str = field(default="localhost:50053", metadata={"help": "index target"})
+    data_dir: str = field(default="./data", metadata={"help": "where job state is kept"})
+    allowed_roots: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "comma-separated folders that StartIndexJob and Search by path may "
+            "read (default: <data_dir>/images and the current directory)"
+        },
+    )
+    default_collection: str = field(
+        default="images", metadata={"help": "collection used when a request names none"}
+    )
+    default_top_k: int = field(default=10, metadata={"help": "top_k when a request says 0"})
+    embed_batch: int = field(default=32, metadata={"help": "images per Embed call"})
+    job_concurrency: int = field(
+        default=2, metadata={"help": "batches in flight per job (embed overlaps insert)"}
+    )
+    max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
+    max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
+    max_message_mb: int = field(
+        default=4, metadata={"help": "largest gRPC message from clients (stream chunks)"}
+    )
+    embed_timeout_s: float = field(default=120.0, metadata={"help": "deadline of one Embed call"})
+    index_timeout_s: float = field(default=60.0, metadata={"help": "deadline of one Index call"})
+    retry_attempts: int = field(
+        default=5, metadata={"help": "tries per call when a backend is UNAVAILABLE (max 5)"}
+    )
+    batch_retries: int = field(
+        default=3, metadata={"help": "times a job retries a batch through an outage"}
+    )
+    max_errors_kept: int = field(default=1000, metadata={"help": "file errors kept per job"})
+    resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
+    rpc_workers: int = field(default=32, metadata={"help": "gRPC handler threads"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.data_dir) / "jobs"
+
+    @property
+    def roots(self) -> list[Path]:
+        raw = self.allowed_roots or (str(Path(self.data_dir) / "images"), os.getcwd())
+        return [Path(r).expanduser().resolve() for r in raw]
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self.max_image_mb * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
+            raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
+        if not 1 <= self.default_top_k <= 1000:
+            raise SettingsError("GATEWAY_DEFAULT_TOP_K must be between 1 and 1000")

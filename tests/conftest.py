@@ -1,0 +1,243 @@
+"""Shared fixtures: real servers on ephemeral ports, real backends, real images.
+
+Fixtures read ../shared (beside the repo) and never write there.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from imagesearch.channels import make_channel
+from imagesearch.server import RunningServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CLOTHING = SHARED / "data" / "clothing-64"
+ODD = SHARED / "data" / "odd-images"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_features.pt"
+VENV_BIN = Path(sys.executable).parent
+MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def clothing_images() -> list[tuple[str, str]]:
+    """(relative path, label) for the 64 photos."""
+    with (CLOTHING / "labels.csv").open() as f:
+        return [(row["path"], row["label"]) for row in csv.DictReader(f)]
+
+
+def odd_manifest() -> list[tuple[str, str]]:
+    with (ODD / "manifest.csv").open() as f:
+        return [(row["file"], row["expect"]) for row in csv.DictReader(f)]
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def channel(port: int) -> grpc.Channel:
+    return make_channel(f"127.0.0.1:{port}", [], retry_attempts=2)
+
+
+# -- embedder -----------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    running: RunningServer
+    addr: str
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+
+def start_embedder(**overrides: object) -> Server:
+    from embedder_service.app import start
+    from embedder_service.settings import EmbedderSettings
+
+    settings = EmbedderSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "model": "mobilenet_v2",
+            "weights": "bundled",
+            "max_wait_ms": 2.0,
+            "warmup": False,
+            **overrides,
+        }  # type: ignore[arg-type]
+    )
+    running = start(settings)
+    return Server(running, f"127.0.0.1:{running.port}")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[Server]:
+    """The embedder with the real pretrained MobileNetV2 weights (bundled)."""
+    server = start_embedder()
+    yield server
+    server.running.stop(1)
+
+
+# -- index --------------------------------------------------------------------
+
+
+def ensure_mariadb() -> bool:
+    if wait_port("127.0.0.1", 3306, 0.5):
+        return True
+    daemon = shutil.which("start-stop-daemon")
+    if daemon and Path("/usr/sbin/mariadbd").exists():
+        subprocess.run(
+            [daemon, "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
+            check=False,
+        )
+        return wait_port("127.0.0.1", 3306, 30)
+    return False
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    if not ensure_mariadb():
+        pytest.fail("MariaDB is not reachable on 127.0.0.1:3306 and could not be started")
+    return MARIADB_URL
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real standalone Milvus server (PyPI milvus==2.3.5), stopped with SIGINT."""
+    exe = VENV_BIN / "milvus-server"
+    if not exe.exists():
+        pytest.fail("milvus-server is not installed; run `make install`")
+    if wait_port("127.0.0.1", 19530, 0.3):
+        pytest.fail("something already listens on 127.0.0.1:19530; stop it first")
+    data = tmp_path_factory.mktemp("milvus-server")
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(exe), "--data", str(data)], stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        if not wait_port("127.0.0.1", 19530, 120):
+            pytest.fail("milvus-server did not start listening on 19530 within 120 s")
+        yield "http://127.0.0.1:19530"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def index_settings(tmp: Path, **overrides: object):  # -> IndexSettings
+    from index_service.settings import IndexSettings
+
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "milvus_uri": str(tmp / "milvus.db"),
+        "database_url": f"sqlite:///{tmp / 'meta.db'}",
+        **overrides,
+    }
+    return IndexSettings(**values)  # type: ignore[arg-type]
+
+
+def start_index(tmp: Path, **overrides: object) -> Server:
+    from index_service.app import start
+
+    running = start(index_settings(tmp, **overrides))
+    return Server(running, f"127.0.0.1:{running.port}")
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}_"
+
+
+def drop_sql_tables(url: str, prefix: str) -> None:
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    md = MetaData()
+    md.reflect(engine, only=lambda name, _md: name.startswith(prefix))
+    md.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["lite-sqlite", "lite-mariadb", "server-sqlite"])
+def index_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """Index settings for each real backend pairing this machine runs."""
+    kind = request.param
+    prefix = unique_prefix()
+    settings: dict[str, object] = {"table_prefix": prefix}
+    if kind == "lite-mariadb":
+        request.applymarker(pytest.mark.mariadb)
+        settings["database_url"] = request.getfixturevalue("mariadb_url")
+    if kind == "server-sqlite":
+        request.applymarker(pytest.mark.milvus_server)
+        settings["milvus_uri"] = request.getfixturevalue("milvus_server")
+        settings["milvus_prefix"] = prefix
+    yield settings
+    if kind == "lite-mariadb":
+        drop_sql_tables(str(settings["database_url"]), prefix)
+
+
+# -- gateway ------------------------------------------------------------------
+
+
+def start_gateway(tmp: Path, embedder_addr: str, index_addr: str, **overrides: object) -> Server:
+    from gateway.app import start
+    from gateway.settings import GatewaySettings
+
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "embedder_addr": embedder_addr,
+        "index_addr": index_addr,
+        "data_dir": str(tmp / "gw"),
+        "allowed_roots": (str(SHARED / "data"), str(tmp)),
+        "embed_batch": 16,
+        "embed_timeout_s": 60.0,
+        "index_timeout_s": 30.0,
+        **overrides,
+    }
+    running = start(GatewaySettings(**values))  # type: ignore[arg-type]
+    return Server(running, f"127.0.0.1:{running.port}")
+
+
+@dataclass
+class Stack:
+    embedder: Server
+    index: Server
+    gateway: Server
+    tmp: Path
+
+
+@pytest.fixture
+def stack(embedder: Server, tmp_path: Path) -> Iterator[Stack]:
+    """Gateway + index (Milvus Lite, SQLite) + the shared real-weights embedder."""
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr)
+    yield Stack(embedder, index, gateway, tmp_path)
+    gateway.running.stop(1)
+    index.running.stop(1)

@@ -1,0 +1,170 @@
+"""The embedder over gRPC with the real pretrained MobileNetV2 weights."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+from tests.conftest import CLOTHING, ODD, VENV_BIN, Server, channel, clothing_images, odd_manifest, start_embedder
+
+
+def stub(server: Server) -> embedder_pb2_grpc.EmbedderStub:
+    return embedder_pb2_grpc.EmbedderStub(channel(server.port))
+
+
+def embed(server: Server, images: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
+    request = embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(name=n, data=d) for n, d in images])
+    return list(stub(server).Embed(request, timeout=300).embeddings)
+
+
+def vec(e: embedder_pb2.Embedding) -> np.ndarray:
+    assert not e.error, e.error
+    return np.frombuffer(e.vector, dtype="<f4")
+
+
+@pytest.fixture(scope="module")
+def clothing_vectors(embedder: Server) -> tuple[np.ndarray, list[str]]:
+    rows = clothing_images()
+    out = embed(embedder, [(p, (CLOTHING / p).read_bytes()) for p, _ in rows])
+    return np.stack([vec(e) for e in out]), [label for _, label in rows]
+
+
+def test_model_info_reports_real_weights(embedder: Server) -> None:
+    info = stub(embedder).GetModelInfo(embedder_pb2.GetModelInfoRequest(), timeout=10)
+    assert info.model == "mobilenet_v2"
+    assert info.dim == 1280
+    assert info.pretrained is True
+    assert info.weights == "bundled"
+    assert len(info.weights_digest) == 64
+    assert info.device == "cpu"
+    assert info.model_id.startswith("mobilenet_v2/avg/")
+
+
+def test_clothing_vectors_are_unit_length_1280d(clothing_vectors: tuple[np.ndarray, list[str]]) -> None:
+    vectors, _ = clothing_vectors
+    assert vectors.shape == (64, 1280)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_real_weights_group_classes(clothing_vectors: tuple[np.ndarray, list[str]]) -> None:
+    """Nearest neighbours share the class far more often than chance (1/8)."""
+    vectors, labels = clothing_vectors
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -1)
+    top = np.argsort(-sims, axis=1)[:, :5]
+    precision = np.mean([[labels[j] == labels[i] for j in top[i]] for i in range(len(labels))])
+    assert precision > 0.4, precision
+
+
+def test_reencoded_copy_is_nearer_than_other_classes(embedder: Server, clothing_vectors: tuple[np.ndarray, list[str]]) -> None:
+    vectors, labels = clothing_vectors
+    rows = clothing_images()
+    for idx in (0, 17, 40):
+        img = Image.open(CLOTHING / rows[idx][0]).convert("RGB")
+        img = img.resize((img.width * 2 // 3, img.height * 2 // 3))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        copy = vec(embed(embedder, [("copy.png", buf.getvalue())])[0])
+        sim_copy = float(copy @ vectors[idx])
+        other = [float(vectors[idx] @ vectors[j]) for j in range(64) if labels[j] != labels[idx]]
+        assert sim_copy > max(other), (rows[idx][0], sim_copy, max(other))
+        assert sim_copy > 0.9
+
+
+def test_same_image_twice_same_vector(embedder: Server) -> None:
+    data = (CLOTHING / clothing_images()[3][0]).read_bytes()
+    a, b = embed(embedder, [("a", data), ("b", data)])
+    assert np.allclose(vec(a), vec(b), atol=1e-5)
+    (c,) = embed(embedder, [("c", data)])
+    assert np.allclose(vec(a), vec(c), atol=1e-2)  # a different batch may round differently
+
+
+def test_odd_images_one_batch_matches_manifest(embedder: Server) -> None:
+    manifest = odd_manifest()
+    out = embed(embedder, [(name, (ODD / name).read_bytes()) for name, _ in manifest])
+    assert len(out) == len(manifest) == 55
+    for (name, expect), e in zip(manifest, out, strict=True):
+        assert e.name == name
+        if expect == "ok":
+            assert not e.error, f"{name}: {e.error}"
+            assert len(e.vector) == 1280 * 4 and e.width > 0 and e.height > 0
+        else:
+            assert e.error and not e.vector, name
+            assert name in e.error  # the message names the file
+            assert e.error_code in (3, 8)
+    # The service keeps serving after all that.
+    (good,) = embed(embedder, [("hopper", (ODD / "hopper.jpg").read_bytes())])
+    assert not good.error
+
+
+def test_pixel_limit_refused_before_decoding(embedder: Server) -> None:
+    (e,) = embed(embedder, [("bomb", (ODD / "bomb-30000x30000.png").read_bytes())])
+    assert e.error_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "900000000" in e.error and "EMBEDDER_MAX_PIXELS" in e.error
+
+
+def test_exif_orientation_is_applied(embedder: Server) -> None:
+    img = Image.new("RGB", (300, 100), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    (e,) = embed(embedder, [("rotated.jpg", buf.getvalue())])
+    assert (e.width, e.height) == (100, 300)
+
+
+def test_too_many_images_is_invalid_argument(embedder: Server) -> None:
+    images = [embedder_pb2.Image(name=str(i), data=b"x") for i in range(1025)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub(embedder).Embed(embedder_pb2.EmbedRequest(images=images), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1025" in err.value.details()
+
+
+def test_full_queue_answers_resource_exhausted() -> None:
+    server = start_embedder(queue_size=4, max_batch=2)
+    try:
+        data = (ODD / "hopper.jpg").read_bytes()
+        with pytest.raises(grpc.RpcError) as err:
+            embed(server, [(str(i), data) for i in range(5)])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "EMBEDDER_QUEUE_SIZE" in err.value.details()
+        assert len(embed(server, [(str(i), data) for i in range(4)])) == 4
+    finally:
+        server.running.stop(1)
+
+
+def test_random_resnet50_is_2048d_and_says_so() -> None:
+    server = start_embedder(model="resnet50", weights="random")
+    try:
+        info = stub(server).GetModelInfo(embedder_pb2.GetModelInfoRequest(), timeout=10)
+        assert info.dim == 2048 and info.pretrained is False and info.weights == "random"
+        assert "random" in info.note
+        (e,) = embed(server, [("hopper", (ODD / "hopper.jpg").read_bytes())])
+        assert len(e.vector) == 2048 * 4
+    finally:
+        server.running.stop(1)
+
+
+def test_grpcurl_lists_services_and_health(embedder: Server) -> None:
+    grpcurl = str(VENV_BIN / "grpcurl")
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", embedder.addr, "list"], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "imagesearch.v1.Embedder" in listed.stdout.split()
+    assert "grpc.health.v1.Health" in listed.stdout.split()
+    health = subprocess.run(
+        [grpcurl, "-plaintext", "-d", '{"service": "imagesearch.v1.Embedder"}', embedder.addr,
+         "grpc.health.v1.Health/Check"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["status"] == "SERVING"
