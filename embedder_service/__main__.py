@@ -15,7 +15,10 @@ from imagesearch.settings import SettingsError, load_settings
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(
-            EmbedderSettings, "EMBEDDER_", sys.argv[1:] if argv is None else argv, description=__doc__
+            EmbedderSettings,
+            "EMBEDDER_",
+            sys.argv[1:] if argv is None else argv,
+            description=__doc__,
         )
     except SettingsError as exc:
         print(f"embedder_service: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
-from embedder_service.decode import DecodeError, Decoded, Decoder
+from embedder_service.decode import Decoded, DecodeError, Decoder
 from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,10 @@ class Batcher:
         except Exception as exc:  # a decoder bug must not hang the caller
             log.exception("decode.crash", extra={"fields": {"image": name}})
             fut.set_result(
-                Result(None, error=DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}"))
+                Result(
+                    None,
+                    error=DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}"),
+                )
             )
             return
         self._ready.put(_Item(decoded, fut))
@@ -127,7 +130,11 @@ class Batcher:
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                item = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
+                item = (
+                    self._ready.get(timeout=remaining)
+                    if remaining > 0
+                    else self._ready.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is None:
@@ -156,7 +163,9 @@ class Batcher:
             seconds = time.perf_counter() - started
             BATCH_SIZE.observe(len(batch))
             MODEL_SECONDS.observe(seconds)
-            logs.event(log, "model.batch", logging.DEBUG, size=len(batch), ms=round(seconds * 1000, 1))
+            logs.event(
+                log, "model.batch", logging.DEBUG, size=len(batch), ms=round(seconds * 1000, 1)
+            )
             for it, vec in zip(batch, vectors, strict=True):
                 it.future.set_result(Result(vec, it.decoded.width, it.decoded.height))
 

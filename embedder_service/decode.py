@@ -89,15 +89,24 @@ class Decoder:
                 f"{label}: not an image in a format we can read "
                 "(JPEG, PNG, WebP, TIFF, BMP, GIF, ICO, ...)",
             ) from None
-        except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
-                KeyError, ZeroDivisionError, MemoryError) as exc:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            TypeError,
+            IndexError,
+            KeyError,
+            ZeroDivisionError,
+            MemoryError,
+        ) as exc:
             raise DecodeError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{label}: corrupt or truncated image ({type(exc).__name__}: {exc})",
             ) from None
 
     def _decode(self, data: bytes, label: str) -> Decoded:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         width, height = img.size
         if width <= 0 or height <= 0:
             raise DecodeError(

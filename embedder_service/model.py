@@ -48,6 +48,8 @@ class Trunk(nn.Module):
         self.body = body
         self.pool = pool
         self.head = head
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
 
@@ -60,7 +62,9 @@ class Trunk(nn.Module):
         return x
 
 
-def build_network(model: str, weights: Weights, pooling: str, gem_p: float) -> tuple[nn.Module, str]:
+def build_network(
+    model: str, weights: Weights, pooling: str, gem_p: float
+) -> tuple[nn.Module, str]:
     """Returns (trunk, pooling name). Loads weights, checks nothing but the head is missing."""
     if weights.state_dict is None:
         torch.manual_seed(0)  # random init is reproducible across replicas
@@ -179,7 +183,12 @@ class ModelRunner:
             pretrained=weights.pretrained,
         )
         if not weights.pretrained:
-            logs.event(log, "model.random_init", logging.WARNING, note="random weights: vectors are meaningless, use only for shape and speed tests")
+            logs.event(
+                log,
+                "model.random_init",
+                logging.WARNING,
+                note="random weights: vectors are meaningless, use only for shape and speed tests",
+            )
 
     def _bucket(self, n: int) -> int:
         """Compiled graphs are specialised on shape: pad to a power of two."""
@@ -202,8 +211,9 @@ class ModelRunner:
             batch = batch.contiguous().pin_memory().to(self.device, non_blocking=True)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         batch = batch.contiguous(memory_format=memory_format)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
         ):
             out = self.forward(batch)
         out = torch.nn.functional.normalize(out[:n].float(), dim=1)

@@ -141,7 +141,9 @@ def from_file(path_text: str) -> Weights:
 def resolve(model: str, spec: str, fallback: str) -> tuple[str, Weights]:
     """Returns (model, weights); the model changes only on the bundled fallback."""
     if spec == "random":
-        return model, Weights(None, "random", "random", False, note="random init: shape and speed tests only")
+        return model, Weights(
+            None, "random", "random", False, note="random init: shape and speed tests only"
+        )
     if spec == "bundled":
         return model, bundled(model)
     if spec != "imagenet":
@@ -156,5 +158,14 @@ def resolve(model: str, spec: str, fallback: str) -> tuple[str, Weights]:
             f"FALLBACK: {model} ImageNet weights unavailable, serving mobilenet_v2 with the "
             f"bundled ImageNet weights instead ({exc})"
         )
-        logs.event(log, "weights.fallback", logging.WARNING, wanted=model, using="mobilenet_v2/bundled", reason=str(exc))
-        return "mobilenet_v2", Weights(weights.state_dict, "bundled", weights.digest, True, note=note)
+        logs.event(
+            log,
+            "weights.fallback",
+            logging.WARNING,
+            wanted=model,
+            using="mobilenet_v2/bundled",
+            reason=str(exc),
+        )
+        return "mobilenet_v2", Weights(
+            weights.state_dict, "bundled", weights.digest, True, note=note
+        )

@@ -66,7 +66,9 @@ class Backends:
         self.embedder_channel.close()
         self.index_channel.close()
 
-    def _call(self, backend: str, addr: str, fn: Callable[..., T], request: Any, timeout: float) -> T:
+    def _call(
+        self, backend: str, addr: str, fn: Callable[..., T], request: Any, timeout: float
+    ) -> T:
         try:
             return fn(request, timeout=timeout, metadata=_metadata())
         except grpc.RpcError as exc:
@@ -103,15 +105,20 @@ class Backends:
     def model_info(self) -> embedder_pb2.ModelInfo:
         s = self.settings
         return self._call(
-            "embedder", s.embedder_addr, self.embedder.GetModelInfo,
-            embedder_pb2.GetModelInfoRequest(), s.index_timeout_s,
+            "embedder",
+            s.embedder_addr,
+            self.embedder.GetModelInfo,
+            embedder_pb2.GetModelInfoRequest(),
+            s.index_timeout_s,
         )
 
     # -- index -----------------------------------------------------------
 
     def index_call(self, method: str, request: Any) -> Any:
         s = self.settings
-        return self._call("index", s.index_addr, getattr(self.index, method), request, s.index_timeout_s)
+        return self._call(
+            "index", s.index_addr, getattr(self.index, method), request, s.index_timeout_s
+        )
 
     def upsert(self, request: index_pb2.IndexUpsertRequest) -> index_pb2.IndexUpsertResponse:
         return self.index_call("Upsert", request)

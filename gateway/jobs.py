@@ -24,21 +24,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client import Counter, Gauge
 
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, walk_images
 from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
-from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
-    "pending", "running", "succeeded", "failed", "canceled",
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
 )
 TERMINAL = {SUCCEEDED, FAILED, CANCELED}
 
-JOB_FILES = Counter("imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"])
+JOB_FILES = Counter(
+    "imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"]
+)
 JOBS_RUNNING = Gauge("imagesearch_jobs_running", "Jobs running now")
 
 
@@ -116,11 +122,17 @@ class JobManager:
         for job in list(self._jobs.values()):
             if job.state in (PENDING, RUNNING):
                 if self.settings.resume_jobs:
-                    logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
+                    logs.event(
+                        log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total
+                    )
                     self._launch(job)
                 else:
                     with self._lock:
-                        self._update(job, state=FAILED, message="interrupted by a gateway restart; ResumeJob continues it")
+                        self._update(
+                            job,
+                            state=FAILED,
+                            message="interrupted by a gateway restart; ResumeJob continues it",
+                        )
 
     def _update(self, job: JobState, **changes: object) -> None:
         """Applies changes, persists, wakes watchers; call with the lock held."""
@@ -151,7 +163,14 @@ class JobManager:
         with self._lock:
             self._jobs[job_id] = job
             self._update(job, total=len(files))
-        logs.event(log, "job.started", job_id=job_id, collection=collection, folder=str(real), files=len(files))
+        logs.event(
+            log,
+            "job.started",
+            job_id=job_id,
+            collection=collection,
+            folder=str(real),
+            files=len(files),
+        )
         self._launch(job)
         return self.snapshot(job_id)
 
@@ -164,7 +183,7 @@ class JobManager:
 
     snapshot = get
 
-    def list(self, collection: str = "") -> list[JobState]:
+    def list_jobs(self, collection: str = "") -> list[JobState]:
         with self._lock:
             ids = [j.job_id for j in sorted(self._jobs.values(), key=lambda j: j.created_at_ms)]
         jobs = [self.get(i) for i in ids]
@@ -190,7 +209,11 @@ class JobManager:
         job = self.get(job_id)
         if job.state == SUCCEEDED:
             return job
-        if job.state in (PENDING, RUNNING) and job_id in self._threads and self._threads[job_id].is_alive():
+        if (
+            job.state in (PENDING, RUNNING)
+            and job_id in self._threads
+            and self._threads[job_id].is_alive()
+        ):
             return job
         with self._lock:
             real = self._jobs[job_id]
@@ -245,7 +268,11 @@ class JobManager:
                 if self._closed:
                     return
                 with self._lock:
-                    self._update(self._jobs[job_id], state=FAILED, message=f"{exc.message}. ResumeJob continues from here")
+                    self._update(
+                        self._jobs[job_id],
+                        state=FAILED,
+                        message=f"{exc.message}. ResumeJob continues from here",
+                    )
                 logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=exc.message)
             except Exception as exc:
                 log.exception("job.crash", extra={"fields": {"job_id": job_id}})
@@ -260,18 +287,22 @@ class JobManager:
         size = job.batch_size
         ahead = set(job.batches_ahead)
         todo = [
-            b
-            for b in range(job.batch_cursor, (len(files) + size - 1) // size)
-            if b not in ahead
+            b for b in range(job.batch_cursor, (len(files) + size - 1) // size) if b not in ahead
         ]
         with self._lock:
             self._update(job, state=RUNNING, message="")
         in_flight: dict[Future[list[Result]], int] = {}
         failure: errors.ServiceError | None = None
-        with ThreadPoolExecutor(self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}") as pool:
+        with ThreadPoolExecutor(
+            self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}"
+        ) as pool:
             pending = iter(todo)
             while True:
-                while failure is None and not cancel.is_set() and len(in_flight) < self.settings.job_concurrency:
+                while (
+                    failure is None
+                    and not cancel.is_set()
+                    and len(in_flight) < self.settings.job_concurrency
+                ):
                     batch = next(pending, None)
                     if batch is None:
                         break
@@ -297,8 +328,13 @@ class JobManager:
             else:
                 self._update(job, state=SUCCEEDED, message="")
         logs.event(
-            log, "job.finished", job_id=job_id, state=job.state, indexed=job.indexed,
-            duplicates=job.duplicates, failed=job.failed,
+            log,
+            "job.finished",
+            job_id=job_id,
+            state=job.state,
+            indexed=job.indexed,
+            duplicates=job.duplicates,
+            failed=job.failed,
         )
 
     def _batch(self, collection: str, paths: list[str], cancel: threading.Event) -> list[Result]:
@@ -309,10 +345,15 @@ class JobManager:
                 return self.ingestor.ingest(collection, sources)
             except errors.ServiceError as exc:
                 attempt += 1
-                retryable = exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                retryable = exc.code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
                 if not retryable or attempt > self.settings.batch_retries or cancel.is_set():
                     raise
-                logs.event(log, "job.batch_retry", logging.WARNING, attempt=attempt, reason=exc.message)
+                logs.event(
+                    log, "job.batch_retry", logging.WARNING, attempt=attempt, reason=exc.message
+                )
                 cancel.wait(min(2.0**attempt, 10.0))
 
     def _read(self, path: str) -> Source:

@@ -77,7 +77,9 @@ class Ingestor:
                 todo.append(i)
 
         if todo:
-            model_id, embedded = self.backends.embed([(sources[i].name, sources[i].data) for i in todo])
+            model_id, embedded = self.backends.embed(
+                [(sources[i].name, sources[i].data) for i in todo]
+            )
             items: list[index_pb2.UpsertItem] = []
             positions: list[int] = []
             dim = 0

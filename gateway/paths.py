@@ -13,8 +13,25 @@ from pathlib import Path
 from imagesearch import errors
 
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-     ".webp", ".ico", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".jpe",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ico",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+    }
 )
 
 

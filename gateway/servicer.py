@@ -35,7 +35,9 @@ def job_message(job: JobState) -> gateway_pb2.Job:
         duplicates=job.duplicates,
         failed=job.failed,
         errors=[
-            gateway_pb2.FileError(path=str(e["path"]), reason=str(e["reason"]), code=int(str(e["code"])))
+            gateway_pb2.FileError(
+                path=str(e["path"]), reason=str(e["reason"]), code=int(str(e["code"]))
+            )
             for e in job.errors
         ],
         collection=job.collection,
@@ -152,10 +154,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     # -- streaming ingest --------------------------------------------------
 
-    def _images(self, requests: Iterator[gateway_pb2.IndexImagesRequest]) -> Iterator[tuple[str, Source]]:
+    def _images(
+        self, requests: Iterator[gateway_pb2.IndexImagesRequest]
+    ) -> Iterator[tuple[str, Source]]:
         """Reassembles chunked images: yields (collection, source) per image."""
         collection = ""
-        name, parts, size, count = "", [], 0, 0
+        name, size, count = "", 0, 0
+        parts: list[bytes] = []
         oversized = False
         for msg in requests:
             collection = collection or msg.collection
@@ -171,11 +176,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if msg.more_chunks:
                 continue
             if oversized:
-                yield collection, Source(
-                    name,
-                    error=f"{name}: over the limit of {self.settings.max_image_bytes} bytes "
-                    "(GATEWAY_MAX_IMAGE_MB)",
-                    error_code=8,
+                yield (
+                    collection,
+                    Source(
+                        name,
+                        error=f"{name}: over the limit of {self.settings.max_image_bytes} bytes "
+                        "(GATEWAY_MAX_IMAGE_MB)",
+                        error_code=8,
+                    ),
                 )
             else:
                 yield collection, Source(name, b"".join(parts))
@@ -186,7 +194,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
 
     def IndexImages(
-        self, request_iterator: Iterator[gateway_pb2.IndexImagesRequest], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
+        context: grpc.ServicerContext,
     ) -> gateway_pb2.IndexImagesResponse:
         collection = ""
         batch: list[Source] = []
@@ -213,12 +223,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         for r in results:
             if r.outcome is Outcome.FAILED:
                 response.failed += 1
-                response.errors.append(gateway_pb2.FileError(path=r.name, reason=r.reason, code=r.code))
+                response.errors.append(
+                    gateway_pb2.FileError(path=r.name, reason=r.reason, code=r.code)
+                )
                 continue
             duplicate = r.outcome is Outcome.DUPLICATE
             response.duplicates += int(duplicate)
             response.indexed += int(not duplicate)
-            response.images.append(gateway_pb2.IndexedImage(name=r.name, image_id=r.image_id, duplicate=duplicate))
+            response.images.append(
+                gateway_pb2.IndexedImage(name=r.name, image_id=r.image_id, duplicate=duplicate)
+            )
         return response
 
     # -- jobs ------------------------------------------------------------
@@ -242,20 +256,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def ListJobs(
         self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListJobsResponse:
-        return gateway_pb2.ListJobsResponse(jobs=[job_message(j) for j in self.jobs.list(request.collection)])
+        return gateway_pb2.ListJobsResponse(
+            jobs=[job_message(j) for j in self.jobs.list_jobs(request.collection)]
+        )
 
-    def CancelJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
+    def CancelJob(
+        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
+    ) -> gateway_pb2.Job:
         return job_message(self.jobs.cancel(request.job_id))
 
-    def ResumeJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
+    def ResumeJob(
+        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
+    ) -> gateway_pb2.Job:
         return job_message(self.jobs.resume(request.job_id))
 
     # -- collections (forwarded to the index) ----------------------------
 
-    def Count(self, request: common_pb2.CountRequest, context: grpc.ServicerContext) -> common_pb2.CountResponse:
-        return self.backends.index_call("Count", common_pb2.CountRequest(collection=self._collection(request.collection)))
+    def Count(
+        self, request: common_pb2.CountRequest, context: grpc.ServicerContext
+    ) -> common_pb2.CountResponse:
+        return self.backends.index_call(
+            "Count", common_pb2.CountRequest(collection=self._collection(request.collection))
+        )
 
-    def Delete(self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext) -> common_pb2.DeleteResponse:
+    def Delete(
+        self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> common_pb2.DeleteResponse:
         forwarded = common_pb2.DeleteRequest()
         forwarded.CopyFrom(request)
         forwarded.collection = self._collection(request.collection)

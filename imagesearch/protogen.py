@@ -23,9 +23,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_dir: Path) -> list[Path]:
     """Runs protoc into out_dir; returns the generated files (relative paths)."""
-    from grpc_tools import protoc  # dev dependency, only needed here
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, only needed here
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = [

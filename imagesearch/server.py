@@ -71,7 +71,11 @@ class _Call:
         RPC_HANDLED.labels(self.method, code.name).inc()
         RPC_SECONDS.labels(self.method).observe(seconds)
         level = logging.INFO if code == grpc.StatusCode.OK else logging.WARNING
-        fields: dict[str, Any] = {"method": self.method, "code": code.name, "ms": round(seconds * 1000, 2)}
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "code": code.name,
+            "ms": round(seconds * 1000, 2),
+        }
         if detail:
             fields["detail"] = detail
         log.log(level, "rpc", extra={"fields": fields})
@@ -91,7 +95,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or _is_quiet(method):
             return handler
 
@@ -127,7 +131,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(
+                unary_response(handler.unary_unary), **kwargs
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 unary_response(handler.stream_unary), **kwargs

@@ -19,7 +19,9 @@ SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
 
 
 def build_store(settings: IndexSettings) -> IndexStore:
-    return IndexStore(MetadataStore(settings.database_url, settings.table_prefix), VectorStore(settings))
+    return IndexStore(
+        MetadataStore(settings.database_url, settings.table_prefix), VectorStore(settings)
+    )
 
 
 def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningServer:

@@ -12,11 +12,11 @@ Tables (names carry INDEX_TABLE_PREFIX):
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.sql.elements import ColumnElement
 
 from imagesearch import errors
 
@@ -102,7 +103,7 @@ class MetadataStore:
             kwargs["connect_args"] = {"connect_timeout": 5}
         self.engine: Engine = create_engine(url, **kwargs)
         md = MetaData()
-        opts = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+        opts: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
         p = table_prefix
         self.collections = Table(
             f"{p}collections",
@@ -174,7 +175,9 @@ class MetadataStore:
 
     def get_collection(self, name: str) -> CollectionRow | None:
         with self._tx() as conn:
-            row = conn.execute(select(self.collections).where(self.collections.c.name == name)).first()
+            row = conn.execute(
+                select(self.collections).where(self.collections.c.name == name)
+            ).first()
         if row is None:
             return None
         return CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
@@ -343,8 +346,15 @@ class MetadataStore:
                     cond = and_(cond, img.c.status == READY)
                 for r in conn.execute(select(img).where(cond)):
                     out[r.image_id] = ImageRow(
-                        r.image_id, r.sha256, r.size, r.width, r.height, r.model, r.status,
-                        r.created_at_ms, r.updated_at_ms,
+                        r.image_id,
+                        r.sha256,
+                        r.size,
+                        r.width,
+                        r.height,
+                        r.model,
+                        r.status,
+                        r.created_at_ms,
+                        r.updated_at_ms,
                     )
                 if not out:
                     continue
@@ -383,7 +393,10 @@ class MetadataStore:
     def all_ids(self, name: str) -> set[int]:
         img = self.images
         with self._tx() as conn:
-            return {r.image_id for r in conn.execute(select(img.c.image_id).where(img.c.collection == name))}
+            return {
+                r.image_id
+                for r in conn.execute(select(img.c.image_id).where(img.c.collection == name))
+            }
 
     def delete_images(self, name: str, ids: Sequence[int]) -> list[int]:
         """Deletes rows and all their paths; returns the ids that existed."""
@@ -399,8 +412,12 @@ class MetadataStore:
                         )
                     )
                 ]
-                conn.execute(delete(pt).where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk))))
-                conn.execute(delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(chunk))))
+                conn.execute(
+                    delete(pt).where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk)))
+                )
+                conn.execute(
+                    delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
+                )
         return existed
 
     def delete_paths(
@@ -412,7 +429,7 @@ class MetadataStore:
         removed = 0
         touched: set[int] = set()
         with self._tx() as conn:
-            conditions = []
+            conditions: list[ColumnElement[bool]] = []
             for i in range(0, len(paths), CHUNK):
                 conditions.append(pt.c.path.in_(paths[i : i + CHUNK]))
             if prefix is not None:
@@ -427,10 +444,3 @@ class MetadataStore:
     def pending_rows(self, name: str, ids: Sequence[int]) -> list[ImageRow]:
         rows = self.records(name, ids, ready_only=False)
         return [r for r in rows.values() if r.status == PENDING]
-
-
-def group_paths(pairs: Iterable[tuple[str, int]]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = defaultdict(list)
-    for path, iid in pairs:
-        out[iid].append(path)
-    return out

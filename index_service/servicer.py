@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from index_service.metadata import READY, ImageRow
-from index_service.store import IndexStore, Item
 from imagesearch import errors
 from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
+from index_service.metadata import READY, ImageRow
+from index_service.store import IndexStore, Item
 
 STATUS = {READY: index_pb2.IMAGE_STATUS_READY}
 
@@ -42,7 +42,8 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                 "(INDEX_MAX_ITEMS_PER_UPSERT); split the request"
             )
         items = [
-            Item(it.sha256, it.path, it.size, it.width, it.height, it.vector) for it in request.items
+            Item(it.sha256, it.path, it.size, it.width, it.height, it.vector)
+            for it in request.items
         ]
         results = self.store.upsert(request.collection, request.model, request.dim, items)
         out = [
@@ -96,7 +97,10 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         self, request: index_pb2.IndexGetRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexGetResponse:
         rows = self.store.get(
-            request.collection, list(request.image_ids), list(request.paths), request.include_pending
+            request.collection,
+            list(request.image_ids),
+            list(request.paths),
+            request.include_pending,
         )
         return index_pb2.IndexGetResponse(records=[record(r) for r in rows])
 

@@ -18,7 +18,9 @@ class IndexSettings:
         default="./data/milvus.db",
         metadata={"help": "Milvus Lite file (*.db) or server URI (http://host:19530)"},
     )
-    milvus_token: str = field(default="", metadata={"help": "Milvus token (user:password or API key)"})
+    milvus_token: str = field(
+        default="", metadata={"help": "Milvus token (user:password or API key)"}
+    )
     milvus_user: str = field(default="", metadata={"help": "Milvus user (secured servers)"})
     milvus_password: str = field(default="", metadata={"help": "Milvus password"})
     milvus_db_name: str = field(default="", metadata={"help": "Milvus database (server only)"})
@@ -31,7 +33,9 @@ class IndexSettings:
         metadata={"help": "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db"},
     )
     table_prefix: str = field(default="imgsearch_", metadata={"help": "prefix of our SQL tables"})
-    metric: str = field(default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"})
+    metric: str = field(
+        default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"}
+    )
     index_type: str = field(
         default="FLAT",
         metadata={

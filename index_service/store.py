@@ -116,7 +116,9 @@ class IndexStore:
     def upsert(self, name: str, model: str, dim: int, items: list[Item]) -> list[UpsertResult]:
         names.collection(name)
         if not model:
-            raise errors.invalid_argument("Upsert needs the model id of the vectors (ModelInfo.model_id)")
+            raise errors.invalid_argument(
+                "Upsert needs the model id of the vectors (ModelInfo.model_id)"
+            )
         if not 0 < dim <= MAX_DIM:
             raise errors.invalid_argument(f"dim {dim} is out of range 1..{MAX_DIM}")
         if not items:
@@ -127,9 +129,13 @@ class IndexStore:
             what = f"item #{n} ({item.path or 'no path'})"
             names.path(item.path)
             if len(item.sha256) != ids.SHA256_BYTES:
-                raise errors.invalid_argument(f"{what}: sha256 must be 32 bytes, got {len(item.sha256)}")
+                raise errors.invalid_argument(
+                    f"{what}: sha256 must be 32 bytes, got {len(item.sha256)}"
+                )
             if item.size < 0 or item.width < 0 or item.height < 0:
-                raise errors.invalid_argument(f"{what}: size, width and height must not be negative")
+                raise errors.invalid_argument(
+                    f"{what}: size, width and height must not be negative"
+                )
             vectors.append(unpack_vector(item.vector, dim, what))
             image_ids.append(ids.image_id_from_sha256(item.sha256))
 
@@ -179,7 +185,10 @@ class IndexStore:
                 results.append(UpsertResult(iid, duplicate, path_added and duplicate))
 
             orphaned = self.meta.write_pending(
-                name, model, list(new_images.values()), list(new_paths.items()),
+                name,
+                model,
+                list(new_images.values()),
+                list(new_paths.items()),
                 list(moved_paths.items()),
             )
             if to_embed:
@@ -294,7 +303,9 @@ class IndexStore:
             out.append(chosen)
         return out
 
-    def get(self, name: str, image_ids: list[int], paths: list[str], include_pending: bool) -> list[ImageRow]:
+    def get(
+        self, name: str, image_ids: list[int], paths: list[str], include_pending: bool
+    ) -> list[ImageRow]:
         self.collection(name)
         wanted = list(image_ids) + self.meta.ids_for_paths(name, paths)
         found = self.meta.records(name, wanted, ready_only=not include_pending)

@@ -4,12 +4,13 @@ with a standalone or cluster server (http://host:19530)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
@@ -19,7 +20,6 @@ from index_service.settings import IndexSettings
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 ID_FIELD = "id"
 VECTOR_FIELD = "vector"
 MAX_TOPK = 16384  # Milvus' limit on one search
@@ -46,7 +46,10 @@ class VectorStore:
     def _connect(self) -> MilvusClient:
         with self._lock:
             if self._client is None:
-                kwargs: dict[str, Any] = {"uri": self.uri, "timeout": self.settings.milvus_timeout_s}
+                kwargs: dict[str, Any] = {
+                    "uri": self.uri,
+                    "timeout": self.settings.milvus_timeout_s,
+                }
                 if self.lite:
                     Path(self.uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 else:
@@ -85,10 +88,8 @@ class VectorStore:
             client, self._client = self._client, None
             self._known.clear()
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing to close
                 client.close()
-            except Exception:
-                pass
 
     def close(self) -> None:
         self._reset()
@@ -143,7 +144,14 @@ class VectorStore:
                 mname, schema=schema, index_params=index, consistency_level="Strong"
             )
             self._known.add(mname)
-        logs.event(log, "milvus.created", collection=mname, dim=dim, index=self.index_type, metric=self.metric)
+        logs.event(
+            log,
+            "milvus.created",
+            collection=mname,
+            dim=dim,
+            index=self.index_type,
+            metric=self.metric,
+        )
 
     def ensure(self, name: str, dim: int) -> None:
         if self.milvus_name(name) not in self._known:
@@ -231,12 +239,7 @@ class VectorStore:
                 search_params=self.search_params(limit),
                 consistency_level="Strong",
             )
-        return [[(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits] for hits in results]
-
-
-def call_safely(fn: Callable[[], T], default: T) -> T:
-    try:
-        return fn()
-    except errors.ServiceError as exc:
-        logs.event(log, "milvus.ignored", logging.WARNING, error=exc.message)
-        return default
+        return [
+            [(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits]
+            for hits in results
+        ]

@@ -133,7 +133,9 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("milvus-server")
     log = (data / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(exe), "--data", str(data)], stdout=log, stderr=subprocess.STDOUT,
+        [str(exe), "--data", str(data)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:

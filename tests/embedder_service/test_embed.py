@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
-from tests.conftest import CLOTHING, ODD, VENV_BIN, Server, channel, clothing_images, odd_manifest, start_embedder
+from tests.conftest import (
+    CLOTHING,
+    ODD,
+    VENV_BIN,
+    Server,
+    channel,
+    clothing_images,
+    odd_manifest,
+    start_embedder,
+)
 
 
 def stub(server: Server) -> embedder_pb2_grpc.EmbedderStub:
@@ -20,7 +29,9 @@ def stub(server: Server) -> embedder_pb2_grpc.EmbedderStub:
 
 
 def embed(server: Server, images: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
-    request = embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(name=n, data=d) for n, d in images])
+    request = embedder_pb2.EmbedRequest(
+        images=[embedder_pb2.Image(name=n, data=d) for n, d in images]
+    )
     return list(stub(server).Embed(request, timeout=300).embeddings)
 
 
@@ -47,7 +58,9 @@ def test_model_info_reports_real_weights(embedder: Server) -> None:
     assert info.model_id.startswith("mobilenet_v2/avg/")
 
 
-def test_clothing_vectors_are_unit_length_1280d(clothing_vectors: tuple[np.ndarray, list[str]]) -> None:
+def test_clothing_vectors_are_unit_length_1280d(
+    clothing_vectors: tuple[np.ndarray, list[str]],
+) -> None:
     vectors, _ = clothing_vectors
     assert vectors.shape == (64, 1280)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -63,7 +76,9 @@ def test_real_weights_group_classes(clothing_vectors: tuple[np.ndarray, list[str
     assert precision > 0.4, precision
 
 
-def test_reencoded_copy_is_nearer_than_other_classes(embedder: Server, clothing_vectors: tuple[np.ndarray, list[str]]) -> None:
+def test_reencoded_copy_is_nearer_than_other_classes(
+    embedder: Server, clothing_vectors: tuple[np.ndarray, list[str]]
+) -> None:
     vectors, labels = clothing_vectors
     rows = clothing_images()
     for idx in (0, 17, 40):
@@ -125,7 +140,7 @@ def test_too_many_images_is_invalid_argument(embedder: Server) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub(embedder).Embed(embedder_pb2.EmbedRequest(images=images), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "1025" in err.value.details()
+    assert "1025" in str(err.value.details())
 
 
 def test_full_queue_answers_resource_exhausted() -> None:
@@ -135,7 +150,7 @@ def test_full_queue_answers_resource_exhausted() -> None:
         with pytest.raises(grpc.RpcError) as err:
             embed(server, [(str(i), data) for i in range(5)])
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "EMBEDDER_QUEUE_SIZE" in err.value.details()
+        assert "EMBEDDER_QUEUE_SIZE" in str(err.value.details())
         assert len(embed(server, [(str(i), data) for i in range(4)])) == 4
     finally:
         server.running.stop(1)
@@ -162,9 +177,17 @@ def test_grpcurl_lists_services_and_health(embedder: Server) -> None:
     assert "imagesearch.v1.Embedder" in listed.stdout.split()
     assert "grpc.health.v1.Health" in listed.stdout.split()
     health = subprocess.run(
-        [grpcurl, "-plaintext", "-d", '{"service": "imagesearch.v1.Embedder"}', embedder.addr,
-         "grpc.health.v1.Health/Check"],
-        capture_output=True, text=True, timeout=60,
+        [
+            grpcurl,
+            "-plaintext",
+            "-d",
+            '{"service": "imagesearch.v1.Embedder"}',
+            embedder.addr,
+            "grpc.health.v1.Health/Check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["status"] == "SERVING"

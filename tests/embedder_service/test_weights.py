@@ -33,7 +33,9 @@ def test_shared_reference_file_loads_as_a_weights_file() -> None:
     assert out.shape == (1, 1280) and pooling == "avg"
 
 
-def test_missing_imagenet_weights_name_the_ways_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_imagenet_weights_name_the_ways_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache; no network here
     with pytest.raises(weights.WeightsUnavailable) as err:
         weights.resolve("resnet50", "imagenet", "none")
@@ -41,7 +43,9 @@ def test_missing_imagenet_weights_name_the_ways_out(tmp_path: Path, monkeypatch:
     assert "EMBEDDER_WEIGHTS" in text and "EMBEDDER_WEIGHTS=bundled" in text
 
 
-def test_fallback_switches_to_bundled_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_switches_to_bundled_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model, w = weights.resolve("resnet50", "imagenet", "bundled")
     assert model == "mobilenet_v2" and w.source == "bundled" and w.pretrained

@@ -4,7 +4,9 @@ SQLite, Milvus Lite + MariaDB, a Milvus standalone server + SQLite."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -29,15 +31,25 @@ def vector(n: int, dim: int = DIM) -> np.ndarray:
 
 def item(n: int, path: str | None = None) -> index_pb2.UpsertItem:
     return index_pb2.UpsertItem(
-        sha256=digest(n), path=path or f"/photos/{n % 3}/img{n}.jpg", size=1000 + n,
-        width=640, height=480, vector=vector(n).tobytes(),
+        sha256=digest(n),
+        path=path or f"/photos/{n % 3}/img{n}.jpg",
+        size=1000 + n,
+        width=640,
+        height=480,
+        vector=vector(n).tobytes(),
     )
 
 
-def upsert(stub: index_pb2_grpc.IndexStub, items: list[index_pb2.UpsertItem], collection: str = "photos",
-           model: str = MODEL, dim: int = DIM) -> index_pb2.IndexUpsertResponse:
+def upsert(
+    stub: index_pb2_grpc.IndexStub,
+    items: list[index_pb2.UpsertItem],
+    collection: str = "photos",
+    model: str = MODEL,
+    dim: int = DIM,
+) -> index_pb2.IndexUpsertResponse:
     return stub.Upsert(
-        index_pb2.IndexUpsertRequest(collection=collection, model=model, dim=dim, items=items), timeout=60
+        index_pb2.IndexUpsertRequest(collection=collection, model=model, dim=dim, items=items),
+        timeout=60,
     )
 
 
@@ -45,22 +57,26 @@ def count(stub: index_pb2_grpc.IndexStub, collection: str = "photos") -> int:
     return stub.Count(common_pb2.CountRequest(collection=collection), timeout=30).count
 
 
-def search(stub: index_pb2_grpc.IndexStub, vec: np.ndarray, top_k: int = 5, **kw: object) -> list[index_pb2.IndexHit]:
+def search(
+    stub: index_pb2_grpc.IndexStub, vec: np.ndarray, top_k: int = 5, **kw: Any
+) -> list[index_pb2.IndexHit]:
     response = stub.Search(
-        index_pb2.IndexSearchRequest(collection="photos", vectors=[vec.tobytes()], top_k=top_k, **kw),  # type: ignore[arg-type]
+        index_pb2.IndexSearchRequest(
+            collection="photos", vectors=[vec.tobytes()], top_k=top_k, **kw
+        ),
         timeout=30,
     )
     return list(response.results[0].hits)
 
 
-def code_of(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def code_of(fn) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
         fn()
     return err.value.code()
 
 
 @pytest.fixture
-def index(index_backend: dict[str, object], tmp_path: Path):  # type: ignore[no-untyped-def]
+def index(index_backend: dict[str, object], tmp_path: Path):
     server = start_index(tmp_path, **index_backend)
     stub = index_pb2_grpc.IndexStub(channel(server.port))
     yield stub
@@ -70,7 +86,9 @@ def index(index_backend: dict[str, object], tmp_path: Path):  # type: ignore[no-
 def test_round_trip(index: index_pb2_grpc.IndexStub) -> None:
     response = upsert(index, [item(n) for n in range(30)])
     assert (response.indexed, response.duplicates) == (30, 0)
-    assert [r.image_id for r in response.results] == [ids.image_id_from_sha256(digest(n)) for n in range(30)]
+    assert [r.image_id for r in response.results] == [
+        ids.image_id_from_sha256(digest(n)) for n in range(30)
+    ]
     assert count(index) == 30
 
     hits = search(index, vector(7), top_k=5)
@@ -78,21 +96,31 @@ def test_round_trip(index: index_pb2_grpc.IndexStub) -> None:
     assert hits[0].image_id == ids.image_id_from_sha256(digest(7))
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[0].path == "/photos/1/img7.jpg" and (hits[0].width, hits[0].height) == (640, 480)
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
-    got = index.Get(index_pb2.IndexGetRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30)
+    got = index.Get(
+        index_pb2.IndexGetRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30
+    )
     (rec,) = got.records
-    assert rec.sha256 == digest(7).hex() and rec.size == 1007 and rec.status == index_pb2.IMAGE_STATUS_READY
+    assert (
+        rec.sha256 == digest(7).hex()
+        and rec.size == 1007
+        and rec.status == index_pb2.IMAGE_STATUS_READY
+    )
     assert rec.model == MODEL
 
     listed = index.ListCollections(common_pb2.ListCollectionsRequest(), timeout=30).collections
     assert [(c.name, c.dim, c.count, c.model) for c in listed] == [("photos", DIM, 30, MODEL)]
 
-    deleted = index.Delete(common_pb2.DeleteRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30)
+    deleted = index.Delete(
+        common_pb2.DeleteRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30
+    )
     assert deleted.deleted == 1 and count(index) == 29
     assert search(index, vector(7), top_k=1)[0].image_id != hits[0].image_id
 
-    assert index.DropCollection(common_pb2.DropCollectionRequest(collection="photos"), timeout=60).dropped
+    assert index.DropCollection(
+        common_pb2.DropCollectionRequest(collection="photos"), timeout=60
+    ).dropped
     assert code_of(lambda: count(index)) == grpc.StatusCode.NOT_FOUND
     assert index.ListCollections(common_pb2.ListCollectionsRequest(), timeout=30).collections == []
 
@@ -132,13 +160,18 @@ def test_top_k_and_prefix_filter(index: index_pb2_grpc.IndexStub) -> None:
     high = search(index, vector(0), top_k=40, min_score=0.99)
     assert [h.image_id for h in high] == [ids.image_id_from_sha256(digest(0))]
     for bad in (0, 1001, -1):
-        assert code_of(lambda bad=bad: search(index, vector(0), top_k=bad)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            code_of(lambda bad=bad: search(index, vector(0), top_k=bad))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
 
 
 def test_search_by_stored_image_id(index: index_pb2_grpc.IndexStub) -> None:
     upsert(index, [item(n) for n in range(10)])
     iid = ids.image_id_from_sha256(digest(4))
-    response = index.Search(index_pb2.IndexSearchRequest(collection="photos", image_ids=[iid], top_k=3), timeout=30)
+    response = index.Search(
+        index_pb2.IndexSearchRequest(collection="photos", image_ids=[iid], top_k=3), timeout=30
+    )
     assert response.results[0].hits[0].image_id == iid
     missing = index_pb2.IndexSearchRequest(collection="photos", image_ids=[12345], top_k=3)
     assert code_of(lambda: index.Search(missing, timeout=30)) == grpc.StatusCode.NOT_FOUND
@@ -147,10 +180,14 @@ def test_search_by_stored_image_id(index: index_pb2_grpc.IndexStub) -> None:
 def test_delete_by_paths_and_prefix(index: index_pb2_grpc.IndexStub) -> None:
     upsert(index, [item(n) for n in range(12)])
     upsert(index, [item(0, path="/keep/zero.jpg")])
-    by_path = index.Delete(common_pb2.DeleteRequest(collection="photos", paths=["/photos/0/img0.jpg"]), timeout=30)
+    by_path = index.Delete(
+        common_pb2.DeleteRequest(collection="photos", paths=["/photos/0/img0.jpg"]), timeout=30
+    )
     assert by_path.deleted == 0 and by_path.paths_removed == 1  # still under /keep/
     assert count(index) == 12
-    by_prefix = index.Delete(common_pb2.DeleteRequest(collection="photos", path_prefix="/photos/1/"), timeout=30)
+    by_prefix = index.Delete(
+        common_pb2.DeleteRequest(collection="photos", path_prefix="/photos/1/"), timeout=30
+    )
     assert by_prefix.deleted == 4 and count(index) == 8
     remaining = search(index, vector(1), top_k=12)
     assert not any(h.path.startswith("/photos/1/") for h in remaining)
@@ -159,10 +196,15 @@ def test_delete_by_paths_and_prefix(index: index_pb2_grpc.IndexStub) -> None:
 
 def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexStub) -> None:
     upsert(index, [item(1)])
-    assert code_of(lambda: upsert(index, [item(2)], model="other")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        code_of(lambda: upsert(index, [item(2)], model="other"))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     wide = index_pb2.UpsertItem(sha256=digest(3), path="/x.jpg", vector=vector(3, 32).tobytes())
     assert code_of(lambda: upsert(index, [wide], dim=32)) == grpc.StatusCode.FAILED_PRECONDITION
-    query = index_pb2.IndexSearchRequest(collection="photos", vectors=[vector(1).tobytes()], top_k=1, model="other")
+    query = index_pb2.IndexSearchRequest(
+        collection="photos", vectors=[vector(1).tobytes()], top_k=1, model="other"
+    )
     assert code_of(lambda: index.Search(query, timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
     assert count(index) == 1
 
@@ -176,27 +218,51 @@ def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexStub) -
         (np.zeros(DIM, dtype=np.float32).tobytes(), "zeros"),
     ],
 )
-def test_bad_vectors_refused_and_data_unchanged(index: index_pb2_grpc.IndexStub, raw: bytes, what: str) -> None:
+def test_bad_vectors_refused_and_data_unchanged(
+    index: index_pb2_grpc.IndexStub, raw: bytes, what: str
+) -> None:
     upsert(index, [item(n) for n in range(3)])
     bad = index_pb2.UpsertItem(sha256=digest(99), path="/bad.jpg", vector=raw)
     with pytest.raises(grpc.RpcError) as err:
         upsert(index, [item(50), bad])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert what in err.value.details()
+    assert what in str(err.value.details())
     assert count(index) == 3  # the good item in the same request was not half-written
-    assert code_of(lambda: search(index, np.frombuffer(raw, dtype=np.float32) if raw else np.array([], dtype=np.float32))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(
+            lambda: search(
+                index,
+                np.frombuffer(raw, dtype=np.float32) if raw else np.array([], dtype=np.float32),
+            )
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 @pytest.mark.parametrize(
     "name",
-    ["", "x; DROP TABLE imgsearch_images", "../../etc", "a" * 64, "1abc", "photos'--", "ph otos", "фото"],
+    [
+        "",
+        "x; DROP TABLE imgsearch_images",
+        "../../etc",
+        "a" * 64,
+        "1abc",
+        "photos'--",
+        "ph otos",
+        "фото",
+    ],
 )
 def test_hostile_collection_names(index: index_pb2_grpc.IndexStub, name: str) -> None:
     upsert(index, [item(1)])
-    assert code_of(lambda: upsert(index, [item(2)], collection=name)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(lambda: upsert(index, [item(2)], collection=name))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert code_of(lambda: count(index, name)) == grpc.StatusCode.INVALID_ARGUMENT
     drop = common_pb2.DropCollectionRequest(collection=name)
-    assert code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert count(index) == 1
 
 
@@ -207,7 +273,9 @@ def test_unknown_collection_is_not_found(index: index_pb2_grpc.IndexStub) -> Non
     assert code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.NOT_FOUND
 
 
-def test_reconcile_repairs_a_crash_between_the_writes(index_backend: dict[str, object], tmp_path: Path) -> None:
+def test_reconcile_repairs_a_crash_between_the_writes(
+    index_backend: dict[str, object], tmp_path: Path
+) -> None:
     """Crash after the SQL write (rows pending, no vectors), crash after the
     Milvus write (rows pending, vectors present), and a vector whose row is
     gone: Reconcile repairs all three with nothing lost or duplicated."""
@@ -221,15 +289,30 @@ def test_reconcile_repairs_a_crash_between_the_writes(index_backend: dict[str, o
     store.upsert("photos", MODEL, DIM, items[:2])
     iid = [ids.image_id_from_sha256(digest(n)) for n in range(6)]
     # Crash 1: rows for 2 and 3 written as pending, no vectors.
-    store.meta.write_pending("photos", MODEL, [NewImage(iid[n], digest(n).hex(), f"/c/{n}.jpg", 10, 2, 2) for n in (2, 3)], [(f"/c/{n}.jpg", iid[n]) for n in (2, 3)], [])
+    store.meta.write_pending(
+        "photos",
+        MODEL,
+        [NewImage(iid[n], digest(n).hex(), f"/c/{n}.jpg", 10, 2, 2) for n in (2, 3)],
+        [(f"/c/{n}.jpg", iid[n]) for n in (2, 3)],
+        [],
+    )
     # Crash 2: rows for 4 pending and its vector written, never marked ready.
-    store.meta.write_pending("photos", MODEL, [NewImage(iid[4], digest(4).hex(), "/c/4.jpg", 10, 2, 2)], [("/c/4.jpg", iid[4])], [])
+    store.meta.write_pending(
+        "photos",
+        MODEL,
+        [NewImage(iid[4], digest(4).hex(), "/c/4.jpg", 10, 2, 2)],
+        [("/c/4.jpg", iid[4])],
+        [],
+    )
     store.vectors.upsert("photos", [iid[4]], np.stack([vector(4)]))
     # Crash 3: a vector with no row (a delete interrupted after SQL).
     store.vectors.upsert("photos", [iid[5]], np.stack([vector(5)]))
     assert store.count("photos") == (2, 3)
     # Searches only return ready rows, even before repair.
-    found = {h.image_id for h in store.search("photos", [vector(5).tobytes(), vector(4).tobytes()], [], 6)[0]}
+    found = {
+        h.image_id
+        for h in store.search("photos", [vector(5).tobytes(), vector(4).tobytes()], [], 6)[0]
+    }
     assert found == {iid[0], iid[1]}
     store.vectors.close()
     store.meta.dispose()
@@ -243,17 +326,37 @@ def test_reconcile_repairs_a_crash_between_the_writes(index_backend: dict[str, o
         assert sorted(r.path for r in report.needs_reembedding) == ["/c/2.jpg", "/c/3.jpg"]
         assert report.marked_ready == 0 and report.orphan_vectors_deleted == 0  # done at start
         # Re-indexing the reported files completes the repair, nothing duplicated.
-        again = upsert(stub, [index_pb2.UpsertItem(sha256=digest(n), path=f"/c/{n}.jpg", size=10, width=2, height=2, vector=vector(n).tobytes()) for n in range(6)])
+        again = upsert(
+            stub,
+            [
+                index_pb2.UpsertItem(
+                    sha256=digest(n),
+                    path=f"/c/{n}.jpg",
+                    size=10,
+                    width=2,
+                    height=2,
+                    vector=vector(n).tobytes(),
+                )
+                for n in range(6)
+            ],
+        )
         assert (again.indexed, again.duplicates) == (3, 3)  # 2, 3 pending -> ready; 5 was an orphan
         counts = stub.Count(common_pb2.CountRequest(collection="photos"), timeout=30)
         assert (counts.count, counts.pending) == (6, 0)
-        hits = stub.Search(index_pb2.IndexSearchRequest(collection="photos", vectors=[vector(0).tobytes()], top_k=10), timeout=30)
+        hits = stub.Search(
+            index_pb2.IndexSearchRequest(
+                collection="photos", vectors=[vector(0).tobytes()], top_k=10
+            ),
+            timeout=30,
+        )
         assert sorted(h.image_id for h in hits.results[0].hits) == sorted(iid)
     finally:
         server.running.stop(1)
 
 
-def test_start_up_reconcile_deletes_orphan_vectors(index_backend: dict[str, object], tmp_path: Path) -> None:
+def test_start_up_reconcile_deletes_orphan_vectors(
+    index_backend: dict[str, object], tmp_path: Path
+) -> None:
     from index_service.app import build_store
 
     store = build_store(index_settings(tmp_path, **index_backend))
@@ -285,6 +388,8 @@ def test_backend_down_gives_unavailable_then_recovers(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             upsert(stub, [item(1)])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "metadata database" in err.value.details() and "retry" in err.value.details()
+        assert "metadata database" in str(err.value.details()) and "retry" in str(
+            err.value.details()
+        )
     finally:
         server.running.stop(1)

@@ -1,0 +1,187 @@
+"""``imgsearch up``: the three services as separate processes on the embedded
+defaults (Milvus Lite and SQLite under the data folder); waits for their
+health, prints the endpoints, stops them all on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+
+def healthy(port: int, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run(
+    data_dir: str,
+    gateway_port: int,
+    embedder_port: int,
+    index_port: int,
+    startup_timeout: float = 600,
+) -> int:
+    data = Path(data_dir).resolve()
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    # Ports come resolved from flags or env; the storage and fallback defaults
+    # give way to whatever the user's environment sets (e.g. a real Milvus).
+    env = dict(os.environ)
+    env.setdefault("EMBEDDER_WEIGHTS_FALLBACK", "bundled")
+    env.setdefault("INDEX_MILVUS_URI", str(data / "milvus.db"))
+    env.setdefault("INDEX_DATABASE_URL", f"sqlite:///{data / 'meta.db'}")
+    env.setdefault("GATEWAY_DATA_DIR", str(data))
+    env.update(
+        EMBEDDER_PORT=str(embedder_port),
+        INDEX_PORT=str(index_port),
+        GATEWAY_PORT=str(gateway_port),
+        GATEWAY_EMBEDDER_ADDR=f"127.0.0.1:{embedder_port}",
+        GATEWAY_INDEX_ADDR=f"127.0.0.1:{index_port}",
+    )
+    services = [
+        Service("embedder", "embedder_service", embedder_port, env),
+        Service("index", "index_service", index_port, env),
+        Service("gateway", "gateway", gateway_port, env),
+    ]
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"imgsearch up: data in {data}, logs in {logs}", flush=True)
+    for svc in services:
+        svc.log = logs / f"{svc.name}.log"
+        with svc.log.open("ab") as out:
+            svc.proc = subprocess.Popen(
+                [sys.executable, "-m", svc.module],
+                env=svc.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(data.parent),
+            )
+    code = 0
+    try:
+        deadline = time.monotonic() + startup_timeout
+        waiting = list(services)
+        while waiting and not stop.is_set():
+            for svc in list(waiting):
+                assert svc.proc is not None and svc.log is not None
+                if svc.proc.poll() is not None:
+                    print(
+                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode} while starting; "
+                        f"last lines of {svc.log}:\n{tail(svc.log)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
+                if healthy(svc.port):
+                    print(
+                        f"imgsearch up: {svc.name:8s} SERVING on 127.0.0.1:{svc.port}", flush=True
+                    )
+                    waiting.remove(svc)
+            if time.monotonic() > deadline:
+                print(
+                    f"imgsearch up: {', '.join(s.name for s in waiting)} not healthy after "
+                    f"{startup_timeout:.0f}s; see {logs}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            stop.wait(0.5)
+        if stop.is_set():
+            return 0
+        describe_model(embedder_port)
+        print(
+            f"imgsearch up: ready. Gateway at 127.0.0.1:{gateway_port}. "
+            f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
+            flush=True,
+        )
+        while not stop.is_set():
+            for svc in services:
+                assert svc.proc is not None
+                if svc.proc.poll() is not None:
+                    print(
+                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode}; stopping "
+                        f"the others. Last lines of {svc.log}:\n{tail(svc.log) if svc.log else ''}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    code = 1
+                    stop.set()
+            stop.wait(1.0)
+        return code
+    finally:
+        shutdown(services)
+
+
+def describe_model(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        info = embedder_pb2_grpc.EmbedderStub(ch).GetModelInfo(
+            embedder_pb2.GetModelInfoRequest(), timeout=10
+        )
+    print(
+        f"imgsearch up: model {info.model} ({info.dim}-d, weights {info.weights}, "
+        f"{info.device}, {info.dtype})",
+        flush=True,
+    )
+    if info.note.startswith("FALLBACK"):
+        print(
+            "imgsearch up: NOTE: the default ResNet50 ImageNet weights could not be fetched, so the "
+            "embedder runs MobileNetV2 with the bundled ImageNet weights instead. Put the ResNet50 "
+            "weights in the torch cache or set EMBEDDER_WEIGHTS to use ResNet50.",
+            flush=True,
+        )
+    elif not info.pretrained:
+        print("imgsearch up: WARNING: random weights: results are meaningless.", flush=True)
+
+
+def shutdown(services: list[Service], grace: float = 15.0) -> None:
+    for svc in reversed(services):
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for svc in services:
+        if svc.proc is None:
+            continue
+        try:
+            svc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            svc.proc.kill()
+            svc.proc.wait()
+    print("imgsearch up: stopped", flush=True)

@@ -1,0 +1,133 @@
+"""Backends dying under a running system: an embedder killed mid-job, a
+gateway restarted mid-job. Real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import CLOTHING, ROOT, channel, start_gateway, start_index, wait_port
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_embedder(port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "EMBEDDER_PORT": str(port),
+        "EMBEDDER_HOST": "127.0.0.1",
+        "EMBEDDER_MODEL": "mobilenet_v2",
+        "EMBEDDER_WEIGHTS": "bundled",
+        "EMBEDDER_MAX_BATCH": "4",
+        "EMBEDDER_WARMUP": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedder_service"],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    assert wait_port("127.0.0.1", port, 120), log.read_text()
+    return proc
+
+
+def get(stub: gateway_pb2_grpc.GatewayStub, job_id: str) -> gateway_pb2.Job:
+    return stub.GetJob(gateway_pb2.JobRef(job_id=job_id), timeout=30)
+
+
+def wait_until(predicate, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "embedder.log"
+    embedder = spawn_embedder(port, log)
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(
+        tmp_path,
+        f"127.0.0.1:{port}",
+        index.addr,
+        embed_batch=4,
+        job_concurrency=1,
+        batch_retries=1,
+        retry_attempts=2,
+        embed_timeout_s=20.0,
+    )
+    try:
+        stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
+        job = stub.StartIndexJob(
+            gateway_pb2.StartIndexJobRequest(
+                collection="outage", folder=str(CLOTHING), recursive=True
+            ),
+            timeout=30,
+        )
+        wait_until(lambda: get(stub, job.job_id).done >= 8)
+        embedder.send_signal(signal.SIGKILL)
+        embedder.wait()
+        failed = wait_until(
+            lambda: (j := get(stub, job.job_id)).state == gateway_pb2.JOB_STATE_FAILED and j,
+            timeout=120,
+        )
+        assert 8 <= failed.done < 64
+        assert "unavailable" in failed.message and "ResumeJob" in failed.message
+
+        embedder = spawn_embedder(port, log)
+        stub.ResumeJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30)
+        final = wait_until(
+            lambda: (
+                (j := get(stub, job.job_id)).state
+                in (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED)
+                and j
+            )
+        )
+        assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert (final.done, final.indexed, final.duplicates, final.failed) == (64, 64, 0, 0)
+        assert stub.Count(common_pb2.CountRequest(collection="outage"), timeout=30).count == 64
+    finally:
+        embedder.kill()
+        gateway.running.stop(1)
+        index.running.stop(1)
+
+
+def test_gateway_restart_resumes_its_jobs(tmp_path: Path, embedder) -> None:
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=4, job_concurrency=1)
+    stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
+    job = stub.StartIndexJob(
+        gateway_pb2.StartIndexJobRequest(
+            collection="restart", folder=str(CLOTHING), recursive=True
+        ),
+        timeout=30,
+    )
+    wait_until(lambda: get(stub, job.job_id).done >= 8)
+    gateway.running.stop(5)  # graceful stop: the job stays 'running' on disk
+
+    again = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=4, job_concurrency=1)
+    try:
+        stub = gateway_pb2_grpc.GatewayStub(channel(again.port))
+        final = wait_until(
+            lambda: (j := get(stub, job.job_id)).state == gateway_pb2.JOB_STATE_SUCCEEDED and j
+        )
+        assert (final.done, final.indexed, final.duplicates, final.failed) == (64, 64, 0, 0)
+        assert stub.Count(common_pb2.CountRequest(collection="restart"), timeout=30).count == 64
+    finally:
+        again.running.stop(1)
+        index.running.stop(1)

@@ -1,0 +1,33 @@
+"""The gateway and the CLI run without the heavy dependencies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_gateway_and_cli_import_no_heavy_packages() -> None:
+    code = (
+        "import sys, gateway.app, gateway.__main__, imgsearch.cli, imgsearch.up, imgsearch.sheet\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'pymilvus', 'sqlalchemy', 'numpy') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_services_do_not_import_each_other() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    packages = ["embedder_service", "index_service", "gateway", "imgsearch"]
+    for pkg in packages:
+        for path in (root / pkg).rglob("*.py"):
+            text = path.read_text()
+            for other in packages:
+                if other != pkg and other != "imgsearch":
+                    assert f"from {other}" not in text and f"import {other}" not in text, (
+                        path,
+                        other,
+                    )

@@ -1,0 +1,155 @@
+"""The imgsearch CLI as users run it (the installed console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from imgsearch.sheet import sheet_size
+from tests.conftest import CLOTHING, ODD, VENV_BIN, Stack, clothing_images
+
+
+def imgsearch(
+    stack: Stack | None, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if stack is not None:
+        env["IMGSEARCH_GATEWAY"] = stack.gateway.addr
+    return subprocess.run(
+        [str(VENV_BIN / "imgsearch"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_index_search_count_delete_drop(stack: Stack) -> None:
+    hats = CLOTHING / "Hat"
+    indexed = imgsearch(stack, "index", str(hats), "-c", "cli", "--json")
+    assert indexed.returncode == 0, indexed.stderr
+    assert json.loads(indexed.stdout)["indexed"] == 8
+
+    assert imgsearch(stack, "count", "-c", "cli").stdout.strip() == "8"
+
+    query = next(hats.iterdir())
+    found = imgsearch(stack, "search", str(query), "-c", "cli", "--top-k", "3", "--json")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert len(hits) == 3 and hits[0]["path"] == str(query.resolve()) and hits[0]["score"] > 0.98
+
+    table = imgsearch(stack, "search", str(query), "-c", "cli", "-k", "2")
+    assert str(query.resolve()) in table.stdout and "score" in table.stdout
+
+    sheet = stack.tmp / "sheet.png"
+    drawn = imgsearch(stack, "search", str(query), "-c", "cli", "-k", "7", "--sheet", str(sheet))
+    assert drawn.returncode == 0, drawn.stderr
+    with Image.open(sheet) as img:
+        assert img.format == "PNG" and img.size == sheet_size(8)  # query + 7 hits
+
+    server_job = imgsearch(
+        stack, "index", "--server", str(CLOTHING / "Shoes"), "-c", "cli", "--json"
+    )
+    assert server_job.returncode == 0, server_job.stderr
+    (job,) = json.loads(server_job.stdout)
+    assert job["state"] == "succeeded" and job["indexed"] == 8
+    jobs = json.loads(imgsearch(stack, "jobs", "--json").stdout)
+    assert [j["job_id"] for j in jobs] == [job["job_id"]]
+
+    deleted = imgsearch(
+        stack, "delete", "-c", "cli", "--prefix", str(CLOTHING / "Shoes") + "/", "--json"
+    )
+    assert json.loads(deleted.stdout)["deleted"] == 8
+    assert imgsearch(stack, "count", "-c", "cli").stdout.strip() == "8"
+    listed = json.loads(imgsearch(stack, "collections", "--json").stdout)
+    assert [(c["name"], c["count"], c["dim"]) for c in listed] == [("cli", 8, 1280)]
+
+    assert imgsearch(stack, "drop", "-c", "cli").returncode == 2  # needs --yes
+    assert imgsearch(stack, "drop", "-c", "cli", "--yes").returncode == 0
+    gone = imgsearch(stack, "count", "-c", "cli")
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+
+
+def test_errors_are_one_line_and_nonzero(stack: Stack) -> None:
+    bad = imgsearch(stack, "search", str(ODD / "not-an-image.jpg"), "-c", "x")
+    assert bad.returncode == 1
+    assert bad.stderr.count("\n") == 1 and "INVALID_ARGUMENT" in bad.stderr
+    assert imgsearch(stack, "search", "/no/such/file.jpg").returncode == 2
+    denied = imgsearch(stack, "index", "--server", "/etc")
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = imgsearch(None, "count", "--gateway", f"127.0.0.1:{port}", timeout=120)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr and "imgsearch up" in down.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDER_", "INDEX_", "GATEWAY_"))
+    }
+    env["TORCH_HOME"] = str(tmp_path / "torch")  # no ResNet50 weights: the fallback path
+    out = (tmp_path / "up.out").open("w")
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "imgsearch"),
+            "up",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--gateway-port",
+            str(ports[0]),
+            "--embedder-port",
+            str(ports[1]),
+            "--index-port",
+            str(ports[2]),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        text = ""
+        while time.monotonic() < deadline and "ready" not in text and proc.poll() is None:
+            time.sleep(1)
+            text = (tmp_path / "up.out").read_text()
+        assert "ready" in text, text
+        assert "bundled ImageNet weights instead" in text  # says so plainly
+        photo = CLOTHING / clothing_images()[0][0]
+        stack_env = {"IMGSEARCH_GATEWAY": f"127.0.0.1:{ports[0]}"}
+
+        def run(*a: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(VENV_BIN / "imgsearch"), *a],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, **stack_env},
+            )
+
+        assert run("index", str(photo)).returncode == 0
+        assert run("count").stdout.strip() == "1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        out.close()
+    assert proc.returncode == 0
+    assert "stopped" in (tmp_path / "up.out").read_text()
+    for port in ports:  # every service is down
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
