@@ -25,7 +25,7 @@ from imagesearch.channels import make_channel
 from imagesearch.server import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = (ROOT.parent / "shared").resolve()  # may be a symlink; jobs store real paths
 CLOTHING = SHARED / "data" / "clothing-64"
 ODD = SHARED / "data" / "odd-images"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_features.pt"

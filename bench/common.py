@@ -1,0 +1,140 @@
+"""Helpers shared by the benchmarks: the photo set, service processes, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOTHING = (ROOT.parent / "shared" / "data" / "clothing-64").resolve()
+OUT = ROOT / "bench" / "out"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def make_photos(n: int, big_every: int = 4, seed: int = 0) -> Path:
+    """N unique JPEGs built from the clothing fixture: random crops, flips and
+    colour shifts, re-encoded at typical camera sizes; every ``big_every``-th
+    one is 4000x3000. Cached under bench/out/."""
+    import random
+
+    folder = OUT / f"photos-{n}-{big_every}-{seed}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    sources = sorted(CLOTHING.rglob("*.jpg"))
+    sizes = [(1600, 1200), (2048, 1536), (1280, 960), (3264, 2448)]
+    for i in range(n):
+        src = Image.open(sources[i % len(sources)]).convert("RGB")
+        w, h = src.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = src.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tint = Image.new(
+            "RGB", img.size, (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255))
+        )
+        img = Image.blend(img, tint, 0.08)
+        size = (4000, 3000) if i % big_every == 0 else sizes[i % len(sizes)]
+        if img.height > img.width:
+            size = (size[1], size[0])
+        img.resize(size, Image.Resampling.BILINEAR).save(folder / f"photo_{i:05d}.jpg", quality=90)
+    done.touch()
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(port: int, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            try:
+                reply = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+        time.sleep(0.5)
+    raise TimeoutError(f"service on port {port} not healthy after {timeout}s")
+
+
+@contextmanager
+def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
+    """Embedder, index and gateway as separate processes, like `imgsearch up`."""
+    ports = {"gateway": free_port(), "embedder": free_port(), "index": free_port()}
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "EMBEDDER_PORT": str(ports["embedder"]),
+        "INDEX_PORT": str(ports["index"]),
+        "GATEWAY_PORT": str(ports["gateway"]),
+        "INDEX_MILVUS_URI": str(data / "milvus.db"),
+        "INDEX_DATABASE_URL": f"sqlite:///{data / 'meta.db'}",
+        "GATEWAY_DATA_DIR": str(data),
+        "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{ports['embedder']}",
+        "GATEWAY_INDEX_ADDR": f"127.0.0.1:{ports['index']}",
+        "GATEWAY_ALLOWED_ROOTS": str(OUT),
+        "EMBEDDER_LOG_LEVEL": "WARNING",
+        "INDEX_LOG_LEVEL": "WARNING",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **env_extra,
+    }
+    procs = []
+    try:
+        for module in ("embedder_service", "index_service", "gateway"):
+            log = (data / f"{module}.log").open("ab")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT
+                )
+            )
+        for name in ("index", "gateway", "embedder"):
+            wait_healthy(ports[name])
+        yield ports
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]

@@ -1,0 +1,157 @@
+"""Folder ingest: the seed pipeline (baseline) against imgsearch, same files,
+same run. Prints img/s for each and the ratio.
+
+Baseline = seed 002's loop, faithfully: torchvision ResNet50 trunk, eager
+fp32, PIL open + Resize(256) + CenterCrop(224) + ToTensor + Normalize per
+image in the main thread, batches of 128, one Milvus Lite insert per batch,
+sequentially. Both sides use ResNet50 with RANDOM weights: the figures are
+about speed only (the vectors are meaningless).
+
+    .venv/bin/python bench/ingest.py [--n 256] [--skip-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, make_photos, services
+
+
+def baseline(paths: list[Path], db: Path, batch_size: int = 128) -> float:
+    import torch
+    import torchvision
+    from PIL import Image
+    from pymilvus import DataType, MilvusClient
+    from torchvision import transforms
+
+    client = MilvusClient(str(db))
+    schema = MilvusClient.create_schema(auto_id=True)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("filepath", DataType.VARCHAR, max_length=512)
+    schema.add_field("image_embedding", DataType.FLOAT_VECTOR, dim=2048)
+    index = client.prepare_index_params()
+    index.add_index("image_embedding", index_type="FLAT", metric_type="L2")
+    client.create_collection("image_search", schema=schema, index_params=index)
+
+    model = torchvision.models.resnet50(weights=None)  # random: speed only
+    model = torch.nn.Sequential(*(list(model.children())[:-1]))
+    model.eval()
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+
+    def embed(data: list[list]) -> None:
+        with torch.no_grad():
+            output = model(torch.stack(data[0])).squeeze()
+            rows = [
+                {"filepath": p, "image_embedding": v}
+                for p, v in zip(data[1], output.tolist(), strict=True)
+            ]
+            client.insert("image_search", rows)
+
+    started = time.perf_counter()
+    data_batch: list[list] = [[], []]
+    for path in paths:
+        im = Image.open(path).convert("RGB")
+        data_batch[0].append(preprocess(im))
+        data_batch[1].append(str(path))
+        if len(data_batch[0]) % batch_size == 0:
+            embed(data_batch)
+            data_batch = [[], []]
+    if data_batch[0]:
+        embed(data_batch)
+    client.flush("image_search")
+    seconds = time.perf_counter() - started
+    client.close()
+    return seconds
+
+
+def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, int]:
+    """(seconds to ingest, seconds to start the services, images indexed)."""
+    from imagesearch.channels import make_channel
+    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
+
+    t0 = time.perf_counter()
+    with services(data, env) as ports:
+        startup = time.perf_counter() - t0
+        stub = gateway_pb2_grpc.GatewayStub(make_channel(f"127.0.0.1:{ports['gateway']}", []))
+        started = time.perf_counter()
+        job = stub.StartIndexJob(
+            gateway_pb2.StartIndexJobRequest(
+                collection="bench", folder=str(folder), recursive=True
+            ),
+            timeout=600,
+        )
+        for update in stub.WatchJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=3600):
+            job = update
+        seconds = time.perf_counter() - started
+        if job.state != gateway_pb2.JOB_STATE_SUCCEEDED or job.failed:
+            raise RuntimeError(
+                f"ingest job ended {job.state}: {job.message} {list(job.errors)[:3]}"
+            )
+        return seconds, startup, job.indexed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--n", type=int, default=256, help="photos (default 256; every 4th is 4000x3000)"
+    )
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument(
+        "--compile", default="", help="EMBEDDER_COMPILE for our side (default: the service default)"
+    )
+    p.add_argument("--dtype", default="", help="EMBEDDER_DTYPE for our side (default: auto)")
+    args = p.parse_args()
+
+    folder = make_photos(args.n)
+    paths = sorted(folder.glob("*.jpg"))
+    print(f"machine: {machine()}")
+    print(
+        f"photos:  {len(paths)} unique JPEGs in {folder} (every 4th 4000x3000, others 1280-3264 px)"
+    )
+    print("model:   ResNet50, RANDOM weights on both sides (speed only; vectors are meaningless)")
+    env = {"EMBEDDER_MODEL": "resnet50", "EMBEDDER_WEIGHTS": "random"}
+    if args.compile:
+        env["EMBEDDER_COMPILE"] = args.compile
+    if args.dtype:
+        env["EMBEDDER_DTYPE"] = args.dtype
+    tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
+    try:
+        base_rate = None
+        if not args.skip_baseline:
+            seconds = baseline(paths, tmp / "baseline.db")
+            base_rate = len(paths) / seconds
+            print(
+                f"baseline (seed 002 loop, eager fp32, batch 128):  {seconds:7.1f} s  {base_rate:7.1f} img/s"
+            )
+        seconds, startup, indexed = ours(folder, tmp / "ours", env)
+        rate = indexed / seconds
+        settings = ", ".join(f"{k}={v}" for k, v in env.items())
+        print(
+            f"imgsearch (server job via gateway; {settings}):  {seconds:7.1f} s  {rate:7.1f} img/s"
+            f"  (services started in {startup:.1f} s, not counted)"
+        )
+        if base_rate:
+            print(f"ratio imgsearch / baseline: {rate / base_rate:.2f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Search latency and throughput at 1, 8 and 32 concurrent clients, at 10k and
+100k stored vectors (inserted directly, 2048-d like ResNet50), through:
+
+  direct   pymilvus search on the same Milvus data (no service at all)
+  index    Index.Search by vector over gRPC (Milvus search + SQL metadata)
+  gateway  Gateway.Search by stored image id (gateway -> index -> Milvus/SQL)
+  image    Gateway.Search by image bytes (embedder + index; ResNet50 random weights)
+
+and the per-hop overhead at p50: index - direct, gateway - index(by id).
+
+    .venv/bin/python bench/search.py [--sizes 10000,100000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import CLOTHING, machine, percentile, services
+
+DIM = 2048
+
+
+def fill(settings_kw: dict[str, object], n: int, model: str) -> None:
+    """Inserts n random unit vectors with their SQL rows through the index's store."""
+    from index_service.app import build_store
+    from index_service.settings import IndexSettings
+    from index_service.store import Item
+
+    store = build_store(IndexSettings(**settings_kw))  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    chunk = 4000
+    for start in range(0, n, chunk):
+        vecs = rng.standard_normal((min(chunk, n - start), DIM)).astype(np.float32)
+        items = [
+            Item(
+                hashlib.sha256(f"v{start + i}".encode()).digest(),
+                f"/bench/{start + i}.jpg",
+                1,
+                1,
+                1,
+                v.tobytes(),
+            )
+            for i, v in enumerate(vecs)
+        ]
+        store.upsert("bench", model, DIM, items)
+    store.vectors.close()
+    store.meta.dispose()
+
+
+def run_load(
+    call: Callable[[int], None], clients: int, per_client: int
+) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        mine = []
+        for i in range(per_client):
+            t = time.perf_counter()
+            call(offset * per_client + i)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            latencies.extend(mine)
+
+    for i in range(3):  # warm-up
+        call(i)
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, len(latencies) / (time.perf_counter() - started)
+
+
+def report(name: str, size: int, clients: int, lat: list[float], qps: float) -> float:
+    p50, p95, p99 = (percentile(lat, q) * 1000 for q in (50, 95, 99))
+    print(
+        f"{size:>7} {name:<8} {clients:>3} clients  p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  p99 {p99:7.2f} ms  {qps:8.1f} q/s"
+    )
+    return p50
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", default="10000,100000")
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--queries", type=int, default=256, help="queries per (size, path, concurrency)")
+    p.add_argument("--index-type", default="IVF_FLAT")
+    p.add_argument(
+        "--skip-image", action="store_true", help="skip search by image (needs the embedder)"
+    )
+    args = p.parse_args()
+
+    import grpc
+    from pymilvus import MilvusClient
+
+    from imagesearch.channels import make_channel
+    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
+
+    print(f"machine: {machine()}")
+    print(
+        f"vectors: {DIM}-d random unit vectors; index {args.index_type} (nlist 1024, nprobe 16), metric IP; Milvus Lite + SQLite"
+    )
+    sizes = [int(s) for s in args.sizes.split(",")]
+    clients_list = [int(c) for c in args.clients.split(",")]
+    query_image = next(CLOTHING.rglob("*.jpg")).read_bytes()
+    rng = np.random.default_rng(1)
+    queries = rng.standard_normal((512, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
+    try:
+        for size in sizes:
+            data = tmp / f"s{size}"
+            data.mkdir()
+            env = {
+                "EMBEDDER_MODEL": "resnet50",
+                "EMBEDDER_WEIGHTS": "random",
+                "INDEX_INDEX_TYPE": args.index_type,
+            }
+            # The embedder's model id must match the collection for searches by image.
+            from embedder_service.model import ModelInfo
+
+            model_id = ModelInfo(
+                "resnet50", DIM, "random", "random", False, "avg", "", "", 224, ""
+            ).model_id
+            t = time.perf_counter()
+            fill(
+                {
+                    "milvus_uri": str(data / "milvus.db"),
+                    "database_url": f"sqlite:///{data / 'meta.db'}",
+                    "index_type": args.index_type,
+                    "reconcile_on_start": False,
+                },
+                size,
+                model_id,
+            )
+            print(f"\n{size} vectors inserted in {time.perf_counter() - t:.1f} s")
+            with services(data, env) as ports:
+                index = index_pb2_grpc.IndexStub(make_channel(f"127.0.0.1:{ports['index']}", []))
+                gateway = gateway_pb2_grpc.GatewayStub(
+                    make_channel(f"127.0.0.1:{ports['gateway']}", [])
+                )
+                ids = [
+                    h.image_id
+                    for h in index.Search(
+                        index_pb2.IndexSearchRequest(
+                            collection="bench", vectors=[q.tobytes() for q in queries[:64]], top_k=1
+                        ),
+                        timeout=60,
+                    ).results
+                    for h in h.hits
+                ]
+                # Direct pymilvus on the same Milvus Lite file is not possible while the
+                # index holds it; copy-free alternative: a second client to the same file
+                # is refused by Lite, so the direct path runs after the services stop.
+                for clients in clients_list:
+                    per = max(1, args.queries // clients)
+
+                    def by_vector(i: int) -> None:
+                        index.Search(
+                            index_pb2.IndexSearchRequest(
+                                collection="bench", vectors=[queries[i % 512].tobytes()], top_k=10
+                            ),
+                            timeout=30,
+                        )
+
+                    def by_id(i: int) -> None:
+                        gateway.Search(
+                            gateway_pb2.SearchRequest(
+                                collection="bench", image_id=ids[i % len(ids)], top_k=10
+                            ),
+                            timeout=30,
+                        )
+
+                    def by_id_index(i: int) -> None:
+                        index.Search(
+                            index_pb2.IndexSearchRequest(
+                                collection="bench", image_ids=[ids[i % len(ids)]], top_k=10
+                            ),
+                            timeout=30,
+                        )
+
+                    lat, qps = run_load(by_vector, clients, per)
+                    report("index", size, clients, lat, qps)
+                    lat, qps = run_load(by_id_index, clients, per)
+                    index_id_p50 = report("index-id", size, clients, lat, qps)
+                    lat, qps = run_load(by_id, clients, per)
+                    gw_p50 = report("gateway", size, clients, lat, qps)
+                    if clients == 1:
+                        print(
+                            f"{'':>7} gateway hop overhead at p50 (gateway by id - index by id): {gw_p50 - index_id_p50:.2f} ms"
+                        )
+                    if not args.skip_image:
+
+                        def by_image(i: int) -> None:
+                            try:
+                                gateway.Search(
+                                    gateway_pb2.SearchRequest(
+                                        collection="bench", image=query_image, top_k=10
+                                    ),
+                                    timeout=60,
+                                )
+                            except grpc.RpcError as exc:
+                                raise SystemExit(
+                                    f"search by image failed: {exc.details()}"
+                                ) from None
+
+                        lat, qps = run_load(by_image, clients, max(1, per // 4))
+                        report("image", size, clients, lat, qps)
+            client = MilvusClient(str(data / "milvus.db"))
+            client.load_collection("bench")
+            params = {"metric_type": "IP", "params": {"nprobe": 16}}
+            for clients in clients_list:
+                per = max(1, args.queries // clients)
+
+                def direct(i: int) -> None:
+                    client.search(
+                        "bench", data=[queries[i % 512].tolist()], limit=10, search_params=params
+                    )
+
+                lat, qps = run_load(direct, clients, per)
+                report("direct", size, clients, lat, qps)
+            client.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
