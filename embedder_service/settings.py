@@ -38,12 +38,19 @@ class EmbedderSettings:
     dtype: str = field(
         default="auto",
         metadata={
-            "help": "auto (float16 on CUDA, bfloat16 on CPUs with native bf16, else "
-            "float32), float32, bfloat16 or float16"
+            "help": "auto (float16 on CUDA; on the CPU bfloat16 where it has native bf16, "
+            "except mobilenet_v2, which needs float32 to stay accurate), float32, "
+            "bfloat16 or float16"
         },
     )
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    fuse_bn: bool = field(
+        default=True, metadata={"help": "fold BatchNorm into convolutions (exact; faster)"}
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model (slow start; pads batches to 3 sizes)"},
+    )
     warmup: bool = field(default=True, metadata={"help": "run the model once before SERVING"})
     max_batch: int = field(default=32, metadata={"help": "largest batch sent to the model"})
     max_wait_ms: float = field(

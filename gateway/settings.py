@@ -35,7 +35,7 @@ class GatewaySettings:
     default_top_k: int = field(default=10, metadata={"help": "top_k when a request says 0"})
     embed_batch: int = field(default=32, metadata={"help": "images per Embed call"})
     job_concurrency: int = field(
-        default=2, metadata={"help": "batches in flight per job (embed overlaps insert)"}
+        default=3, metadata={"help": "batches in flight per job (embed overlaps insert)"}
     )
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagesearch.healthcheck import check as healthy
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 
@@ -27,17 +27,6 @@ class Service:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
-
-
-def healthy(port: int, timeout: float = 1.0) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            reply = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -19,4 +19,4 @@ def test_every_setting_is_documented_with_its_default(cls: type, prefix: str) ->
     readme = (ROOT / "README.md").read_text()
     for env, default, help_text in settings_table(cls, prefix):
         row = f"| `{env}` | `{default}` | {help_text} |".replace("``", "(empty)")
-        assert row in readme, f"README lacks or misstates {env}"
+        assert row in readme, f"README lacks or misstates {env}; run `make docs`"

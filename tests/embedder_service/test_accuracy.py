@@ -1,0 +1,75 @@
+"""Accuracy guard: the default precision agrees with fp32 on real photos with
+real pretrained weights (cosine >= 0.99 per image, top-10 overlap >= 90%),
+and the default picks fp32 where bf16 would not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedder_service.batcher import Batcher
+from embedder_service.decode import Decoder
+from embedder_service.model import ModelRunner, cpu_has_native_bf16
+from embedder_service.settings import EmbedderSettings
+from tests.conftest import CLOTHING, clothing_images
+
+
+def vectors(**overrides: object) -> tuple[np.ndarray, torch.dtype]:
+    settings = EmbedderSettings(model="mobilenet_v2", weights="bundled", **overrides)  # type: ignore[arg-type]
+    runner = ModelRunner(settings)
+    batcher = Batcher(
+        runner.embed,
+        Decoder(settings.max_pixels),
+        max_batch=32,
+        max_wait_s=0.005,
+        queue_size=256,
+        decode_workers=2,
+    )
+    try:
+        images = [(p, (CLOTHING / p).read_bytes()) for p, _ in clothing_images()]
+        results = [f.result() for f in batcher.submit(images)]
+    finally:
+        batcher.close()
+    return np.stack([r.vector for r in results if r.vector is not None]), runner.dtype
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(minimum cosine, mean top-10 neighbour overlap)."""
+
+    def top10(v: np.ndarray) -> np.ndarray:
+        sims = v @ v.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :10]
+
+    cosine = float(np.sum(reference * other, axis=1).min())
+    overlap = float(
+        np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(top10(reference), top10(other), strict=True)]
+        )
+    )
+    return cosine, overlap
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return vectors(dtype="float32", fuse_bn=False, channels_last=False)[0]
+
+
+def test_defaults_agree_with_plain_fp32(reference: np.ndarray) -> None:
+    fast, _ = vectors()  # every speed default: BN folded, channels-last, auto dtype
+    cosine, overlap = agreement(reference, fast)
+    assert cosine >= 0.99 and overlap >= 0.9, (cosine, overlap)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(reference: np.ndarray) -> None:
+    bf16, dtype = vectors(dtype="bfloat16")
+    assert dtype == torch.bfloat16
+    cosine, overlap = agreement(reference, bf16)
+    print(f"mobilenet_v2 bf16 vs fp32: min cosine {cosine:.4f}, top-10 overlap {overlap:.3f}")
+    _, auto = vectors()
+    if cosine < 0.99 or overlap < 0.9:
+        assert auto == torch.float32, "auto picked bf16 for a model it makes inaccurate"
+    else:
+        assert auto == torch.bfloat16, "bf16 is accurate here: auto should use it"
