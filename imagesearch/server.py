@@ -78,7 +78,7 @@ class _Call:
         }
         if detail:
             fields["detail"] = detail
-        log.log(level, "rpc", extra={"fields": fields})
+        log.log(level, "rpc", extra={"fields": fields, "request_id": self.request_id})
         logs.request_id.reset(self.token)
 
 

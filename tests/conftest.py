@@ -5,6 +5,7 @@ Fixtures read ../shared (beside the repo) and never write there.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -55,8 +56,92 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 180):
+    """Polls until predicate() is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def get_job(stub, job_id: str):
+    from imagesearch.v1 import gateway_pb2
+
+    return stub.GetJob(gateway_pb2.JobRef(job_id=job_id), timeout=30)
+
+
 def channel(port: int) -> grpc.Channel:
     return make_channel(f"127.0.0.1:{port}", [], retry_attempts=2)
+
+
+class TcpProxy:
+    """Forwards a loopback port to 127.0.0.1:target; `cut()` drops every
+    connection and refuses new ones until `restore()`: a backend outage."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target = target_port
+        self.up = True
+        self.conns: list[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self.up = False
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
 
 
 # -- embedder -----------------------------------------------------------------

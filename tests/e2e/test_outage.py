@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import CLOTHING, ROOT, channel, start_gateway, start_index, wait_port
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    channel,
+    free_port,
+    get_job,
+    start_gateway,
+    start_index,
+    wait_port,
+    wait_until,
+)
 
 
 def spawn_embedder(port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -40,20 +42,6 @@ def spawn_embedder(port: int, log: Path) -> subprocess.Popen[bytes]:
     )
     assert wait_port("127.0.0.1", port, 120), log.read_text()
     return proc
-
-
-def get(stub: gateway_pb2_grpc.GatewayStub, job_id: str) -> gateway_pb2.Job:
-    return stub.GetJob(gateway_pb2.JobRef(job_id=job_id), timeout=30)
-
-
-def wait_until(predicate, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
@@ -79,11 +67,11 @@ def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
             ),
             timeout=30,
         )
-        wait_until(lambda: get(stub, job.job_id).done >= 8)
+        wait_until(lambda: get_job(stub, job.job_id).done >= 8)
         embedder.send_signal(signal.SIGKILL)
         embedder.wait()
         failed = wait_until(
-            lambda: (j := get(stub, job.job_id)).state == gateway_pb2.JOB_STATE_FAILED and j,
+            lambda: (j := get_job(stub, job.job_id)).state == gateway_pb2.JOB_STATE_FAILED and j,
             timeout=120,
         )
         assert 8 <= failed.done < 64
@@ -93,7 +81,7 @@ def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
         stub.ResumeJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30)
         final = wait_until(
             lambda: (
-                (j := get(stub, job.job_id)).state
+                (j := get_job(stub, job.job_id)).state
                 in (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED)
                 and j
             )
@@ -117,14 +105,14 @@ def test_gateway_restart_resumes_its_jobs(tmp_path: Path, embedder) -> None:
         ),
         timeout=30,
     )
-    wait_until(lambda: get(stub, job.job_id).done >= 8)
+    wait_until(lambda: get_job(stub, job.job_id).done >= 8)
     gateway.running.stop(5)  # graceful stop: the job stays 'running' on disk
 
     again = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=4, job_concurrency=1)
     try:
         stub = gateway_pb2_grpc.GatewayStub(channel(again.port))
         final = wait_until(
-            lambda: (j := get(stub, job.job_id)).state == gateway_pb2.JOB_STATE_SUCCEEDED and j
+            lambda: (j := get_job(stub, job.job_id)).state == gateway_pb2.JOB_STATE_SUCCEEDED and j
         )
         assert (final.done, final.indexed, final.duplicates, final.failed) == (64, 64, 0, 0)
         assert stub.Count(common_pb2.CountRequest(collection="restart"), timeout=30).count == 64

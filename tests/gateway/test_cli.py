@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgsearch.sheet import sheet_size
-from tests.conftest import CLOTHING, ODD, VENV_BIN, Stack, clothing_images
+from tests.conftest import CLOTHING, ODD, VENV_BIN, Stack, clothing_images, free_port
 
 
 def imgsearch(
@@ -84,17 +84,8 @@ def test_errors_are_one_line_and_nonzero(stack: Stack) -> None:
     assert imgsearch(stack, "search", "/no/such/file.jpg").returncode == 2
     denied = imgsearch(stack, "index", "--server", "/etc")
     assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    down = imgsearch(None, "count", "--gateway", f"127.0.0.1:{port}", timeout=120)
+    down = imgsearch(None, "count", "--gateway", f"127.0.0.1:{free_port()}", timeout=120)
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr and "imgsearch up" in down.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_up_starts_serves_and_stops(tmp_path: Path) -> None:

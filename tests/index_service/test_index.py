@@ -14,7 +14,16 @@ import pytest
 
 from imagesearch import ids
 from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
-from tests.conftest import Server, channel, index_settings, start_index
+from tests.conftest import (
+    Server,
+    TcpProxy,
+    channel,
+    drop_sql_tables,
+    free_port,
+    index_settings,
+    start_index,
+    unique_prefix,
+)
 
 DIM = 16
 MODEL = "test-model/avg/0123456789ab"
@@ -373,23 +382,52 @@ def test_start_up_reconcile_deletes_orphan_vectors(
     store.meta.dispose()
 
 
-def test_backend_down_gives_unavailable_then_recovers(tmp_path: Path) -> None:
-    """SQL database unreachable: UNAVAILABLE with a message, then recovery."""
-    import socket
+@pytest.mark.mariadb
+def test_database_outage_gives_unavailable_then_recovers(mariadb_url: str, tmp_path: Path) -> None:
+    """MariaDB behind a proxy that we cut: UNAVAILABLE with a clear message,
+    nothing half-written, and the service recovers by itself."""
+    from sqlalchemy.engine import make_url
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    url = make_url(mariadb_url)
+    proxy = TcpProxy(url.port or 3306)
+    prefix = unique_prefix()
     server: Server = start_index(
-        tmp_path, database_url=f"mysql+pymysql://root@127.0.0.1:{dead_port}/test"
+        tmp_path,
+        database_url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False
+        ),
+        table_prefix=prefix,
+    )
+    try:
+        stub = index_pb2_grpc.IndexStub(channel(server.port))
+        upsert(stub, [item(n) for n in range(3)])
+        proxy.cut()
+        for call in (lambda: upsert(stub, [item(7)]), lambda: count(stub)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "metadata database" in str(err.value.details()) and "retry" in str(
+                err.value.details()
+            )
+        proxy.restore()
+        assert count(stub) == 3  # nothing half-written during the outage
+        assert upsert(stub, [item(7)]).indexed == 1
+        assert count(stub) == 4
+    finally:
+        server.running.stop(1)
+        proxy.close()
+        drop_sql_tables(mariadb_url, prefix)
+
+
+def test_unreachable_database_at_start_gives_unavailable(tmp_path: Path) -> None:
+    server: Server = start_index(
+        tmp_path, database_url=f"mysql+pymysql://root@127.0.0.1:{free_port()}/test"
     )
     try:
         stub = index_pb2_grpc.IndexStub(channel(server.port))
         with pytest.raises(grpc.RpcError) as err:
             upsert(stub, [item(1)])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "metadata database" in str(err.value.details()) and "retry" in str(
-            err.value.details()
-        )
+        assert "metadata database" in str(err.value.details())
     finally:
         server.running.stop(1)

@@ -1,0 +1,104 @@
+"""docker-compose.yml and its CPU override, validated by docker-compose."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+RESET = object()
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Understands Compose v2's `!reset` (Debian's docker-compose 1.29 does not)."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def compose() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip(
+            "docker-compose is not installed (make install installs it with apt-get where it can)"
+        )
+    return exe
+
+
+def config(*files: Path) -> dict[str, Any]:
+    args = [compose(), "--env-file", str(ROOT / ".env.example"), "--project-directory", str(ROOT)]
+    for f in files:
+        args += ["-f", str(f)]
+    result = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose v2's merge: mappings merge, `!reset` removes, other values replace."""
+    if override is RESET:
+        return RESET
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            merged = merge(base.get(key), value)
+            if merged is RESET:
+                out.pop(key, None)
+            else:
+                out[key] = merged
+        return out
+    return override
+
+
+def test_base_compose_is_valid_and_complete() -> None:
+    cfg = config(ROOT / "docker-compose.yml")
+    services = cfg["services"]
+    assert set(services) == {"etcd", "minio", "milvus", "mysql", "embedder", "index", "gateway"}
+    for name, svc in services.items():
+        assert "healthcheck" in svc, f"{name} has no health check"
+    embedder = services["embedder"]
+    (device,) = embedder["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "ports" not in embedder, "a fixed host port would break --scale embedder=N"
+    assert "imagesearch.healthcheck" in " ".join(embedder["healthcheck"]["test"])
+    gateway = services["gateway"]
+    assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
+    assert [p["target"] for p in gateway["ports"]] == [50051]
+    for svc, deps in {
+        "gateway": ["embedder", "index"],
+        "index": ["milvus", "mysql"],
+        "milvus": ["etcd", "minio"],
+    }.items():
+        for dep in deps:
+            assert services[svc]["depends_on"][dep]["condition"] == "service_healthy", (svc, dep)
+    assert services["index"]["environment"]["INDEX_MILVUS_URI"] == "http://milvus:19530"
+    assert services["index"]["environment"]["INDEX_DATABASE_URL"].startswith("mysql+pymysql://")
+
+
+def test_secrets_come_from_an_uncommitted_env_file() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "MYSQL_PASSWORD: ${MYSQL_PASSWORD:?" in text
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    tracked = subprocess.run(
+        ["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert tracked.strip() == ""
+
+
+def test_cpu_override_removes_the_gpu(tmp_path: Path) -> None:
+    base = yaml.load((ROOT / "docker-compose.yml").read_text(), Loader=ComposeLoader)
+    override = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=ComposeLoader)
+    merged = merge(base, override)
+    out = tmp_path / "docker-compose.cpu-merged.yml"
+    out.write_text(yaml.safe_dump(merged))
+    (tmp_path / "Dockerfile").write_text((ROOT / "Dockerfile").read_text())
+    cfg = config(out)
+    embedder = cfg["services"]["embedder"]
+    assert "devices" not in embedder.get("deploy", {}).get("resources", {}).get("reservations", {})
+    assert embedder["environment"]["EMBEDDER_DEVICE"] == "cpu"

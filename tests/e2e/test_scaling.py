@@ -1,0 +1,171 @@
+"""Independent scaling on one machine: two embedder processes behind one
+gateway target with round_robin; metrics endpoints scraped as Prometheus text."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from imagesearch.server import start_metrics
+from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    channel,
+    free_port,
+    get_job,
+    start_gateway,
+    start_index,
+    wait_port,
+    wait_until,
+)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, keyed by (name, labels); parsing fails on invalid text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def embed_calls(port: int) -> float:
+    return sum(
+        v
+        for (name, labels), v in scrape(port).items()
+        if name == "imagesearch_rpc_handled_total"
+        and ("method", "/imagesearch.v1.Embedder/Embed") in labels
+    )
+
+
+def spawn(grpc_port: int, metrics_port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "EMBEDDER_PORT": str(grpc_port),
+        "EMBEDDER_HOST": "127.0.0.1",
+        "EMBEDDER_METRICS_PORT": str(metrics_port),
+        "EMBEDDER_MODEL": "mobilenet_v2",
+        "EMBEDDER_WEIGHTS": "bundled",
+        "EMBEDDER_WARMUP": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedder_service"],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    assert wait_port("127.0.0.1", grpc_port, 120) and wait_port("127.0.0.1", metrics_port, 30), (
+        log.read_text()
+    )
+    return proc
+
+
+def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(4)]
+    replicas = [
+        spawn(ports[0], ports[1], tmp_path / "e1.log"),
+        spawn(ports[2], ports[3], tmp_path / "e2.log"),
+    ]
+    index = start_index(tmp_path / "index")
+    target = f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[2]}"
+    gateway = start_gateway(tmp_path, target, index.addr, embed_batch=4, job_concurrency=2)
+    try:
+        stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
+        job = stub.StartIndexJob(
+            gateway_pb2.StartIndexJobRequest(
+                collection="scale", folder=str(CLOTHING), recursive=True
+            ),
+            timeout=30,
+        )
+        wait_until(lambda: get_job(stub, job.job_id).done >= 16)
+        assert embed_calls(ports[1]) > 0 and embed_calls(ports[3]) > 0  # both replicas were used
+        replicas[0].send_signal(signal.SIGKILL)  # one replica dies mid-ingest
+        replicas[0].wait()
+        final = wait_until(
+            lambda: (
+                (j := get_job(stub, job.job_id)).state
+                in (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED)
+                and j
+            )
+        )
+        assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert (final.indexed, final.failed) == (64, 0)
+        assert stub.Count(common_pb2.CountRequest(collection="scale"), timeout=30).count == 64
+        samples = scrape(ports[3])
+        assert any(
+            name == "imagesearch_embedder_batch_size_count" and v > 0
+            for (name, _), v in samples.items()
+        )
+        assert any(name == "imagesearch_embedder_queue_depth" for (name, _) in samples)
+    finally:
+        for p in replicas:
+            p.kill()
+        gateway.running.stop(1)
+        index.running.stop(1)
+
+
+def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
+    """Gateway, index and embedder metrics (one registry in this process)."""
+    port = free_port()
+    start_metrics(port, host="127.0.0.1")
+    stub = gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
+    job = stub.StartIndexJob(
+        gateway_pb2.StartIndexJobRequest(collection="m", folder=str(CLOTHING / "Hat")), timeout=30
+    )
+    wait_until(lambda: get_job(stub, job.job_id).state == gateway_pb2.JOB_STATE_SUCCEEDED)
+    time.sleep(0.2)
+    samples = scrape(port)
+    names = {name for name, _ in samples}
+    for expected in (
+        "imagesearch_rpc_handled_total",
+        "imagesearch_rpc_seconds_bucket",
+        "imagesearch_job_files_total",
+        "imagesearch_jobs_running",
+        "imagesearch_embedder_batch_size_bucket",
+    ):
+        assert expected in names, expected
+    ok_index = [
+        v
+        for (n, labels), v in samples.items()
+        if n == "imagesearch_rpc_handled_total"
+        and ("method", "/imagesearch.v1.Index/Upsert") in labels
+        and ("code", "OK") in labels
+    ]
+    assert ok_index and ok_index[0] >= 1
+    indexed = [
+        v
+        for (n, labels), v in samples.items()
+        if n == "imagesearch_job_files_total" and ("outcome", "indexed") in labels
+    ]
+    assert indexed and indexed[0] >= 8
+
+
+def test_request_id_travels_downstream(stack, caplog) -> None:
+    import logging
+
+    stub = gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
+    caplog.set_level(logging.INFO, logger="imagesearch.server")
+    _, call = stub.ListCollections.with_call(
+        common_pb2.ListCollectionsRequest(), metadata=(("x-request-id", "trace-me-42"),), timeout=30
+    )
+    assert ("x-request-id", "trace-me-42") in call.trailing_metadata()
+    methods = {
+        r.fields["method"]
+        for r in caplog.records
+        if getattr(r, "request_id", None) == "trace-me-42"
+    }
+    assert methods == {
+        "/imagesearch.v1.Gateway/ListCollections",
+        "/imagesearch.v1.Index/ListCollections",
+    }
