@@ -27,6 +27,14 @@ class IndexSettings:
     milvus_prefix: str = field(
         default="", metadata={"help": "prefix of the Milvus collection names we own"}
     )
+    milvus_consistency: str = field(
+        default="Session",
+        metadata={
+            "help": "consistency of searches and reads: Session (sees this service's own "
+            "writes without waiting, the index being the only writer), Strong, Bounded, "
+            "Eventually; Reconcile always reads Strong"
+        },
+    )
     milvus_timeout_s: float = field(default=30.0, metadata={"help": "timeout of one Milvus call"})
     database_url: str = field(
         default="sqlite:///./data/meta.db",
@@ -61,6 +69,11 @@ class IndexSettings:
         if self.index_type.upper() not in INDEX_TYPES:
             raise SettingsError(
                 f"INDEX_INDEX_TYPE={self.index_type!r}: use one of {', '.join(INDEX_TYPES)}"
+            )
+        if self.milvus_consistency not in ("Session", "Strong", "Bounded", "Eventually"):
+            raise SettingsError(
+                f"INDEX_MILVUS_CONSISTENCY={self.milvus_consistency!r}: use Session, Strong, "
+                "Bounded or Eventually"
             )
         if not self.table_prefix.replace("_", "").isalnum() and self.table_prefix:
             raise SettingsError("INDEX_TABLE_PREFIX may hold only letters, digits and _")

@@ -328,7 +328,7 @@ class IndexStore:
                 self.vectors.ensure(row.name, row.dim)
                 pending = self.meta.ids_by_status(row.name, PENDING)
                 if pending:
-                    have = self.vectors.existing(row.name, pending)
+                    have = self.vectors.existing(row.name, pending, consistency="Strong")
                     self.meta.mark_ready(row.name, sorted(have))
                     report.marked_ready += len(have)
                     lacking = [i for i in pending if i not in have]

@@ -37,6 +37,7 @@ class VectorStore:
         self.lite = is_lite(self.uri)
         self.metric = settings.metric.upper()
         self.index_type = settings.index_type.upper()
+        self.consistency = settings.milvus_consistency
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._known: set[str] = set()
@@ -184,7 +185,7 @@ class VectorStore:
             for i in range(0, len(ids), CHUNK):
                 c.delete(mname, ids=[int(x) for x in ids[i : i + CHUNK]])
 
-    def existing(self, name: str, ids: Sequence[int]) -> set[int]:
+    def existing(self, name: str, ids: Sequence[int], consistency: str = "") -> set[int]:
         found: set[int] = set()
         mname = self.milvus_name(name)
         with self._calling(f"query {name}") as c:
@@ -194,7 +195,7 @@ class VectorStore:
                     mname,
                     filter=f"{ID_FIELD} in {chunk}",
                     output_fields=[ID_FIELD],
-                    consistency_level="Strong",
+                    consistency_level=consistency or self.consistency,
                 )
                 found.update(int(r[ID_FIELD]) for r in rows)
         return found
@@ -202,13 +203,24 @@ class VectorStore:
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         mname = self.milvus_name(name)
         with self._calling(f"get from {name}") as c:
-            rows = c.get(mname, ids=[int(x) for x in ids], output_fields=[VECTOR_FIELD])
+            rows = c.get(
+                mname,
+                ids=[int(x) for x in ids],
+                output_fields=[VECTOR_FIELD],
+                consistency_level=self.consistency,
+            )
         return {int(r[ID_FIELD]): np.asarray(r[VECTOR_FIELD], dtype=np.float32) for r in rows}
 
     def all_ids(self, name: str) -> Iterator[int]:
         mname = self.milvus_name(name)
         with self._calling(f"scan {name}") as c:
-            it = c.query_iterator(mname, batch_size=CHUNK, filter="", output_fields=[ID_FIELD])
+            it = c.query_iterator(
+                mname,
+                batch_size=CHUNK,
+                filter="",
+                output_fields=[ID_FIELD],
+                consistency_level="Strong",  # used by Reconcile only
+            )
             try:
                 while True:
                     batch = it.next()
@@ -237,7 +249,7 @@ class VectorStore:
                 filter=expr,
                 output_fields=[ID_FIELD],
                 search_params=self.search_params(limit),
-                consistency_level="Strong",
+                consistency_level=self.consistency,
             )
         return [
             [(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits]
