@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CLOTHING, machine, percentile, services
+from bench.common import CLOTHING, machine, milvus_server, percentile, services
 
 DIM = 2048
 
@@ -104,6 +104,11 @@ def main() -> int:
     p.add_argument(
         "--skip-image", action="store_true", help="skip search by image (needs the embedder)"
     )
+    p.add_argument(
+        "--milvus-server",
+        action="store_true",
+        help="use a standalone Milvus server (PyPI milvus==2.3.5) instead of Milvus Lite",
+    )
     args = p.parse_args()
 
     import grpc
@@ -113,8 +118,10 @@ def main() -> int:
     from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
 
     print(f"machine: {machine()}")
+    backend = "Milvus 2.3.5 standalone server" if args.milvus_server else "Milvus Lite"
     print(
-        f"vectors: {DIM}-d random unit vectors; index {args.index_type} (nlist 1024, nprobe 16), metric IP; Milvus Lite + SQLite"
+        f"vectors: {DIM}-d random unit vectors; index {args.index_type} (nlist 1024, nprobe 16), "
+        f"metric IP; {backend} + SQLite; search consistency Session"
     )
     sizes = [int(s) for s in args.sizes.split(",")]
     clients_list = [int(c) for c in args.clients.split(",")]
@@ -123,14 +130,20 @@ def main() -> int:
     queries = rng.standard_normal((512, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
+    server = milvus_server(tmp / "milvus-server") if args.milvus_server else None
+    server_uri = server.__enter__() if server else ""
     try:
         for size in sizes:
             data = tmp / f"s{size}"
             data.mkdir()
+            milvus_uri = server_uri or str(data / "milvus.db")
+            prefix = f"s{size}_"
             env = {
                 "EMBEDDER_MODEL": "resnet50",
                 "EMBEDDER_WEIGHTS": "random",
                 "INDEX_INDEX_TYPE": args.index_type,
+                "INDEX_MILVUS_URI": milvus_uri,
+                "INDEX_MILVUS_PREFIX": prefix,
             }
             # The embedder's model id must match the collection for searches by image.
             from embedder_service.model import ModelInfo
@@ -141,15 +154,24 @@ def main() -> int:
             t = time.perf_counter()
             fill(
                 {
-                    "milvus_uri": str(data / "milvus.db"),
+                    "milvus_uri": milvus_uri,
                     "database_url": f"sqlite:///{data / 'meta.db'}",
                     "index_type": args.index_type,
                     "reconcile_on_start": False,
+                    "milvus_prefix": prefix,
                 },
                 size,
                 model_id,
             )
-            print(f"\n{size} vectors inserted in {time.perf_counter() - t:.1f} s")
+            if server_uri:  # seal the segments so that the index is built before searching
+                flusher = MilvusClient(server_uri)
+                flusher.flush(prefix + "bench")
+                while flusher.describe_index(prefix + "bench", "vector").get(
+                    "pending_index_rows", 0
+                ):
+                    time.sleep(1)
+                flusher.close()
+            print(f"\n{size} vectors inserted (and indexed) in {time.perf_counter() - t:.1f} s")
             with services(data, env) as ports:
                 index = index_pb2_grpc.IndexStub(make_channel(f"127.0.0.1:{ports['index']}", []))
                 gateway = gateway_pb2_grpc.GatewayStub(
@@ -222,21 +244,27 @@ def main() -> int:
 
                         lat, qps = run_load(by_image, clients, max(1, per // 4))
                         report("image", size, clients, lat, qps)
-            client = MilvusClient(str(data / "milvus.db"))
-            client.load_collection("bench")
+            client = MilvusClient(milvus_uri)
+            client.load_collection(prefix + "bench")
             params = {"metric_type": "IP", "params": {"nprobe": 16}}
             for clients in clients_list:
                 per = max(1, args.queries // clients)
 
                 def direct(i: int) -> None:
                     client.search(
-                        "bench", data=[queries[i % 512].tolist()], limit=10, search_params=params
+                        prefix + "bench",
+                        data=[queries[i % 512].tolist()],
+                        limit=10,
+                        search_params=params,
+                        consistency_level="Session",
                     )
 
                 lat, qps = run_load(direct, clients, per)
                 report("direct", size, clients, lat, qps)
             client.close()
     finally:
+        if server:
+            server.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

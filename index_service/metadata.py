@@ -93,7 +93,9 @@ class MetadataStore:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         parsed = make_url(url)
-        kwargs: dict[str, object] = {"pool_pre_ping": True, "future": True}
+        # A server connection may die between calls: ping it before use. A
+        # SQLite file cannot, and the ping would cost a round trip per call.
+        kwargs: dict[str, object] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,7 @@ class MetadataStore:
         )
         self.md = md
         self._created = False
+        self._collections: dict[str, CollectionRow] = {}
 
     # -- plumbing --------------------------------------------------------
 
@@ -174,13 +177,20 @@ class MetadataStore:
     # -- collections -----------------------------------------------------
 
     def get_collection(self, name: str) -> CollectionRow | None:
+        """The collection's row; cached, since every search asks (this service
+        is the only writer of the table, and invalidates on create and drop)."""
+        cached = self._collections.get(name)
+        if cached is not None:
+            return cached
         with self._tx() as conn:
             row = conn.execute(
                 select(self.collections).where(self.collections.c.name == name)
             ).first()
         if row is None:
             return None
-        return CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
+        found = CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
+        self._collections[name] = found
+        return found
 
     def create_collection(self, row: CollectionRow) -> None:
         with self._tx() as conn:
@@ -201,6 +211,7 @@ class MetadataStore:
         return [CollectionRow(r.name, r.model, r.dim, r.metric, r.index_type) for r in rows]
 
     def drop_collection(self, name: str) -> bool:
+        self._collections.pop(name, None)
         with self._tx() as conn:
             conn.execute(delete(self.paths).where(self.paths.c.collection == name))
             conn.execute(delete(self.images).where(self.images.c.collection == name))
@@ -336,7 +347,8 @@ class MetadataStore:
     def records(
         self, name: str, ids: Sequence[int], *, ready_only: bool = True
     ) -> dict[int, ImageRow]:
-        """Rows with their paths (oldest first) for the given ids."""
+        """Rows with their paths (oldest first) for the given ids: one query
+        per chunk (rows joined with their paths), as every search needs it."""
         img, pt = self.images, self.paths
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:
@@ -344,28 +356,35 @@ class MetadataStore:
                 cond = and_(img.c.collection == name, img.c.image_id.in_(chunk))
                 if ready_only:
                     cond = and_(cond, img.c.status == READY)
-                for r in conn.execute(select(img).where(cond)):
-                    out[r.image_id] = ImageRow(
-                        r.image_id,
-                        r.sha256,
-                        r.size,
-                        r.width,
-                        r.height,
-                        r.model,
-                        r.status,
-                        r.created_at_ms,
-                        r.updated_at_ms,
+                query = (
+                    select(img, pt.c.path)
+                    .select_from(
+                        img.outerjoin(
+                            pt,
+                            and_(
+                                pt.c.collection == img.c.collection, pt.c.image_id == img.c.image_id
+                            ),
+                        )
                     )
-                if not out:
-                    continue
-                rows = conn.execute(
-                    select(pt.c.image_id, pt.c.path)
-                    .where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk)))
+                    .where(cond)
                     .order_by(pt.c.created_at_ms, pt.c.path)
                 )
-                for r in rows:
-                    if r.image_id in out:
-                        out[r.image_id].paths.append(r.path)
+                for r in conn.execute(query):
+                    row = out.get(r.image_id)
+                    if row is None:
+                        row = out[r.image_id] = ImageRow(
+                            r.image_id,
+                            r.sha256,
+                            r.size,
+                            r.width,
+                            r.height,
+                            r.model,
+                            r.status,
+                            r.created_at_ms,
+                            r.updated_at_ms,
+                        )
+                    if r.path is not None:
+                        row.paths.append(r.path)
         return out
 
     def ids_for_paths(self, name: str, paths: Sequence[str]) -> list[int]:
