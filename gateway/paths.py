@@ -11,28 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagesearch import errors
-
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jfif",
-        ".jpe",
-        ".png",
-        ".gif",
-        ".bmp",
-        ".dib",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ico",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".tga",
-    }
-)
+from imagesearch.images import is_image_name
 
 
 class AllowedRoots:
@@ -58,10 +37,6 @@ class AllowedRoots:
                 "set GATEWAY_ALLOWED_ROOTS, or stream the files with IndexImages"
             )
         return real
-
-
-def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 def walk_images(folder: Path, recursive: bool, roots: AllowedRoots) -> Iterator[Path]:

@@ -17,30 +17,12 @@ from typing import Any
 import grpc
 
 from imagesearch.channels import make_channel
+from imagesearch.images import is_image_name
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from imgsearch.progress import Progress
 
 CHUNK = 1024 * 1024  # bytes per stream message, under the gateway's 4 MiB default
 FILES_PER_CALL = 32
-IMAGE_SUFFIXES = {
-    ".jpg",
-    ".jpeg",
-    ".jfif",
-    ".jpe",
-    ".png",
-    ".gif",
-    ".bmp",
-    ".dib",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ico",
-    ".ppm",
-    ".pgm",
-    ".pbm",
-    ".pnm",
-    ".tga",
-}
 STATES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in gateway_pb2.JobState.items()}
 
 
@@ -67,9 +49,7 @@ def local_files(paths: Sequence[str], recursive: bool) -> list[Path]:
         p = Path(raw).expanduser()
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files += sorted(
-                f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            files += sorted(f for f in p.glob(pattern) if f.is_file() and is_image_name(f))
         elif p.is_file():
             files.append(p)
         else:

@@ -1,30 +1,10 @@
 """``python -m index_service``: serve imagesearch.v1.Index."""
 
-from __future__ import annotations
-
 import sys
 
-from imagesearch import logs
-from imagesearch.server import serve_until_signal, start_metrics
-from imagesearch.settings import SettingsError, load_settings
+from imagesearch.service_main import run
 from index_service.app import start
 from index_service.settings import IndexSettings
 
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = load_settings(
-            IndexSettings, "INDEX_", sys.argv[1:] if argv is None else argv, description=__doc__
-        )
-    except SettingsError as exc:
-        print(f"index_service: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level)
-    running = start(settings)
-    start_metrics(settings.metrics_port)
-    serve_until_signal(running, "index")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("index_service", IndexSettings, "INDEX_", start, __doc__))

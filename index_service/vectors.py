@@ -238,7 +238,9 @@ class VectorStore:
         limit: int,
         only_ids: Sequence[int] | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Per query, (id, raw distance) best first."""
+        """Per query, (id, raw distance) best first. No output fields are asked
+        for: hits carry their primary key, and on a server any output field
+        costs a second retrieval phase inside Milvus."""
         mname = self.milvus_name(name)
         expr = f"{ID_FIELD} in {[int(x) for x in only_ids]}" if only_ids is not None else ""
         with self._calling(f"search {name}") as c:
@@ -247,7 +249,6 @@ class VectorStore:
                 data=[v.tolist() for v in vectors],
                 limit=min(limit, MAX_TOPK),
                 filter=expr,
-                output_fields=[ID_FIELD],
                 search_params=self.search_params(limit),
                 consistency_level=self.consistency,
             )

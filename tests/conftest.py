@@ -176,6 +176,29 @@ def start_embedder(**overrides: object) -> Server:
     return Server(running, f"127.0.0.1:{running.port}")
 
 
+def spawn_embedder(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """The embedder as a real process (bundled weights), listening on ``port``."""
+    environ = {
+        **os.environ,
+        "EMBEDDER_PORT": str(port),
+        "EMBEDDER_HOST": "127.0.0.1",
+        "EMBEDDER_MODEL": "mobilenet_v2",
+        "EMBEDDER_WEIGHTS": "bundled",
+        "EMBEDDER_WARMUP": "false",
+        **env,
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedder_service"],
+            env=environ,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    assert wait_port("127.0.0.1", port, 120), log.read_text()
+    return proc
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Iterator[Server]:
     """The embedder with the real pretrained MobileNetV2 weights (bundled)."""

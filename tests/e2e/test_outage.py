@@ -3,51 +3,26 @@ gateway restarted mid-job. Real processes, real signals."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
-    ROOT,
     channel,
     free_port,
     get_job,
+    spawn_embedder,
     start_gateway,
     start_index,
-    wait_port,
     wait_until,
 )
-
-
-def spawn_embedder(port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "EMBEDDER_PORT": str(port),
-        "EMBEDDER_HOST": "127.0.0.1",
-        "EMBEDDER_MODEL": "mobilenet_v2",
-        "EMBEDDER_WEIGHTS": "bundled",
-        "EMBEDDER_MAX_BATCH": "4",
-        "EMBEDDER_WARMUP": "false",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedder_service"],
-        env=env,
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    assert wait_port("127.0.0.1", port, 120), log.read_text()
-    return proc
 
 
 def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "embedder.log"
-    embedder = spawn_embedder(port, log)
+    embedder = spawn_embedder(port, log, EMBEDDER_MAX_BATCH="4")
     index = start_index(tmp_path / "index")
     gateway = start_gateway(
         tmp_path,
@@ -77,7 +52,7 @@ def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
         assert 8 <= failed.done < 64
         assert "unavailable" in failed.message and "ResumeJob" in failed.message
 
-        embedder = spawn_embedder(port, log)
+        embedder = spawn_embedder(port, log, EMBEDDER_MAX_BATCH="4")
         stub.ResumeJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30)
         final = wait_until(
             lambda: (

@@ -3,10 +3,7 @@ gateway target with round_robin; metrics endpoints scraped as Prometheus text.""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,13 +14,12 @@ from imagesearch.server import start_metrics
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
-    ROOT,
     channel,
     free_port,
     get_job,
+    spawn_embedder,
     start_gateway,
     start_index,
-    wait_port,
     wait_until,
 )
 
@@ -48,34 +44,11 @@ def embed_calls(port: int) -> float:
     )
 
 
-def spawn(grpc_port: int, metrics_port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "EMBEDDER_PORT": str(grpc_port),
-        "EMBEDDER_HOST": "127.0.0.1",
-        "EMBEDDER_METRICS_PORT": str(metrics_port),
-        "EMBEDDER_MODEL": "mobilenet_v2",
-        "EMBEDDER_WEIGHTS": "bundled",
-        "EMBEDDER_WARMUP": "false",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedder_service"],
-        env=env,
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    assert wait_port("127.0.0.1", grpc_port, 120) and wait_port("127.0.0.1", metrics_port, 30), (
-        log.read_text()
-    )
-    return proc
-
-
 def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(4)]
     replicas = [
-        spawn(ports[0], ports[1], tmp_path / "e1.log"),
-        spawn(ports[2], ports[3], tmp_path / "e2.log"),
+        spawn_embedder(ports[0], tmp_path / "e1.log", EMBEDDER_METRICS_PORT=str(ports[1])),
+        spawn_embedder(ports[2], tmp_path / "e2.log", EMBEDDER_METRICS_PORT=str(ports[3])),
     ]
     index = start_index(tmp_path / "index")
     target = f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[2]}"
