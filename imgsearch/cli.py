@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from imgsearch.progress import Progress
 
 CHUNK = 1024 * 1024  # bytes per stream message, under the gateway's 4 MiB default
 FILES_PER_CALL = 32
+CALLS_IN_FLIGHT = 3
 STATES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in gateway_pb2.JobState.items()}
 
 
@@ -80,14 +82,25 @@ def cmd_index(args: argparse.Namespace) -> int:
     totals = {"indexed": 0, "duplicates": 0, "failed": 0}
     errors: list[dict[str, Any]] = []
     bar = Progress(len(files), "indexing", quiet=args.json)
-    for i in range(0, len(files), FILES_PER_CALL):
-        batch = files[i : i + FILES_PER_CALL]
-        reply = gw.IndexImages(requests_for(args.collection, batch), timeout=args.timeout)
-        totals["indexed"] += reply.indexed
-        totals["duplicates"] += reply.duplicates
-        totals["failed"] += reply.failed
-        errors += [{"path": e.path, "reason": e.reason} for e in reply.errors]
-        bar.update(min(i + FILES_PER_CALL, len(files)), **totals)
+    batches = [files[i : i + FILES_PER_CALL] for i in range(0, len(files), FILES_PER_CALL)]
+    done = 0
+    # A few calls in flight, so reading and uploading one batch overlaps
+    # embedding the previous one on the server.
+    with ThreadPoolExecutor(CALLS_IN_FLIGHT) as pool:
+        replies = pool.map(
+            lambda batch: (
+                len(batch),
+                gw.IndexImages(requests_for(args.collection, batch), timeout=args.timeout),
+            ),
+            batches,
+        )
+        for count, reply in replies:
+            totals["indexed"] += reply.indexed
+            totals["duplicates"] += reply.duplicates
+            totals["failed"] += reply.failed
+            errors += [{"path": e.path, "reason": e.reason} for e in reply.errors]
+            done += count
+            bar.update(done, **totals)
     text = f"{len(files)} files: {totals['indexed']} indexed, {totals['duplicates']} duplicates, {totals['failed']} failed"
     text += "".join(f"\n  failed: {e['reason']}" for e in errors)
     emit(args, {"files": len(files), **totals, "errors": errors}, text)

@@ -431,3 +431,23 @@ def test_unreachable_database_at_start_gives_unavailable(tmp_path: Path) -> None
         assert "metadata database" in str(err.value.details())
     finally:
         server.running.stop(1)
+
+
+def test_milvus_down_gives_unavailable_and_leaves_sql_untouched(tmp_path: Path) -> None:
+    """No Milvus server at the URI: UNAVAILABLE naming Milvus, no SQL rows left behind."""
+    from index_service.metadata import MetadataStore
+
+    server: Server = start_index(
+        tmp_path, milvus_uri=f"http://127.0.0.1:{free_port()}", milvus_timeout_s=3.0
+    )
+    try:
+        stub = index_pb2_grpc.IndexStub(channel(server.port))
+        with pytest.raises(grpc.RpcError) as err:
+            upsert(stub, [item(1)])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Milvus" in str(err.value.details()) and "retry" in str(err.value.details())
+    finally:
+        server.running.stop(1)
+    meta = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
+    assert meta.list_collections() == []
+    meta.dispose()
