@@ -99,7 +99,8 @@ def run(
                         flush=True,
                     )
                     return 1
-                if healthy(svc.port):
+                # Announced in dependency order: the gateway last.
+                if svc is waiting[0] and healthy(svc.port):
                     print(
                         f"imgsearch up: {svc.name:8s} SERVING on 127.0.0.1:{svc.port}", flush=True
                     )
