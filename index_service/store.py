@@ -281,8 +281,10 @@ class IndexStore:
                 return [[] for _ in queries]
             if len(candidates) <= PREFIX_FILTER_LIMIT:
                 only_ids = candidates
-        # Over-fetch a little: hits whose row is pending or gone are skipped.
-        fetch = min(MAX_TOPK, top_k + 16 if only_ids is not None or not prefix else top_k * 8 + 16)
+        # Over-fetch: hits whose row is pending or gone are skipped, and with a
+        # prefix too broad to pass to Milvus as ids, hits are filtered here.
+        filtered_here = bool(prefix) and only_ids is None
+        fetch = min(MAX_TOPK, (top_k * 8 if filtered_here else top_k) + 16)
         raw = self.vectors.search(name, np.stack(queries), fetch, only_ids)
         rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
         out: list[list[Hit]] = []
