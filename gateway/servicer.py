@@ -91,6 +91,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         real = self.roots.resolve(value)
         if not real.is_file():
             raise errors.not_found(f"{value}: no such file on the gateway's machine")
+        size = real.stat().st_size
+        if size > self.settings.max_image_bytes:
+            raise errors.resource_exhausted(
+                f"{value}: {size} bytes, over the limit of {self.settings.max_image_bytes} "
+                "(GATEWAY_MAX_IMAGE_MB)"
+            )
         return real.read_bytes()
 
     def Search(

@@ -267,6 +267,13 @@ def test_bad_requests(stack: Stack) -> None:
             stub.Search(request, timeout=60)
         assert err.value.code() == code, (request, str(err.value.details()))
         assert str(err.value.details())
+    big = stack.tmp / "big.jpg"
+    with big.open("wb") as f:
+        f.truncate(33 * 1024 * 1024)  # over the 32 MiB default, sparse on disk
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(gateway_pb2.SearchRequest(collection="bad", path=str(big)), timeout=60)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "GATEWAY_MAX_IMAGE_MB" in str(err.value.details())
     with pytest.raises(grpc.RpcError) as err:
         stub.GetJob(gateway_pb2.JobRef(job_id="nope"), timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
