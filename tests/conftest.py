@@ -79,6 +79,16 @@ def get_job(stub, job_id: str):
     return stub.GetJob(gateway_pb2.JobRef(job_id=job_id), timeout=30)
 
 
+def start_job(stub, collection: str, folder: Path, recursive: bool = True):
+    """Starts a server-side folder job through the gateway; returns the Job."""
+    from imagesearch.v1 import gateway_pb2
+
+    request = gateway_pb2.StartIndexJobRequest(
+        collection=collection, folder=str(folder), recursive=recursive
+    )
+    return stub.StartIndexJob(request, timeout=60)
+
+
 def channel(port: int) -> grpc.Channel:
     return make_channel(f"127.0.0.1:{port}", [], retry_attempts=2)
 

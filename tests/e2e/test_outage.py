@@ -15,6 +15,7 @@ from tests.conftest import (
     spawn_embedder,
     start_gateway,
     start_index,
+    start_job,
     wait_until,
 )
 
@@ -36,12 +37,7 @@ def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
     )
     try:
         stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
-        job = stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(
-                collection="outage", folder=str(CLOTHING), recursive=True
-            ),
-            timeout=30,
-        )
+        job = start_job(stub, "outage", CLOTHING)
         wait_until(lambda: get_job(stub, job.job_id).done >= 8)
         embedder.send_signal(signal.SIGKILL)
         embedder.wait()
@@ -74,12 +70,7 @@ def test_gateway_restart_resumes_its_jobs(tmp_path: Path, embedder) -> None:
     index = start_index(tmp_path / "index")
     gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=4, job_concurrency=1)
     stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
-    job = stub.StartIndexJob(
-        gateway_pb2.StartIndexJobRequest(
-            collection="restart", folder=str(CLOTHING), recursive=True
-        ),
-        timeout=30,
-    )
+    job = start_job(stub, "restart", CLOTHING)
     wait_until(lambda: get_job(stub, job.job_id).done >= 8)
     gateway.running.stop(5)  # graceful stop: the job stays 'running' on disk
 

@@ -15,6 +15,7 @@ from tests.conftest import (
     drop_sql_tables,
     start_gateway,
     start_index,
+    start_job,
     unique_prefix,
 )
 from tests.e2e.test_stack import wait_job
@@ -39,12 +40,7 @@ def test_stack_on_milvus_server_and_mariadb(
         stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
         job = wait_job(
             stub,
-            stub.StartIndexJob(
-                gateway_pb2.StartIndexJobRequest(
-                    collection="real", folder=str(CLOTHING), recursive=True
-                ),
-                timeout=60,
-            ).job_id,
+            start_job(stub, "real", CLOTHING).job_id,
         )
         assert (job.state, job.indexed, job.failed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64, 0)
         assert stub.Count(common_pb2.CountRequest(collection="real"), timeout=30).count == 64
@@ -58,12 +54,7 @@ def test_stack_on_milvus_server_and_mariadb(
             assert len(hits) == 5 and hits[0].path == str(CLOTHING / rel) and hits[0].score > 0.98
         rerun = wait_job(
             stub,
-            stub.StartIndexJob(
-                gateway_pb2.StartIndexJobRequest(
-                    collection="real", folder=str(CLOTHING), recursive=True
-                ),
-                timeout=60,
-            ).job_id,
+            start_job(stub, "real", CLOTHING).job_id,
         )
         assert (rerun.indexed, rerun.duplicates) == (0, 64)
         gone = stub.Delete(

@@ -20,6 +20,7 @@ from tests.conftest import (
     spawn_embedder,
     start_gateway,
     start_index,
+    start_job,
     wait_until,
 )
 
@@ -55,12 +56,7 @@ def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
     gateway = start_gateway(tmp_path, target, index.addr, embed_batch=4, job_concurrency=2)
     try:
         stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
-        job = stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(
-                collection="scale", folder=str(CLOTHING), recursive=True
-            ),
-            timeout=30,
-        )
+        job = start_job(stub, "scale", CLOTHING)
         wait_until(lambda: get_job(stub, job.job_id).done >= 16)
         assert embed_calls(ports[1]) > 0 and embed_calls(ports[3]) > 0  # both replicas were used
         replicas[0].send_signal(signal.SIGKILL)  # one replica dies mid-ingest
@@ -93,9 +89,7 @@ def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
     port = free_port()
     start_metrics(port, host="127.0.0.1")
     stub = gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
-    job = stub.StartIndexJob(
-        gateway_pb2.StartIndexJobRequest(collection="m", folder=str(CLOTHING / "Hat")), timeout=30
-    )
+    job = start_job(stub, "m", CLOTHING / "Hat", recursive=False)
     wait_until(lambda: get_job(stub, job.job_id).state == gateway_pb2.JOB_STATE_SUCCEEDED)
     time.sleep(0.2)
     samples = scrape(port)

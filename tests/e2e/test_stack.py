@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import CLOTHING, ODD, Stack, channel, clothing_images, odd_manifest
+from tests.conftest import CLOTHING, ODD, Stack, channel, clothing_images, odd_manifest, start_job
 
 
 def gw(stack: Stack) -> gateway_pb2_grpc.GatewayStub:
@@ -124,10 +124,7 @@ def test_stream_ingest_search_delete_drop(stack: Stack) -> None:
 
 def test_server_job_and_rerun(stack: Stack) -> None:
     stub = gw(stack)
-    job = stub.StartIndexJob(
-        gateway_pb2.StartIndexJobRequest(collection="jobs", folder=str(CLOTHING), recursive=True),
-        timeout=60,
-    )
+    job = start_job(stub, "jobs", CLOTHING)
     assert job.total == 64
     final = wait_job(stub, job.job_id)
     assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED
@@ -136,12 +133,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
 
     rerun = wait_job(
         stub,
-        stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(
-                collection="jobs", folder=str(CLOTHING), recursive=True
-            ),
-            timeout=60,
-        ).job_id,
+        start_job(stub, "jobs", CLOTHING).job_id,
     )
     assert (rerun.indexed, rerun.duplicates) == (0, 64)
     listed = stub.ListJobs(gateway_pb2.ListJobsRequest(collection="jobs"), timeout=30).jobs
@@ -151,12 +143,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
     # Not recursive: the clothing root holds no images itself.
     flat = wait_job(
         stub,
-        stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(
-                collection="jobs", folder=str(CLOTHING), recursive=False
-            ),
-            timeout=60,
-        ).job_id,
+        start_job(stub, "jobs", CLOTHING, recursive=False).job_id,
     )
     assert flat.total == 0 and flat.state == gateway_pb2.JOB_STATE_SUCCEEDED
 
@@ -167,10 +154,7 @@ def test_odd_images_job(stack: Stack) -> None:
     expected_errors = sorted(name for name, expect in manifest if expect == "error")
     job = wait_job(
         stub,
-        stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(collection="odd", folder=str(ODD), recursive=True),
-            timeout=60,
-        ).job_id,
+        start_job(stub, "odd", ODD).job_id,
     )
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED
     assert job.total == 55 and job.failed == len(expected_errors) == 17
@@ -212,9 +196,7 @@ def test_path_escapes_refused(stack: Stack) -> None:
     (inside / "escape.jpg").symlink_to(outside / "a.jpg")
     job = wait_job(
         stub,
-        stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(collection="x", folder=str(inside)), timeout=30
-        ).job_id,
+        start_job(stub, "x", inside, recursive=False).job_id,
     )
     assert job.total == 1 and job.indexed == 1
 
@@ -282,10 +264,7 @@ def test_bad_requests(stack: Stack) -> None:
 
 def test_cancel_and_resume(stack: Stack) -> None:
     stub = gw(stack)
-    job = stub.StartIndexJob(
-        gateway_pb2.StartIndexJobRequest(collection="cancel", folder=str(CLOTHING), recursive=True),
-        timeout=60,
-    )
+    job = start_job(stub, "cancel", CLOTHING)
     canceled = stub.CancelJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=120)
     assert canceled.state == gateway_pb2.JOB_STATE_CANCELED
     assert canceled.done < 64
