@@ -17,21 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def requirements(extras: list[str]) -> list[str]:
+    """Core dependencies plus those of ``extras``; ``imagesearch[a,b]`` entries
+    (extras that name other extras, like ``all``) are expanded."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project.get("optional-dependencies", {})
     reqs = list(project["dependencies"])
     for extra in extras:
-        for req in optional[extra]:
+        for req in optional[extra.strip()]:
             if req.startswith("imagesearch["):
-                inner = req[req.index("[") + 1 : req.index("]")].split(",")
-                reqs += requirements_of(optional, inner)
+                reqs += requirements(req[req.index("[") + 1 : req.index("]")].split(","))
             else:
                 reqs.append(req)
     return list(dict.fromkeys(reqs))
-
-
-def requirements_of(optional: dict[str, list[str]], extras: list[str]) -> list[str]:
-    return [r for e in extras for r in optional[e.strip()]]
 
 
 def no_deps() -> list[str]:

@@ -79,10 +79,6 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def submit(self, images: Sequence[tuple[str, bytes]]) -> list[Future[Result]]:
         """Queues images; each future resolves to a vector or a per-image error."""
         with self._lock:

@@ -163,7 +163,6 @@ class ModelRunner:
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.net: nn.Module = net
         self.forward = torch.compile(net) if settings.compile else net
         self.compiled = settings.compile
         self.max_batch = settings.max_batch

@@ -16,7 +16,6 @@ from imagesearch.channels import make_channel
 from imagesearch.logs import request_id
 from imagesearch.server import REQUEST_ID_HEADER
 from imagesearch.v1 import (
-    common_pb2,
     embedder_pb2,
     embedder_pb2_grpc,
     index_pb2,
@@ -102,16 +101,6 @@ class Backends:
             for e in response.embeddings
         ]
 
-    def model_info(self) -> embedder_pb2.ModelInfo:
-        s = self.settings
-        return self._call(
-            "embedder",
-            s.embedder_addr,
-            self.embedder.GetModelInfo,
-            embedder_pb2.GetModelInfoRequest(),
-            s.index_timeout_s,
-        )
-
     # -- index -----------------------------------------------------------
 
     def index_call(self, method: str, request: Any) -> Any:
@@ -134,6 +123,3 @@ class Backends:
                 return {}
             raise
         return {r.image_id: r for r in response.records}
-
-    def count(self, request: common_pb2.CountRequest) -> common_pb2.CountResponse:
-        return self.index_call("Count", request)

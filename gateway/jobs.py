@@ -172,7 +172,7 @@ class JobManager:
             files=len(files),
         )
         self._launch(job)
-        return self.snapshot(job_id)
+        return self.get(job_id)
 
     def get(self, job_id: str) -> JobState:
         with self._lock:
@@ -180,8 +180,6 @@ class JobManager:
             if job is None:
                 raise errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
             return JobState(**{**asdict(job), "errors": list(job.errors)})
-
-    snapshot = get
 
     def list_jobs(self, collection: str = "") -> list[JobState]:
         with self._lock:

@@ -64,12 +64,10 @@ class Ingestor:
             else:
                 digests[i] = ids.sha256(src.data)
 
-        known = self.backends.get_ready(
-            collection, [ids.image_id_from_sha256(d) for d in digests.values()]
-        )
+        image_ids = {i: ids.image_id_from_sha256(d) for i, d in digests.items()}
+        known = self.backends.get_ready(collection, list(image_ids.values()))
         todo: list[int] = []
-        for i, digest in digests.items():
-            iid = ids.image_id_from_sha256(digest)
+        for i, iid in image_ids.items():
             record = known.get(iid)
             if record is not None and sources[i].name in record.paths:
                 results[i] = Result(sources[i].name, Outcome.DUPLICATE, iid)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
@@ -75,7 +76,7 @@ class VectorStore:
                     f"Milvus at {self.uri} is unavailable during {what} ({exc.message}); retry later"
                 ) from None
             raise errors.ServiceError(
-                errors.code_from_number(13), f"Milvus refused {what}: {exc.message}"
+                grpc.StatusCode.INTERNAL, f"Milvus refused {what}: {exc.message}"
             ) from None
         except Exception as exc:  # grpc errors, refused connections, ...
             self._reset()
