@@ -353,9 +353,10 @@ class MetadataStore:
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:
             for chunk in _chunks(list(dict.fromkeys(ids))):
+                # The status is checked below, not in SQL: with it in the WHERE
+                # clause SQLite prefers the (collection, status) index and scans
+                # every ready row of the collection instead of the few ids asked.
                 cond = and_(img.c.collection == name, img.c.image_id.in_(chunk))
-                if ready_only:
-                    cond = and_(cond, img.c.status == READY)
                 query = (
                     select(img, pt.c.path)
                     .select_from(
@@ -370,6 +371,8 @@ class MetadataStore:
                     .order_by(pt.c.created_at_ms, pt.c.path)
                 )
                 for r in conn.execute(query):
+                    if ready_only and r.status != READY:
+                        continue
                     row = out.get(r.image_id)
                     if row is None:
                         row = out[r.image_id] = ImageRow(
