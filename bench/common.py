@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from tools.milvus_server import milvus_server as milvus_server
+
 ROOT = Path(__file__).resolve().parent.parent
 CLOTHING = (ROOT.parent / "shared" / "data" / "clothing-64").resolve()
 OUT = ROOT / "bench" / "out"
@@ -142,38 +144,6 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-@contextmanager
-def milvus_server(data: Path) -> Iterator[str]:
-    """A standalone Milvus server (PyPI milvus==2.3.5) for the run; SIGINT at the end."""
-    import signal
-
-    exe = Path(sys.executable).parent / "milvus-server"
-    data.mkdir(parents=True, exist_ok=True)
-    with (data / "server.log").open("w") as log:
-        proc = subprocess.Popen(
-            [str(exe), "--data", str(data)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", 19530)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("milvus-server did not start")
-            time.sleep(0.5)
-        yield "http://127.0.0.1:19530"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def percentile(values: list[float], q: float) -> float:

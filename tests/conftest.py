@@ -9,7 +9,6 @@ import contextlib
 import csv
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import pytest
 
 from imagesearch.channels import make_channel
 from imagesearch.server import RunningServer
+from tools.milvus_server import MilvusServerError
+from tools.milvus_server import milvus_server as start_milvus_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT.parent / "shared").resolve()  # may be a symlink; jobs store real paths
@@ -240,51 +241,14 @@ def mariadb_url() -> str:
     return MARIADB_URL
 
 
-MILVUS_PORTS = (19530, 2379, 2380, 9091)  # proxy, embedded etcd, metrics
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real standalone Milvus server (PyPI milvus==2.3.5), stopped with SIGINT.
-    Waits for a previous server's ports to be released and tries twice."""
-    exe = VENV_BIN / "milvus-server"
-    if not exe.exists():
-        pytest.fail("milvus-server is not installed; run `make install`")
-    deadline = time.monotonic() + 60
-    while any(wait_port("127.0.0.1", p, 0.1) for p in MILVUS_PORTS):
-        if time.monotonic() > deadline:
-            pytest.fail(f"ports {MILVUS_PORTS} stay in use; stop the other Milvus first")
-        time.sleep(1)
-    for attempt in (1, 2):
-        data = tmp_path_factory.mktemp(f"milvus-server-{attempt}")
-        with (data / "server.log").open("w") as log:
-            proc = subprocess.Popen(
-                [str(exe), "--data", str(data)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if wait_port("127.0.0.1", 19530, 90):
-            break
-        _stop(proc)
-        if attempt == 2:
-            logs = "\n".join(
-                f.read_text(errors="replace")[-2000:] for f in sorted((data / "logs").glob("*.log"))
-            )
-            pytest.fail(f"milvus-server did not listen on 19530 within 90 s, twice:\n{logs}")
+    """A real standalone Milvus server (PyPI milvus==2.3.5), stopped with SIGINT."""
     try:
-        yield "http://127.0.0.1:19530"
-    finally:
-        _stop(proc)
+        with start_milvus_server(tmp_path_factory.mktemp("milvus-server")) as uri:
+            yield uri
+    except MilvusServerError as exc:
+        pytest.fail(str(exc))
 
 
 def index_settings(tmp: Path, **overrides: object):  # -> IndexSettings
