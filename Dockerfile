@@ -20,13 +20,17 @@ COPY deploy/install_deps.py deploy/install_deps.py
 # CUDA runtime; the host needs only the NVIDIA driver and container toolkit)
 # and falls back to the CPU when no GPU is visible.
 FROM base AS embedder
+# g++: torch.compile (EMBEDDER_COMPILE=auto) builds its CPU kernels with it.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 RUN python deploy/install_deps.py embedder
 COPY protos protos
 COPY imagesearch imagesearch
 COPY embedder_service embedder_service
 RUN pip install --no-deps . && mkdir -p /home/app/.cache && chown -R app /home/app
 USER app
-ENV EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/torch
+ENV EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/torch \
+    TORCHINDUCTOR_CACHE_DIR=/home/app/.cache/inductor
 EXPOSE 50052 9102
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-m", "imagesearch.healthcheck", "50052"]

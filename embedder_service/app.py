@@ -42,8 +42,16 @@ def start(settings: EmbedderSettings) -> RunningServer:
     )
     running.on_stop.append(batcher.close)
     if settings.warmup:
+        if runner.compiled:
+            logs.event(
+                log,
+                "model.compiling",
+                batch_sizes=",".join(map(str, runner.buckets())),
+                note="torch.compile warm-up before SERVING: up to a minute per size on a "
+                "small CPU the first time, seconds once Inductor's cache is warm",
+            )
         seconds = runner.warm_up()
-        logs.event(log, "model.warmup", ms=round(seconds * 1000))
+        logs.event(log, "model.warmup", ms=round(seconds * 1000), compiled=runner.compiled)
     running.set_serving(True)
     logs.event(
         log,

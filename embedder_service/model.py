@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,20 @@ class ModelInfo:
         return f"{self.model}/{self.pooling}/{self.weights_digest[:12]}"
 
 
+class CompileFailed(RuntimeError):
+    """EMBEDDER_COMPILE=true and the model could not be compiled."""
+
+
+def compile_for_inference(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with Inductor's freezing on: the weights become constants,
+    so on the CPU convolutions run on oneDNN with weights prepacked once (the
+    model is never trained here). Freezing is a process-wide Inductor option."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(net, dynamic=False)
+
+
 class ModelRunner:
     """Runs batches of preprocessed uint8 images through the trunk."""
 
@@ -163,8 +178,10 @@ class ModelRunner:
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(net) if settings.compile else net
-        self.compiled = settings.compile
+        self.eager = net
+        self.compile_mode = settings.compile
+        self.compiled = settings.compile != "false"
+        self.forward = compile_for_inference(net) if self.compiled else net
         self.max_batch = settings.max_batch
         with torch.inference_mode():
             probe = torch.zeros(1, 3, settings.image_size, settings.image_size, dtype=torch.uint8)
@@ -191,6 +208,7 @@ class ModelRunner:
             device=self.info.device,
             dtype=self.info.dtype,
             compile=settings.compile,
+            buckets=",".join(map(str, self.buckets())) if self.compiled else "any",
             pretrained=weights.pretrained,
         )
         if not weights.pretrained:
@@ -227,9 +245,33 @@ class ModelRunner:
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
         ):
-            out = self.forward(batch)
+            out = self._run(batch)
         out = torch.nn.functional.normalize(out[:n].float(), dim=1)
         return out.cpu().numpy()
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.compiled:
+            return self.forward(batch)
+        try:
+            return self.forward(batch)
+        except Exception as exc:  # compiling failed: no C++ compiler, unsupported op, ...
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            if self.compile_mode == "true":
+                raise CompileFailed(
+                    f"EMBEDDER_COMPILE=true, but torch.compile failed ({reason}); set "
+                    "EMBEDDER_COMPILE=auto to fall back to eager, or false"
+                ) from exc
+            # EMBEDDER_COMPILE=auto: a model that runs eager beats one that does not run.
+            logs.event(
+                log,
+                "model.compile_failed",
+                logging.WARNING,
+                error=reason,
+                note="running eager from now on (set EMBEDDER_COMPILE=false to skip the attempt)",
+            )
+            self.forward = self.eager
+            self.compiled = False
+            return self.forward(batch)
 
     def warm_up(self) -> float:
         """Runs every batch shape once (compiling them when EMBEDDER_COMPILE is

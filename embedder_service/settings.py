@@ -47,9 +47,13 @@ class EmbedderSettings:
     fuse_bn: bool = field(
         default=True, metadata={"help": "fold BatchNorm into convolutions (exact; faster)"}
     )
-    compile: bool = field(
-        default=False,
-        metadata={"help": "torch.compile the model (slow start; pads batches to 3 sizes)"},
+    compile: str = field(
+        default="auto",
+        metadata={
+            "help": "torch.compile the model with frozen weights: auto (try it, run eager "
+            "if compiling fails), true (fail if it cannot), false. Adds 15-60 s at start "
+            "(less once Inductor's cache is warm); batches are padded to 3 sizes"
+        },
     )
     warmup: bool = field(default=True, metadata={"help": "run the model once before SERVING"})
     max_batch: int = field(default=32, metadata={"help": "largest batch sent to the model"})
@@ -99,6 +103,8 @@ class EmbedderSettings:
             raise SettingsError(
                 f"EMBEDDER_DTYPE={self.dtype!r}: use auto, float32, bfloat16 or float16"
             )
+        if self.compile not in ("auto", "true", "false"):
+            raise SettingsError(f"EMBEDDER_COMPILE={self.compile!r}: use auto, true or false")
         if self.max_batch < 1 or self.queue_size < self.max_batch:
             raise SettingsError("EMBEDDER_MAX_BATCH must be >= 1 and <= EMBEDDER_QUEUE_SIZE")
         if self.max_pixels < 1 or self.image_size < 32 or self.resize < self.image_size:

@@ -86,9 +86,19 @@ def run(
             )
     code = 0
     try:
-        deadline = time.monotonic() + startup_timeout
+        started = time.monotonic()
+        deadline = started + startup_timeout
         waiting = list(services)
+        slow_said = False
         while waiting and not stop.is_set():
+            if not slow_said and time.monotonic() - started > 15:
+                slow_said = True
+                print(
+                    f"imgsearch up: still starting ({', '.join(s.name for s in waiting)}); the "
+                    "embedder loads its model and, with EMBEDDER_COMPILE=auto, compiles it: "
+                    f"a minute or two the first time, seconds later. Logs: {logs}",
+                    flush=True,
+                )
             for svc in list(waiting):
                 assert svc.proc is not None and svc.log is not None
                 if svc.proc.poll() is not None:

@@ -32,6 +32,10 @@ CLOTHING = SHARED / "data" / "clothing-64"
 ODD = SHARED / "data" / "odd-images"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_features.pt"
 VENV_BIN = Path(sys.executable).parent
+# Embedders started by the tests (in-process or as processes) run eager: they
+# test behaviour, and compiling would add up to a minute per start. The
+# accuracy and compile tests turn compiling on where they mean to.
+os.environ.setdefault("EMBEDDER_COMPILE", "false")
 MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -180,6 +184,7 @@ def start_embedder(**overrides: object) -> Server:
             "weights": "bundled",
             "max_wait_ms": 2.0,
             "warmup": False,
+            "compile": "false",
             **overrides,
         }  # type: ignore[arg-type]
     )

@@ -1,0 +1,87 @@
+"""EMBEDDER_COMPILE on a machine where torch.compile cannot work (here: the C++
+compiler Inductor needs is missing): `auto` serves eager and says so, `true`
+refuses to start. Run as real processes, since Inductor reads CXX at import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+from tests.conftest import CLOTHING, ROOT, Server, channel, clothing_images, free_port, wait_until
+
+
+def no_compiler_env(tmp_path: Path, port: int, compile_mode: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EMBEDDER_PORT": str(port),
+        "EMBEDDER_HOST": "127.0.0.1",
+        "EMBEDDER_MODEL": "mobilenet_v2",
+        "EMBEDDER_WEIGHTS": "bundled",
+        "EMBEDDER_MAX_BATCH": "4",
+        "EMBEDDER_WARMUP": "true",
+        "EMBEDDER_COMPILE": compile_mode,
+        "CXX": str(tmp_path / "no-such-c++"),
+        # A cache of our own: kernels compiled by an earlier run must not hide the failure.
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+    }
+
+
+def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server) -> None:
+    port = free_port()
+    log = tmp_path / "embedder.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedder_service"],
+            env=no_compiler_env(tmp_path, port, "auto"),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        health = health_pb2_grpc.HealthStub(channel(port))
+
+        def serving() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"embedder exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            except Exception:
+                return False
+            return status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, timeout=240)
+        text = log.read_text()
+        assert "model.compile_failed" in text and "running eager" in text, text
+        assert "compiled=False" in text, text
+
+        path = clothing_images()[0][0]
+        request = embedder_pb2.EmbedRequest(
+            images=[embedder_pb2.Image(name=path, data=(CLOTHING / path).read_bytes())]
+        )
+        got = embedder_pb2_grpc.EmbedderStub(channel(port)).Embed(request, timeout=120)
+        want = embedder_pb2_grpc.EmbedderStub(channel(embedder.port)).Embed(request, timeout=120)
+        a, b = (np.frombuffer(r.embeddings[0].vector, dtype="<f4") for r in (got, want))
+        assert a.shape == (1280,) and float(a @ b) > 0.9999
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_true_refuses_to_start_when_compiling_fails(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "embedder_service"],
+        env=no_compiler_env(tmp_path, free_port(), "true"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "EMBEDDER_COMPILE=true, but torch.compile failed" in result.stderr
+    assert "EMBEDDER_COMPILE=auto" in result.stderr
