@@ -18,10 +18,29 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 
+def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
+    sizes = (settings.max_pixels, settings.resize, settings.image_size)
+    if not settings.gpu_decode:
+        return Decoder(*sizes)
+    if runner.device.type != "cuda":
+        logs.event(
+            log,
+            "decode.gpu_unavailable",
+            logging.WARNING,
+            device=str(runner.device),
+            note="EMBEDDER_GPU_DECODE=true needs the model on a CUDA device; decoding with PIL",
+        )
+        return Decoder(*sizes)
+    from embedder_service.gpu_decode import TorchJpegDecoder
+
+    logs.event(log, "decode.gpu", device=str(runner.device))
+    return TorchJpegDecoder(runner.device, *sizes)
+
+
 def start(settings: EmbedderSettings) -> RunningServer:
     """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
     runner = ModelRunner(settings)
-    decoder = Decoder(settings.max_pixels, settings.resize, settings.image_size)
+    decoder = make_decoder(settings, runner)
     batcher = Batcher(
         runner.embed,
         decoder,

@@ -67,6 +67,14 @@ class EmbedderSettings:
     decode_workers: int = field(
         default=0, metadata={"help": "decode threads (0: one per CPU core)"}
     )
+    gpu_decode: bool = field(
+        default=False,
+        metadata={
+            "help": "decode JPEGs with nvJPEG on the model's CUDA device (torchvision) and "
+            "resize there; other images, and JPEGs it cannot decode, go through PIL. "
+            "Ignored, with a warning, when the model runs on the CPU"
+        },
+    )
     max_pixels: int = field(
         default=50_000_000,
         metadata={"help": "images declaring more pixels are refused before decoding"},

@@ -1,0 +1,79 @@
+"""JPEG decoding on the GPU (EMBEDDER_GPU_DECODE): torchvision's
+``decode_jpeg`` on a CUDA device uses nvJPEG, and the resize and crop run there
+too; only the 224x224 result comes back. The same code runs on the CPU
+(libjpeg-turbo through torchvision), which is how it is tested without a GPU.
+
+The PIL ``Decoder`` stays the authority: every image that is not a JPEG, that
+declares too many pixels, or that this path cannot decode (CMYK, corrupt,
+truncated, ...) goes through it, so errors and limits are the same either way.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+
+from embedder_service.decode import Decoded, Decoder
+
+log = logging.getLogger(__name__)
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec (whose
+# decode_jpeg takes the same arguments); they work, and we pin torchvision.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+EXIF_ORIENTATION = 0x0112
+SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class TorchJpegDecoder(Decoder):
+    """Decodes JPEGs with torchvision on ``device``; falls back to PIL."""
+
+    def __init__(
+        self, device: torch.device, max_pixels: int, resize: int = 256, crop: int = 224
+    ) -> None:
+        super().__init__(max_pixels, resize, crop)
+        self.device = device
+
+    def decode(self, data: bytes, name: str) -> Decoded:
+        if not data.startswith(JPEG_MAGIC):
+            return super().decode(data, name)
+        try:
+            header = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = header.size
+            if not (0 < width * height <= self.max_pixels):
+                return super().decode(data, name)  # refuses it with the usual message
+            sideways = header.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            image = decode_jpeg(
+                raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
+            )
+            pixels = self._resize_crop_tensor(image)
+        except Exception as exc:  # CMYK, corrupt, truncated, ...: PIL decides
+            log.debug(
+                "decode.torch_fallback",
+                extra={"fields": {"image": name, "error": f"{type(exc).__name__}: {exc}"}},
+            )
+            return super().decode(data, name)
+        out_w, out_h = (height, width) if sideways else (width, height)
+        return Decoded(pixels, out_w, out_h)
+
+    def _resize_crop_tensor(self, image: torch.Tensor) -> np.ndarray:
+        """(3, H, W) uint8 on the device -> (crop, crop, 3) uint8 on the CPU,
+        as ``Decoder`` does it: shorter side to ``resize``, then a center crop."""
+        image = F.resize(image, [self.resize], antialias=True)
+        height, width = image.shape[-2:]
+        top, left = (height - self.crop) // 2, (width - self.crop) // 2  # as Decoder rounds
+        image = F.crop(image, top, left, self.crop, self.crop)
+        return image.permute(1, 2, 0).contiguous().cpu().numpy()
