@@ -41,13 +41,14 @@ def start(settings: EmbedderSettings) -> RunningServer:
     """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
     runner = ModelRunner(settings)
     decoder = make_decoder(settings, runner)
+    decode_workers = settings.decode_threads(model_on_cpu=runner.device.type == "cpu")
     batcher = Batcher(
         runner.embed,
         decoder,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000.0,
         queue_size=settings.queue_size,
-        decode_workers=settings.decode_threads,
+        decode_workers=decode_workers,
     )
     servicer = EmbedderServicer(batcher, runner.info, settings)
     running = start_server(
@@ -80,5 +81,6 @@ def start(settings: EmbedderSettings) -> RunningServer:
         model_id=runner.info.model_id,
         device=runner.info.device,
         dtype=runner.info.dtype,
+        decode_workers=decode_workers,
     )
     return running

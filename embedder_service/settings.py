@@ -65,7 +65,11 @@ class EmbedderSettings:
         metadata={"help": "images waiting at most; beyond, RESOURCE_EXHAUSTED"},
     )
     decode_workers: int = field(
-        default=0, metadata={"help": "decode threads (0: one per CPU core)"}
+        default=0,
+        metadata={
+            "help": "decode threads (0: one per CPU core with the model on a GPU; a quarter "
+            "of the cores, at least 1, with the model on the CPU, which needs the rest)"
+        },
     )
     gpu_decode: bool = field(
         default=False,
@@ -92,9 +96,11 @@ class EmbedderSettings:
     metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
 
-    @property
-    def decode_threads(self) -> int:
-        return self.decode_workers if self.decode_workers > 0 else (os.cpu_count() or 2)
+    def decode_threads(self, model_on_cpu: bool) -> int:
+        if self.decode_workers > 0:
+            return self.decode_workers
+        cores = os.cpu_count() or 2
+        return max(1, cores // 4) if model_on_cpu else cores
 
     def validate(self) -> None:
         if self.model not in MODELS:
