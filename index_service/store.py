@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_TOP_K = 1000
 MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
+OVERFETCH = 4  # hits asked for beyond top_k, for rows pending or gone
 
 
 @dataclass(frozen=True)
@@ -281,29 +282,49 @@ class IndexStore:
                 return [[] for _ in queries]
             if len(candidates) <= PREFIX_FILTER_LIMIT:
                 only_ids = candidates
-        # Over-fetch: hits whose row is pending or gone are skipped, and with a
-        # prefix too broad to pass to Milvus as ids, hits are filtered here.
+        # Hits whose row is pending or gone are skipped, and with a prefix too
+        # broad to pass to Milvus as ids, hits are filtered here: ask for a few
+        # more than top_k, and ask again, 4x deeper, for the queries that came
+        # up short while Milvus still had more to give.
         filtered_here = bool(prefix) and only_ids is None
-        fetch = min(MAX_TOPK, (top_k * 8 if filtered_here else top_k) + 16)
-        raw = self.vectors.search(name, np.stack(queries), fetch, only_ids)
-        rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
-        out: list[list[Hit]] = []
-        for hits in raw:
-            chosen: list[Hit] = []
-            for iid, dist in hits:
-                meta_row = rows.get(iid)
-                if meta_row is None:
-                    continue
-                if prefix and not any(p.startswith(prefix) for p in meta_row.paths):
-                    continue
-                distance, score = self._score(dist)
-                if score < min_score:
-                    continue
-                chosen.append(Hit(iid, distance, score, meta_row))
-                if len(chosen) == top_k:
-                    break
-            out.append(chosen)
+        fetch = min(MAX_TOPK, (top_k * 8 if filtered_here else top_k) + OVERFETCH)
+        out: list[list[Hit]] = [[] for _ in queries]
+        todo = list(range(len(queries)))
+        while todo:
+            raw = self.vectors.search(name, np.stack([queries[q] for q in todo]), fetch, only_ids)
+            rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
+            short = []
+            for q, hits in zip(todo, raw, strict=True):
+                out[q], complete = self._choose(hits, rows, top_k, prefix, min_score)
+                if not complete and len(hits) == fetch and fetch < MAX_TOPK:
+                    short.append(q)
+            todo, fetch = short, min(MAX_TOPK, fetch * 4)
         return out
+
+    def _choose(
+        self,
+        hits: list[tuple[int, float]],
+        rows: dict[int, ImageRow],
+        top_k: int,
+        prefix: str,
+        min_score: float,
+    ) -> tuple[list[Hit], bool]:
+        """The first top_k usable hits, and whether the list is final (full,
+        or cut by min_score: hits come best first)."""
+        chosen: list[Hit] = []
+        for iid, dist in hits:
+            meta_row = rows.get(iid)
+            if meta_row is None:
+                continue
+            if prefix and not any(p.startswith(prefix) for p in meta_row.paths):
+                continue
+            distance, score = self._score(dist)
+            if score < min_score:
+                return chosen, True
+            chosen.append(Hit(iid, distance, score, meta_row))
+            if len(chosen) == top_k:
+                return chosen, True
+        return chosen, False
 
     def get(
         self, name: str, image_ids: list[int], paths: list[str], include_pending: bool

@@ -363,6 +363,44 @@ def test_reconcile_repairs_a_crash_between_the_writes(
         server.running.stop(1)
 
 
+def test_search_digs_past_many_unusable_hits(
+    index_backend: dict[str, object], tmp_path: Path
+) -> None:
+    """40 vectors nearer to the query than any ready image, their rows pending
+    (an ingest in flight) or gone: top_k still comes back full, from the
+    ready rows, in score order."""
+    from index_service.app import build_store
+    from index_service.metadata import NewImage
+    from index_service.store import Item
+
+    store = build_store(index_settings(tmp_path, **index_backend))
+    query = vector(0)
+    ready = [Item(digest(n), f"/r/{n}.jpg", 1, 1, 1, vector(n).tobytes()) for n in range(1, 9)]
+    store.upsert("photos", MODEL, DIM, ready)
+    rng = np.random.default_rng(7)
+    near = query + 0.01 * rng.standard_normal((40, DIM)).astype(np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    near_ids = [ids.image_id_from_sha256(digest(100 + n)) for n in range(40)]
+    store.meta.write_pending(  # half pending, half with no row at all
+        "photos",
+        MODEL,
+        [
+            NewImage(i, digest(100 + n).hex(), f"/p/{n}.jpg", 1, 1, 1)
+            for n, i in enumerate(near_ids[:20])
+        ],
+        [(f"/p/{n}.jpg", i) for n, i in enumerate(near_ids[:20])],
+        [],
+    )
+    store.vectors.upsert("photos", near_ids, near)
+    try:
+        hits = store.search("photos", [query.tobytes()], [], 5)[0]
+        expected = sorted(range(1, 9), key=lambda n: -float(query @ vector(n)))[:5]
+        assert [h.image_id for h in hits] == [ids.image_id_from_sha256(digest(n)) for n in expected]
+    finally:
+        store.vectors.close()
+        store.meta.dispose()
+
+
 def test_start_up_reconcile_deletes_orphan_vectors(
     index_backend: dict[str, object], tmp_path: Path
 ) -> None:
