@@ -20,7 +20,8 @@ SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
 
 def build_store(settings: IndexSettings) -> IndexStore:
     return IndexStore(
-        MetadataStore(settings.database_url, settings.table_prefix), VectorStore(settings)
+        MetadataStore(settings.database_url, settings.table_prefix, settings.row_cache),
+        VectorStore(settings),
     )
 
 

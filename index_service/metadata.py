@@ -11,6 +11,7 @@ Tables (names carry INDEX_TABLE_PREFIX):
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -89,7 +90,7 @@ def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]
 
 
 class MetadataStore:
-    def __init__(self, url: str, table_prefix: str = "imgsearch_") -> None:
+    def __init__(self, url: str, table_prefix: str = "imgsearch_", row_cache: int = 0) -> None:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         parsed = make_url(url)
@@ -147,6 +148,14 @@ class MetadataStore:
         self.md = md
         self._created = False
         self._collections: dict[str, CollectionRow] = {}
+        # Ready rows by collection, for searches (this service is the only
+        # writer: every write below drops its collection's rows on the way
+        # out). A read stores what it fetched only if no write ran meanwhile.
+        self.row_cache = row_cache
+        self._rows: dict[str, dict[int, ImageRow]] = {}
+        self._cached_rows = 0
+        self._writes = 0
+        self._cache_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------
 
@@ -170,6 +179,19 @@ class MetadataStore:
                     f"lost the connection to the metadata database at {self.safe_url}; retry"
                 ) from None
             raise
+
+    @contextmanager
+    def _write(self, name: str) -> Iterator[Connection]:
+        """A transaction that changes the collection's rows. Cached rows of
+        the collection are dropped after it, committed or not (a failed
+        commit may still have landed)."""
+        try:
+            with self._tx() as conn:
+                yield conn
+        finally:
+            with self._cache_lock:
+                self._writes += 1
+                self._cached_rows -= len(self._rows.pop(name, {}))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -212,7 +234,7 @@ class MetadataStore:
 
     def drop_collection(self, name: str) -> bool:
         self._collections.pop(name, None)
-        with self._tx() as conn:
+        with self._write(name) as conn:
             conn.execute(delete(self.paths).where(self.paths.c.collection == name))
             conn.execute(delete(self.images).where(self.images.c.collection == name))
             result = conn.execute(delete(self.collections).where(self.collections.c.name == name))
@@ -272,7 +294,7 @@ class MetadataStore:
         deletes their vectors)."""
         ts = now_ms()
         img, pt = self.images, self.paths
-        with self._tx() as conn:
+        with self._write(name) as conn:
             if new_images:
                 conn.execute(
                     insert(img),
@@ -336,7 +358,7 @@ class MetadataStore:
     def mark_ready(self, name: str, ids: Sequence[int]) -> None:
         img = self.images
         ts = now_ms()
-        with self._tx() as conn:
+        with self._write(name) as conn:
             for chunk in _chunks(list(ids)):
                 conn.execute(
                     update(img)
@@ -347,12 +369,36 @@ class MetadataStore:
     def records(
         self, name: str, ids: Sequence[int], *, ready_only: bool = True
     ) -> dict[int, ImageRow]:
-        """Rows with their paths (oldest first) for the given ids: one query
-        per chunk (rows joined with their paths), as every search needs it."""
+        """Rows with their paths (oldest first) for the given ids, as every
+        search needs them. Ready rows come from the row cache where they can
+        (INDEX_ROW_CACHE); the rows it returns must not be modified."""
+        wanted = list(dict.fromkeys(ids))
+        if not ready_only or self.row_cache <= 0:
+            return self._fetch_records(name, wanted, ready_only)
+        with self._cache_lock:
+            cached = self._rows.get(name, {})
+            out = {i: cached[i] for i in wanted if i in cached}
+            writes = self._writes
+        missing = [i for i in wanted if i not in out]
+        if missing:
+            found = self._fetch_records(name, missing, ready_only=True)
+            out.update(found)
+            with self._cache_lock:
+                if writes == self._writes:  # no write ran meanwhile: still current
+                    if self._cached_rows + len(found) > self.row_cache:
+                        self._rows.clear()
+                        self._cached_rows = 0
+                    rows = self._rows.setdefault(name, {})
+                    self._cached_rows += len(found.keys() - rows.keys())
+                    rows.update(found)
+        return out
+
+    def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
+        """One query per chunk of ids: rows joined with their paths."""
         img, pt = self.images, self.paths
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:
-            for chunk in _chunks(list(dict.fromkeys(ids))):
+            for chunk in _chunks(ids):
                 # The status is checked below, not in SQL: with it in the WHERE
                 # clause SQLite prefers the (collection, status) index and scans
                 # every ready row of the collection instead of the few ids asked.
@@ -424,7 +470,7 @@ class MetadataStore:
         """Deletes rows and all their paths; returns the ids that existed."""
         img, pt = self.images, self.paths
         existed: list[int] = []
-        with self._tx() as conn:
+        with self._write(name) as conn:
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 existed += [
                     r.image_id
@@ -450,7 +496,7 @@ class MetadataStore:
         pt = self.paths
         removed = 0
         touched: set[int] = set()
-        with self._tx() as conn:
+        with self._write(name) as conn:
             conditions: list[ColumnElement[bool]] = []
             for i in range(0, len(paths), CHUNK):
                 conditions.append(pt.c.path.in_(paths[i : i + CHUNK]))

@@ -40,6 +40,13 @@ class IndexSettings:
         default="sqlite:///./data/meta.db",
         metadata={"help": "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db"},
     )
+    row_cache: int = field(
+        default=100_000,
+        metadata={
+            "help": "ready image rows kept in memory for searches (0: off); safe because "
+            "this service is the only writer of its tables"
+        },
+    )
     table_prefix: str = field(default="imgsearch_", metadata={"help": "prefix of our SQL tables"})
     metric: str = field(
         default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"}

@@ -157,6 +157,28 @@ def test_changed_file_at_same_path_replaces_the_old_image(index: index_pb2_grpc.
     assert search(index, vector(1), top_k=1)[0].image_id == ids.image_id_from_sha256(digest(2))
 
 
+def test_searches_see_every_change_to_paths(index: index_pb2_grpc.IndexStub) -> None:
+    """Searches keep ready rows in memory (INDEX_ROW_CACHE): every change made
+    through the index shows in the very next search."""
+    upsert(index, [item(n) for n in range(6)])
+
+    def top() -> index_pb2.IndexHit:
+        return search(index, vector(2), top_k=1)[0]
+
+    assert list(top().paths) == ["/photos/2/img2.jpg"]
+    upsert(index, [item(2, path="/elsewhere/copy.jpg")])
+    assert list(top().paths) == ["/photos/2/img2.jpg", "/elsewhere/copy.jpg"]
+    index.Delete(
+        common_pb2.DeleteRequest(collection="photos", paths=["/photos/2/img2.jpg"]), timeout=30
+    )
+    assert list(top().paths) == ["/elsewhere/copy.jpg"]
+    upsert(index, [item(7, path="/elsewhere/copy.jpg")])  # other bytes there: image 2 is gone
+    assert top().image_id != ids.image_id_from_sha256(digest(2))
+    index.DropCollection(common_pb2.DropCollectionRequest(collection="photos"), timeout=60)
+    upsert(index, [item(2, path="/new/two.jpg")])
+    assert list(top().paths) == ["/new/two.jpg"]
+
+
 def test_top_k_and_prefix_filter(index: index_pb2_grpc.IndexStub) -> None:
     upsert(index, [item(n) for n in range(40)])
     for k in (1, 7, 40):
