@@ -61,6 +61,49 @@ def fill(settings_kw: dict[str, object], n: int, model: str) -> None:
     store.meta.dispose()
 
 
+def settle(client, collection: str) -> None:
+    """Seals, compacts and indexes the collection on a Milvus server, so that
+    no path is measured while the server is still busy with it."""
+    client.flush(collection)
+    job = client.compact(collection)
+    deadline = time.monotonic() + 1800
+    while client.get_compaction_state(job) != "Completed":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Milvus did not finish compacting {collection}")
+        time.sleep(1)
+    while client.describe_index(collection, "vector").get("pending_index_rows", 0):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Milvus did not finish indexing {collection}")
+        time.sleep(1)
+    client.close()
+
+
+def run_direct(
+    uri: str, collection: str, clients_list: list[int], queries: int, next_query, size: int
+) -> None:
+    """pymilvus alone on the same data, before the services start (Milvus Lite
+    lets only one process open its file)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri)
+    client.load_collection(collection)
+    params = {"metric_type": "IP", "params": {"nprobe": 16}}
+    for clients in clients_list:
+
+        def direct(i: int) -> None:
+            client.search(
+                collection,
+                data=[next_query().tolist()],
+                limit=10,
+                search_params=params,
+                consistency_level="Session",
+            )
+
+        lat, qps = run_load(direct, clients, max(1, queries // clients))
+        report("direct", size, clients, lat, qps)
+    client.close()
+
+
 def run_load(
     call: Callable[[int], None], clients: int, per_client: int
 ) -> tuple[list[float], float]:
@@ -172,15 +215,13 @@ def main() -> int:
                 size,
                 model_id,
             )
-            if server_uri:  # seal the segments so that the index is built before searching
-                flusher = MilvusClient(server_uri)
-                flusher.flush(prefix + "bench")
-                while flusher.describe_index(prefix + "bench", "vector").get(
-                    "pending_index_rows", 0
-                ):
-                    time.sleep(1)
-                flusher.close()
-            print(f"\n{size} vectors inserted (and indexed) in {time.perf_counter() - t:.1f} s")
+            if server_uri:
+                settle(MilvusClient(server_uri), prefix + "bench")
+            print(
+                f"\n{size} vectors inserted, compacted and indexed in "
+                f"{time.perf_counter() - t:.1f} s"
+            )
+            run_direct(milvus_uri, prefix + "bench", clients_list, args.queries, next_query, size)
             with services(data, env) as ports:
                 index = index_pb2_grpc.IndexStub(make_channel(f"127.0.0.1:{ports['index']}", []))
                 gateway = gateway_pb2_grpc.GatewayStub(
@@ -198,9 +239,6 @@ def main() -> int:
                     ).results
                     for h in h.hits
                 ]
-                # Direct pymilvus on the same Milvus Lite file is not possible while the
-                # index holds it; copy-free alternative: a second client to the same file
-                # is refused by Lite, so the direct path runs after the services stop.
                 for clients in clients_list:
                     per = max(1, args.queries // clients)
 
@@ -255,24 +293,6 @@ def main() -> int:
 
                         lat, qps = run_load(by_image, clients, max(1, per // 4))
                         report("image", size, clients, lat, qps)
-            client = MilvusClient(milvus_uri)
-            client.load_collection(prefix + "bench")
-            params = {"metric_type": "IP", "params": {"nprobe": 16}}
-            for clients in clients_list:
-                per = max(1, args.queries // clients)
-
-                def direct(i: int) -> None:
-                    client.search(
-                        prefix + "bench",
-                        data=[next_query().tolist()],
-                        limit=10,
-                        search_params=params,
-                        consistency_level="Session",
-                    )
-
-                lat, qps = run_load(direct, clients, per)
-                report("direct", size, clients, lat, qps)
-            client.close()
     finally:
         if server:
             server.__exit__(None, None, None)
