@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
-.PHONY: install run test test-fast lint proto docs bench-ingest bench-search clean
+.PHONY: install run test test-fast lint proto docs bench-ingest bench-search bench-embedder clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -54,6 +54,9 @@ bench-ingest: install
 
 bench-search: install
 	$(PY) bench/search.py
+
+bench-embedder: install
+	$(PY) bench/embedder.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
