@@ -94,6 +94,20 @@ def start_job(stub, collection: str, folder: Path, recursive: bool = True):
     return stub.StartIndexJob(request, timeout=60)
 
 
+def wait_job(stub, job_id: str, timeout: float = 300):
+    """Follows WatchJob until the job ends (succeeded, failed or canceled);
+    returns its last state. Progress must only move forward."""
+    from imagesearch.v1 import gateway_pb2
+
+    last = None
+    for job in stub.WatchJob(gateway_pb2.JobRef(job_id=job_id), timeout=timeout):
+        if last is not None:
+            assert job.done >= last.done  # progress only moves forward
+        last = job
+    assert last is not None
+    return last
+
+
 def channel(port: int) -> grpc.Channel:
     return make_channel(f"127.0.0.1:{port}", [], retry_attempts=2)
 

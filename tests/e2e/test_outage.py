@@ -16,6 +16,7 @@ from tests.conftest import (
     start_gateway,
     start_index,
     start_job,
+    wait_job,
     wait_until,
 )
 
@@ -41,22 +42,14 @@ def test_embedder_killed_mid_job_then_resumed(tmp_path: Path) -> None:
         wait_until(lambda: get_job(stub, job.job_id).done >= 8)
         embedder.send_signal(signal.SIGKILL)
         embedder.wait()
-        failed = wait_until(
-            lambda: (j := get_job(stub, job.job_id)).state == gateway_pb2.JOB_STATE_FAILED and j,
-            timeout=120,
-        )
+        failed = wait_job(stub, job.job_id, timeout=120)
+        assert failed.state == gateway_pb2.JOB_STATE_FAILED
         assert 8 <= failed.done < 64
         assert "unavailable" in failed.message and "ResumeJob" in failed.message
 
         embedder = spawn_embedder(port, log, EMBEDDER_MAX_BATCH="4")
         stub.ResumeJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30)
-        final = wait_until(
-            lambda: (
-                (j := get_job(stub, job.job_id)).state
-                in (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED)
-                and j
-            )
-        )
+        final = wait_job(stub, job.job_id, timeout=180)
         assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED, final.message
         assert (final.done, final.indexed, final.duplicates, final.failed) == (64, 64, 0, 0)
         assert stub.Count(common_pb2.CountRequest(collection="outage"), timeout=30).count == 64

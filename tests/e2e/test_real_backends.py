@@ -17,8 +17,8 @@ from tests.conftest import (
     start_index,
     start_job,
     unique_prefix,
+    wait_job,
 )
-from tests.e2e.test_stack import wait_job
 
 
 @pytest.mark.mariadb

@@ -21,6 +21,7 @@ from tests.conftest import (
     start_gateway,
     start_index,
     start_job,
+    wait_job,
     wait_until,
 )
 
@@ -61,13 +62,7 @@ def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
         assert embed_calls(ports[1]) > 0 and embed_calls(ports[3]) > 0  # both replicas were used
         replicas[0].send_signal(signal.SIGKILL)  # one replica dies mid-ingest
         replicas[0].wait()
-        final = wait_until(
-            lambda: (
-                (j := get_job(stub, job.job_id)).state
-                in (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED)
-                and j
-            )
-        )
+        final = wait_job(stub, job.job_id, timeout=180)
         assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED, final.message
         assert (final.indexed, final.failed) == (64, 0)
         assert stub.Count(common_pb2.CountRequest(collection="scale"), timeout=30).count == 64

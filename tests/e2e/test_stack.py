@@ -10,7 +10,16 @@ import grpc
 import pytest
 
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import CLOTHING, ODD, Stack, channel, clothing_images, odd_manifest, start_job
+from tests.conftest import (
+    CLOTHING,
+    ODD,
+    Stack,
+    channel,
+    clothing_images,
+    odd_manifest,
+    start_job,
+    wait_job,
+)
 
 
 def gw(stack: Stack) -> gateway_pb2_grpc.GatewayStub:
@@ -33,18 +42,6 @@ def stream(
 
 def clothing_files() -> list[tuple[str, bytes]]:
     return [(str(CLOTHING / p), (CLOTHING / p).read_bytes()) for p, _ in clothing_images()]
-
-
-def wait_job(
-    stub: gateway_pb2_grpc.GatewayStub, job_id: str, timeout: float = 300
-) -> gateway_pb2.Job:
-    last = None
-    for job in stub.WatchJob(gateway_pb2.JobRef(job_id=job_id), timeout=timeout):
-        if last is not None:
-            assert job.done >= last.done  # progress only moves forward
-        last = job
-    assert last is not None
-    return last
 
 
 def count(stub: gateway_pb2_grpc.GatewayStub, collection: str) -> int:
