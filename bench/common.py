@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from imagesearch import healthcheck
 from tools.milvus_server import milvus_server as milvus_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,18 +76,10 @@ def free_port() -> int:
 
 def wait_healthy(port: int, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            try:
-                reply = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(), timeout=2
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+    while not healthcheck.check(port, timeout=2):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"service on port {port} not healthy after {timeout}s")
         time.sleep(0.5)
-    raise TimeoutError(f"service on port {port} not healthy after {timeout}s")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -206,9 +206,9 @@ def start_embedder(**overrides: object) -> Server:
     return Server(running, f"127.0.0.1:{running.port}")
 
 
-def spawn_embedder(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """The embedder as a real process (bundled weights), listening on ``port``."""
-    environ = {
+def embedder_env(port: int, **env: str) -> dict[str, str]:
+    """Environment of an embedder process (bundled weights) on ``port``."""
+    return {
         **os.environ,
         "EMBEDDER_PORT": str(port),
         "EMBEDDER_HOST": "127.0.0.1",
@@ -217,10 +217,14 @@ def spawn_embedder(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
         "EMBEDDER_WARMUP": "false",
         **env,
     }
+
+
+def spawn_embedder(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """The embedder as a real process (bundled weights), listening on ``port``."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "embedder_service"],
-            env=environ,
+            env=embedder_env(port, **env),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -4,25 +4,29 @@ refuses to start. Run as real processes, since Inductor reads CXX at import."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagesearch import healthcheck
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
-from tests.conftest import CLOTHING, ROOT, Server, channel, clothing_images, free_port, wait_until
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    Server,
+    channel,
+    clothing_images,
+    embedder_env,
+    free_port,
+    spawn_embedder,
+    wait_until,
+)
 
 
-def no_compiler_env(tmp_path: Path, port: int, compile_mode: str) -> dict[str, str]:
+def no_compiler_env(tmp_path: Path, compile_mode: str) -> dict[str, str]:
     return {
-        **os.environ,
-        "EMBEDDER_PORT": str(port),
-        "EMBEDDER_HOST": "127.0.0.1",
-        "EMBEDDER_MODEL": "mobilenet_v2",
-        "EMBEDDER_WEIGHTS": "bundled",
         "EMBEDDER_MAX_BATCH": "4",
         "EMBEDDER_WARMUP": "true",
         "EMBEDDER_COMPILE": compile_mode,
@@ -35,25 +39,13 @@ def no_compiler_env(tmp_path: Path, port: int, compile_mode: str) -> dict[str, s
 def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server) -> None:
     port = free_port()
     log = tmp_path / "embedder.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedder_service"],
-            env=no_compiler_env(tmp_path, port, "auto"),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn_embedder(port, log, **no_compiler_env(tmp_path, "auto"))
     try:
-        health = health_pb2_grpc.HealthStub(channel(port))
 
         def serving() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"embedder exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            except Exception:
-                return False
-            return status == health_pb2.HealthCheckResponse.SERVING
+            return healthcheck.check(port)
 
         wait_until(serving, timeout=240)
         text = log.read_text()
@@ -76,7 +68,7 @@ def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server
 def test_true_refuses_to_start_when_compiling_fails(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "embedder_service"],
-        env=no_compiler_env(tmp_path, free_port(), "true"),
+        env=embedder_env(free_port(), **no_compiler_env(tmp_path, "true")),
         cwd=ROOT,
         capture_output=True,
         text=True,
