@@ -153,7 +153,6 @@ class MetadataStore:
         # out). A read stores what it fetched only if no write ran meanwhile.
         self.row_cache = row_cache
         self._rows: dict[str, dict[int, ImageRow]] = {}
-        self._cached_rows = 0
         self._writes = 0
         self._cache_lock = threading.Lock()
 
@@ -191,7 +190,7 @@ class MetadataStore:
         finally:
             with self._cache_lock:
                 self._writes += 1
-                self._cached_rows -= len(self._rows.pop(name, {}))
+                self._rows.pop(name, None)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -385,12 +384,10 @@ class MetadataStore:
             out.update(found)
             with self._cache_lock:
                 if writes == self._writes:  # no write ran meanwhile: still current
-                    if self._cached_rows + len(found) > self.row_cache:
+                    held = sum(len(rows) for rows in self._rows.values())
+                    if held + len(found) > self.row_cache:
                         self._rows.clear()
-                        self._cached_rows = 0
-                    rows = self._rows.setdefault(name, {})
-                    self._cached_rows += len(found.keys() - rows.keys())
-                    rows.update(found)
+                    self._rows.setdefault(name, {}).update(found)
         return out
 
     def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
