@@ -33,7 +33,7 @@ ENV EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/t
     TORCHINDUCTOR_CACHE_DIR=/home/app/.cache/inductor
 EXPOSE 50052 9102
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-m", "imagesearch.healthcheck", "50052"]
+    CMD ["python", "-m", "imagesearch.healthcheck", "50052", "imagesearch.v1.EmbedderService"]
 CMD ["python", "-m", "embedder_service"]
 
 FROM base AS index
@@ -47,7 +47,7 @@ ENV INDEX_PORT=50053 INDEX_METRICS_PORT=9103 \
     INDEX_MILVUS_URI=/data/milvus.db INDEX_DATABASE_URL=sqlite:////data/meta.db
 EXPOSE 50053 9103
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "imagesearch.healthcheck", "50053"]
+    CMD ["python", "-m", "imagesearch.healthcheck", "50053", "imagesearch.v1.IndexService"]
 CMD ["python", "-m", "index_service"]
 
 # The gateway needs none of torch, pymilvus or SQLAlchemy.
@@ -63,5 +63,5 @@ ENV GATEWAY_PORT=50051 GATEWAY_METRICS_PORT=9101 GATEWAY_DATA_DIR=/data \
     GATEWAY_ALLOWED_ROOTS=/data/images
 EXPOSE 50051 9101
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "imagesearch.healthcheck", "50051"]
+    CMD ["python", "-m", "imagesearch.healthcheck", "50051", "imagesearch.v1.GatewayService"]
 CMD ["python", "-m", "gateway"]

@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
-.PHONY: install run test test-fast lint proto docs bench-ingest bench-search bench-embedder clean
+BUF    := tools/buf/node_modules/.bin/buf
+
+.PHONY: install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-search bench-embedder clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -22,7 +24,14 @@ $(STAMP): pyproject.toml
 	  || echo "note: docker-compose is not installed; the compose tests will be skipped"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The buf CLI (npm @bufbuild/buf, version pinned in tools/buf/package.json)
+# lints protos/ and checks them against protos/baseline.binpb.
+$(BUF): tools/buf/package.json
+	@if command -v npm >/dev/null; then \
+	  npm install --prefix tools/buf --no-package-lock --no-audit --no-fund --loglevel=error; \
+	else echo "note: npm is not installed; the buf lint/breaking test will be skipped"; fi
+
+install: $(STAMP) $(BUF)
 
 # Starts embedder, index and gateway on the embedded defaults (Milvus Lite,
 # SQLite under ./data) and waits for Ctrl-C.
@@ -32,9 +41,14 @@ run: install
 test: install
 	$(PY) -m pytest
 
-# Only the tests that need no external server (MariaDB, Milvus standalone).
+# Every test that needs no external server (no MariaDB, no Milvus standalone):
+# passes with MariaDB stopped.
 test-fast: install
-	$(PY) -m pytest -m "not mariadb and not milvus_server and not slow"
+	$(PY) -m pytest -m "not mariadb and not milvus_server"
+
+# The in-process unit tier (pure logic, no servers): seconds.
+test-unit: install
+	$(PY) -m pytest tests/unit
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -44,6 +58,14 @@ lint: install
 # Regenerates the checked-in stubs in imagesearch/v1 from protos/.
 proto: install
 	$(PY) -m imagesearch.protogen
+
+# buf lint (STANDARD rules) and buf breaking against the committed baseline.
+# After a deliberate, reviewed contract change: `make proto-baseline`.
+proto-check: install
+	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against baseline.binpb
+
+proto-baseline: install
+	cd protos && ../$(BUF) build -o baseline.binpb
 
 # Rewrites the README's configuration tables from the settings classes.
 docs: install
@@ -59,4 +81,4 @@ bench-embedder: install
 	$(PY) bench/embedder.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tools/buf/node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

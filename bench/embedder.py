@@ -117,8 +117,8 @@ def service_rate(env: dict[str, str], images: list[bytes], clients: int, seconds
         )
         try:
             wait_healthy(port)
-            stub = embedder_pb2_grpc.EmbedderStub(make_channel(f"127.0.0.1:{port}", []))
-            request = embedder_pb2.EmbedRequest(
+            stub = embedder_pb2_grpc.EmbedderServiceStub(make_channel(f"127.0.0.1:{port}", []))
+            request = embedder_pb2.EmbedderServiceEmbedRequest(
                 images=[embedder_pb2.Image(name=f"{i}.jpg", data=d) for i, d in enumerate(images)]
             )
             stub.Embed(request, timeout=600)  # warm

@@ -80,24 +80,19 @@ def baseline(paths: list[Path], db: Path, batch_size: int = 128) -> float:
 
 def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, int]:
     """(seconds to ingest, seconds to start the services, images indexed)."""
-    from imagesearch.channels import make_channel
-    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
+    from imagesearch.client import Client, JobState
 
     t0 = time.perf_counter()
     with services(data, env) as ports:
         startup = time.perf_counter() - t0
-        stub = gateway_pb2_grpc.GatewayStub(make_channel(f"127.0.0.1:{ports['gateway']}", []))
+        client = Client(f"127.0.0.1:{ports['gateway']}", timeout=600)
         pids = {k.removeprefix("pid:"): v for k, v in ports.items() if k.startswith("pid:")}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
-        job = stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(
-                collection="bench", folder=str(folder), recursive=True
-            ),
-            timeout=600,
-        )
-        for update in stub.WatchJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=3600):
-            job = update
+        started_job = client.start_job(str(folder), collection="bench")
+        job = started_job
+        for job in client.watch_job(started_job.job_id):  # noqa: B007 (the last one counts)
+            pass
         seconds = time.perf_counter() - started
         used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         print(
@@ -105,9 +100,10 @@ def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, i
             + ", ".join(f"{n} {s:.1f}" for n, s in used.items())
             + f" (wall {seconds:.1f} s)"
         )
-        if job.state != gateway_pb2.JOB_STATE_SUCCEEDED or job.failed:
+        client.close()
+        if job.state is not JobState.SUCCEEDED or job.failed:
             raise RuntimeError(
-                f"ingest job ended {job.state}: {job.message} {list(job.errors)[:3]}"
+                f"ingest job ended {job.state.label}: {job.message} {list(job.errors)[:3]}"
             )
         return seconds, startup, job.indexed
 

@@ -223,14 +223,16 @@ def main() -> int:
             )
             run_direct(milvus_uri, prefix + "bench", clients_list, args.queries, next_query, size)
             with services(data, env) as ports:
-                index = index_pb2_grpc.IndexStub(make_channel(f"127.0.0.1:{ports['index']}", []))
-                gateway = gateway_pb2_grpc.GatewayStub(
+                index = index_pb2_grpc.IndexServiceStub(
+                    make_channel(f"127.0.0.1:{ports['index']}", [])
+                )
+                gateway = gateway_pb2_grpc.GatewayServiceStub(
                     make_channel(f"127.0.0.1:{ports['gateway']}", [])
                 )
                 ids = [
                     h.image_id
                     for h in index.Search(
-                        index_pb2.IndexSearchRequest(
+                        index_pb2.IndexServiceSearchRequest(
                             collection="bench",
                             vectors=[next_query().tobytes() for _ in range(512)],
                             top_k=1,
@@ -244,7 +246,7 @@ def main() -> int:
 
                     def by_vector(i: int) -> None:
                         index.Search(
-                            index_pb2.IndexSearchRequest(
+                            index_pb2.IndexServiceSearchRequest(
                                 collection="bench", vectors=[next_query().tobytes()], top_k=10
                             ),
                             timeout=30,
@@ -260,7 +262,7 @@ def main() -> int:
 
                     def by_id_index(i: int) -> None:
                         index.Search(
-                            index_pb2.IndexSearchRequest(
+                            index_pb2.IndexServiceSearchRequest(
                                 collection="bench", image_ids=[ids[i % len(ids)]], top_k=10
                             ),
                             timeout=30,

@@ -1,4 +1,4 @@
-"""``python -m embedder_service``: serve imagesearch.v1.Embedder."""
+"""``python -m embedder_service``: serve imagesearch.v1.EmbedderService."""
 
 import sys
 

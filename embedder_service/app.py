@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from embedder_service.batcher import Batcher
 from embedder_service.decode import Decoder
@@ -15,7 +16,7 @@ from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 
 
 def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
@@ -50,14 +51,12 @@ def start(settings: EmbedderSettings) -> RunningServer:
         queue_size=settings.queue_size,
         decode_workers=decode_workers,
     )
-    servicer = EmbedderServicer(batcher, runner.info, settings)
+    ready = threading.Event()
+    servicer = EmbedderServicer(batcher, runner.info, settings, ready)
     running = start_server(
-        [lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s)],
+        [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.rpc_workers,
-        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        **settings.server_options(),
         serving=False,
     )
     running.on_stop.append(batcher.close)
@@ -72,6 +71,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
             )
         seconds = runner.warm_up()
         logs.event(log, "model.warmup", ms=round(seconds * 1000), compiled=runner.compiled)
+    ready.set()
     running.set_serving(True)
     logs.event(
         log,

@@ -8,22 +8,26 @@ more images, or longer (up to ``busy_wait``) while accepted images are still
 being decoded: those are certain to come, and one full batch is cheaper than
 several small ones. The number of images in flight is bounded: past
 ``queue_size`` a call is refused with RESOURCE_EXHAUSTED instead of queueing
-without limit.
+without limit. Images of a call that is canceled, or whose deadline passes,
+are dropped wherever they wait (``Batcher.cancel``): not decoded if they
+are still queued for decoding, not run through the model if they wait for
+a batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from embedder_service.decode import Decoded, DecodeError, Decoder
 from imagesearch import errors, logs
@@ -37,6 +41,10 @@ BATCH_SIZE = Histogram(
 )
 QUEUE_DEPTH = Gauge("imagesearch_embedder_queue_depth", "Images accepted and not yet embedded")
 MODEL_SECONDS = Histogram("imagesearch_embedder_model_seconds", "Model time per batch in seconds")
+CANCELED = Counter(
+    "imagesearch_embedder_images_canceled_total",
+    "Images dropped before the model because their call was canceled or timed out",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,12 @@ class Result:
     width: int = 0
     height: int = 0
     error: DecodeError | None = None
+
+
+def _resolve(fut: Future[Result], result: Result) -> None:
+    """Sets a result unless the caller has canceled meanwhile."""
+    with contextlib.suppress(InvalidStateError):
+        fut.set_result(result)
 
 
 @dataclass
@@ -76,6 +90,8 @@ class Batcher:
         self.busy_wait_s = max(max_wait_s, 0.1)
         self._lock = threading.Lock()
         self._closed = False
+        self.embedded = 0  # images run through the model
+        self.canceled = 0  # images dropped before the model
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
@@ -100,6 +116,16 @@ class Batcher:
             futures.append(fut)
         return futures
 
+    def cancel(self, futures: Sequence[Future[Result]]) -> int:
+        """Drops the images of ``futures`` that are not embedded yet (their
+        caller has gone); returns how many were dropped."""
+        dropped = sum(fut.cancel() for fut in futures)
+        if dropped:
+            with self._lock:
+                self.canceled += dropped
+            CANCELED.inc(dropped)
+        return dropped
+
     def _release(self, _fut: Future[Result]) -> None:
         with self._lock:
             self._in_flight -= 1
@@ -113,24 +139,32 @@ class Batcher:
                 self._decoding -= 1
 
     def _decode_one(self, name: str, data: bytes, fut: Future[Result]) -> None:
+        if fut.cancelled():
+            return
         try:
             decoded = self._decoder.decode(data, name)
         except DecodeError as exc:
-            fut.set_result(Result(None, error=exc))
+            _resolve(fut, Result(None, error=exc))
             return
         except Exception as exc:  # a decoder bug must not hang the caller
             log.exception("decode.crash", extra={"fields": {"image": name}})
-            fut.set_result(
+            _resolve(
+                fut,
                 Result(
                     None,
                     error=DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}"),
-                )
+                ),
             )
             return
         self._ready.put(_Item(decoded, fut))
 
     def _take_batch(self) -> list[_Item] | None:
+        """Up to max_batch images whose callers still wait (None: stop)."""
         first = self._ready.get()
+        # Taking an image into a batch marks its future running: from then on
+        # it can no longer be canceled, and ``canceled`` counts only drops.
+        while first is not None and not first.future.set_running_or_notify_cancel():
+            first = self._ready.get()
         if first is None:
             return None
         batch = [first]
@@ -149,7 +183,8 @@ class Batcher:
             if item is None:
                 self._ready.put(None)  # let the loop see the stop after this batch
                 break
-            batch.append(item)
+            if item.future.set_running_or_notify_cancel():
+                batch.append(item)
         return batch
 
     def _run(self) -> None:
@@ -162,12 +197,12 @@ class Batcher:
                 vectors = self._embed(np.stack([it.decoded.pixels for it in batch]))
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
+                failure = errors.ServiceError(
+                    grpc.StatusCode.INTERNAL, f"the model failed on a batch: {exc}"
+                )
                 for it in batch:
-                    it.future.set_exception(
-                        errors.ServiceError(
-                            grpc.StatusCode.INTERNAL, f"the model failed on a batch: {exc}"
-                        )
-                    )
+                    with contextlib.suppress(InvalidStateError):
+                        it.future.set_exception(failure)
                 continue
             seconds = time.perf_counter() - started
             BATCH_SIZE.observe(len(batch))
@@ -175,8 +210,9 @@ class Batcher:
             logs.event(
                 log, "model.batch", logging.DEBUG, size=len(batch), ms=round(seconds * 1000, 1)
             )
+            self.embedded += len(batch)
             for it, vec in zip(batch, vectors, strict=True):
-                it.future.set_result(Result(vec, it.decoded.width, it.decoded.height))
+                _resolve(it.future, Result(vec, it.decoded.width, it.decoded.height))
 
     def close(self) -> None:
         """Finishes queued work, then stops the model thread."""

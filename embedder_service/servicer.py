@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import CancelledError
+
 import grpc
 
 from embedder_service.batcher import Batcher
@@ -10,16 +13,39 @@ from embedder_service.settings import EmbedderSettings
 from imagesearch import errors
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
+# Longest an Embed call waits for the model's warm-up (compiling) to end.
+WARMUP_WAIT_S = 300.0
 
-class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
-    def __init__(self, batcher: Batcher, info: ModelInfo, settings: EmbedderSettings) -> None:
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
+    def __init__(
+        self,
+        batcher: Batcher,
+        info: ModelInfo,
+        settings: EmbedderSettings,
+        ready: threading.Event | None = None,
+    ) -> None:
         self.batcher = batcher
         self.info = info
         self.settings = settings
+        # Set once the model is warm; Embed calls that come earlier wait for it.
+        self.ready = ready or threading.Event()
+        if ready is None:
+            self.ready.set()
+
+    def _wait_warm(self, context: grpc.ServicerContext) -> None:
+        if self.ready.is_set():
+            return
+        remaining = context.time_remaining()
+        wait = WARMUP_WAIT_S if remaining is None else min(remaining, WARMUP_WAIT_S)
+        if not self.ready.wait(wait):
+            raise errors.unavailable(
+                f"the embedder is still warming up its model (waited {wait:.0f}s); retry shortly"
+            )
 
     def Embed(
-        self, request: embedder_pb2.EmbedRequest, context: grpc.ServicerContext
-    ) -> embedder_pb2.EmbedResponse:
+        self, request: embedder_pb2.EmbedderServiceEmbedRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.EmbedderServiceEmbedResponse:
         count = len(request.images)
         limit = self.settings.max_images_per_request
         if count > limit:
@@ -27,6 +53,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 f"{count} images in one Embed call, limit {limit} "
                 "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
             )
+        self._wait_warm(context)
         embeddings: list[embedder_pb2.Embedding | None] = [None] * count
         accepted: list[tuple[int, str, bytes]] = []
         for i, image in enumerate(request.images):
@@ -41,8 +68,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             else:
                 accepted.append((i, name, image.data))
         futures = self.batcher.submit([(name, data) for _, name, data in accepted])
+
+        # A caller that cancels or runs out of time takes its queued images along.
+        def drop_queued() -> None:
+            self.batcher.cancel(futures)
+
+        context.add_callback(drop_queued)
         for (i, _, _), fut in zip(accepted, futures, strict=True):
-            result = fut.result()
+            try:
+                result = fut.result()
+            except CancelledError:
+                return embedder_pb2.EmbedderServiceEmbedResponse()  # nobody is listening
             name = request.images[i].name
             if result.error is not None:
                 embeddings[i] = embedder_pb2.Embedding(
@@ -58,15 +94,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                     width=result.width,
                     height=result.height,
                 )
-        return embedder_pb2.EmbedResponse(
+        return embedder_pb2.EmbedderServiceEmbedResponse(
             embeddings=[e for e in embeddings if e is not None], model_id=self.info.model_id
         )
 
     def GetModelInfo(
-        self, request: embedder_pb2.GetModelInfoRequest, context: grpc.ServicerContext
-    ) -> embedder_pb2.ModelInfo:
+        self,
+        request: embedder_pb2.EmbedderServiceGetModelInfoRequest,
+        context: grpc.ServicerContext,
+    ) -> embedder_pb2.EmbedderServiceGetModelInfoResponse:
         i = self.info
-        return embedder_pb2.ModelInfo(
+        return embedder_pb2.EmbedderServiceGetModelInfoResponse(
             model=i.model,
             dim=i.dim,
             weights=i.weights,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from imagesearch.settings import SettingsError
+from imagesearch.settings import ServerSettings, SettingsError, server_field
 
 MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2")
 
 
 @dataclass(frozen=True)
-class EmbedderSettings:
-    host: str = field(default="[::]", metadata={"help": "address to listen on"})
-    port: int = field(default=50052, metadata={"help": "gRPC port (0: pick a free one)"})
+class EmbedderSettings(ServerSettings):
+    port: int = server_field("port", 50052)
+    rpc_workers: int = server_field("rpc_workers", 32)
+    max_message_mb: int = server_field("max_message_mb", 128)
     model: str = field(
         default="resnet50", metadata={"help": "resnet50, resnet18, vgg16 or mobilenet_v2"}
     )
@@ -91,10 +92,6 @@ class EmbedderSettings:
     )
     image_size: int = field(default=224, metadata={"help": "center crop size"})
     resize: int = field(default=256, metadata={"help": "shorter side before the crop"})
-    max_message_mb: int = field(default=128, metadata={"help": "largest gRPC message"})
-    rpc_workers: int = field(default=32, metadata={"help": "gRPC handler threads"})
-    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
 
     def decode_threads(self, model_on_cpu: bool) -> int:
         if self.decode_workers > 0:

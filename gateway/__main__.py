@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve imagesearch.v1.Gateway, the public API."""
+"""``python -m gateway``: serve imagesearch.v1.GatewayService, the public API."""
 
 import sys
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from gateway.clients import Backends
 from gateway.jobs import JobManager
-from gateway.orchestrator import Ingestor
+from gateway.orchestrator import ImageLimit, Ingestor
 from gateway.paths import AllowedRoots
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
@@ -16,26 +17,28 @@ from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
 def start(settings: GatewaySettings) -> RunningServer:
     roots = AllowedRoots(settings.roots)
     backends = Backends(settings)
-    ingestor = Ingestor(backends, settings.max_image_bytes)
+    ingestor = Ingestor(backends, ImageLimit(settings.max_image_bytes))
     jobs = JobManager(settings, ingestor, roots)
     servicer = GatewayServicer(settings, backends, ingestor, jobs, roots)
     running = start_server(
-        [lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
+        [lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.rpc_workers,
-        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        **settings.server_options(),
+        serving=False,
+        live=True,
     )
     running.on_stop.append(jobs.close)
     running.on_stop.append(backends.close)
     jobs.resume_interrupted()
+    threading.Thread(
+        target=_ready_when_backends_serve, args=(backends, running), name="readiness", daemon=True
+    ).start()
     logs.event(
         log,
         "serving",
@@ -46,3 +49,13 @@ def start(settings: GatewaySettings) -> RunningServer:
         allowed_roots=roots.describe(),
     )
     return running
+
+
+def _ready_when_backends_serve(backends: Backends, running: RunningServer) -> None:
+    """The gateway's service turns SERVING once the embedder and the index
+    have both answered SERVING (readiness); the empty name, for liveness,
+    is SERVING from the start. Calls that arrive earlier wait for their
+    backend (wait-for-ready) instead of failing."""
+    if backends.wait_serving():
+        running.set_serving(True)
+        logs.event(log, "ready", service=SERVICE_NAME, note="embedder and index answered SERVING")

@@ -1,15 +1,34 @@
-"""Calls to the embedder and the index: deadlines on every call, UNAVAILABLE
-retried with backoff by the channel's service config, and downstream errors
-turned into ServiceErrors that say which backend failed."""
+"""Calls to the embedder and the index.
+
+The policy, in one place (README, "Deadlines and retries"):
+- every call first waits for its backend's channel to be connected (what gRPC
+  calls wait-for-ready, done here so that the wait has its own bound): a
+  backend that is starting or restarting delays a call instead of failing it.
+  The wait is bounded by the caller's deadline and by GATEWAY_BACKEND_WAIT_S;
+  past it the call fails UNAVAILABLE naming the backend (retryable). The call
+  itself then fails fast if the backend goes away under it, rather than
+  waiting for it until the deadline.
+- a call runs for at most the caller's remaining deadline and at most
+  GATEWAY_CALL_TIMEOUT_S (see gateway.deadline).
+- an UNAVAILABLE answer from a running backend is retried by the channel's
+  service config (imagesearch.channels: 3 attempts, backoff from 0.2 s) while
+  the deadline allows; jobs retry whole batches through longer outages
+  (GATEWAY_JOB_OUTAGE_S, gateway.jobs).
+- the gateway's own health reports its service SERVING only once both
+  backends have answered SERVING (``Backends.wait_serving``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.deadline import Deadline
 from gateway.settings import GatewaySettings
 from imagesearch import errors
 from imagesearch.channels import make_channel
@@ -22,7 +41,8 @@ from imagesearch.v1 import (
     index_pb2_grpc,
 )
 
-T = TypeVar("T")
+EMBEDDER_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
+INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
 @dataclass(frozen=True)
@@ -34,7 +54,7 @@ class Embedded:
     width: int
     height: int
     error: str
-    error_code: int
+    error_code: grpc.StatusCode
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
@@ -42,81 +62,147 @@ def _metadata() -> tuple[tuple[str, str], ...]:
     return ((REQUEST_ID_HEADER, rid),) if rid != "-" else ()
 
 
+class Dependency:
+    """One backend: its channel, whether it is connected now, and whether it
+    has answered SERVING to a health check since the gateway started."""
+
+    def __init__(self, name: str, addr: str, service: str, max_message_bytes: int) -> None:
+        self.name = name
+        self.addr = addr
+        self.service = service
+        self.channel = make_channel(addr, [service], max_message_bytes=max_message_bytes)
+        self._state = grpc.ChannelConnectivity.IDLE
+        self.served = threading.Event()
+        self.channel.subscribe(self._on_state, try_to_connect=True)
+
+    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
+        self._state = state
+
+    @property
+    def connected(self) -> bool:
+        return self._state == grpc.ChannelConnectivity.READY
+
+    def wait_connected(self, timeout: float) -> bool:
+        if self.connected:
+            return True
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def check_serving(self, timeout: float = 2.0) -> bool:
+        """One health check of the backend's service; remembers a SERVING answer."""
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=self.service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            self.served.set()
+        return self.served.is_set()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         limit = max(settings.max_image_bytes * settings.embed_batch + (1 << 20), 64 << 20)
-        self.embedder_channel = make_channel(
-            settings.embedder_addr,
-            ["imagesearch.v1.Embedder"],
-            max_message_bytes=limit,
-            retry_attempts=settings.retry_attempts,
-        )
-        self.index_channel = make_channel(
-            settings.index_addr,
-            ["imagesearch.v1.Index"],
-            max_message_bytes=limit,
-            retry_attempts=settings.retry_attempts,
-        )
-        self.embedder = embedder_pb2_grpc.EmbedderStub(self.embedder_channel)
-        self.index = index_pb2_grpc.IndexStub(self.index_channel)
+        self.embedder_dep = Dependency("embedder", settings.embedder_addr, EMBEDDER_SERVICE, limit)
+        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, limit)
+        self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
+        self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
+        self._closed = threading.Event()
 
     def close(self) -> None:
-        self.embedder_channel.close()
-        self.index_channel.close()
+        self._closed.set()
+        self.embedder_dep.close()
+        self.index_dep.close()
 
-    def _call(
-        self, backend: str, addr: str, fn: Callable[..., T], request: Any, timeout: float
-    ) -> T:
+    def wait_serving(self, interval: float = 0.5) -> bool:
+        """Blocks until both backends have answered SERVING once (True), or
+        until the gateway closes (False)."""
+        deps = [self.embedder_dep, self.index_dep]
+        while not self._closed.is_set():
+            if all([d.check_serving() for d in deps]):
+                return True
+            self._closed.wait(interval)
+        return False
+
+    def _call(self, dep: Dependency, method: Any, request: Any, deadline: Deadline) -> Any:
+        s = self.settings
+        wait = deadline.timeout(s.backend_wait_s)
+        if not dep.wait_connected(wait):
+            raise errors.unavailable(
+                f"the {dep.name} at {dep.addr} is not reachable: waited {wait:.1f}s for it "
+                "to start or come back (GATEWAY_BACKEND_WAIT_S); retry later"
+            )
+        timeout = deadline.timeout(s.call_timeout_s)
         try:
-            return fn(request, timeout=timeout, metadata=_metadata())
+            return method(request, timeout=timeout, metadata=_metadata())
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             detail = exc.details() if hasattr(exc, "details") else str(exc)
-            if code == grpc.StatusCode.UNAVAILABLE:
+            if code == grpc.StatusCode.UNAVAILABLE or (
+                code == grpc.StatusCode.DEADLINE_EXCEEDED and not dep.connected
+            ):
                 raise errors.unavailable(
-                    f"the {backend} at {addr} is unavailable ({detail}); retry later"
+                    f"the {dep.name} at {dep.addr} is unavailable ({detail}); retry later"
                 ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise errors.ServiceError(
-                    code, f"the {backend} at {addr} did not answer within {timeout:.0f}s"
+                    code,
+                    f"the {dep.name} at {dep.addr} did not answer within {timeout:.1f}s "
+                    "(the caller's deadline, or GATEWAY_CALL_TIMEOUT_S)",
                 ) from None
-            raise errors.ServiceError(code, detail or f"{backend} call failed") from None
+            raise errors.ServiceError(code, detail or f"{dep.name} call failed") from None
 
     # -- embedder --------------------------------------------------------
 
-    def embed(self, images: Sequence[tuple[str, bytes]]) -> tuple[str, list[Embedded]]:
+    def embed(
+        self, images: Sequence[tuple[str, bytes]], deadline: Deadline
+    ) -> tuple[str, list[Embedded]]:
         """(model_id, one result per image in order)."""
         if not images:
             return "", []
-        request = embedder_pb2.EmbedRequest(
+        request = embedder_pb2.EmbedderServiceEmbedRequest(
             images=[embedder_pb2.Image(name=name, data=data) for name, data in images]
         )
-        s = self.settings
-        response = self._call(
-            "embedder", s.embedder_addr, self.embedder.Embed, request, s.embed_timeout_s
-        )
+        response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
         return response.model_id, [
-            Embedded(e.name, e.vector, e.width, e.height, e.error, e.error_code)
+            Embedded(
+                e.name,
+                e.vector,
+                e.width,
+                e.height,
+                e.error,
+                errors.code_from_number(e.error_code),
+            )
             for e in response.embeddings
         ]
 
     # -- index -----------------------------------------------------------
 
-    def index_call(self, method: str, request: Any) -> Any:
-        s = self.settings
-        return self._call(
-            "index", s.index_addr, getattr(self.index, method), request, s.index_timeout_s
-        )
+    def index_call(self, method: str, request: Any, deadline: Deadline) -> Any:
+        return self._call(self.index_dep, getattr(self.index, method), request, deadline)
 
-    def upsert(self, request: index_pb2.IndexUpsertRequest) -> index_pb2.IndexUpsertResponse:
-        return self.index_call("Upsert", request)
+    def upsert(
+        self, request: index_pb2.IndexServiceUpsertRequest, deadline: Deadline
+    ) -> index_pb2.IndexServiceUpsertResponse:
+        return self.index_call("Upsert", request, deadline)
 
-    def get_ready(self, collection: str, ids: Sequence[int]) -> dict[int, index_pb2.ImageRecord]:
+    def get_ready(
+        self, collection: str, ids: Sequence[int], deadline: Deadline
+    ) -> dict[int, index_pb2.ImageRecord]:
         """Ready records for ``ids``; an unknown collection has none."""
         try:
             response = self.index_call(
-                "Get", index_pb2.IndexGetRequest(collection=collection, image_ids=list(ids))
+                "Get",
+                index_pb2.IndexServiceGetRequest(collection=collection, image_ids=list(ids)),
+                deadline,
             )
         except errors.ServiceError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:

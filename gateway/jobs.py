@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter, Gauge
 
+from gateway.deadline import Deadline
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, walk_images
 from gateway.settings import GatewaySettings
@@ -41,6 +42,8 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
     "canceled",
 )
 TERMINAL = {SUCCEEDED, FAILED, CANCELED}
+# A batch failing with these is retried: the backend is down, restarting or slow.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 JOB_FILES = Counter(
     "imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"]
@@ -72,6 +75,17 @@ class JobState:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
+    """Marks ``batch`` done: (new cursor, done batches above it). Every batch
+    below the cursor is done, so a resumed job skips exactly those and the
+    ones ahead, whatever order the batches finished in."""
+    done = {*ahead, batch}
+    while cursor in done:
+        done.discard(cursor)
+        cursor += 1
+    return cursor, sorted(done)
 
 
 def _now_ms() -> int:
@@ -196,7 +210,7 @@ class JobManager:
             event.set()
         thread = self._threads.get(job_id)
         if thread is not None:
-            thread.join(timeout=self.settings.embed_timeout_s)
+            thread.join(timeout=self.settings.job_batch_timeout_s)
         with self._lock:
             real = self._jobs[job_id]
             if not real.terminal:
@@ -336,40 +350,51 @@ class JobManager:
         )
 
     def _batch(self, collection: str, paths: list[str], cancel: threading.Event) -> list[Result]:
+        """One batch, retried with backoff through a backend outage for up to
+        GATEWAY_JOB_OUTAGE_S; each try has GATEWAY_JOB_BATCH_TIMEOUT_S."""
         sources = [self._read(p) for p in paths]
+        outage_started: float | None = None
         attempt = 0
         while True:
             try:
-                return self.ingestor.ingest(collection, sources)
+                deadline = Deadline.after(self.settings.job_batch_timeout_s)
+                return self.ingestor.ingest(collection, sources, deadline)
             except errors.ServiceError as exc:
-                attempt += 1
-                retryable = exc.code in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-                if not retryable or attempt > self.settings.batch_retries or cancel.is_set():
+                if exc.code not in RETRYABLE or cancel.is_set():
                     raise
+                now = time.monotonic()
+                outage_started = outage_started or now
+                if now - outage_started >= self.settings.job_outage_s:
+                    raise errors.ServiceError(
+                        exc.code,
+                        f"{exc.message} (still failing after "
+                        f"{now - outage_started:.0f}s, GATEWAY_JOB_OUTAGE_S)",
+                    ) from None
+                attempt += 1
                 logs.event(
                     log, "job.batch_retry", logging.WARNING, attempt=attempt, reason=exc.message
                 )
-                cancel.wait(min(2.0**attempt, 10.0))
+                cancel.wait(min(0.5 * 2.0**attempt, 15.0))
 
     def _read(self, path: str) -> Source:
         real = Path(path).resolve()
         if not self.roots.contains(real):
-            return Source(path, error=f"{path}: leads outside the allowed roots", error_code=7)
+            return Source(
+                path,
+                error=f"{path}: leads outside the allowed roots",
+                code=grpc.StatusCode.PERMISSION_DENIED,
+            )
         try:
-            size = real.stat().st_size
-            if size > self.ingestor.max_image_bytes:
-                return Source(
-                    path,
-                    error=f"{path}: {size} bytes, over the limit of "
-                    f"{self.ingestor.max_image_bytes} (GATEWAY_MAX_IMAGE_MB)",
-                    error_code=8,
-                )
+            self.ingestor.limit.check(path, real.stat().st_size)
             return Source(path, real.read_bytes())
+        except errors.ServiceError as exc:
+            return Source.failed(exc, path)
         except OSError as exc:
-            return Source(path, error=f"{path}: cannot read ({exc.strerror or exc})", error_code=5)
+            return Source(
+                path,
+                error=f"{path}: cannot read ({exc.strerror or exc})",
+                code=grpc.StatusCode.NOT_FOUND,
+            )
 
     def _record(self, job: JobState, batch: int, results: list[Result]) -> None:
         with self._lock:
@@ -379,12 +404,8 @@ class JobManager:
                 counts[r.outcome] += 1
                 JOB_FILES.labels(r.outcome.value).inc()
                 if r.outcome is Outcome.FAILED and len(errs) < self.settings.max_errors_kept:
-                    errs.append({"path": r.name, "reason": r.reason, "code": r.code})
-            ahead = {*job.batches_ahead, batch}
-            cursor = job.batch_cursor
-            while cursor in ahead:
-                ahead.discard(cursor)
-                cursor += 1
+                    errs.append({"path": r.name, "reason": r.reason, "code": r.code.name})
+            cursor, ahead = advance(job.batch_cursor, job.batches_ahead, batch)
             self._update(
                 job,
                 done=job.done + len(results),
@@ -393,5 +414,5 @@ class JobManager:
                 failed=job.failed + counts[Outcome.FAILED],
                 errors=errs,
                 batch_cursor=cursor,
-                batches_ahead=sorted(ahead),
+                batches_ahead=ahead,
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from gateway.clients import Backends
+from gateway.deadline import Deadline
 from imagesearch import errors, ids
 from imagesearch.v1 import index_pb2
 
@@ -28,7 +29,11 @@ class Source:
     name: str
     data: bytes = b""
     error: str = ""
-    error_code: int = 0
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+    @classmethod
+    def failed(cls, exc: errors.ServiceError, name: str) -> Source:
+        return cls(name, error=exc.message, code=exc.code)
 
 
 @dataclass(frozen=True)
@@ -37,35 +42,48 @@ class Result:
     outcome: Outcome
     image_id: int = 0
     reason: str = ""
-    code: int = 0
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+
+@dataclass(frozen=True)
+class ImageLimit:
+    """GATEWAY_MAX_IMAGE_MB, checked here for every path an image comes in by
+    (search queries, streams, job files)."""
+
+    max_bytes: int
+
+    def check(self, name: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise errors.resource_exhausted(
+                f"{name}: {size} bytes, over the limit of {self.max_bytes} (GATEWAY_MAX_IMAGE_MB)"
+            )
 
 
 class Ingestor:
-    def __init__(self, backends: Backends, max_image_bytes: int) -> None:
+    def __init__(self, backends: Backends, limit: ImageLimit) -> None:
         self.backends = backends
-        self.max_image_bytes = max_image_bytes
+        self.limit = limit
 
-    def ingest(self, collection: str, sources: Sequence[Source]) -> list[Result]:
+    def ingest(
+        self, collection: str, sources: Sequence[Source], deadline: Deadline
+    ) -> list[Result]:
         """One result per source, in order. Per-file problems become FAILED
         results; a backend outage raises (UNAVAILABLE) so the caller can retry."""
         results: list[Result | None] = [None] * len(sources)
         digests: dict[int, bytes] = {}
         for i, src in enumerate(sources):
             if src.error:
-                results[i] = Result(src.name, Outcome.FAILED, reason=src.error, code=src.error_code)
-            elif len(src.data) > self.max_image_bytes:
-                results[i] = Result(
-                    src.name,
-                    Outcome.FAILED,
-                    reason=f"{src.name}: {len(src.data)} bytes, over the limit of "
-                    f"{self.max_image_bytes} (GATEWAY_MAX_IMAGE_MB)",
-                    code=errors.status_code_number(grpc.StatusCode.RESOURCE_EXHAUSTED),
-                )
-            else:
-                digests[i] = ids.sha256(src.data)
+                results[i] = Result(src.name, Outcome.FAILED, reason=src.error, code=src.code)
+                continue
+            try:
+                self.limit.check(src.name, len(src.data))
+            except errors.ServiceError as exc:
+                results[i] = Result(src.name, Outcome.FAILED, reason=exc.message, code=exc.code)
+                continue
+            digests[i] = ids.sha256(src.data)
 
         image_ids = {i: ids.image_id_from_sha256(d) for i, d in digests.items()}
-        known = self.backends.get_ready(collection, list(image_ids.values()))
+        known = self.backends.get_ready(collection, list(image_ids.values()), deadline)
         todo: list[int] = []
         for i, iid in image_ids.items():
             record = known.get(iid)
@@ -76,7 +94,7 @@ class Ingestor:
 
         if todo:
             model_id, embedded = self.backends.embed(
-                [(sources[i].name, sources[i].data) for i in todo]
+                [(sources[i].name, sources[i].data) for i in todo], deadline
             )
             items: list[index_pb2.UpsertItem] = []
             positions: list[int] = []
@@ -101,9 +119,10 @@ class Ingestor:
                 positions.append(i)
             if items:
                 response = self.backends.upsert(
-                    index_pb2.IndexUpsertRequest(
+                    index_pb2.IndexServiceUpsertRequest(
                         collection=collection, model=model_id, dim=dim, items=items
-                    )
+                    ),
+                    deadline,
                 )
                 for i, res in zip(positions, response.results, strict=True):
                     outcome = (

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from gateway.clients import Backends
+from gateway.deadline import Deadline
 from gateway.jobs import JobManager, JobState
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.settings import GatewaySettings
 from imagesearch import errors
-from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, index_pb2
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
+
+M = TypeVar("M", bound=Message)
 
 JOB_STATES = {
     "pending": gateway_pb2.JOB_STATE_PENDING,
@@ -23,6 +28,20 @@ JOB_STATES = {
     "failed": gateway_pb2.JOB_STATE_FAILED,
     "canceled": gateway_pb2.JOB_STATE_CANCELED,
 }
+
+
+def convert(message: Message, cls: type[M]) -> M:
+    """The same fields as another message type: public Gateway requests and
+    responses and their internal Index twins share field numbers."""
+    return cls.FromString(message.SerializeToString())
+
+
+def code_number(stored: object) -> int:
+    """A job error's code as saved (a status name; numbers in older files)."""
+    text = str(stored)
+    if text.isdigit():
+        return int(text)
+    return errors.status_code_number(grpc.StatusCode[text])
 
 
 def job_message(job: JobState) -> gateway_pb2.Job:
@@ -36,7 +55,7 @@ def job_message(job: JobState) -> gateway_pb2.Job:
         failed=job.failed,
         errors=[
             gateway_pb2.FileError(
-                path=str(e["path"]), reason=str(e["reason"]), code=int(str(e["code"]))
+                path=str(e["path"]), reason=str(e["reason"]), code=code_number(e["code"])
             )
             for e in job.errors
         ],
@@ -61,7 +80,7 @@ def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
     )
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
         settings: GatewaySettings,
@@ -91,12 +110,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         real = self.roots.resolve(value)
         if not real.is_file():
             raise errors.not_found(f"{value}: no such file on the gateway's machine")
-        size = real.stat().st_size
-        if size > self.settings.max_image_bytes:
-            raise errors.resource_exhausted(
-                f"{value}: {size} bytes, over the limit of {self.settings.max_image_bytes} "
-                "(GATEWAY_MAX_IMAGE_MB)"
-            )
+        self.ingestor.limit.check(value, real.stat().st_size)
         return real.read_bytes()
 
     def Search(
@@ -126,19 +140,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 stored.append((pos, value))
             else:
                 images.append((pos, self._query_bytes(kind, value)))
+        deadline = Deadline.of(context)
         model_id = ""
         vectors: list[bytes] = []
         if images:
-            model_id, embedded = self.backends.embed([(f"query #{p}", data) for p, data in images])
+            model_id, embedded = self.backends.embed(
+                [(f"query #{p}", data) for p, data in images], deadline
+            )
             for emb in embedded:
                 if emb.error:
+                    code = emb.error_code
                     raise errors.ServiceError(
-                        errors.code_from_number(emb.error_code or 3), emb.error
+                        grpc.StatusCode.INVALID_ARGUMENT if code == grpc.StatusCode.OK else code,
+                        emb.error,
                     )
                 vectors.append(emb.vector)
         response = self.backends.index_call(
             "Search",
-            index_pb2.IndexSearchRequest(
+            index_pb2.IndexServiceSearchRequest(
                 collection=collection,
                 vectors=vectors,
                 image_ids=[iid for _, iid in stored],
@@ -147,6 +166,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 min_score=request.min_score,
                 model=model_id,
             ),
+            deadline,
         )
         order = [p for p, _ in images] + [p for p, _ in stored]
         by_position = dict(zip(order, response.results, strict=True))
@@ -168,29 +188,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         name, size, count = "", 0, 0
         parts: list[bytes] = []
         oversized = False
+        refusal = errors.resource_exhausted("")
         for msg in requests:
             collection = collection or msg.collection
             if not parts and not oversized:
                 count += 1
                 name = msg.name or f"image #{count}"
             size += len(msg.data)
-            if size > self.settings.max_image_bytes:
-                oversized = True
-                parts = []
-            else:
-                parts.append(msg.data)
+            if not oversized:
+                try:
+                    self.ingestor.limit.check(name, size)
+                    parts.append(msg.data)
+                except errors.ServiceError as exc:
+                    oversized, parts, refusal = True, [], exc
             if msg.more_chunks:
                 continue
             if oversized:
-                yield (
-                    collection,
-                    Source(
-                        name,
-                        error=f"{name}: over the limit of {self.settings.max_image_bytes} bytes "
-                        "(GATEWAY_MAX_IMAGE_MB)",
-                        error_code=8,
-                    ),
-                )
+                yield collection, Source.failed(refusal, name)
             else:
                 yield collection, Source(name, b"".join(parts))
             name, parts, size, oversized = "", [], 0, False
@@ -205,13 +219,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         context: grpc.ServicerContext,
     ) -> gateway_pb2.IndexImagesResponse:
         collection = ""
+        deadline = Deadline.of(context)
         batch: list[Source] = []
         pending: list[Future[list[Result]]] = []
         results: list[Result] = []
         with ThreadPoolExecutor(self.settings.job_concurrency, thread_name_prefix="stream") as pool:
 
             def flush() -> None:
-                pending.append(pool.submit(self.ingestor.ingest, collection, list(batch)))
+                pending.append(pool.submit(self.ingestor.ingest, collection, list(batch), deadline))
                 batch.clear()
                 while len(pending) > self.settings.job_concurrency:
                     results.extend(pending.pop(0).result())
@@ -230,7 +245,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if r.outcome is Outcome.FAILED:
                 response.failed += 1
                 response.errors.append(
-                    gateway_pb2.FileError(path=r.name, reason=r.reason, code=r.code)
+                    gateway_pb2.FileError(
+                        path=r.name, reason=r.reason, code=errors.status_code_number(r.code)
+                    )
                 )
                 continue
             duplicate = r.outcome is Outcome.DUPLICATE
@@ -245,19 +262,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def StartIndexJob(
         self, request: gateway_pb2.StartIndexJobRequest, context: grpc.ServicerContext
-    ) -> gateway_pb2.Job:
-        return job_message(
-            self.jobs.start(self._collection(request.collection), request.folder, request.recursive)
+    ) -> gateway_pb2.StartIndexJobResponse:
+        job = self.jobs.start(
+            self._collection(request.collection), request.folder, request.recursive
         )
+        return gateway_pb2.StartIndexJobResponse(job=job_message(job))
 
     def WatchJob(
-        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
-    ) -> Iterator[gateway_pb2.Job]:
+        self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.WatchJobResponse]:
         for job in self.jobs.watch(request.job_id, context.is_active):
-            yield job_message(job)
+            yield gateway_pb2.WatchJobResponse(job=job_message(job))
 
-    def GetJob(self, request: gateway_pb2.JobRef, context: grpc.ServicerContext) -> gateway_pb2.Job:
-        return job_message(self.jobs.get(request.job_id))
+    def GetJob(
+        self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetJobResponse:
+        return gateway_pb2.GetJobResponse(job=job_message(self.jobs.get(request.job_id)))
 
     def ListJobs(
         self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -267,40 +287,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
     def CancelJob(
-        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
-    ) -> gateway_pb2.Job:
-        return job_message(self.jobs.cancel(request.job_id))
+        self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CancelJobResponse:
+        return gateway_pb2.CancelJobResponse(job=job_message(self.jobs.cancel(request.job_id)))
 
     def ResumeJob(
-        self, request: gateway_pb2.JobRef, context: grpc.ServicerContext
-    ) -> gateway_pb2.Job:
-        return job_message(self.jobs.resume(request.job_id))
+        self, request: gateway_pb2.ResumeJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ResumeJobResponse:
+        return gateway_pb2.ResumeJobResponse(job=job_message(self.jobs.resume(request.job_id)))
 
     # -- collections (forwarded to the index) ----------------------------
 
     def Count(
-        self, request: common_pb2.CountRequest, context: grpc.ServicerContext
-    ) -> common_pb2.CountResponse:
-        return self.backends.index_call(
-            "Count", common_pb2.CountRequest(collection=self._collection(request.collection))
+        self, request: gateway_pb2.CountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CountResponse:
+        forwarded = index_pb2.IndexServiceCountRequest(
+            collection=self._collection(request.collection)
         )
+        response = self.backends.index_call("Count", forwarded, Deadline.of(context))
+        return convert(response, gateway_pb2.CountResponse)
 
     def Delete(
-        self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext
-    ) -> common_pb2.DeleteResponse:
-        forwarded = common_pb2.DeleteRequest()
-        forwarded.CopyFrom(request)
+        self, request: gateway_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.DeleteResponse:
+        forwarded = convert(request, index_pb2.IndexServiceDeleteRequest)
         forwarded.collection = self._collection(request.collection)
-        return self.backends.index_call("Delete", forwarded)
+        response = self.backends.index_call("Delete", forwarded, Deadline.of(context))
+        return convert(response, gateway_pb2.DeleteResponse)
 
     def DropCollection(
-        self, request: common_pb2.DropCollectionRequest, context: grpc.ServicerContext
-    ) -> common_pb2.DropCollectionResponse:
+        self, request: gateway_pb2.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.DropCollectionResponse:
         if not request.collection:
             raise errors.invalid_argument("DropCollection needs the collection's name")
-        return self.backends.index_call("DropCollection", request)
+        forwarded = convert(request, index_pb2.IndexServiceDropCollectionRequest)
+        response = self.backends.index_call("DropCollection", forwarded, Deadline.of(context))
+        return convert(response, gateway_pb2.DropCollectionResponse)
 
     def ListCollections(
-        self, request: common_pb2.ListCollectionsRequest, context: grpc.ServicerContext
-    ) -> common_pb2.ListCollectionsResponse:
-        return self.backends.index_call("ListCollections", request)
+        self, request: gateway_pb2.ListCollectionsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListCollectionsResponse:
+        forwarded = convert(request, index_pb2.IndexServiceListCollectionsRequest)
+        response = self.backends.index_call("ListCollections", forwarded, Deadline.of(context))
+        return convert(response, gateway_pb2.ListCollectionsResponse)

@@ -6,13 +6,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagesearch.settings import SettingsError
+from imagesearch.settings import ServerSettings, SettingsError, server_field
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
-    host: str = field(default="[::]", metadata={"help": "address to listen on"})
-    port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one)"})
+class GatewaySettings(ServerSettings):
+    port: int = server_field("port", 50051)
+    rpc_workers: int = server_field("rpc_workers", 32)
+    max_message_mb: int = server_field(
+        "max_message_mb", 4, "largest gRPC message from clients (stream chunks)"
+    )
     embedder_addr: str = field(
         default="localhost:50052",
         metadata={
@@ -39,22 +42,34 @@ class GatewaySettings:
     )
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
-    max_message_mb: int = field(
-        default=4, metadata={"help": "largest gRPC message from clients (stream chunks)"}
+    # The deadline and retry policy (README, "Deadlines and retries").
+    backend_wait_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "longest a call waits for an embedder or index that is starting or "
+            "down (gRPC wait-for-ready); then UNAVAILABLE naming it"
+        },
     )
-    embed_timeout_s: float = field(default=120.0, metadata={"help": "deadline of one Embed call"})
-    index_timeout_s: float = field(default=60.0, metadata={"help": "deadline of one Index call"})
-    retry_attempts: int = field(
-        default=5, metadata={"help": "tries per call when a backend is UNAVAILABLE (max 5)"}
+    call_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "longest one downstream call may run when the caller set no deadline "
+            "(a caller's shorter deadline flows downstream as it is)"
+        },
     )
-    batch_retries: int = field(
-        default=3, metadata={"help": "times a job retries a batch through an outage"}
+    job_batch_timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "deadline of one job batch (embed and store); jobs have no caller"},
+    )
+    job_outage_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "how long a job retries a batch, with backoff, while a backend is "
+            "UNAVAILABLE or too slow, before the job ends FAILED (ResumeJob continues it)"
+        },
     )
     max_errors_kept: int = field(default=1000, metadata={"help": "file errors kept per job"})
     resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
-    rpc_workers: int = field(default=32, metadata={"help": "gRPC handler threads"})
-    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
 
     @property
     def jobs_dir(self) -> Path:
@@ -74,3 +89,8 @@ class GatewaySettings:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
         if not 1 <= self.default_top_k <= 1000:
             raise SettingsError("GATEWAY_DEFAULT_TOP_K must be between 1 and 1000")
+        for name in ("backend_wait_s", "call_timeout_s", "job_batch_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"GATEWAY_{name.upper()} must be > 0")
+        if self.job_outage_s < 0:
+            raise SettingsError("GATEWAY_JOB_OUTAGE_S must be >= 0")

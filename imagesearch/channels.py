@@ -1,55 +1,67 @@
 """Client channels with the service config every caller wants: round-robin
 over all addresses a name resolves to, and retries of UNAVAILABLE with
-exponential backoff (safe here: every call we retry is idempotent)."""
+exponential backoff for the calls that are safe to repeat."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import grpc
 
+# Tries of a call answered UNAVAILABLE (the first included), within its deadline.
+RETRY_ATTEMPTS = 3
 
-def service_config(services: list[str], attempts: int = 5) -> str:
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": [{"service": s} for s in services],
-                    "retryPolicy": {
-                        "maxAttempts": max(2, min(attempts, 5)),
-                        "initialBackoff": "0.2s",
-                        "maxBackoff": "3s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-        }
-    )
+
+def service_config(
+    services: Sequence[str],
+    attempts: int = RETRY_ATTEMPTS,
+    methods: Sequence[tuple[str, str]] = (),
+) -> str:
+    """Retries every method of ``services``, plus the (service, method) pairs
+    in ``methods``."""
+    names: list[dict[str, str]] = [{"service": s} for s in services]
+    names += [{"service": s, "method": m} for s, m in methods]
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if names:
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": max(2, min(attempts, 5)),
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "3s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
 
 
 def make_channel(
     target: str,
-    services: list[str],
+    services: Sequence[str],
     *,
     max_message_bytes: int = 64 * 1024 * 1024,
-    retry_attempts: int = 5,
+    retry_attempts: int = RETRY_ATTEMPTS,
+    methods: Sequence[tuple[str, str]] = (),
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.Channel:
-    """An insecure channel to ``target`` (``host:port``, ``dns:///name:port`` or
-    ``ipv4:127.0.0.1:1,127.0.0.1:2``)."""
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.service_config", service_config(services, retry_attempts)),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            # A backend that comes back is used again within ~2 s, not after
-            # gRPC's default backoff of up to 2 minutes.
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 2_000),
-        ],
-    )
+    """A channel to ``target`` (``host:port``, ``dns:///name:port`` or
+    ``ipv4:127.0.0.1:1,127.0.0.1:2``), over TLS when ``credentials`` are given."""
+    options = [
+        ("grpc.service_config", service_config(services, retry_attempts, methods)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        # A backend that comes back is used again within ~2 s, not after
+        # gRPC's default backoff of up to 2 minutes.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)

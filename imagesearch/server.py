@@ -159,14 +159,20 @@ class RunningServer:
     service_names: list[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
-    def set_serving(self, serving: bool = True) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in [*self.service_names, ""]:
-            self.health.set(name, status)
+    def set_serving(self, serving: bool = True, *, live: bool | None = None) -> None:
+        """Health of the named services (readiness) and of the empty name
+        (liveness, the same unless ``live`` says otherwise)."""
+
+        def status(up: bool) -> Any:
+            return (
+                health_pb2.HealthCheckResponse.SERVING
+                if up
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+
+        for name in self.service_names:
+            self.health.set(name, status(serving))
+        self.health.set("", status(serving if live is None else live))
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuses new calls, lets running ones finish for `grace` seconds."""
@@ -188,11 +194,12 @@ def start_server(
     max_workers: int = 16,
     max_message_bytes: int = 64 * 1024 * 1024,
     serving: bool = True,
+    live: bool | None = None,
 ) -> RunningServer:
     """Builds, binds and starts a server; port 0 picks a free one.
 
     ``register`` holds callables that add servicers, e.g.
-    ``lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s)``.
+    ``lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)``.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -215,7 +222,7 @@ def start_server(
         raise OSError(f"could not bind {host}:{port}; is the port in use?")
     server.start()
     running = RunningServer(server, bound, health_servicer, service_names)
-    running.set_serving(serving)
+    running.set_serving(serving, live=live)
     return running
 
 

@@ -13,9 +13,38 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The fields every gRPC service has. A service's settings class inherits
+    them and re-declares a field (with ``server_field``) to change its default."""
+
+    host: str = field(default="[::]", metadata={"help": "address to listen on"})
+    port: int = field(default=0, metadata={"help": "gRPC port (0: pick a free one)"})
+    rpc_workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    max_message_mb: int = field(default=4, metadata={"help": "largest gRPC message"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+
+    def server_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``imagesearch.server.start_server``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "max_workers": self.rpc_workers,
+            "max_message_bytes": self.max_message_mb * 1024 * 1024,
+        }
+
+
+def server_field(name: str, default: Any, help: str | None = None) -> Any:
+    """A ServerSettings field with another default (and the same help)."""
+    base = {f.name: f for f in dataclasses.fields(ServerSettings)}[name]
+    return field(default=default, metadata={"help": help or base.metadata["help"]})
 
 
 class SettingsError(ValueError):

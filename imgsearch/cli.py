@@ -1,7 +1,8 @@
-"""``imgsearch``: index, search and manage collections through the gateway.
+"""``imgsearch``: index, search and manage collections through the gateway,
+with the typed client (imagesearch.client).
 
 Exit codes: 0 success, 1 the gateway or a backend refused or failed (the
-message says why), 2 bad usage.
+message says why), 2 bad usage, 130 interrupted (a job keeps running).
 """
 
 from __future__ import annotations
@@ -10,32 +11,47 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from imagesearch.channels import make_channel
+from imagesearch.client import Client, ImageSearchError, IndexReport, Job, JobState
 from imagesearch.images import is_image_name
-from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from imgsearch.progress import Progress
 
-CHUNK = 1024 * 1024  # bytes per stream message, under the gateway's 4 MiB default
 FILES_PER_CALL = 32
 CALLS_IN_FLIGHT = 3
-STATES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in gateway_pb2.JobState.items()}
 
 
 class UsageError(Exception):
     pass
 
 
-def stub(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayStub:
-    return gateway_pb2_grpc.GatewayStub(
-        make_channel(args.gateway, ["imagesearch.v1.Gateway"], retry_attempts=3)
+class StoppedWatching(Exception):
+    """Ctrl-C while following a job: the job runs on."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+def client(args: argparse.Namespace) -> Client:
+    return Client(
+        args.gateway,
+        ca_file=args.ca or None,
+        token=os.environ.get("IMGSEARCH_TOKEN") or None,
+        timeout=args.timeout,
     )
+
+
+def ready_client(args: argparse.Namespace) -> Client:
+    """A client of a gateway whose embedder and index are up: a stack that is
+    still starting is waited for (--wait), one that is not there fails now."""
+    c = client(args)
+    c.wait_ready(args.wait, on_wait=lambda msg: print(f"imgsearch: {msg}", file=sys.stderr))
+    return c
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -59,58 +75,52 @@ def local_files(paths: Sequence[str], recursive: bool) -> list[Path]:
     return files
 
 
-def requests_for(
-    collection: str, files: Sequence[Path]
-) -> Iterator[gateway_pb2.IndexImagesRequest]:
-    for f in files:
-        data = f.read_bytes()
-        parts = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
-        for n, part in enumerate(parts):
-            yield gateway_pb2.IndexImagesRequest(
-                collection=collection,
-                name=str(f.resolve()) if n == 0 else "",
-                data=part,
-                more_chunks=n < len(parts) - 1,
-            )
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     if args.server:
         return index_on_server(args)
     files = local_files(args.paths, not args.no_recursive)
-    gw = stub(args)
-    totals = {"indexed": 0, "duplicates": 0, "failed": 0}
-    errors: list[dict[str, Any]] = []
     bar = Progress(len(files), "indexing", quiet=args.json)
-    batches = [files[i : i + FILES_PER_CALL] for i in range(0, len(files), FILES_PER_CALL)]
-    done = 0
-    # A few calls in flight, so reading and uploading one batch overlaps
-    # embedding the previous one on the server.
-    with ThreadPoolExecutor(CALLS_IN_FLIGHT) as pool:
-        replies = pool.map(
-            lambda batch: (
-                len(batch),
-                gw.IndexImages(requests_for(args.collection, batch), timeout=args.timeout),
-            ),
-            batches,
+
+    def progress(report: IndexReport) -> None:
+        bar.update(
+            report.files,
+            indexed=report.indexed,
+            duplicates=report.duplicates,
+            failed=report.failed,
         )
-        for count, reply in replies:
-            totals["indexed"] += reply.indexed
-            totals["duplicates"] += reply.duplicates
-            totals["failed"] += reply.failed
-            errors += [{"path": e.path, "reason": e.reason} for e in reply.errors]
-            done += count
-            bar.update(done, **totals)
-    text = f"{len(files)} files: {totals['indexed']} indexed, {totals['duplicates']} duplicates, {totals['failed']} failed"
+
+    with ready_client(args) as c:
+        report = c.index_files(
+            files,
+            collection=args.collection,
+            files_per_call=FILES_PER_CALL,
+            calls_in_flight=CALLS_IN_FLIGHT,
+            on_progress=progress,
+        )
+    errors = [{"path": e.path, "reason": e.reason} for e in report.errors]
+    text = (
+        f"{len(files)} files: {report.indexed} indexed, {report.duplicates} duplicates, "
+        f"{report.failed} failed"
+    )
     text += "".join(f"\n  failed: {e['reason']}" for e in errors)
-    emit(args, {"files": len(files), **totals, "errors": errors}, text)
+    emit(
+        args,
+        {
+            "files": len(files),
+            "indexed": report.indexed,
+            "duplicates": report.duplicates,
+            "failed": report.failed,
+            "errors": errors,
+        },
+        text,
+    )
     return 0
 
 
-def job_dict(job: gateway_pb2.Job) -> dict[str, Any]:
+def job_dict(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
-        "state": STATES[job.state],
+        "state": job.state.label,
         "collection": job.collection,
         "folder": job.folder,
         "total": job.total,
@@ -123,34 +133,54 @@ def job_dict(job: gateway_pb2.Job) -> dict[str, Any]:
     }
 
 
-def follow(
-    args: argparse.Namespace, gw: gateway_pb2_grpc.GatewayStub, job: gateway_pb2.Job
-) -> gateway_pb2.Job:
+def watch_stream_s() -> float:
+    """How long one WatchJob stream lasts before the CLI renews it
+    (IMGSEARCH_WATCH_STREAM_S); the watch itself lasts as long as the job."""
+    raw = os.environ.get("IMGSEARCH_WATCH_STREAM_S", "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"IMGSEARCH_WATCH_STREAM_S={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise UsageError("IMGSEARCH_WATCH_STREAM_S must be > 0")
+    return value
+
+
+def follow(args: argparse.Namespace, c: Client, job: Job) -> Job:
+    """Follows ``job`` until it ends, across stream renewals and lost
+    connections. Ctrl-C stops following, not the job."""
     bar = Progress(job.total, f"job {job.job_id}", quiet=args.json)
     last = job
-    for last in gw.WatchJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=args.timeout):
-        bar.update(last.done, indexed=last.indexed, duplicates=last.duplicates, failed=last.failed)
+
+    def reconnecting(error: ImageSearchError) -> None:
+        if not args.json:
+            print(
+                f"imgsearch: lost the job's stream ({error.code.name}); reconnecting",
+                file=sys.stderr,
+            )
+
+    try:
+        for last in c.watch_job(job.job_id, stream_s=watch_stream_s(), on_reconnect=reconnecting):
+            bar.total = last.total
+            bar.update(
+                last.done, indexed=last.indexed, duplicates=last.duplicates, failed=last.failed
+            )
+    except KeyboardInterrupt:
+        raise StoppedWatching(job.job_id) from None
     return last
 
 
-def cmd_index_server(args: argparse.Namespace, folder: str) -> gateway_pb2.Job:
-    gw = stub(args)
-    job = gw.StartIndexJob(
-        gateway_pb2.StartIndexJobRequest(
-            collection=args.collection, folder=folder, recursive=not args.no_recursive
-        ),
-        timeout=60,
-    )
-    return follow(args, gw, job)
-
-
 def index_on_server(args: argparse.Namespace) -> int:
-    jobs = [cmd_index_server(args, folder) for folder in args.paths]
-    failed = [j for j in jobs if j.state != gateway_pb2.JOB_STATE_SUCCEEDED]
+    jobs: list[Job] = []
+    with ready_client(args) as c:
+        for folder in args.paths:
+            job = c.start_job(folder, collection=args.collection, recursive=not args.no_recursive)
+            jobs.append(follow(args, c, job))
+    failed = [j for j in jobs if j.state is not JobState.SUCCEEDED]
     lines = []
     for j in jobs:
         lines.append(
-            f"job {j.job_id} {STATES[j.state]}: {j.total} files, {j.indexed} indexed, "
+            f"job {j.job_id} {j.state.label}: {j.total} files, {j.indexed} indexed, "
             f"{j.duplicates} duplicates, {j.failed} failed {j.message}".rstrip()
         )
         lines += [f"  failed: {e.reason}" for e in j.errors]
@@ -162,17 +192,12 @@ def index_on_server(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    request = gateway_pb2.SearchRequest(
-        collection=args.collection,
-        top_k=args.top_k,
-        min_score=args.min_score,
-        path_prefix=args.prefix,
-    )
     query_bytes: bytes | None = None
+    query: dict[str, Any] = {}
     if args.image_id is not None:
-        request.image_id = args.image_id
+        query["image_id"] = args.image_id
     elif args.server_path:
-        request.path = args.image
+        query["path"] = args.image
     else:
         if not args.image:
             raise UsageError("give an image file, --image-id N, or --server-path PATH")
@@ -180,9 +205,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise UsageError(f"{args.image}: no such file")
         query_bytes = path.read_bytes()
-        request.image = query_bytes
-    reply = stub(args).Search(request, timeout=args.timeout)
-    hits = [
+        query["image"] = query_bytes
+    with ready_client(args) as c:
+        found = c.search(
+            collection=args.collection,
+            top_k=args.top_k,
+            min_score=args.min_score,
+            path_prefix=args.prefix,
+            **query,
+        )
+    hits: list[dict[str, Any]] = [
         {
             "rank": n + 1,
             "image_id": h.image_id,
@@ -193,7 +225,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "height": h.height,
             "paths": list(h.paths),
         }
-        for n, h in enumerate(reply.hits)
+        for n, h in enumerate(found)
     ]
     if args.sheet:
         from imgsearch.sheet import Tile, render
@@ -227,9 +259,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_count(args: argparse.Namespace) -> int:
-    reply = stub(args).Count(
-        common_pb2.CountRequest(collection=args.collection), timeout=args.timeout
-    )
+    with client(args) as c:
+        reply = c.count(collection=args.collection)
     emit(
         args,
         {"collection": args.collection, "count": reply.count, "pending": reply.pending},
@@ -241,19 +272,17 @@ def cmd_count(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     if not (args.id or args.path or args.prefix):
         raise UsageError("say what to delete: --id, --path or --prefix")
-    reply = stub(args).Delete(
-        common_pb2.DeleteRequest(
+    with client(args) as c:
+        reply = c.delete(
             collection=args.collection,
             image_ids=args.id or [],
             paths=args.path or [],
             path_prefix=args.prefix or "",
-        ),
-        timeout=args.timeout,
-    )
+        )
     emit(
         args,
-        {"deleted": reply.deleted, "paths_removed": reply.paths_removed},
-        f"deleted {reply.deleted} images ({reply.paths_removed} paths)",
+        {"deleted": reply.images, "paths_removed": reply.paths},
+        f"deleted {reply.images} images ({reply.paths} paths)",
     )
     return 0
 
@@ -263,26 +292,26 @@ def cmd_drop(args: argparse.Namespace) -> int:
         raise UsageError(
             f"dropping deletes every image in {args.collection!r}; add --yes to confirm"
         )
-    stub(args).DropCollection(
-        common_pb2.DropCollectionRequest(collection=args.collection), timeout=args.timeout
-    )
+    with client(args) as c:
+        c.drop_collection(args.collection)
     emit(args, {"dropped": args.collection}, f"dropped {args.collection}")
     return 0
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
-    reply = stub(args).ListCollections(common_pb2.ListCollectionsRequest(), timeout=args.timeout)
+    with client(args) as c:
+        collections = c.list_collections()
     rows = [
         {
-            "name": c.name,
-            "count": c.count,
-            "pending": c.pending,
-            "dim": c.dim,
-            "model": c.model,
-            "metric": c.metric,
-            "index_type": c.index_type,
+            "name": x.name,
+            "count": x.count,
+            "pending": x.pending,
+            "dim": x.dim,
+            "model": x.model,
+            "metric": x.metric,
+            "index_type": x.index_type,
         }
-        for c in reply.collections
+        for x in collections
     ]
     text = "\n".join(f"{r['name']:<24} {r['count']:>8}  {r['dim']}-d {r['model']}" for r in rows)
     emit(args, rows, text or "no collections")
@@ -290,26 +319,21 @@ def cmd_collections(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    gw = stub(args)
-    ref = gateway_pb2.JobRef(job_id=args.job_id or "")
     if args.action != "list" and not args.job_id:
         raise UsageError(f"`jobs {args.action}` needs a job id")
-    if args.action == "list":
-        jobs = list(
-            gw.ListJobs(
-                gateway_pb2.ListJobsRequest(collection=args.filter or ""), timeout=args.timeout
-            ).jobs
-        )
-    elif args.action == "show":
-        jobs = [gw.GetJob(ref, timeout=args.timeout)]
-    elif args.action == "cancel":
-        jobs = [gw.CancelJob(ref, timeout=args.timeout)]
-    elif args.action == "resume":
-        jobs = [follow(args, gw, gw.ResumeJob(ref, timeout=args.timeout))]
-    else:  # watch
-        jobs = [follow(args, gw, gw.GetJob(ref, timeout=args.timeout))]
+    with client(args) as c:
+        if args.action == "list":
+            jobs = c.list_jobs(collection=args.filter or "")
+        elif args.action == "show":
+            jobs = [c.get_job(args.job_id)]
+        elif args.action == "cancel":
+            jobs = [c.cancel_job(args.job_id)]
+        elif args.action == "resume":
+            jobs = [follow(args, c, c.resume_job(args.job_id))]
+        else:  # watch
+            jobs = [follow(args, c, c.get_job(args.job_id))]
     text = "\n".join(
-        f"{j.job_id}  {STATES[j.state]:<9} {j.done}/{j.total}  indexed={j.indexed} "
+        f"{j.job_id}  {j.state.label:<9} {j.done}/{j.total}  indexed={j.indexed} "
         f"duplicates={j.duplicates} failed={j.failed}  {j.collection}  {j.folder}  {j.message}".rstrip()
         for j in jobs
     )
@@ -347,8 +371,22 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("IMGSEARCH_COLLECTION", "images"),
         help="collection (env IMGSEARCH_COLLECTION, default images)",
     )
+    common.add_argument(
+        "--ca",
+        default=os.environ.get("IMGSEARCH_CA", ""),
+        help="CA certificate file: talk TLS to the gateway (env IMGSEARCH_CA)",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+    common.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per call (default 600)"
+    )
+    common.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for a gateway whose embedder or index is still starting "
+        "(default 300)",
+    )
 
     p = argparse.ArgumentParser(prog="imgsearch", description="Reverse image search client.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -423,17 +461,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"imgsearch: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        detail = exc.details() if hasattr(exc, "details") else str(exc)
-        name = code.name if code is not None else "ERROR"
+    except ImageSearchError as exc:
         hint = (
             f" (is the gateway running at {args.gateway}? try `imgsearch up`)"
-            if code == grpc.StatusCode.UNAVAILABLE
+            if exc.code == grpc.StatusCode.UNAVAILABLE
             else ""
         )
-        print(f"imgsearch: {name}: {detail}{hint}", file=sys.stderr)
+        print(f"imgsearch: {exc.code.name}: {exc.message}{hint}", file=sys.stderr)
         return 1
+    except StoppedWatching as exc:
+        print(
+            f"imgsearch: stopped watching; job {exc.job_id} keeps running on the gateway. "
+            f"Watch it again with: imgsearch jobs watch {exc.job_id}",
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:
         print("imgsearch: interrupted", file=sys.stderr)
         return 130

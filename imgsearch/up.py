@@ -23,6 +23,7 @@ from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 class Service:
     name: str
     module: str
+    service: str  # the gRPC service whose health says "ready"
     port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
@@ -62,9 +63,9 @@ def run(
         GATEWAY_INDEX_ADDR=f"127.0.0.1:{index_port}",
     )
     services = [
-        Service("embedder", "embedder_service", embedder_port, env),
-        Service("index", "index_service", index_port, env),
-        Service("gateway", "gateway", gateway_port, env),
+        Service("embedder", "embedder_service", "EmbedderService", embedder_port, env),
+        Service("index", "index_service", "IndexService", index_port, env),
+        Service("gateway", "gateway", "GatewayService", gateway_port, env),
     ]
     stop = threading.Event()
 
@@ -110,7 +111,7 @@ def run(
                     )
                     return 1
                 # Announced in dependency order: the gateway last.
-                if svc is waiting[0] and healthy(svc.port):
+                if svc is waiting[0] and healthy(svc.port, f"imagesearch.v1.{svc.service}"):
                     print(
                         f"imgsearch up: {svc.name:8s} SERVING on 127.0.0.1:{svc.port}", flush=True
                     )
@@ -152,8 +153,8 @@ def run(
 
 def describe_model(port: int) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        info = embedder_pb2_grpc.EmbedderStub(ch).GetModelInfo(
-            embedder_pb2.GetModelInfoRequest(), timeout=10
+        info = embedder_pb2_grpc.EmbedderServiceStub(ch).GetModelInfo(
+            embedder_pb2.EmbedderServiceGetModelInfoRequest(), timeout=10
         )
     print(
         f"imgsearch up: model {info.model} ({info.dim}-d, weights {info.weights}, "

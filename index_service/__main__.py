@@ -1,4 +1,4 @@
-"""``python -m index_service``: serve imagesearch.v1.Index."""
+"""``python -m index_service``: serve imagesearch.v1.IndexService."""
 
 import sys
 

@@ -15,7 +15,7 @@ from index_service.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
+SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
 def build_store(settings: IndexSettings) -> IndexStore:
@@ -34,12 +34,9 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
             logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
     servicer = IndexServicer(store, settings.max_items_per_upsert)
     running = start_server(
-        [lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s)],
+        [lambda s: index_pb2_grpc.add_IndexServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.rpc_workers,
-        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        **settings.server_options(),
     )
     running.on_stop.append(store.vectors.close)
     running.on_stop.append(store.meta.dispose)

@@ -28,14 +28,14 @@ def record(row: ImageRow) -> index_pb2.ImageRecord:
     )
 
 
-class IndexServicer(index_pb2_grpc.IndexServicer):
+class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def __init__(self, store: IndexStore, max_items: int) -> None:
         self.store = store
         self.max_items = max_items
 
     def Upsert(
-        self, request: index_pb2.IndexUpsertRequest, context: grpc.ServicerContext
-    ) -> index_pb2.IndexUpsertResponse:
+        self, request: index_pb2.IndexServiceUpsertRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceUpsertResponse:
         if len(request.items) > self.max_items:
             raise errors.invalid_argument(
                 f"{len(request.items)} items in one Upsert, limit {self.max_items} "
@@ -57,13 +57,13 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             for r in results
         ]
         dups = sum(r.duplicate for r in results)
-        return index_pb2.IndexUpsertResponse(
+        return index_pb2.IndexServiceUpsertResponse(
             results=out, indexed=len(results) - dups, duplicates=dups
         )
 
     def Search(
-        self, request: index_pb2.IndexSearchRequest, context: grpc.ServicerContext
-    ) -> index_pb2.IndexSearchResponse:
+        self, request: index_pb2.IndexServiceSearchRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceSearchResponse:
         results = self.store.search(
             request.collection,
             list(request.vectors),
@@ -73,7 +73,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             request.min_score,
             request.model,
         )
-        return index_pb2.IndexSearchResponse(
+        return index_pb2.IndexServiceSearchResponse(
             results=[
                 index_pb2.IndexHits(
                     hits=[
@@ -94,34 +94,34 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         )
 
     def Get(
-        self, request: index_pb2.IndexGetRequest, context: grpc.ServicerContext
-    ) -> index_pb2.IndexGetResponse:
+        self, request: index_pb2.IndexServiceGetRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceGetResponse:
         rows = self.store.get(
             request.collection,
             list(request.image_ids),
             list(request.paths),
             request.include_pending,
         )
-        return index_pb2.IndexGetResponse(records=[record(r) for r in rows])
+        return index_pb2.IndexServiceGetResponse(records=[record(r) for r in rows])
 
     def Delete(
-        self, request: common_pb2.DeleteRequest, context: grpc.ServicerContext
-    ) -> common_pb2.DeleteResponse:
+        self, request: index_pb2.IndexServiceDeleteRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceDeleteResponse:
         deleted, paths = self.store.delete(
             request.collection, list(request.image_ids), list(request.paths), request.path_prefix
         )
-        return common_pb2.DeleteResponse(deleted=deleted, paths_removed=paths)
+        return index_pb2.IndexServiceDeleteResponse(deleted=deleted, paths_removed=paths)
 
     def Count(
-        self, request: common_pb2.CountRequest, context: grpc.ServicerContext
-    ) -> common_pb2.CountResponse:
+        self, request: index_pb2.IndexServiceCountRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceCountResponse:
         ready, pending = self.store.count(request.collection)
-        return common_pb2.CountResponse(count=ready, pending=pending)
+        return index_pb2.IndexServiceCountResponse(count=ready, pending=pending)
 
     def ListCollections(
-        self, request: common_pb2.ListCollectionsRequest, context: grpc.ServicerContext
-    ) -> common_pb2.ListCollectionsResponse:
-        return common_pb2.ListCollectionsResponse(
+        self, request: index_pb2.IndexServiceListCollectionsRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceListCollectionsResponse:
+        return index_pb2.IndexServiceListCollectionsResponse(
             collections=[
                 common_pb2.CollectionInfo(
                     name=row.name,
@@ -137,15 +137,17 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         )
 
     def DropCollection(
-        self, request: common_pb2.DropCollectionRequest, context: grpc.ServicerContext
-    ) -> common_pb2.DropCollectionResponse:
-        return common_pb2.DropCollectionResponse(dropped=self.store.drop(request.collection))
+        self, request: index_pb2.IndexServiceDropCollectionRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceDropCollectionResponse:
+        return index_pb2.IndexServiceDropCollectionResponse(
+            dropped=self.store.drop(request.collection)
+        )
 
     def Reconcile(
-        self, request: index_pb2.ReconcileRequest, context: grpc.ServicerContext
-    ) -> index_pb2.ReconcileResponse:
+        self, request: index_pb2.IndexServiceReconcileRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceReconcileResponse:
         report = self.store.reconcile(request.collection)
-        return index_pb2.ReconcileResponse(
+        return index_pb2.IndexServiceReconcileResponse(
             marked_ready=report.marked_ready,
             orphan_vectors_deleted=report.orphan_vectors_deleted,
             needs_reembedding=[record(r) for _, r in report.needs_reembedding],

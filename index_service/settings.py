@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesearch.settings import SettingsError
+from imagesearch.settings import ServerSettings, SettingsError, server_field
 
 METRICS = ("IP", "COSINE", "L2")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
 
 
 @dataclass(frozen=True)
-class IndexSettings:
-    host: str = field(default="[::]", metadata={"help": "address to listen on"})
-    port: int = field(default=50053, metadata={"help": "gRPC port (0: pick a free one)"})
+class IndexSettings(ServerSettings):
+    port: int = server_field("port", 50053)
+    max_message_mb: int = server_field("max_message_mb", 128)
     milvus_uri: str = field(
         default="./data/milvus.db",
         metadata={"help": "Milvus Lite file (*.db) or server URI (http://host:19530)"},
@@ -65,10 +65,6 @@ class IndexSettings:
     hnsw_ef: int = field(default=128, metadata={"help": "HNSW: ef at search (raised to top_k)"})
     max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
     reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
-    rpc_workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
-    max_message_mb: int = field(default=128, metadata={"help": "largest gRPC message"})
-    metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
 
     def validate(self) -> None:
         if self.metric.upper() not in METRICS:

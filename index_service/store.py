@@ -86,6 +86,15 @@ def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
     return vec / norm
 
 
+def score_of(metric: str, raw: float) -> tuple[float, float]:
+    """(distance reported, score in [0,1]) from Milvus' raw distance: for L2
+    the squared distance between unit vectors, for IP/COSINE the similarity."""
+    if metric == "L2":
+        cos = 1.0 - raw / 2.0
+        return raw, min(1.0, max(0.0, cos))
+    return 1.0 - raw, min(1.0, max(0.0, raw))
+
+
 class IndexStore:
     def __init__(self, meta: MetadataStore, vectors: VectorStore) -> None:
         self.meta = meta
@@ -106,11 +115,7 @@ class IndexStore:
         return row
 
     def _score(self, distance: float) -> tuple[float, float]:
-        """(distance reported, score in [0,1]) from Milvus' raw distance."""
-        if self.metric == "L2":
-            cos = 1.0 - distance / 2.0  # squared L2 between unit vectors
-            return distance, min(1.0, max(0.0, cos))
-        return 1.0 - distance, min(1.0, max(0.0, distance))
+        return score_of(self.metric, distance)
 
     # -- writes ----------------------------------------------------------
 

@@ -81,7 +81,7 @@ def wait_until(predicate, timeout: float = 180):
 def get_job(stub, job_id: str):
     from imagesearch.v1 import gateway_pb2
 
-    return stub.GetJob(gateway_pb2.JobRef(job_id=job_id), timeout=30)
+    return stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), timeout=30).job
 
 
 def start_job(stub, collection: str, folder: Path, recursive: bool = True):
@@ -91,7 +91,7 @@ def start_job(stub, collection: str, folder: Path, recursive: bool = True):
     request = gateway_pb2.StartIndexJobRequest(
         collection=collection, folder=str(folder), recursive=recursive
     )
-    return stub.StartIndexJob(request, timeout=60)
+    return stub.StartIndexJob(request, timeout=60).job
 
 
 def wait_job(stub, job_id: str, timeout: float = 300):
@@ -100,7 +100,8 @@ def wait_job(stub, job_id: str, timeout: float = 300):
     from imagesearch.v1 import gateway_pb2
 
     last = None
-    for job in stub.WatchJob(gateway_pb2.JobRef(job_id=job_id), timeout=timeout):
+    for reply in stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id), timeout=timeout):
+        job = reply.job
         if last is not None:
             assert job.done >= last.done  # progress only moves forward
         last = job
@@ -244,6 +245,22 @@ def embedder() -> Iterator[Server]:
 # -- index --------------------------------------------------------------------
 
 
+# Fixtures that need an external server, and the marker a test using them must carry.
+SERVER_FIXTURES = {"mariadb_url": "mariadb", "milvus_server": "milvus_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses a server fixture without its marker would slip into
+    `make test-fast` and fail there: refuse it at collection."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        for fixture, marker in SERVER_FIXTURES.items():
+            if fixture in names and item.get_closest_marker(marker) is None:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the {fixture} fixture: mark it @pytest.mark.{marker}"
+                )
+
+
 def ensure_mariadb() -> bool:
     if wait_port("127.0.0.1", 3306, 0.5):
         return True
@@ -308,17 +325,23 @@ def drop_sql_tables(url: str, prefix: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["lite-sqlite", "lite-mariadb", "server-sqlite"])
+@pytest.fixture(
+    params=[
+        "lite-sqlite",
+        pytest.param("lite-mariadb", marks=pytest.mark.mariadb),
+        pytest.param("server-sqlite", marks=pytest.mark.milvus_server),
+    ]
+)
 def index_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, object]]:
-    """Index settings for each real backend pairing this machine runs."""
+    """Index settings for each real backend pairing this machine runs. The
+    markers sit on the parameters, so `-m "not mariadb"` deselects those
+    cases at collection, before any server is needed."""
     kind = request.param
     prefix = unique_prefix()
     settings: dict[str, object] = {"table_prefix": prefix}
     if kind == "lite-mariadb":
-        request.applymarker(pytest.mark.mariadb)
         settings["database_url"] = request.getfixturevalue("mariadb_url")
     if kind == "server-sqlite":
-        request.applymarker(pytest.mark.milvus_server)
         settings["milvus_uri"] = request.getfixturevalue("milvus_server")
         settings["milvus_prefix"] = prefix
     yield settings
@@ -341,8 +364,6 @@ def start_gateway(tmp: Path, embedder_addr: str, index_addr: str, **overrides: o
         "data_dir": str(tmp / "gw"),
         "allowed_roots": (str(SHARED / "data"), str(tmp)),
         "embed_batch": 16,
-        "embed_timeout_s": 60.0,
-        "index_timeout_s": 30.0,
         **overrides,
     }
     running = start(GatewaySettings(**values))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/common.proto\x12\x0eimagesearch.v1\"~\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"/\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\"Z\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\"8\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x15\n\rpaths_removed\x18\x02 \x01(\x03\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x18\n\x16ListCollectionsRequest\"N\n\x17ListCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.imagesearch.v1.CollectionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/common.proto\x12\x0eimagesearch.v1\"~\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COLLECTIONINFO']._serialized_start=47
   _globals['_COLLECTIONINFO']._serialized_end=173
-  _globals['_COUNTREQUEST']._serialized_start=175
-  _globals['_COUNTREQUEST']._serialized_end=209
-  _globals['_COUNTRESPONSE']._serialized_start=211
-  _globals['_COUNTRESPONSE']._serialized_end=258
-  _globals['_DELETEREQUEST']._serialized_start=260
-  _globals['_DELETEREQUEST']._serialized_end=350
-  _globals['_DELETERESPONSE']._serialized_start=352
-  _globals['_DELETERESPONSE']._serialized_end=408
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=410
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=453
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=455
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=496
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=498
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=522
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=524
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=602
 # @@protoc_insertion_point(module_scope)

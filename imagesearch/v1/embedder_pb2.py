@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimagesearch/v1/embedder.proto\x12\x0eimagesearch.v1\"#\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"5\n\x0c\x45mbedRequest\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Image\"k\n\tEmbedding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\"P\n\rEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xef\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\npretrained\x18\x07 \x01(\x08\x12\x0f\n\x07pooling\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03\x12\x12\n\nimage_size\x18\x0c \x01(\x05\x12\x0c\n\x04note\x18\r \x01(\t2\xa0\x01\n\x08\x45mbedder\x12\x44\n\x05\x45mbed\x12\x1c.imagesearch.v1.EmbedRequest\x1a\x1d.imagesearch.v1.EmbedResponse\x12N\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a\x19.imagesearch.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimagesearch/v1/embedder.proto\x12\x0eimagesearch.v1\"#\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"D\n\x1b\x45mbedderServiceEmbedRequest\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Image\"k\n\tEmbedding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\"_\n\x1c\x45mbedderServiceEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\"$\n\"EmbedderServiceGetModelInfoRequest\"\x89\x02\n#EmbedderServiceGetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\npretrained\x18\x07 \x01(\x08\x12\x0f\n\x07pooling\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03\x12\x12\n\nimage_size\x18\x0c \x01(\x05\x12\x0c\n\x04note\x18\r \x01(\t2\xee\x01\n\x0f\x45mbedderService\x12\x62\n\x05\x45mbed\x12+.imagesearch.v1.EmbedderServiceEmbedRequest\x1a,.imagesearch.v1.EmbedderServiceEmbedResponse\x12w\n\x0cGetModelInfo\x12\x32.imagesearch.v1.EmbedderServiceGetModelInfoRequest\x1a\x33.imagesearch.v1.EmbedderServiceGetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGE']._serialized_start=49
   _globals['_IMAGE']._serialized_end=84
-  _globals['_EMBEDREQUEST']._serialized_start=86
-  _globals['_EMBEDREQUEST']._serialized_end=139
-  _globals['_EMBEDDING']._serialized_start=141
-  _globals['_EMBEDDING']._serialized_end=248
-  _globals['_EMBEDRESPONSE']._serialized_start=250
-  _globals['_EMBEDRESPONSE']._serialized_end=330
-  _globals['_GETMODELINFOREQUEST']._serialized_start=332
-  _globals['_GETMODELINFOREQUEST']._serialized_end=353
-  _globals['_MODELINFO']._serialized_start=356
-  _globals['_MODELINFO']._serialized_end=595
-  _globals['_EMBEDDER']._serialized_start=598
-  _globals['_EMBEDDER']._serialized_end=758
+  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_start=86
+  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_end=154
+  _globals['_EMBEDDING']._serialized_start=156
+  _globals['_EMBEDDING']._serialized_end=263
+  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_start=265
+  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_end=360
+  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_start=362
+  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_end=398
+  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_start=401
+  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_end=666
+  _globals['_EMBEDDERSERVICE']._serialized_start=669
+  _globals['_EMBEDDERSERVICE']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -14,7 +14,7 @@ class Image(_message.Message):
     data: bytes
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
-class EmbedRequest(_message.Message):
+class EmbedderServiceEmbedRequest(_message.Message):
     __slots__ = ("images",)
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
@@ -36,7 +36,7 @@ class Embedding(_message.Message):
     height: int
     def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
-class EmbedResponse(_message.Message):
+class EmbedderServiceEmbedResponse(_message.Message):
     __slots__ = ("embeddings", "model_id")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,11 +44,11 @@ class EmbedResponse(_message.Message):
     model_id: str
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ...) -> None: ...
 
-class GetModelInfoRequest(_message.Message):
+class EmbedderServiceGetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class ModelInfo(_message.Message):
+class EmbedderServiceGetModelInfoResponse(_message.Message):
     __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EmbedderStub:
+class EmbedderServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,18 +35,18 @@ class EmbedderStub:
             channel: A grpc.Channel.
         """
         self.Embed = channel.unary_unary(
-                '/imagesearch.v1.Embedder/Embed',
-                request_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+                '/imagesearch.v1.EmbedderService/Embed',
+                request_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
-                '/imagesearch.v1.Embedder/GetModelInfo',
-                request_serializer=imagesearch_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
+                '/imagesearch.v1.EmbedderService/GetModelInfo',
+                request_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.FromString,
                 _registered_method=True)
 
 
-class EmbedderServicer:
+class EmbedderServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
@@ -63,27 +63,27 @@ class EmbedderServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EmbedderServicer_to_server(servicer, server):
+def add_EmbedderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
-                    request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_embedder__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'imagesearch.v1.Embedder', rpc_method_handlers)
+            'imagesearch.v1.EmbedderService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('imagesearch.v1.Embedder', rpc_method_handlers)
+    server.add_registered_method_handlers('imagesearch.v1.EmbedderService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Embedder:
+class EmbedderService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -100,9 +100,9 @@ class Embedder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Embedder/Embed',
-            imagesearch_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
-            imagesearch_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+            '/imagesearch.v1.EmbedderService/Embed',
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedRequest.SerializeToString,
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,9 +127,9 @@ class Embedder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Embedder/GetModelInfo',
-            imagesearch_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
-            imagesearch_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
+            '/imagesearch.v1.EmbedderService/GetModelInfo',
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.SerializeToString,
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from imagesearch.v1 import common_pb2 as imagesearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimagesearch/v1/gateway.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"E\n\x05Query\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04path\x18\x03 \x01(\tH\x00\x42\x07\n\x05query\"\xc0\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x03 \x01(\x03H\x00\x12\x0e\n\x04path\x18\x04 \x01(\tH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\x13\n\x0bpath_prefix\x18\x07 \x01(\t\x12&\n\x07queries\x18\x08 \x03(\x0b\x32\x15.imagesearch.v1.QueryB\x07\n\x05query\"t\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\"0\n\x0bQueryResult\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\"a\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.QueryResult\"Y\n\x12IndexImagesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0bmore_chunks\x18\x04 \x01(\x08\"7\n\tFileError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"A\n\x0cIndexedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\xa3\x01\n\x13IndexImagesResponse\x12\x0f\n\x07indexed\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12)\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x19.imagesearch.v1.FileError\x12,\n\x06images\x18\x05 \x03(\x0b\x32\x1c.imagesearch.v1.IndexedImage\"M\n\x14StartIndexJobRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x66older\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"\xb1\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imagesearch.v1.JobState\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\x0f\n\x07indexed\x18\x05 \x01(\x03\x12\x12\n\nduplicates\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x12)\n\x06\x65rrors\x18\x08 \x03(\x0b\x32\x19.imagesearch.v1.FileError\x12\x12\n\ncollection\x18\t \x01(\t\x12\x0e\n\x06\x66older\x18\n \x01(\t\x12\x11\n\trecursive\x18\x0b \x01(\x08\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rcreated_at_ms\x18\r \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0e \x01(\x03\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x0fListJobsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"5\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Job*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\x81\x07\n\x07Gateway\x12G\n\x06Search\x12\x1d.imagesearch.v1.SearchRequest\x1a\x1e.imagesearch.v1.SearchResponse\x12X\n\x0bIndexImages\x12\".imagesearch.v1.IndexImagesRequest\x1a#.imagesearch.v1.IndexImagesResponse(\x01\x12J\n\rStartIndexJob\x12$.imagesearch.v1.StartIndexJobRequest\x1a\x13.imagesearch.v1.Job\x12\x39\n\x08WatchJob\x12\x16.imagesearch.v1.JobRef\x1a\x13.imagesearch.v1.Job0\x01\x12\x35\n\x06GetJob\x12\x16.imagesearch.v1.JobRef\x1a\x13.imagesearch.v1.Job\x12M\n\x08ListJobs\x12\x1f.imagesearch.v1.ListJobsRequest\x1a .imagesearch.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x16.imagesearch.v1.JobRef\x1a\x13.imagesearch.v1.Job\x12\x38\n\tResumeJob\x12\x16.imagesearch.v1.JobRef\x1a\x13.imagesearch.v1.Job\x12\x44\n\x05\x43ount\x12\x1c.imagesearch.v1.CountRequest\x1a\x1d.imagesearch.v1.CountResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12_\n\x0e\x44ropCollection\x12%.imagesearch.v1.DropCollectionRequest\x1a&.imagesearch.v1.DropCollectionResponse\x12\x62\n\x0fListCollections\x12&.imagesearch.v1.ListCollectionsRequest\x1a\'.imagesearch.v1.ListCollectionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimagesearch/v1/gateway.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"E\n\x05Query\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04path\x18\x03 \x01(\tH\x00\x42\x07\n\x05query\"\xc0\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x03 \x01(\x03H\x00\x12\x0e\n\x04path\x18\x04 \x01(\tH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\x13\n\x0bpath_prefix\x18\x07 \x01(\t\x12&\n\x07queries\x18\x08 \x03(\x0b\x32\x15.imagesearch.v1.QueryB\x07\n\x05query\"t\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\"0\n\x0bQueryResult\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\"a\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Hit\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.QueryResult\"Y\n\x12IndexImagesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0bmore_chunks\x18\x04 \x01(\x08\"7\n\tFileError\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"A\n\x0cIndexedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\xa3\x01\n\x13IndexImagesResponse\x12\x0f\n\x07indexed\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12)\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x19.imagesearch.v1.FileError\x12,\n\x06images\x18\x05 \x03(\x0b\x32\x1c.imagesearch.v1.IndexedImage\"M\n\x14StartIndexJobRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x66older\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"\xb1\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imagesearch.v1.JobState\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\x0f\n\x07indexed\x18\x05 \x01(\x03\x12\x12\n\nduplicates\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x12)\n\x06\x65rrors\x18\x08 \x03(\x0b\x32\x19.imagesearch.v1.FileError\x12\x12\n\ncollection\x18\t \x01(\t\x12\x0e\n\x06\x66older\x18\n \x01(\t\x12\x11\n\trecursive\x18\x0b \x01(\x08\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rcreated_at_ms\x18\r \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0e \x01(\x03\"9\n\x15StartIndexJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.imagesearch.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x10WatchJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.imagesearch.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.imagesearch.v1.Job\"%\n\x0fListJobsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"5\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.imagesearch.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.imagesearch.v1.Job\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11ResumeJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.imagesearch.v1.Job\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"/\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\"Z\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\"8\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x15\n\rpaths_removed\x18\x02 \x01(\x03\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x18\n\x16ListCollectionsRequest\"N\n\x17ListCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.imagesearch.v1.CollectionInfo*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\xf2\x07\n\x0eGatewayService\x12G\n\x06Search\x12\x1d.imagesearch.v1.SearchRequest\x1a\x1e.imagesearch.v1.SearchResponse\x12X\n\x0bIndexImages\x12\".imagesearch.v1.IndexImagesRequest\x1a#.imagesearch.v1.IndexImagesResponse(\x01\x12\\\n\rStartIndexJob\x12$.imagesearch.v1.StartIndexJobRequest\x1a%.imagesearch.v1.StartIndexJobResponse\x12O\n\x08WatchJob\x12\x1f.imagesearch.v1.WatchJobRequest\x1a .imagesearch.v1.WatchJobResponse0\x01\x12G\n\x06GetJob\x12\x1d.imagesearch.v1.GetJobRequest\x1a\x1e.imagesearch.v1.GetJobResponse\x12M\n\x08ListJobs\x12\x1f.imagesearch.v1.ListJobsRequest\x1a .imagesearch.v1.ListJobsResponse\x12P\n\tCancelJob\x12 .imagesearch.v1.CancelJobRequest\x1a!.imagesearch.v1.CancelJobResponse\x12P\n\tResumeJob\x12 .imagesearch.v1.ResumeJobRequest\x1a!.imagesearch.v1.ResumeJobResponse\x12\x44\n\x05\x43ount\x12\x1c.imagesearch.v1.CountRequest\x1a\x1d.imagesearch.v1.CountResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12_\n\x0e\x44ropCollection\x12%.imagesearch.v1.DropCollectionRequest\x1a&.imagesearch.v1.DropCollectionResponse\x12\x62\n\x0fListCollections\x12&.imagesearch.v1.ListCollectionsRequest\x1a\'.imagesearch.v1.ListCollectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1499
-  _globals['_JOBSTATE']._serialized_end=1653
+  _globals['_JOBSTATE']._serialized_start=2317
+  _globals['_JOBSTATE']._serialized_end=2471
   _globals['_QUERY']._serialized_start=77
   _globals['_QUERY']._serialized_end=146
   _globals['_SEARCHREQUEST']._serialized_start=149
@@ -56,12 +56,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTINDEXJOBREQUEST']._serialized_end=1068
   _globals['_JOB']._serialized_start=1071
   _globals['_JOB']._serialized_end=1376
-  _globals['_JOBREF']._serialized_start=1378
-  _globals['_JOBREF']._serialized_end=1402
-  _globals['_LISTJOBSREQUEST']._serialized_start=1404
-  _globals['_LISTJOBSREQUEST']._serialized_end=1441
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1443
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1496
-  _globals['_GATEWAY']._serialized_start=1656
-  _globals['_GATEWAY']._serialized_end=2553
+  _globals['_STARTINDEXJOBRESPONSE']._serialized_start=1378
+  _globals['_STARTINDEXJOBRESPONSE']._serialized_end=1435
+  _globals['_WATCHJOBREQUEST']._serialized_start=1437
+  _globals['_WATCHJOBREQUEST']._serialized_end=1470
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1472
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1524
+  _globals['_GETJOBREQUEST']._serialized_start=1526
+  _globals['_GETJOBREQUEST']._serialized_end=1557
+  _globals['_GETJOBRESPONSE']._serialized_start=1559
+  _globals['_GETJOBRESPONSE']._serialized_end=1609
+  _globals['_LISTJOBSREQUEST']._serialized_start=1611
+  _globals['_LISTJOBSREQUEST']._serialized_end=1648
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1650
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1703
+  _globals['_CANCELJOBREQUEST']._serialized_start=1705
+  _globals['_CANCELJOBREQUEST']._serialized_end=1739
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1741
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1794
+  _globals['_RESUMEJOBREQUEST']._serialized_start=1796
+  _globals['_RESUMEJOBREQUEST']._serialized_end=1830
+  _globals['_RESUMEJOBRESPONSE']._serialized_start=1832
+  _globals['_RESUMEJOBRESPONSE']._serialized_end=1885
+  _globals['_COUNTREQUEST']._serialized_start=1887
+  _globals['_COUNTREQUEST']._serialized_end=1921
+  _globals['_COUNTRESPONSE']._serialized_start=1923
+  _globals['_COUNTRESPONSE']._serialized_end=1970
+  _globals['_DELETEREQUEST']._serialized_start=1972
+  _globals['_DELETEREQUEST']._serialized_end=2062
+  _globals['_DELETERESPONSE']._serialized_start=2064
+  _globals['_DELETERESPONSE']._serialized_end=2120
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=2122
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=2165
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=2167
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=2208
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=2210
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=2234
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=2236
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2314
+  _globals['_GATEWAYSERVICE']._serialized_start=2474
+  _globals['_GATEWAYSERVICE']._serialized_end=3484
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from imagesearch.v1 import common_pb2 as imagesearch_dot_v1_dot_common__pb2
 from imagesearch.v1 import gateway_pb2 as imagesearch_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -26,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class GatewayStub:
+class GatewayServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -36,68 +35,68 @@ class GatewayStub:
             channel: A grpc.Channel.
         """
         self.Search = channel.unary_unary(
-                '/imagesearch.v1.Gateway/Search',
+                '/imagesearch.v1.GatewayService/Search',
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.IndexImages = channel.stream_unary(
-                '/imagesearch.v1.Gateway/IndexImages',
+                '/imagesearch.v1.GatewayService/IndexImages',
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.IndexImagesRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.IndexImagesResponse.FromString,
                 _registered_method=True)
         self.StartIndexJob = channel.unary_unary(
-                '/imagesearch.v1.Gateway/StartIndexJob',
+                '/imagesearch.v1.GatewayService/StartIndexJob',
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobResponse.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
-                '/imagesearch.v1.Gateway/WatchJob',
-                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+                '/imagesearch.v1.GatewayService/WatchJob',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
-                '/imagesearch.v1.Gateway/GetJob',
-                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+                '/imagesearch.v1.GatewayService/GetJob',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
-                '/imagesearch.v1.Gateway/ListJobs',
+                '/imagesearch.v1.GatewayService/ListJobs',
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
-                '/imagesearch.v1.Gateway/CancelJob',
-                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+                '/imagesearch.v1.GatewayService/CancelJob',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
         self.ResumeJob = channel.unary_unary(
-                '/imagesearch.v1.Gateway/ResumeJob',
-                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+                '/imagesearch.v1.GatewayService/ResumeJob',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ResumeJobResponse.FromString,
                 _registered_method=True)
         self.Count = channel.unary_unary(
-                '/imagesearch.v1.Gateway/Count',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.CountRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.CountResponse.FromString,
+                '/imagesearch.v1.GatewayService/Count',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.CountRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CountResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/imagesearch.v1.Gateway/Delete',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.DeleteResponse.FromString,
+                '/imagesearch.v1.GatewayService/Delete',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.DropCollection = channel.unary_unary(
-                '/imagesearch.v1.Gateway/DropCollection',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.FromString,
+                '/imagesearch.v1.GatewayService/DropCollection',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
-                '/imagesearch.v1.Gateway/ListCollections',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.FromString,
+                '/imagesearch.v1.GatewayService/ListCollections',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
 
 
-class GatewayServicer:
+class GatewayServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Search(self, request, context):
@@ -121,7 +120,9 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The job now and at every change, until it ends. Reconnect (GetJob, then
+        WatchJob again) after a lost stream: the job runs on regardless.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -176,7 +177,7 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_GatewayServicer_to_server(servicer, server):
+def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -191,17 +192,17 @@ def add_GatewayServicer_to_server(servicer, server):
             'StartIndexJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartIndexJob,
                     request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.WatchJobRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.WatchJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetJobRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -210,43 +211,43 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
-                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CancelJobRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.CancelJobResponse.SerializeToString,
             ),
             'ResumeJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeJob,
-                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.JobRef.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ResumeJobRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.ResumeJobResponse.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.CountRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.CountResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CountRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.CountResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.DeleteRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.DeleteRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.DeleteResponse.SerializeToString,
             ),
             'DropCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.DropCollection,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.DropCollectionRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.DropCollectionResponse.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCollections,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'imagesearch.v1.Gateway', rpc_method_handlers)
+            'imagesearch.v1.GatewayService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('imagesearch.v1.Gateway', rpc_method_handlers)
+    server.add_registered_method_handlers('imagesearch.v1.GatewayService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Gateway:
+class GatewayService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -263,7 +264,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/Search',
+            '/imagesearch.v1.GatewayService/Search',
             imagesearch_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
             options,
@@ -290,7 +291,7 @@ class Gateway:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/imagesearch.v1.Gateway/IndexImages',
+            '/imagesearch.v1.GatewayService/IndexImages',
             imagesearch_dot_v1_dot_gateway__pb2.IndexImagesRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.IndexImagesResponse.FromString,
             options,
@@ -317,9 +318,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/StartIndexJob',
+            '/imagesearch.v1.GatewayService/StartIndexJob',
             imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobRequest.SerializeToString,
-            imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+            imagesearch_dot_v1_dot_gateway__pb2.StartIndexJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -344,9 +345,9 @@ class Gateway:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/imagesearch.v1.Gateway/WatchJob',
-            imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-            imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+            '/imagesearch.v1.GatewayService/WatchJob',
+            imagesearch_dot_v1_dot_gateway__pb2.WatchJobRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.WatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -371,9 +372,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/GetJob',
-            imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-            imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+            '/imagesearch.v1.GatewayService/GetJob',
+            imagesearch_dot_v1_dot_gateway__pb2.GetJobRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -398,7 +399,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/ListJobs',
+            '/imagesearch.v1.GatewayService/ListJobs',
             imagesearch_dot_v1_dot_gateway__pb2.ListJobsRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.ListJobsResponse.FromString,
             options,
@@ -425,9 +426,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/CancelJob',
-            imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-            imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+            '/imagesearch.v1.GatewayService/CancelJob',
+            imagesearch_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -452,9 +453,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/ResumeJob',
-            imagesearch_dot_v1_dot_gateway__pb2.JobRef.SerializeToString,
-            imagesearch_dot_v1_dot_gateway__pb2.Job.FromString,
+            '/imagesearch.v1.GatewayService/ResumeJob',
+            imagesearch_dot_v1_dot_gateway__pb2.ResumeJobRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.ResumeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -479,9 +480,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/Count',
-            imagesearch_dot_v1_dot_common__pb2.CountRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.CountResponse.FromString,
+            '/imagesearch.v1.GatewayService/Count',
+            imagesearch_dot_v1_dot_gateway__pb2.CountRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -506,9 +507,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/Delete',
-            imagesearch_dot_v1_dot_common__pb2.DeleteRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.DeleteResponse.FromString,
+            '/imagesearch.v1.GatewayService/Delete',
+            imagesearch_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -533,9 +534,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/DropCollection',
-            imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.FromString,
+            '/imagesearch.v1.GatewayService/DropCollection',
+            imagesearch_dot_v1_dot_gateway__pb2.DropCollectionRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -560,9 +561,9 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Gateway/ListCollections',
-            imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.FromString,
+            '/imagesearch.v1.GatewayService/ListCollections',
+            imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class UpsertItem(_message.Message):
     vector: bytes
     def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
-class IndexUpsertRequest(_message.Message):
+class IndexServiceUpsertRequest(_message.Message):
     __slots__ = ("collection", "model", "dim", "items")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -90,7 +90,7 @@ class UpsertResult(_message.Message):
     path_added: bool
     def __init__(self, image_id: _Optional[int] = ..., outcome: _Optional[_Union[UpsertOutcome, str]] = ..., path_added: _Optional[bool] = ...) -> None: ...
 
-class IndexUpsertResponse(_message.Message):
+class IndexServiceUpsertResponse(_message.Message):
     __slots__ = ("results", "indexed", "duplicates")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     INDEXED_FIELD_NUMBER: _ClassVar[int]
@@ -100,7 +100,7 @@ class IndexUpsertResponse(_message.Message):
     duplicates: int
     def __init__(self, results: _Optional[_Iterable[_Union[UpsertResult, _Mapping]]] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
-class IndexSearchRequest(_message.Message):
+class IndexServiceSearchRequest(_message.Message):
     __slots__ = ("collection", "vectors", "image_ids", "top_k", "path_prefix", "min_score", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -142,13 +142,13 @@ class IndexHits(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[IndexHit]
     def __init__(self, hits: _Optional[_Iterable[_Union[IndexHit, _Mapping]]] = ...) -> None: ...
 
-class IndexSearchResponse(_message.Message):
+class IndexServiceSearchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[IndexHits]
     def __init__(self, results: _Optional[_Iterable[_Union[IndexHits, _Mapping]]] = ...) -> None: ...
 
-class IndexGetRequest(_message.Message):
+class IndexServiceGetRequest(_message.Message):
     __slots__ = ("collection", "image_ids", "paths", "include_pending")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -160,19 +160,19 @@ class IndexGetRequest(_message.Message):
     include_pending: bool
     def __init__(self, collection: _Optional[str] = ..., image_ids: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[str]] = ..., include_pending: _Optional[bool] = ...) -> None: ...
 
-class IndexGetResponse(_message.Message):
+class IndexServiceGetResponse(_message.Message):
     __slots__ = ("records",)
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[ImageRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
 
-class ReconcileRequest(_message.Message):
+class IndexServiceReconcileRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
-class ReconcileResponse(_message.Message):
+class IndexServiceReconcileResponse(_message.Message):
     __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
@@ -181,3 +181,59 @@ class ReconcileResponse(_message.Message):
     orphan_vectors_deleted: int
     needs_reembedding: _containers.RepeatedCompositeFieldContainer[ImageRecord]
     def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
+
+class IndexServiceCountRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class IndexServiceCountResponse(_message.Message):
+    __slots__ = ("count", "pending")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    pending: int
+    def __init__(self, count: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+
+class IndexServiceDeleteRequest(_message.Message):
+    __slots__ = ("collection", "image_ids", "paths", "path_prefix")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image_ids: _containers.RepeatedScalarFieldContainer[int]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    path_prefix: str
+    def __init__(self, collection: _Optional[str] = ..., image_ids: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[str]] = ..., path_prefix: _Optional[str] = ...) -> None: ...
+
+class IndexServiceDeleteResponse(_message.Message):
+    __slots__ = ("deleted", "paths_removed")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    PATHS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    paths_removed: int
+    def __init__(self, deleted: _Optional[int] = ..., paths_removed: _Optional[int] = ...) -> None: ...
+
+class IndexServiceDropCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class IndexServiceDropCollectionResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
+class IndexServiceListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexServiceListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[_common_pb2.CollectionInfo]
+    def __init__(self, collections: _Optional[_Iterable[_Union[_common_pb2.CollectionInfo, _Mapping]]] = ...) -> None: ...

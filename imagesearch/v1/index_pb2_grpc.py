@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from imagesearch.v1 import common_pb2 as imagesearch_dot_v1_dot_common__pb2
 from imagesearch.v1 import index_pb2 as imagesearch_dot_v1_dot_index__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -26,8 +25,10 @@ if _version_not_supported:
     )
 
 
-class IndexStub:
-    """Missing associated documentation comment in .proto file."""
+class IndexServiceStub:
+    """Internal: only the gateway calls it. Message names carry the service
+    prefix so that they never collide with the public Gateway's.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -36,49 +37,51 @@ class IndexStub:
             channel: A grpc.Channel.
         """
         self.Upsert = channel.unary_unary(
-                '/imagesearch.v1.Index/Upsert',
-                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexUpsertRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexUpsertResponse.FromString,
+                '/imagesearch.v1.IndexService/Upsert',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertResponse.FromString,
                 _registered_method=True)
         self.Search = channel.unary_unary(
-                '/imagesearch.v1.Index/Search',
-                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexSearchRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexSearchResponse.FromString,
+                '/imagesearch.v1.IndexService/Search',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
-                '/imagesearch.v1.Index/Get',
-                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexGetRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexGetResponse.FromString,
+                '/imagesearch.v1.IndexService/Get',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/imagesearch.v1.Index/Delete',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.DeleteResponse.FromString,
+                '/imagesearch.v1.IndexService/Delete',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteResponse.FromString,
                 _registered_method=True)
         self.Count = channel.unary_unary(
-                '/imagesearch.v1.Index/Count',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.CountRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.CountResponse.FromString,
+                '/imagesearch.v1.IndexService/Count',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceCountRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceCountResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
-                '/imagesearch.v1.Index/ListCollections',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.FromString,
+                '/imagesearch.v1.IndexService/ListCollections',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsResponse.FromString,
                 _registered_method=True)
         self.DropCollection = channel.unary_unary(
-                '/imagesearch.v1.Index/DropCollection',
-                request_serializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.FromString,
+                '/imagesearch.v1.IndexService/DropCollection',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionResponse.FromString,
                 _registered_method=True)
         self.Reconcile = channel.unary_unary(
-                '/imagesearch.v1.Index/Reconcile',
-                request_serializer=imagesearch_dot_v1_dot_index__pb2.ReconcileRequest.SerializeToString,
-                response_deserializer=imagesearch_dot_v1_dot_index__pb2.ReconcileResponse.FromString,
+                '/imagesearch.v1.IndexService/Reconcile',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.FromString,
                 _registered_method=True)
 
 
-class IndexServicer:
-    """Missing associated documentation comment in .proto file."""
+class IndexServiceServicer:
+    """Internal: only the gateway calls it. Message names carry the service
+    prefix so that they never collide with the public Gateway's.
+    """
 
     def Upsert(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -129,58 +132,60 @@ class IndexServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_IndexServicer_to_server(servicer, server):
+def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
-                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexUpsertRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexUpsertResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
-                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexSearchRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexSearchResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexGetRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexGetResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.DeleteRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteResponse.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.CountRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.CountResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceCountRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceCountResponse.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCollections,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsResponse.SerializeToString,
             ),
             'DropCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.DropCollection,
-                    request_deserializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
-                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.ReconcileRequest.FromString,
-                    response_serializer=imagesearch_dot_v1_dot_index__pb2.ReconcileResponse.SerializeToString,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'imagesearch.v1.Index', rpc_method_handlers)
+            'imagesearch.v1.IndexService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('imagesearch.v1.Index', rpc_method_handlers)
+    server.add_registered_method_handlers('imagesearch.v1.IndexService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Index:
-    """Missing associated documentation comment in .proto file."""
+class IndexService:
+    """Internal: only the gateway calls it. Message names carry the service
+    prefix so that they never collide with the public Gateway's.
+    """
 
     @staticmethod
     def Upsert(request,
@@ -196,9 +201,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Upsert',
-            imagesearch_dot_v1_dot_index__pb2.IndexUpsertRequest.SerializeToString,
-            imagesearch_dot_v1_dot_index__pb2.IndexUpsertResponse.FromString,
+            '/imagesearch.v1.IndexService/Upsert',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceUpsertResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,9 +228,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Search',
-            imagesearch_dot_v1_dot_index__pb2.IndexSearchRequest.SerializeToString,
-            imagesearch_dot_v1_dot_index__pb2.IndexSearchResponse.FromString,
+            '/imagesearch.v1.IndexService/Search',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -250,9 +255,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Get',
-            imagesearch_dot_v1_dot_index__pb2.IndexGetRequest.SerializeToString,
-            imagesearch_dot_v1_dot_index__pb2.IndexGetResponse.FromString,
+            '/imagesearch.v1.IndexService/Get',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceGetRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,9 +282,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Delete',
-            imagesearch_dot_v1_dot_common__pb2.DeleteRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.DeleteResponse.FromString,
+            '/imagesearch.v1.IndexService/Delete',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceDeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,9 +309,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Count',
-            imagesearch_dot_v1_dot_common__pb2.CountRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.CountResponse.FromString,
+            '/imagesearch.v1.IndexService/Count',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceCountRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceCountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -331,9 +336,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/ListCollections',
-            imagesearch_dot_v1_dot_common__pb2.ListCollectionsRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.ListCollectionsResponse.FromString,
+            '/imagesearch.v1.IndexService/ListCollections',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceListCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -358,9 +363,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/DropCollection',
-            imagesearch_dot_v1_dot_common__pb2.DropCollectionRequest.SerializeToString,
-            imagesearch_dot_v1_dot_common__pb2.DropCollectionResponse.FromString,
+            '/imagesearch.v1.IndexService/DropCollection',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceDropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -385,9 +390,9 @@ class Index:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imagesearch.v1.Index/Reconcile',
-            imagesearch_dot_v1_dot_index__pb2.ReconcileRequest.SerializeToString,
-            imagesearch_dot_v1_dot_index__pb2.ReconcileResponse.FromString,
+            '/imagesearch.v1.IndexService/Reconcile',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
     Server,
@@ -37,13 +37,13 @@ def test_stack_on_milvus_server_and_mariadb(
     )
     gateway = start_gateway(tmp_path, embedder.addr, index.addr)
     try:
-        stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
         job = wait_job(
             stub,
             start_job(stub, "real", CLOTHING).job_id,
         )
         assert (job.state, job.indexed, job.failed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64, 0)
-        assert stub.Count(common_pb2.CountRequest(collection="real"), timeout=30).count == 64
+        assert stub.Count(gateway_pb2.CountRequest(collection="real"), timeout=30).count == 64
         for rel, _ in clothing_images()[::8]:
             hits = stub.Search(
                 gateway_pb2.SearchRequest(
@@ -58,15 +58,15 @@ def test_stack_on_milvus_server_and_mariadb(
         )
         assert (rerun.indexed, rerun.duplicates) == (0, 64)
         gone = stub.Delete(
-            common_pb2.DeleteRequest(collection="real", path_prefix=str(CLOTHING / "Pants") + "/"),
+            gateway_pb2.DeleteRequest(collection="real", path_prefix=str(CLOTHING / "Pants") + "/"),
             timeout=60,
         )
         assert (
             gone.deleted == 8
-            and stub.Count(common_pb2.CountRequest(collection="real"), timeout=30).count == 56
+            and stub.Count(gateway_pb2.CountRequest(collection="real"), timeout=30).count == 56
         )
         assert stub.DropCollection(
-            common_pb2.DropCollectionRequest(collection="real"), timeout=60
+            gateway_pb2.DropCollectionRequest(collection="real"), timeout=60
         ).dropped
     finally:
         gateway.running.stop(1)

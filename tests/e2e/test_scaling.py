@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagesearch.server import start_metrics
-from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
     channel,
@@ -42,7 +42,7 @@ def embed_calls(port: int) -> float:
         v
         for (name, labels), v in scrape(port).items()
         if name == "imagesearch_rpc_handled_total"
-        and ("method", "/imagesearch.v1.Embedder/Embed") in labels
+        and ("method", "/imagesearch.v1.EmbedderService/Embed") in labels
     )
 
 
@@ -56,7 +56,7 @@ def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
     target = f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[2]}"
     gateway = start_gateway(tmp_path, target, index.addr, embed_batch=4, job_concurrency=2)
     try:
-        stub = gateway_pb2_grpc.GatewayStub(channel(gateway.port))
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
         job = start_job(stub, "scale", CLOTHING)
         wait_until(lambda: get_job(stub, job.job_id).done >= 16)
         assert embed_calls(ports[1]) > 0 and embed_calls(ports[3]) > 0  # both replicas were used
@@ -65,7 +65,7 @@ def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
         final = wait_job(stub, job.job_id, timeout=180)
         assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED, final.message
         assert (final.indexed, final.failed) == (64, 0)
-        assert stub.Count(common_pb2.CountRequest(collection="scale"), timeout=30).count == 64
+        assert stub.Count(gateway_pb2.CountRequest(collection="scale"), timeout=30).count == 64
         samples = scrape(ports[3])
         assert any(
             name == "imagesearch_embedder_batch_size_count" and v > 0
@@ -83,7 +83,7 @@ def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
     """Gateway, index and embedder metrics (one registry in this process)."""
     port = free_port()
     start_metrics(port, host="127.0.0.1")
-    stub = gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
     job = start_job(stub, "m", CLOTHING / "Hat", recursive=False)
     wait_until(lambda: get_job(stub, job.job_id).state == gateway_pb2.JOB_STATE_SUCCEEDED)
     time.sleep(0.2)
@@ -101,7 +101,7 @@ def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
         v
         for (n, labels), v in samples.items()
         if n == "imagesearch_rpc_handled_total"
-        and ("method", "/imagesearch.v1.Index/Upsert") in labels
+        and ("method", "/imagesearch.v1.IndexService/Upsert") in labels
         and ("code", "OK") in labels
     ]
     assert ok_index and ok_index[0] >= 1
@@ -116,10 +116,12 @@ def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
 def test_request_id_travels_downstream(stack, caplog) -> None:
     import logging
 
-    stub = gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
     caplog.set_level(logging.INFO, logger="imagesearch.server")
     _, call = stub.ListCollections.with_call(
-        common_pb2.ListCollectionsRequest(), metadata=(("x-request-id", "trace-me-42"),), timeout=30
+        gateway_pb2.ListCollectionsRequest(),
+        metadata=(("x-request-id", "trace-me-42"),),
+        timeout=30,
     )
     assert ("x-request-id", "trace-me-42") in call.trailing_metadata()
     methods = {
@@ -128,6 +130,6 @@ def test_request_id_travels_downstream(stack, caplog) -> None:
         if getattr(r, "request_id", None) == "trace-me-42"
     }
     assert methods == {
-        "/imagesearch.v1.Gateway/ListCollections",
-        "/imagesearch.v1.Index/ListCollections",
+        "/imagesearch.v1.GatewayService/ListCollections",
+        "/imagesearch.v1.IndexService/ListCollections",
     }

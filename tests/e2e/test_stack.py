@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
     ODD,
@@ -22,8 +22,8 @@ from tests.conftest import (
 )
 
 
-def gw(stack: Stack) -> gateway_pb2_grpc.GatewayStub:
-    return gateway_pb2_grpc.GatewayStub(channel(stack.gateway.port))
+def gw(stack: Stack) -> gateway_pb2_grpc.GatewayServiceStub:
+    return gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
 
 
 def stream(
@@ -44,8 +44,8 @@ def clothing_files() -> list[tuple[str, bytes]]:
     return [(str(CLOTHING / p), (CLOTHING / p).read_bytes()) for p, _ in clothing_images()]
 
 
-def count(stub: gateway_pb2_grpc.GatewayStub, collection: str) -> int:
-    return stub.Count(common_pb2.CountRequest(collection=collection), timeout=30).count
+def count(stub: gateway_pb2_grpc.GatewayServiceStub, collection: str) -> int:
+    return stub.Count(gateway_pb2.CountRequest(collection=collection), timeout=30).count
 
 
 def test_stream_ingest_search_delete_drop(stack: Stack) -> None:
@@ -97,7 +97,7 @@ def test_stream_ingest_search_delete_drop(stack: Stack) -> None:
 
     prefix = str(CLOTHING / "Hat") + "/"
     deleted = stub.Delete(
-        common_pb2.DeleteRequest(collection="clothes", path_prefix=prefix), timeout=60
+        gateway_pb2.DeleteRequest(collection="clothes", path_prefix=prefix), timeout=60
     )
     assert deleted.deleted == 8
     assert count(stub, "clothes") == 56
@@ -108,11 +108,11 @@ def test_stream_ingest_search_delete_drop(stack: Stack) -> None:
 
     names = [
         c.name
-        for c in stub.ListCollections(common_pb2.ListCollectionsRequest(), timeout=30).collections
+        for c in stub.ListCollections(gateway_pb2.ListCollectionsRequest(), timeout=30).collections
     ]
     assert names == ["clothes"]
     assert stub.DropCollection(
-        common_pb2.DropCollectionRequest(collection="clothes"), timeout=60
+        gateway_pb2.DropCollectionRequest(collection="clothes"), timeout=60
     ).dropped
     with pytest.raises(grpc.RpcError) as err:
         count(stub, "clothes")
@@ -135,7 +135,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
     assert (rerun.indexed, rerun.duplicates) == (0, 64)
     listed = stub.ListJobs(gateway_pb2.ListJobsRequest(collection="jobs"), timeout=30).jobs
     assert [j.job_id for j in listed] == [job.job_id, rerun.job_id]
-    assert stub.GetJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30).indexed == 64
+    assert stub.GetJob(gateway_pb2.GetJobRequest(job_id=job.job_id), timeout=30).job.indexed == 64
 
     # Not recursive: the clothing root holds no images itself.
     flat = wait_job(
@@ -254,7 +254,7 @@ def test_bad_requests(stack: Stack) -> None:
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "GATEWAY_MAX_IMAGE_MB" in str(err.value.details())
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetJob(gateway_pb2.JobRef(job_id="nope"), timeout=30)
+        stub.GetJob(gateway_pb2.GetJobRequest(job_id="nope"), timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert count(stub, "bad") == 1
 
@@ -262,12 +262,15 @@ def test_bad_requests(stack: Stack) -> None:
 def test_cancel_and_resume(stack: Stack) -> None:
     stub = gw(stack)
     job = start_job(stub, "cancel", CLOTHING)
-    canceled = stub.CancelJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=120)
+    canceled = stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job.job_id), timeout=120).job
     assert canceled.state == gateway_pb2.JOB_STATE_CANCELED
     assert canceled.done < 64
     time.sleep(0.5)
-    assert stub.GetJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30).done == canceled.done
-    stub.ResumeJob(gateway_pb2.JobRef(job_id=job.job_id), timeout=30)
+    assert (
+        stub.GetJob(gateway_pb2.GetJobRequest(job_id=job.job_id), timeout=30).job.done
+        == canceled.done
+    )
+    stub.ResumeJob(gateway_pb2.ResumeJobRequest(job_id=job.job_id), timeout=30)
     final = wait_job(stub, job.job_id)
     assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED
     assert (final.done, final.indexed, final.duplicates) == (64, 64, 0)

@@ -53,11 +53,13 @@ def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server
         assert "compiled=False" in text, text
 
         path = clothing_images()[0][0]
-        request = embedder_pb2.EmbedRequest(
+        request = embedder_pb2.EmbedderServiceEmbedRequest(
             images=[embedder_pb2.Image(name=path, data=(CLOTHING / path).read_bytes())]
         )
-        got = embedder_pb2_grpc.EmbedderStub(channel(port)).Embed(request, timeout=120)
-        want = embedder_pb2_grpc.EmbedderStub(channel(embedder.port)).Embed(request, timeout=120)
+        got = embedder_pb2_grpc.EmbedderServiceStub(channel(port)).Embed(request, timeout=120)
+        want = embedder_pb2_grpc.EmbedderServiceStub(channel(embedder.port)).Embed(
+            request, timeout=120
+        )
         a, b = (np.frombuffer(r.embeddings[0].vector, dtype="<f4") for r in (got, want))
         assert a.shape == (1280,) and float(a @ b) > 0.9999
     finally:

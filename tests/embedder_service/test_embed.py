@@ -24,12 +24,12 @@ from tests.conftest import (
 )
 
 
-def stub(server: Server) -> embedder_pb2_grpc.EmbedderStub:
-    return embedder_pb2_grpc.EmbedderStub(channel(server.port))
+def stub(server: Server) -> embedder_pb2_grpc.EmbedderServiceStub:
+    return embedder_pb2_grpc.EmbedderServiceStub(channel(server.port))
 
 
 def embed(server: Server, images: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
-    request = embedder_pb2.EmbedRequest(
+    request = embedder_pb2.EmbedderServiceEmbedRequest(
         images=[embedder_pb2.Image(name=n, data=d) for n, d in images]
     )
     return list(stub(server).Embed(request, timeout=300).embeddings)
@@ -48,7 +48,9 @@ def clothing_vectors(embedder: Server) -> tuple[np.ndarray, list[str]]:
 
 
 def test_model_info_reports_real_weights(embedder: Server) -> None:
-    info = stub(embedder).GetModelInfo(embedder_pb2.GetModelInfoRequest(), timeout=10)
+    info = stub(embedder).GetModelInfo(
+        embedder_pb2.EmbedderServiceGetModelInfoRequest(), timeout=10
+    )
     assert info.model == "mobilenet_v2"
     assert info.dim == 1280
     assert info.pretrained is True
@@ -138,7 +140,7 @@ def test_exif_orientation_is_applied(embedder: Server) -> None:
 def test_too_many_images_is_invalid_argument(embedder: Server) -> None:
     images = [embedder_pb2.Image(name=str(i), data=b"x") for i in range(1025)]
     with pytest.raises(grpc.RpcError) as err:
-        stub(embedder).Embed(embedder_pb2.EmbedRequest(images=images), timeout=30)
+        stub(embedder).Embed(embedder_pb2.EmbedderServiceEmbedRequest(images=images), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "1025" in str(err.value.details())
 
@@ -159,7 +161,9 @@ def test_full_queue_answers_resource_exhausted() -> None:
 def test_random_resnet50_is_2048d_and_says_so() -> None:
     server = start_embedder(model="resnet50", weights="random")
     try:
-        info = stub(server).GetModelInfo(embedder_pb2.GetModelInfoRequest(), timeout=10)
+        info = stub(server).GetModelInfo(
+            embedder_pb2.EmbedderServiceGetModelInfoRequest(), timeout=10
+        )
         assert info.dim == 2048 and info.pretrained is False and info.weights == "random"
         assert "random" in info.note
         (e,) = embed(server, [("hopper", (ODD / "hopper.jpg").read_bytes())])
@@ -174,14 +178,14 @@ def test_grpcurl_lists_services_and_health(embedder: Server) -> None:
         [grpcurl, "-plaintext", embedder.addr, "list"], capture_output=True, text=True, timeout=60
     )
     assert listed.returncode == 0, listed.stderr
-    assert "imagesearch.v1.Embedder" in listed.stdout.split()
+    assert "imagesearch.v1.EmbedderService" in listed.stdout.split()
     assert "grpc.health.v1.Health" in listed.stdout.split()
     health = subprocess.run(
         [
             grpcurl,
             "-plaintext",
             "-d",
-            '{"service": "imagesearch.v1.Embedder"}',
+            '{"service": "imagesearch.v1.EmbedderService"}',
             embedder.addr,
             "grpc.health.v1.Health/Check",
         ],

@@ -59,10 +59,12 @@ def test_setting_on_a_cpu_model_decodes_with_pil() -> None:
     server = start_embedder(gpu_decode=True, device="cpu")
     try:
         name = clothing_images()[0][0]
-        request = embedder_pb2.EmbedRequest(
+        request = embedder_pb2.EmbedderServiceEmbedRequest(
             images=[embedder_pb2.Image(name=name, data=(CLOTHING / name).read_bytes())]
         )
-        reply = embedder_pb2_grpc.EmbedderStub(channel(server.port)).Embed(request, timeout=120)
+        reply = embedder_pb2_grpc.EmbedderServiceStub(channel(server.port)).Embed(
+            request, timeout=120
+        )
         assert not reply.embeddings[0].error and len(reply.embeddings[0].vector) == 1280 * 4
     finally:
         server.running.stop(1)

@@ -7,13 +7,25 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
+from imagesearch.client import Client, JobState
 from imgsearch.sheet import sheet_size
-from tests.conftest import CLOTHING, ODD, VENV_BIN, Stack, clothing_images, free_port
+from tests.conftest import (
+    CLOTHING,
+    ODD,
+    VENV_BIN,
+    Stack,
+    free_port,
+    start_gateway,
+    start_index,
+    wait_port,
+    wait_until,
+)
 
 
 def imgsearch(
@@ -114,14 +126,6 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 240
-        text = ""
-        while time.monotonic() < deadline and "ready" not in text and proc.poll() is None:
-            time.sleep(1)
-            text = (tmp_path / "up.out").read_text()
-        assert "ready" in text, text
-        assert "bundled ImageNet weights instead" in text  # says so plainly
-        photo = CLOTHING / clothing_images()[0][0]
         stack_env = {"IMGSEARCH_GATEWAY": f"127.0.0.1:{ports[0]}"}
 
         def run(*a: str) -> subprocess.CompletedProcess[str]:
@@ -129,12 +133,21 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
                 [str(VENV_BIN / "imgsearch"), *a],
                 capture_output=True,
                 text=True,
-                timeout=120,
+                timeout=600,
                 env={**os.environ, **stack_env},
             )
 
-        assert run("index", str(photo)).returncode == 0
-        assert run("count").stdout.strip() == "1"
+        # As a new user would: index the moment the gateway's port accepts
+        # connections, while the embedder is still loading (and compiling).
+        assert wait_port("127.0.0.1", ports[0], 120), (tmp_path / "up.out").read_text()
+        indexed = run("index", str(CLOTHING), "--json")
+        assert indexed.returncode == 0, indexed.stderr
+        report = json.loads(indexed.stdout)
+        assert (report["files"], report["indexed"], report["failed"]) == (64, 64, 0)
+        assert run("count").stdout.strip() == "64"
+        text = (tmp_path / "up.out").read_text()
+        assert "ready" in text, text
+        assert "bundled ImageNet weights instead" in text  # says so plainly
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -144,3 +157,66 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
     for port in ports:  # every service is down
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def slow_jobs(embedder, tmp_path: Path):
+    """A gateway whose jobs take a while: two images per batch, one batch at a time."""
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=2, job_concurrency=1)
+    yield gateway
+    gateway.running.stop(1)
+    index.running.stop(1)
+
+
+def watch_streams() -> float:
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "imagesearch_rpc_handled"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+        and sample.labels.get("method") == "/imagesearch.v1.GatewayService/WatchJob"
+    )
+
+
+def test_a_job_is_followed_past_the_stream_limit(slow_jobs) -> None:
+    """The CLI follows a job for longer than one WatchJob stream may last
+    (IMGSEARCH_WATCH_STREAM_S, 600 s by default; shrunk here) by renewing it."""
+    streams_before = watch_streams()
+    env = {**os.environ, "IMGSEARCH_GATEWAY": slow_jobs.addr, "IMGSEARCH_WATCH_STREAM_S": "0.3"}
+    done = subprocess.run(
+        [str(VENV_BIN / "imgsearch"), "index", "--server", str(CLOTHING), "-c", "long", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    (job,) = json.loads(done.stdout)
+    assert (job["state"], job["done"], job["indexed"]) == ("succeeded", 64, 64)
+    with Client(slow_jobs.addr) as client:
+        watched = client.get_job(job["job_id"])
+    lasted_s = (watched.updated_at_ms - watched.created_at_ms) / 1000
+    streams = watch_streams() - streams_before
+    assert lasted_s > 0.6, f"the job took only {lasted_s:.2f}s: it proves nothing"
+    assert streams >= 2, f"{streams} WatchJob streams for a {lasted_s:.1f}s job"
+
+
+def test_ctrl_c_stops_watching_not_the_job(slow_jobs) -> None:
+    env = {**os.environ, "IMGSEARCH_GATEWAY": slow_jobs.addr}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "imgsearch"), "index", "--server", str(CLOTHING), "-c", "ctrlc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    with Client(slow_jobs.addr) as client:
+        job = wait_until(lambda: next(iter(client.list_jobs(collection="ctrlc")), None), 60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert f"imgsearch jobs watch {job.job_id}" in stderr
+        final = wait_until(lambda: (j := client.get_job(job.job_id)).state.terminal and j, 240)
+    assert (final.state, final.indexed) == (JobState.SUCCEEDED, 64)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from imagesearch import ids
-from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
+from imagesearch.v1 import index_pb2, index_pb2_grpc
 from tests.conftest import (
     Server,
     TcpProxy,
@@ -50,27 +50,29 @@ def item(n: int, path: str | None = None) -> index_pb2.UpsertItem:
 
 
 def upsert(
-    stub: index_pb2_grpc.IndexStub,
+    stub: index_pb2_grpc.IndexServiceStub,
     items: list[index_pb2.UpsertItem],
     collection: str = "photos",
     model: str = MODEL,
     dim: int = DIM,
-) -> index_pb2.IndexUpsertResponse:
+) -> index_pb2.IndexServiceUpsertResponse:
     return stub.Upsert(
-        index_pb2.IndexUpsertRequest(collection=collection, model=model, dim=dim, items=items),
+        index_pb2.IndexServiceUpsertRequest(
+            collection=collection, model=model, dim=dim, items=items
+        ),
         timeout=60,
     )
 
 
-def count(stub: index_pb2_grpc.IndexStub, collection: str = "photos") -> int:
-    return stub.Count(common_pb2.CountRequest(collection=collection), timeout=30).count
+def count(stub: index_pb2_grpc.IndexServiceStub, collection: str = "photos") -> int:
+    return stub.Count(index_pb2.IndexServiceCountRequest(collection=collection), timeout=30).count
 
 
 def search(
-    stub: index_pb2_grpc.IndexStub, vec: np.ndarray, top_k: int = 5, **kw: Any
+    stub: index_pb2_grpc.IndexServiceStub, vec: np.ndarray, top_k: int = 5, **kw: Any
 ) -> list[index_pb2.IndexHit]:
     response = stub.Search(
-        index_pb2.IndexSearchRequest(
+        index_pb2.IndexServiceSearchRequest(
             collection="photos", vectors=[vec.tobytes()], top_k=top_k, **kw
         ),
         timeout=30,
@@ -87,12 +89,12 @@ def code_of(fn) -> grpc.StatusCode:
 @pytest.fixture
 def index(index_backend: dict[str, object], tmp_path: Path):
     server = start_index(tmp_path, **index_backend)
-    stub = index_pb2_grpc.IndexStub(channel(server.port))
+    stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
     yield stub
     server.running.stop(1)
 
 
-def test_round_trip(index: index_pb2_grpc.IndexStub) -> None:
+def test_round_trip(index: index_pb2_grpc.IndexServiceStub) -> None:
     response = upsert(index, [item(n) for n in range(30)])
     assert (response.indexed, response.duplicates) == (30, 0)
     assert [r.image_id for r in response.results] == [
@@ -108,7 +110,8 @@ def test_round_trip(index: index_pb2_grpc.IndexStub) -> None:
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
     got = index.Get(
-        index_pb2.IndexGetRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30
+        index_pb2.IndexServiceGetRequest(collection="photos", image_ids=[hits[0].image_id]),
+        timeout=30,
     )
     (rec,) = got.records
     assert (
@@ -118,23 +121,31 @@ def test_round_trip(index: index_pb2_grpc.IndexStub) -> None:
     )
     assert rec.model == MODEL
 
-    listed = index.ListCollections(common_pb2.ListCollectionsRequest(), timeout=30).collections
+    listed = index.ListCollections(
+        index_pb2.IndexServiceListCollectionsRequest(), timeout=30
+    ).collections
     assert [(c.name, c.dim, c.count, c.model) for c in listed] == [("photos", DIM, 30, MODEL)]
 
     deleted = index.Delete(
-        common_pb2.DeleteRequest(collection="photos", image_ids=[hits[0].image_id]), timeout=30
+        index_pb2.IndexServiceDeleteRequest(collection="photos", image_ids=[hits[0].image_id]),
+        timeout=30,
     )
     assert deleted.deleted == 1 and count(index) == 29
     assert search(index, vector(7), top_k=1)[0].image_id != hits[0].image_id
 
     assert index.DropCollection(
-        common_pb2.DropCollectionRequest(collection="photos"), timeout=60
+        index_pb2.IndexServiceDropCollectionRequest(collection="photos"), timeout=60
     ).dropped
     assert code_of(lambda: count(index)) == grpc.StatusCode.NOT_FOUND
-    assert index.ListCollections(common_pb2.ListCollectionsRequest(), timeout=30).collections == []
+    assert (
+        index.ListCollections(
+            index_pb2.IndexServiceListCollectionsRequest(), timeout=30
+        ).collections
+        == []
+    )
 
 
-def test_duplicates_are_idempotent_and_keep_paths(index: index_pb2_grpc.IndexStub) -> None:
+def test_duplicates_are_idempotent_and_keep_paths(index: index_pb2_grpc.IndexServiceStub) -> None:
     upsert(index, [item(n) for n in range(5)])
     again = upsert(index, [item(n) for n in range(5)])
     assert (again.indexed, again.duplicates) == (0, 5)
@@ -150,14 +161,16 @@ def test_duplicates_are_idempotent_and_keep_paths(index: index_pb2_grpc.IndexStu
     assert (dup_in_request.indexed, dup_in_request.duplicates) == (1, 1)
 
 
-def test_changed_file_at_same_path_replaces_the_old_image(index: index_pb2_grpc.IndexStub) -> None:
+def test_changed_file_at_same_path_replaces_the_old_image(
+    index: index_pb2_grpc.IndexServiceStub,
+) -> None:
     upsert(index, [item(1, path="/p/a.jpg")])
     upsert(index, [item(2, path="/p/a.jpg")])  # new bytes at the same path
     assert count(index) == 1
     assert search(index, vector(1), top_k=1)[0].image_id == ids.image_id_from_sha256(digest(2))
 
 
-def test_searches_see_every_change_to_paths(index: index_pb2_grpc.IndexStub) -> None:
+def test_searches_see_every_change_to_paths(index: index_pb2_grpc.IndexServiceStub) -> None:
     """Searches keep ready rows in memory (INDEX_ROW_CACHE): every change made
     through the index shows in the very next search."""
     upsert(index, [item(n) for n in range(6)])
@@ -169,17 +182,20 @@ def test_searches_see_every_change_to_paths(index: index_pb2_grpc.IndexStub) -> 
     upsert(index, [item(2, path="/elsewhere/copy.jpg")])
     assert list(top().paths) == ["/photos/2/img2.jpg", "/elsewhere/copy.jpg"]
     index.Delete(
-        common_pb2.DeleteRequest(collection="photos", paths=["/photos/2/img2.jpg"]), timeout=30
+        index_pb2.IndexServiceDeleteRequest(collection="photos", paths=["/photos/2/img2.jpg"]),
+        timeout=30,
     )
     assert list(top().paths) == ["/elsewhere/copy.jpg"]
     upsert(index, [item(7, path="/elsewhere/copy.jpg")])  # other bytes there: image 2 is gone
     assert top().image_id != ids.image_id_from_sha256(digest(2))
-    index.DropCollection(common_pb2.DropCollectionRequest(collection="photos"), timeout=60)
+    index.DropCollection(
+        index_pb2.IndexServiceDropCollectionRequest(collection="photos"), timeout=60
+    )
     upsert(index, [item(2, path="/new/two.jpg")])
     assert list(top().paths) == ["/new/two.jpg"]
 
 
-def test_top_k_and_prefix_filter(index: index_pb2_grpc.IndexStub) -> None:
+def test_top_k_and_prefix_filter(index: index_pb2_grpc.IndexServiceStub) -> None:
     upsert(index, [item(n) for n in range(40)])
     for k in (1, 7, 40):
         assert len(search(index, vector(0), top_k=k)) == k
@@ -197,27 +213,30 @@ def test_top_k_and_prefix_filter(index: index_pb2_grpc.IndexStub) -> None:
         )
 
 
-def test_search_by_stored_image_id(index: index_pb2_grpc.IndexStub) -> None:
+def test_search_by_stored_image_id(index: index_pb2_grpc.IndexServiceStub) -> None:
     upsert(index, [item(n) for n in range(10)])
     iid = ids.image_id_from_sha256(digest(4))
     response = index.Search(
-        index_pb2.IndexSearchRequest(collection="photos", image_ids=[iid], top_k=3), timeout=30
+        index_pb2.IndexServiceSearchRequest(collection="photos", image_ids=[iid], top_k=3),
+        timeout=30,
     )
     assert response.results[0].hits[0].image_id == iid
-    missing = index_pb2.IndexSearchRequest(collection="photos", image_ids=[12345], top_k=3)
+    missing = index_pb2.IndexServiceSearchRequest(collection="photos", image_ids=[12345], top_k=3)
     assert code_of(lambda: index.Search(missing, timeout=30)) == grpc.StatusCode.NOT_FOUND
 
 
-def test_delete_by_paths_and_prefix(index: index_pb2_grpc.IndexStub) -> None:
+def test_delete_by_paths_and_prefix(index: index_pb2_grpc.IndexServiceStub) -> None:
     upsert(index, [item(n) for n in range(12)])
     upsert(index, [item(0, path="/keep/zero.jpg")])
     by_path = index.Delete(
-        common_pb2.DeleteRequest(collection="photos", paths=["/photos/0/img0.jpg"]), timeout=30
+        index_pb2.IndexServiceDeleteRequest(collection="photos", paths=["/photos/0/img0.jpg"]),
+        timeout=30,
     )
     assert by_path.deleted == 0 and by_path.paths_removed == 1  # still under /keep/
     assert count(index) == 12
     by_prefix = index.Delete(
-        common_pb2.DeleteRequest(collection="photos", path_prefix="/photos/1/"), timeout=30
+        index_pb2.IndexServiceDeleteRequest(collection="photos", path_prefix="/photos/1/"),
+        timeout=30,
     )
     assert by_prefix.deleted == 4 and count(index) == 8
     remaining = search(index, vector(1), top_k=12)
@@ -225,7 +244,7 @@ def test_delete_by_paths_and_prefix(index: index_pb2_grpc.IndexStub) -> None:
     assert len(remaining) == 8
 
 
-def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexStub) -> None:
+def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexServiceStub) -> None:
     upsert(index, [item(1)])
     assert (
         code_of(lambda: upsert(index, [item(2)], model="other"))
@@ -233,7 +252,7 @@ def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexStub) -
     )
     wide = index_pb2.UpsertItem(sha256=digest(3), path="/x.jpg", vector=vector(3, 32).tobytes())
     assert code_of(lambda: upsert(index, [wide], dim=32)) == grpc.StatusCode.FAILED_PRECONDITION
-    query = index_pb2.IndexSearchRequest(
+    query = index_pb2.IndexServiceSearchRequest(
         collection="photos", vectors=[vector(1).tobytes()], top_k=1, model="other"
     )
     assert code_of(lambda: index.Search(query, timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -250,7 +269,7 @@ def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexStub) -
     ],
 )
 def test_bad_vectors_refused_and_data_unchanged(
-    index: index_pb2_grpc.IndexStub, raw: bytes, what: str
+    index: index_pb2_grpc.IndexServiceStub, raw: bytes, what: str
 ) -> None:
     upsert(index, [item(n) for n in range(3)])
     bad = index_pb2.UpsertItem(sha256=digest(99), path="/bad.jpg", vector=raw)
@@ -283,24 +302,24 @@ def test_bad_vectors_refused_and_data_unchanged(
         "фото",
     ],
 )
-def test_hostile_collection_names(index: index_pb2_grpc.IndexStub, name: str) -> None:
+def test_hostile_collection_names(index: index_pb2_grpc.IndexServiceStub, name: str) -> None:
     upsert(index, [item(1)])
     assert (
         code_of(lambda: upsert(index, [item(2)], collection=name))
         == grpc.StatusCode.INVALID_ARGUMENT
     )
     assert code_of(lambda: count(index, name)) == grpc.StatusCode.INVALID_ARGUMENT
-    drop = common_pb2.DropCollectionRequest(collection=name)
+    drop = index_pb2.IndexServiceDropCollectionRequest(collection=name)
     assert (
         code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
     )
     assert count(index) == 1
 
 
-def test_unknown_collection_is_not_found(index: index_pb2_grpc.IndexStub) -> None:
+def test_unknown_collection_is_not_found(index: index_pb2_grpc.IndexServiceStub) -> None:
     assert code_of(lambda: count(index, "nope")) == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: search(index, vector(1))) == grpc.StatusCode.NOT_FOUND
-    drop = common_pb2.DropCollectionRequest(collection="nope")
+    drop = index_pb2.IndexServiceDropCollectionRequest(collection="nope")
     assert code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.NOT_FOUND
 
 
@@ -350,10 +369,12 @@ def test_reconcile_repairs_a_crash_between_the_writes(
 
     server = start_index(tmp_path, **index_backend)  # reconciles at start-up
     try:
-        stub = index_pb2_grpc.IndexStub(channel(server.port))
-        counts = stub.Count(common_pb2.CountRequest(collection="photos"), timeout=30)
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        counts = stub.Count(index_pb2.IndexServiceCountRequest(collection="photos"), timeout=30)
         assert (counts.count, counts.pending) == (3, 2)
-        report = stub.Reconcile(index_pb2.ReconcileRequest(collection="photos"), timeout=60)
+        report = stub.Reconcile(
+            index_pb2.IndexServiceReconcileRequest(collection="photos"), timeout=60
+        )
         assert sorted(r.path for r in report.needs_reembedding) == ["/c/2.jpg", "/c/3.jpg"]
         assert report.marked_ready == 0 and report.orphan_vectors_deleted == 0  # done at start
         # Re-indexing the reported files completes the repair, nothing duplicated.
@@ -372,10 +393,10 @@ def test_reconcile_repairs_a_crash_between_the_writes(
             ],
         )
         assert (again.indexed, again.duplicates) == (3, 3)  # 2, 3 pending -> ready; 5 was an orphan
-        counts = stub.Count(common_pb2.CountRequest(collection="photos"), timeout=30)
+        counts = stub.Count(index_pb2.IndexServiceCountRequest(collection="photos"), timeout=30)
         assert (counts.count, counts.pending) == (6, 0)
         hits = stub.Search(
-            index_pb2.IndexSearchRequest(
+            index_pb2.IndexServiceSearchRequest(
                 collection="photos", vectors=[vector(0).tobytes()], top_k=10
             ),
             timeout=30,
@@ -459,7 +480,7 @@ def test_database_outage_gives_unavailable_then_recovers(mariadb_url: str, tmp_p
         table_prefix=prefix,
     )
     try:
-        stub = index_pb2_grpc.IndexStub(channel(server.port))
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
         upsert(stub, [item(n) for n in range(3)])
         proxy.cut()
         for call in (lambda: upsert(stub, [item(7)]), lambda: count(stub)):
@@ -484,7 +505,7 @@ def test_unreachable_database_at_start_gives_unavailable(tmp_path: Path) -> None
         tmp_path, database_url=f"mysql+pymysql://root@127.0.0.1:{free_port()}/test"
     )
     try:
-        stub = index_pb2_grpc.IndexStub(channel(server.port))
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
         with pytest.raises(grpc.RpcError) as err:
             upsert(stub, [item(1)])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -501,7 +522,7 @@ def test_milvus_down_gives_unavailable_and_leaves_sql_untouched(tmp_path: Path) 
         tmp_path, milvus_uri=f"http://127.0.0.1:{free_port()}", milvus_timeout_s=3.0
     )
     try:
-        stub = index_pb2_grpc.IndexStub(channel(server.port))
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
         with pytest.raises(grpc.RpcError) as err:
             upsert(stub, [item(1)])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,189 @@
+"""The unit tier: pure logic, in-process, no servers (`make test-unit`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.deadline import Deadline
+from gateway.jobs import advance
+from gateway.orchestrator import ImageLimit
+from gateway.paths import AllowedRoots, walk_images
+from gateway.servicer import code_number, convert
+from gateway.settings import GatewaySettings
+from imagesearch import errors, ids
+from imagesearch.channels import service_config
+from imagesearch.client import ImageSearchError, JobState, Query
+from imagesearch.settings import ServerSettings, SettingsError, load_settings
+from imagesearch.v1 import gateway_pb2, index_pb2
+from index_service.settings import IndexSettings
+from index_service.store import score_of
+
+# -- settings -----------------------------------------------------------------
+
+
+def test_settings_from_env_then_flags() -> None:
+    env = {"GATEWAY_EMBED_BATCH": "8", "GATEWAY_ALLOWED_ROOTS": "/a, /b,", "GATEWAY_PORT": "1"}
+    s = load_settings(GatewaySettings, "GATEWAY_", ["--port", "2", "--resume-jobs", "no"], env)
+    assert (s.embed_batch, s.allowed_roots, s.port, s.resume_jobs) == (8, ("/a", "/b"), 2, False)
+
+
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        ({"GATEWAY_RESUME_JOBS": "maybe"}, "GATEWAY_RESUME_JOBS"),
+        ({"GATEWAY_DEFAULT_TOP_K": "0"}, "GATEWAY_DEFAULT_TOP_K"),
+        ({"GATEWAY_BACKEND_WAIT_S": "0"}, "GATEWAY_BACKEND_WAIT_S"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=names):
+        load_settings(GatewaySettings, "GATEWAY_", None, env)
+
+
+def test_services_share_the_server_fields_with_their_own_defaults() -> None:
+    gateway, index = GatewaySettings(), IndexSettings()
+    assert isinstance(gateway, ServerSettings) and isinstance(index, ServerSettings)
+    assert (gateway.port, index.port) == (50051, 50053)
+    assert (gateway.max_message_mb, index.max_message_mb) == (4, 128)
+    assert gateway.server_options() == {
+        "host": "[::]",
+        "port": 50051,
+        "max_workers": 32,
+        "max_message_bytes": 4 * 1024 * 1024,
+    }
+
+
+# -- ids and scores -------------------------------------------------------------
+
+
+def test_image_id_is_the_first_8_bytes_of_sha256_signed() -> None:
+    data = b"an image"
+    digest = hashlib.sha256(data).digest()
+    assert ids.image_id(data) == int.from_bytes(digest[:8], "big", signed=True)
+    assert ids.image_id(b"\x00") != ids.image_id(b"\x01")
+    with pytest.raises(ValueError, match="32 bytes"):
+        ids.image_id_from_sha256(digest[:16])
+
+
+@pytest.mark.parametrize(
+    "metric, raw, distance, score",
+    [
+        ("IP", 1.0, 0.0, 1.0),
+        ("IP", -0.5, 1.5, 0.0),
+        ("COSINE", 0.25, 0.75, 0.25),
+        ("L2", 0.0, 0.0, 1.0),
+        ("L2", 1.0, 1.0, 0.5),
+        ("L2", 4.0, 4.0, 0.0),
+    ],
+)
+def test_score_mapping(metric: str, raw: float, distance: float, score: float) -> None:
+    assert score_of(metric, raw) == pytest.approx((distance, score))
+
+
+# -- jobs ---------------------------------------------------------------------
+
+
+def test_job_cursor_advances_over_batches_done_out_of_order() -> None:
+    cursor = 0
+    ahead: list[int] = []
+    for batch, want in [(2, (0, [2])), (1, (0, [1, 2])), (0, (3, [])), (4, (3, [4])), (3, (5, []))]:
+        cursor, ahead = advance(cursor, ahead, batch)
+        assert (cursor, ahead) == want
+
+
+def test_job_error_codes_read_by_name_and_old_numbers() -> None:
+    assert code_number("RESOURCE_EXHAUSTED") == 8
+    assert code_number(5) == 5
+    assert code_number("7") == 7
+
+
+# -- limits, deadlines, messages ---------------------------------------------------
+
+
+def test_image_limit_names_the_setting() -> None:
+    limit = ImageLimit(100)
+    limit.check("ok.jpg", 100)
+    with pytest.raises(errors.ServiceError) as err:
+        limit.check("big.jpg", 101)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "big.jpg" in err.value.message and "GATEWAY_MAX_IMAGE_MB" in err.value.message
+
+
+def test_deadline_caps_each_downstream_call() -> None:
+    assert Deadline.unbounded().timeout(30) == 30
+    soon = Deadline.after(2.0)
+    assert 1.0 < soon.timeout(30) <= 2.0
+    assert soon.timeout(0.5) == 0.5
+    past = Deadline(time.monotonic() - 1)
+    assert past.remaining() == 0.0 and past.timeout(30) == 0.0
+
+
+def test_gateway_and_index_twins_convert_field_for_field() -> None:
+    public = gateway_pb2.DeleteRequest(
+        collection="c", image_ids=[1, -2], paths=["/a"], path_prefix="/p/"
+    )
+    internal = convert(public, index_pb2.IndexServiceDeleteRequest)
+    assert (internal.collection, list(internal.image_ids), list(internal.paths)) == (
+        "c",
+        [1, -2],
+        ["/a"],
+    )
+    assert internal.path_prefix == "/p/"
+    back = convert(
+        index_pb2.IndexServiceCountResponse(count=3, pending=1), gateway_pb2.CountResponse
+    )
+    assert (back.count, back.pending) == (3, 1)
+
+
+def test_client_retries_only_idempotent_calls() -> None:
+    import json
+
+    from imagesearch.client import IDEMPOTENT, SERVICE
+
+    config = json.loads(service_config([], methods=[(SERVICE, m) for m in IDEMPOTENT]))
+    names = {(n["service"], n["method"]) for n in config["methodConfig"][0]["name"]}
+    assert (SERVICE, "Search") in names and (SERVICE, "Count") in names
+    assert (SERVICE, "StartIndexJob") not in names and (SERVICE, "IndexImages") not in names
+    assert "methodConfig" not in json.loads(service_config([]))
+
+
+def test_client_query_needs_exactly_one_kind() -> None:
+    assert Query(image_id=5).to_proto().WhichOneof("query") == "image_id"
+    with pytest.raises(ValueError):
+        Query().to_proto()
+    with pytest.raises(ValueError):
+        Query(image=b"x", path="/p").to_proto()
+    assert JobState(gateway_pb2.JOB_STATE_CANCELED).terminal
+    assert not JobState(gateway_pb2.JOB_STATE_RUNNING).terminal
+    assert ImageSearchError(grpc.StatusCode.UNAVAILABLE, "down").retryable
+
+
+# -- paths --------------------------------------------------------------------
+
+
+def test_allowed_roots_refuse_escapes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.jpg").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.jpg").write_bytes(b"y")
+    os.symlink(outside / "b.jpg", root / "sub" / "link.jpg")
+    roots = AllowedRoots([root])
+    assert roots.resolve(str(root / "sub" / ".." / "sub" / "a.jpg")) == root / "sub" / "a.jpg"
+    for bad in [str(root / ".." / "outside" / "b.jpg"), str(root / "sub" / "link.jpg"), "/etc"]:
+        with pytest.raises(errors.ServiceError) as err:
+            roots.resolve(bad)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    for bad in ["", "a\x00b"]:
+        with pytest.raises(errors.ServiceError) as err:
+            roots.resolve(bad)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p.name for p in walk_images(root, True, roots)] == ["a.jpg"]
