@@ -93,6 +93,8 @@ class Dependency:
 
     def check_serving(self, timeout: float = 2.0) -> bool:
         """One health check of the backend's service; remembers a SERVING answer."""
+        if self.served.is_set():
+            return True
         try:
             reply = health_pb2_grpc.HealthStub(self.channel).Check(
                 health_pb2.HealthCheckRequest(service=self.service), timeout=timeout

@@ -1,4 +1,4 @@
-"""The gateway and the CLI run without the heavy dependencies."""
+"""The gateway, the typed client and the CLI run without the heavy dependencies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 def test_gateway_and_cli_import_no_heavy_packages() -> None:
     code = (
-        "import sys, gateway.app, gateway.__main__, imgsearch.cli, imgsearch.up, imgsearch.sheet\n"
+        "import sys, gateway.app, gateway.__main__, imagesearch.client, imgsearch.cli, imgsearch.up, imgsearch.sheet\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'pymilvus', 'sqlalchemy', 'numpy') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
