@@ -6,6 +6,7 @@ import logging
 import threading
 
 from embedder_service.batcher import Batcher
+from embedder_service.budget import PixelBudget
 from embedder_service.decode import Decoder
 from embedder_service.model import ModelRunner
 from embedder_service.servicer import EmbedderServicer
@@ -21,8 +22,9 @@ SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_
 
 def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
     sizes = (settings.max_pixels, settings.resize, settings.image_size)
+    budget = PixelBudget(settings.decode_pixel_budget)
     if not settings.gpu_decode:
-        return Decoder(*sizes)
+        return Decoder(*sizes, budget)
     if runner.device.type != "cuda":
         logs.event(
             log,
@@ -31,11 +33,11 @@ def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
             device=str(runner.device),
             note="EMBEDDER_GPU_DECODE=true needs the model on a CUDA device; decoding with PIL",
         )
-        return Decoder(*sizes)
+        return Decoder(*sizes, budget)
     from embedder_service.gpu_decode import TorchJpegDecoder
 
     logs.event(log, "decode.gpu", device=str(runner.device))
-    return TorchJpegDecoder(runner.device, *sizes)
+    return TorchJpegDecoder(runner.device, *sizes, budget)
 
 
 def start(settings: EmbedderSettings) -> RunningServer:

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from embedder_service.budget import PixelBudget
 from imagesearch.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class DecodeError(ServiceError):
-    """One image could not be used; ``code`` says why (INVALID_ARGUMENT or
-    RESOURCE_EXHAUSTED) and the message names the image."""
+    """One image could not be used; ``code`` says why (INVALID_ARGUMENT: never
+    usable here; RESOURCE_EXHAUSTED: the embedder is busy) and the message
+    names the image."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 class Decoder:
     """Decodes and preprocesses one image at a time; thread-safe."""
 
-    def __init__(self, max_pixels: int, resize: int = 256, crop: int = 224) -> None:
+    def __init__(
+        self,
+        max_pixels: int,
+        resize: int = 256,
+        crop: int = 224,
+        budget: PixelBudget | None = None,
+    ) -> None:
         self.max_pixels = max_pixels
         self.resize = resize
         self.crop = crop
+        self.budget = budget or PixelBudget(max(max_pixels, 1))
         # Pillow's own bomb check (raises above 2x this) backs ours up for
         # formats that decode several frames or sub-images.
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -77,9 +86,11 @@ class Decoder:
             return self._decode(data, label)
         except DecodeError:
             raise
+        except ServiceError as exc:  # the pixel budget
+            raise DecodeError(exc.code, exc.message) from None
         except Image.DecompressionBombError as exc:
             raise DecodeError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"{label}: refused before decoding, over the limit of "
                 f"{self.max_pixels / 1e6:.1f} Mpx (EMBEDDER_MAX_PIXELS): {exc}",
             ) from None
@@ -114,7 +125,7 @@ class Decoder:
             )
         if width * height > self.max_pixels:
             raise DecodeError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"{label}: {width}x{height} is {width * height / 1e6:.1f} Mpx, over the "
                 f"limit of {self.max_pixels / 1e6:.1f} Mpx (EMBEDDER_MAX_PIXELS); "
                 "downscale it first",
@@ -122,18 +133,20 @@ class Decoder:
         if img.format == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the resize.
             img.draft(img.mode, (self.resize, self.resize))
-        img.load()
-        try:
-            oriented = ImageOps.exif_transpose(img)
-            if oriented is not None:
-                img = oriented
-        except Exception as exc:  # broken EXIF must not lose an otherwise good image
-            log.debug("exif.ignored", extra={"fields": {"image": label, "error": str(exc)}})
-        rgb = _to_rgb(img)
-        # Report the full-resolution size after orientation (draft mode may
-        # have decoded the pixels smaller).
-        out_w, out_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
-        return Decoded(self._resize_crop(rgb), out_w, out_h)
+        decoded_w, decoded_h = img.size
+        with self.budget.hold(decoded_w * decoded_h, label):
+            img.load()
+            try:
+                oriented = ImageOps.exif_transpose(img)
+                if oriented is not None:
+                    img = oriented
+            except Exception as exc:  # broken EXIF must not lose an otherwise good image
+                log.debug("exif.ignored", extra={"fields": {"image": label, "error": str(exc)}})
+            rgb = _to_rgb(img)
+            # Report the full-resolution size after orientation (draft mode may
+            # have decoded the pixels smaller).
+            out_w, out_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
+            return Decoded(self._resize_crop(rgb), out_w, out_h)
 
     def _resize_crop(self, img: Image.Image) -> np.ndarray:
         w, h = img.size

@@ -20,7 +20,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from embedder_service.decode import Decoded, Decoder
+from embedder_service.budget import PixelBudget
+from embedder_service.decode import Decoded, DecodeError, Decoder
+from imagesearch.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,14 @@ class TorchJpegDecoder(Decoder):
     """Decodes JPEGs with torchvision on ``device``; falls back to PIL."""
 
     def __init__(
-        self, device: torch.device, max_pixels: int, resize: int = 256, crop: int = 224
+        self,
+        device: torch.device,
+        max_pixels: int,
+        resize: int = 256,
+        crop: int = 224,
+        budget: PixelBudget | None = None,
     ) -> None:
-        super().__init__(max_pixels, resize, crop)
+        super().__init__(max_pixels, resize, crop, budget)
         self.device = device
 
     def decode(self, data: bytes, name: str) -> Decoded:
@@ -52,14 +59,20 @@ class TorchJpegDecoder(Decoder):
         try:
             header = Image.open(io.BytesIO(data))  # reads the header only
             width, height = header.size
-            if not (0 < width * height <= self.max_pixels):
-                return super().decode(data, name)  # refuses it with the usual message
             sideways = header.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            image = decode_jpeg(
-                raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
-            )
-            pixels = self._resize_crop_tensor(image)
+        except Exception:
+            return super().decode(data, name)  # PIL says what is wrong with it
+        if not (0 < width * height <= self.max_pixels):
+            return super().decode(data, name)  # refuses it with the usual message
+        try:
+            with self.budget.hold(width * height, name):
+                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                image = decode_jpeg(
+                    raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
+                )
+                pixels = self._resize_crop_tensor(image)
+        except ServiceError as exc:  # the decode budget is full
+            raise DecodeError(exc.code, exc.message) from None
         except Exception as exc:  # CMYK, corrupt, truncated, ...: PIL decides
             log.debug(
                 "decode.torch_fallback",

@@ -63,7 +63,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     name=image.name,
                     error=f"{name}: {len(image.data)} bytes, over the limit of "
                     f"{self.settings.max_image_bytes} (EMBEDDER_MAX_IMAGE_BYTES)",
-                    error_code=errors.status_code_number(grpc.StatusCode.RESOURCE_EXHAUSTED),
+                    error_code=errors.status_code_number(grpc.StatusCode.INVALID_ARGUMENT),
                 )
             else:
                 accepted.append((i, name, image.data))
@@ -118,4 +118,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             max_pixels=self.settings.max_pixels,
             image_size=i.image_size,
             note=i.note,
+            max_message_bytes=self.settings.max_message_mb * 1024 * 1024,
+            max_image_bytes=self.settings.max_image_bytes,
+            decode_pixel_budget=self.settings.decode_pixel_budget,
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from imagesearch.cpus import available_cpus
 from imagesearch.settings import ServerSettings, SettingsError, server_field
 
 MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2")
@@ -68,8 +68,17 @@ class EmbedderSettings(ServerSettings):
     decode_workers: int = field(
         default=0,
         metadata={
-            "help": "decode threads (0: one per CPU core with the model on a GPU; a quarter "
-            "of the cores, at least 1, with the model on the CPU, which needs the rest)"
+            "help": "decode threads (0: one per usable CPU, counting a container's CPU quota, "
+            "with the model on a GPU; a quarter of them, at least 1, with the model on the "
+            "CPU, which needs the rest)"
+        },
+    )
+    decode_pixel_budget: int = field(
+        default=100_000_000,
+        metadata={
+            "help": "decoded pixels in flight at most, over all decode threads (memory "
+            "bound: ~4-16 bytes a pixel while decoding); an image waits for room, or gets "
+            "RESOURCE_EXHAUSTED after 30 s. At least EMBEDDER_MAX_PIXELS"
         },
     )
     gpu_decode: bool = field(
@@ -96,7 +105,7 @@ class EmbedderSettings(ServerSettings):
     def decode_threads(self, model_on_cpu: bool) -> int:
         if self.decode_workers > 0:
             return self.decode_workers
-        cores = os.cpu_count() or 2
+        cores = available_cpus()
         return max(1, cores // 4) if model_on_cpu else cores
 
     def validate(self) -> None:
@@ -118,6 +127,11 @@ class EmbedderSettings(ServerSettings):
             raise SettingsError(f"EMBEDDER_COMPILE={self.compile!r}: use auto, true or false")
         if self.max_batch < 1 or self.queue_size < self.max_batch:
             raise SettingsError("EMBEDDER_MAX_BATCH must be >= 1 and <= EMBEDDER_QUEUE_SIZE")
+        if self.decode_pixel_budget < self.max_pixels:
+            raise SettingsError(
+                "EMBEDDER_DECODE_PIXEL_BUDGET must be at least EMBEDDER_MAX_PIXELS, so that "
+                "every image allowed can be decoded"
+            )
         if self.max_pixels < 1 or self.image_size < 32 or self.resize < self.image_size:
             raise SettingsError(
                 "EMBEDDER_MAX_PIXELS must be positive, EMBEDDER_IMAGE_SIZE >= 32 "

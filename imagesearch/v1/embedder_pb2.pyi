@@ -49,7 +49,7 @@ class EmbedderServiceGetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EmbedderServiceGetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note")
+    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note", "max_message_bytes", "max_image_bytes", "decode_pixel_budget")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,9 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_PIXEL_BUDGET_FIELD_NUMBER: _ClassVar[int]
     model: str
     dim: int
     weights: str
@@ -76,4 +79,7 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     max_pixels: int
     image_size: int
     note: str
-    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    max_message_bytes: int
+    max_image_bytes: int
+    decode_pixel_budget: int
+    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., decode_pixel_budget: _Optional[int] = ...) -> None: ...

@@ -54,7 +54,7 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths")
+    __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths", "more_paths")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Hit(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    MORE_PATHS_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     path: str
     distance: float
@@ -69,7 +70,8 @@ class Hit(_message.Message):
     width: int
     height: int
     paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., distance: _Optional[float] = ..., score: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    more_paths: int
+    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., distance: _Optional[float] = ..., score: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., more_paths: _Optional[int] = ...) -> None: ...
 
 class QueryResult(_message.Message):
     __slots__ = ("hits",)
@@ -86,16 +88,18 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ...) -> None: ...
 
 class IndexImagesRequest(_message.Message):
-    __slots__ = ("collection", "name", "data", "more_chunks")
+    __slots__ = ("collection", "name", "data", "more_chunks", "return_images")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MORE_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     name: str
     data: bytes
     more_chunks: bool
-    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., more_chunks: _Optional[bool] = ...) -> None: ...
+    return_images: bool
+    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., more_chunks: _Optional[bool] = ..., return_images: _Optional[bool] = ...) -> None: ...
 
 class FileError(_message.Message):
     __slots__ = ("path", "reason", "code")
@@ -118,18 +122,20 @@ class IndexedImage(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image_id: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class IndexImagesResponse(_message.Message):
-    __slots__ = ("indexed", "duplicates", "failed", "errors", "images")
+    __slots__ = ("indexed", "duplicates", "failed", "errors", "images", "errors_omitted")
     INDEXED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     indexed: int
     duplicates: int
     failed: int
     errors: _containers.RepeatedCompositeFieldContainer[FileError]
     images: _containers.RepeatedCompositeFieldContainer[IndexedImage]
-    def __init__(self, indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[IndexedImage, _Mapping]]] = ...) -> None: ...
+    errors_omitted: int
+    def __init__(self, indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[IndexedImage, _Mapping]]] = ..., errors_omitted: _Optional[int] = ...) -> None: ...
 
 class StartIndexJobRequest(_message.Message):
     __slots__ = ("collection", "folder", "recursive")
@@ -204,16 +210,24 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("collection",)
+    __slots__ = ("collection", "page_size", "page_token", "include_errors")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    include_errors: bool
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_errors: _Optional[bool] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from imagesearch.v1 import common_pb2 as imagesearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimagesearch/v1/index.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"\xe3\x01\n\x0bImageRecord\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12+\n\x06status\x18\t \x01(\x0e\x32\x1b.imagesearch.v1.ImageStatus\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"g\n\nUpsertItem\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x01(\x0c\"v\n\x19IndexServiceUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12)\n\x05items\x18\x04 \x03(\x0b\x32\x1a.imagesearch.v1.UpsertItem\"d\n\x0cUpsertResult\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.imagesearch.v1.UpsertOutcome\x12\x12\n\npath_added\x18\x03 \x01(\x08\"p\n\x1aIndexServiceUpsertResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\x12\x0f\n\x07indexed\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05\"\x99\x01\n\x19IndexServiceSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x03(\x0c\x12\x11\n\timage_ids\x18\x03 \x03(\x03\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x13\n\x0bpath_prefix\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\"y\n\x08IndexHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\"3\n\tIndexHits\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.imagesearch.v1.IndexHit\"H\n\x1aIndexServiceSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.IndexHits\"g\n\x16IndexServiceGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"G\n\x17IndexServiceGetResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"2\n\x1cIndexServiceReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x8d\x01\n\x1dIndexServiceReconcileResponse\x12\x14\n\x0cmarked_ready\x18\x01 \x01(\x03\x12\x1e\n\x16orphan_vectors_deleted\x18\x02 \x01(\x03\x12\x36\n\x11needs_reembedding\x18\x03 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\".\n\x18IndexServiceCountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\";\n\x19IndexServiceCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\"f\n\x19IndexServiceDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\"D\n\x1aIndexServiceDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x15\n\rpaths_removed\x18\x02 \x01(\x03\"7\n!IndexServiceDropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"5\n\"IndexServiceDropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"$\n\"IndexServiceListCollectionsRequest\"Z\n#IndexServiceListCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.imagesearch.v1.CollectionInfo*]\n\x0bImageStatus\x12\x1c\n\x18IMAGE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_STATUS_PENDING\x10\x01\x12\x16\n\x12IMAGE_STATUS_READY\x10\x02*i\n\rUpsertOutcome\x12\x1e\n\x1aUPSERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSERT_OUTCOME_INDEXED\x10\x01\x12\x1c\n\x18UPSERT_OUTCOME_DUPLICATE\x10\x02\x32\xc6\x06\n\x0cIndexService\x12_\n\x06Upsert\x12).imagesearch.v1.IndexServiceUpsertRequest\x1a*.imagesearch.v1.IndexServiceUpsertResponse\x12_\n\x06Search\x12).imagesearch.v1.IndexServiceSearchRequest\x1a*.imagesearch.v1.IndexServiceSearchResponse\x12V\n\x03Get\x12&.imagesearch.v1.IndexServiceGetRequest\x1a\'.imagesearch.v1.IndexServiceGetResponse\x12_\n\x06\x44\x65lete\x12).imagesearch.v1.IndexServiceDeleteRequest\x1a*.imagesearch.v1.IndexServiceDeleteResponse\x12\\\n\x05\x43ount\x12(.imagesearch.v1.IndexServiceCountRequest\x1a).imagesearch.v1.IndexServiceCountResponse\x12z\n\x0fListCollections\x12\x32.imagesearch.v1.IndexServiceListCollectionsRequest\x1a\x33.imagesearch.v1.IndexServiceListCollectionsResponse\x12w\n\x0e\x44ropCollection\x12\x31.imagesearch.v1.IndexServiceDropCollectionRequest\x1a\x32.imagesearch.v1.IndexServiceDropCollectionResponse\x12h\n\tReconcile\x12,.imagesearch.v1.IndexServiceReconcileRequest\x1a-.imagesearch.v1.IndexServiceReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimagesearch/v1/index.proto\x12\x0eimagesearch.v1\x1a\x1bimagesearch/v1/common.proto\"\xe3\x01\n\x0bImageRecord\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12+\n\x06status\x18\t \x01(\x0e\x32\x1b.imagesearch.v1.ImageStatus\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"g\n\nUpsertItem\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0e\n\x06vector\x18\x06 \x01(\x0c\"v\n\x19IndexServiceUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12)\n\x05items\x18\x04 \x03(\x0b\x32\x1a.imagesearch.v1.UpsertItem\"d\n\x0cUpsertResult\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.imagesearch.v1.UpsertOutcome\x12\x12\n\npath_added\x18\x03 \x01(\x08\"p\n\x1aIndexServiceUpsertResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\x12\x0f\n\x07indexed\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05\"\x99\x01\n\x19IndexServiceSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x03(\x0c\x12\x11\n\timage_ids\x18\x03 \x03(\x03\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x13\n\x0bpath_prefix\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\"\x8d\x01\n\x08IndexHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05paths\x18\x07 \x03(\t\x12\x12\n\nmore_paths\x18\x08 \x01(\x05\"3\n\tIndexHits\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.imagesearch.v1.IndexHit\"H\n\x1aIndexServiceSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.IndexHits\"g\n\x16IndexServiceGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"G\n\x17IndexServiceGetResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"2\n\x1cIndexServiceReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x8d\x01\n\x1dIndexServiceReconcileResponse\x12\x14\n\x0cmarked_ready\x18\x01 \x01(\x03\x12\x1e\n\x16orphan_vectors_deleted\x18\x02 \x01(\x03\x12\x36\n\x11needs_reembedding\x18\x03 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\".\n\x18IndexServiceCountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\";\n\x19IndexServiceCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\"f\n\x19IndexServiceDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\timage_ids\x18\x02 \x03(\x03\x12\r\n\x05paths\x18\x03 \x03(\t\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\"D\n\x1aIndexServiceDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x15\n\rpaths_removed\x18\x02 \x01(\x03\"7\n!IndexServiceDropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"5\n\"IndexServiceDropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"$\n\"IndexServiceListCollectionsRequest\"Z\n#IndexServiceListCollectionsResponse\x12\x33\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1e.imagesearch.v1.CollectionInfo*]\n\x0bImageStatus\x12\x1c\n\x18IMAGE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_STATUS_PENDING\x10\x01\x12\x16\n\x12IMAGE_STATUS_READY\x10\x02*i\n\rUpsertOutcome\x12\x1e\n\x1aUPSERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPSERT_OUTCOME_INDEXED\x10\x01\x12\x1c\n\x18UPSERT_OUTCOME_DUPLICATE\x10\x02\x32\xc6\x06\n\x0cIndexService\x12_\n\x06Upsert\x12).imagesearch.v1.IndexServiceUpsertRequest\x1a*.imagesearch.v1.IndexServiceUpsertResponse\x12_\n\x06Search\x12).imagesearch.v1.IndexServiceSearchRequest\x1a*.imagesearch.v1.IndexServiceSearchResponse\x12V\n\x03Get\x12&.imagesearch.v1.IndexServiceGetRequest\x1a\'.imagesearch.v1.IndexServiceGetResponse\x12_\n\x06\x44\x65lete\x12).imagesearch.v1.IndexServiceDeleteRequest\x1a*.imagesearch.v1.IndexServiceDeleteResponse\x12\\\n\x05\x43ount\x12(.imagesearch.v1.IndexServiceCountRequest\x1a).imagesearch.v1.IndexServiceCountResponse\x12z\n\x0fListCollections\x12\x32.imagesearch.v1.IndexServiceListCollectionsRequest\x1a\x33.imagesearch.v1.IndexServiceListCollectionsResponse\x12w\n\x0e\x44ropCollection\x12\x31.imagesearch.v1.IndexServiceDropCollectionRequest\x1a\x32.imagesearch.v1.IndexServiceDropCollectionResponse\x12h\n\tReconcile\x12,.imagesearch.v1.IndexServiceReconcileRequest\x1a-.imagesearch.v1.IndexServiceReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.index_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGESTATUS']._serialized_start=2051
-  _globals['_IMAGESTATUS']._serialized_end=2144
-  _globals['_UPSERTOUTCOME']._serialized_start=2146
-  _globals['_UPSERTOUTCOME']._serialized_end=2251
+  _globals['_IMAGESTATUS']._serialized_start=2072
+  _globals['_IMAGESTATUS']._serialized_end=2165
+  _globals['_UPSERTOUTCOME']._serialized_start=2167
+  _globals['_UPSERTOUTCOME']._serialized_end=2272
   _globals['_IMAGERECORD']._serialized_start=76
   _globals['_IMAGERECORD']._serialized_end=303
   _globals['_UPSERTITEM']._serialized_start=305
@@ -48,36 +48,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INDEXSERVICEUPSERTRESPONSE']._serialized_end=744
   _globals['_INDEXSERVICESEARCHREQUEST']._serialized_start=747
   _globals['_INDEXSERVICESEARCHREQUEST']._serialized_end=900
-  _globals['_INDEXHIT']._serialized_start=902
-  _globals['_INDEXHIT']._serialized_end=1023
-  _globals['_INDEXHITS']._serialized_start=1025
-  _globals['_INDEXHITS']._serialized_end=1076
-  _globals['_INDEXSERVICESEARCHRESPONSE']._serialized_start=1078
-  _globals['_INDEXSERVICESEARCHRESPONSE']._serialized_end=1150
-  _globals['_INDEXSERVICEGETREQUEST']._serialized_start=1152
-  _globals['_INDEXSERVICEGETREQUEST']._serialized_end=1255
-  _globals['_INDEXSERVICEGETRESPONSE']._serialized_start=1257
-  _globals['_INDEXSERVICEGETRESPONSE']._serialized_end=1328
-  _globals['_INDEXSERVICERECONCILEREQUEST']._serialized_start=1330
-  _globals['_INDEXSERVICERECONCILEREQUEST']._serialized_end=1380
-  _globals['_INDEXSERVICERECONCILERESPONSE']._serialized_start=1383
-  _globals['_INDEXSERVICERECONCILERESPONSE']._serialized_end=1524
-  _globals['_INDEXSERVICECOUNTREQUEST']._serialized_start=1526
-  _globals['_INDEXSERVICECOUNTREQUEST']._serialized_end=1572
-  _globals['_INDEXSERVICECOUNTRESPONSE']._serialized_start=1574
-  _globals['_INDEXSERVICECOUNTRESPONSE']._serialized_end=1633
-  _globals['_INDEXSERVICEDELETEREQUEST']._serialized_start=1635
-  _globals['_INDEXSERVICEDELETEREQUEST']._serialized_end=1737
-  _globals['_INDEXSERVICEDELETERESPONSE']._serialized_start=1739
-  _globals['_INDEXSERVICEDELETERESPONSE']._serialized_end=1807
-  _globals['_INDEXSERVICEDROPCOLLECTIONREQUEST']._serialized_start=1809
-  _globals['_INDEXSERVICEDROPCOLLECTIONREQUEST']._serialized_end=1864
-  _globals['_INDEXSERVICEDROPCOLLECTIONRESPONSE']._serialized_start=1866
-  _globals['_INDEXSERVICEDROPCOLLECTIONRESPONSE']._serialized_end=1919
-  _globals['_INDEXSERVICELISTCOLLECTIONSREQUEST']._serialized_start=1921
-  _globals['_INDEXSERVICELISTCOLLECTIONSREQUEST']._serialized_end=1957
-  _globals['_INDEXSERVICELISTCOLLECTIONSRESPONSE']._serialized_start=1959
-  _globals['_INDEXSERVICELISTCOLLECTIONSRESPONSE']._serialized_end=2049
-  _globals['_INDEXSERVICE']._serialized_start=2254
-  _globals['_INDEXSERVICE']._serialized_end=3092
+  _globals['_INDEXHIT']._serialized_start=903
+  _globals['_INDEXHIT']._serialized_end=1044
+  _globals['_INDEXHITS']._serialized_start=1046
+  _globals['_INDEXHITS']._serialized_end=1097
+  _globals['_INDEXSERVICESEARCHRESPONSE']._serialized_start=1099
+  _globals['_INDEXSERVICESEARCHRESPONSE']._serialized_end=1171
+  _globals['_INDEXSERVICEGETREQUEST']._serialized_start=1173
+  _globals['_INDEXSERVICEGETREQUEST']._serialized_end=1276
+  _globals['_INDEXSERVICEGETRESPONSE']._serialized_start=1278
+  _globals['_INDEXSERVICEGETRESPONSE']._serialized_end=1349
+  _globals['_INDEXSERVICERECONCILEREQUEST']._serialized_start=1351
+  _globals['_INDEXSERVICERECONCILEREQUEST']._serialized_end=1401
+  _globals['_INDEXSERVICERECONCILERESPONSE']._serialized_start=1404
+  _globals['_INDEXSERVICERECONCILERESPONSE']._serialized_end=1545
+  _globals['_INDEXSERVICECOUNTREQUEST']._serialized_start=1547
+  _globals['_INDEXSERVICECOUNTREQUEST']._serialized_end=1593
+  _globals['_INDEXSERVICECOUNTRESPONSE']._serialized_start=1595
+  _globals['_INDEXSERVICECOUNTRESPONSE']._serialized_end=1654
+  _globals['_INDEXSERVICEDELETEREQUEST']._serialized_start=1656
+  _globals['_INDEXSERVICEDELETEREQUEST']._serialized_end=1758
+  _globals['_INDEXSERVICEDELETERESPONSE']._serialized_start=1760
+  _globals['_INDEXSERVICEDELETERESPONSE']._serialized_end=1828
+  _globals['_INDEXSERVICEDROPCOLLECTIONREQUEST']._serialized_start=1830
+  _globals['_INDEXSERVICEDROPCOLLECTIONREQUEST']._serialized_end=1885
+  _globals['_INDEXSERVICEDROPCOLLECTIONRESPONSE']._serialized_start=1887
+  _globals['_INDEXSERVICEDROPCOLLECTIONRESPONSE']._serialized_end=1940
+  _globals['_INDEXSERVICELISTCOLLECTIONSREQUEST']._serialized_start=1942
+  _globals['_INDEXSERVICELISTCOLLECTIONSREQUEST']._serialized_end=1978
+  _globals['_INDEXSERVICELISTCOLLECTIONSRESPONSE']._serialized_start=1980
+  _globals['_INDEXSERVICELISTCOLLECTIONSRESPONSE']._serialized_end=2070
+  _globals['_INDEXSERVICE']._serialized_start=2275
+  _globals['_INDEXSERVICE']._serialized_end=3113
 # @@protoc_insertion_point(module_scope)

@@ -119,7 +119,7 @@ class IndexServiceSearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[_Iterable[bytes]] = ..., image_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., path_prefix: _Optional[str] = ..., min_score: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class IndexHit(_message.Message):
-    __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths")
+    __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths", "more_paths")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class IndexHit(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    MORE_PATHS_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     path: str
     distance: float
@@ -134,7 +135,8 @@ class IndexHit(_message.Message):
     width: int
     height: int
     paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., distance: _Optional[float] = ..., score: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    more_paths: int
+    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., distance: _Optional[float] = ..., score: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., more_paths: _Optional[int] = ...) -> None: ...
 
 class IndexHits(_message.Message):
     __slots__ = ("hits",)

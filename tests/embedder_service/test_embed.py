@@ -115,7 +115,7 @@ def test_odd_images_one_batch_matches_manifest(embedder: Server) -> None:
         else:
             assert e.error and not e.vector, name
             assert name in e.error  # the message names the file
-            assert e.error_code in (3, 8)
+            assert e.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # never retried
     # The service keeps serving after all that.
     (good,) = embed(embedder, [("hopper", (ODD / "hopper.jpg").read_bytes())])
     assert not good.error
@@ -123,7 +123,7 @@ def test_odd_images_one_batch_matches_manifest(embedder: Server) -> None:
 
 def test_pixel_limit_refused_before_decoding(embedder: Server) -> None:
     (e,) = embed(embedder, [("bomb", (ODD / "bomb-30000x30000.png").read_bytes())])
-    assert e.error_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert e.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]  # permanent: too large
     assert "900000000" in e.error and "EMBEDDER_MAX_PIXELS" in e.error
 
 
@@ -195,3 +195,30 @@ def test_grpcurl_lists_services_and_health(embedder: Server) -> None:
     )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+def test_decoded_pixels_in_flight_stay_within_the_budget() -> None:
+    """Large transparent PNGs (RGBA, the costliest conversion) in one call, four
+    decode threads, a budget that fits two at a time: each image succeeds or
+    is refused as overload, and the peak (a metric) never passes the budget."""
+    from prometheus_client import REGISTRY
+
+    side = 3000  # 9 Mpx each
+    img = Image.new("RGBA", (side, side), (200, 40, 40, 90))
+    img.paste((20, 20, 220, 255), (0, 0, side // 2, side // 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    budget = 2 * side * side + side  # room for two, not three
+    server = start_embedder(
+        decode_workers=4, max_pixels=side * side, decode_pixel_budget=budget, max_batch=4
+    )
+    try:
+        out = embed(server, [(f"big-{i}.png", buf.getvalue()) for i in range(8)])
+        codes = {e.error_code for e in out}
+        assert codes <= {0, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}, [e.error for e in out]
+        assert sum(not e.error for e in out) >= 1
+        peak = REGISTRY.get_sample_value("imagesearch_embedder_decode_pixels_peak")
+        assert peak is not None and side * side <= peak <= budget
+        assert REGISTRY.get_sample_value("imagesearch_embedder_decode_pixels_in_flight") == 0
+    finally:
+        server.running.stop(1)
