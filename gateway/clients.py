@@ -41,6 +41,10 @@ from imagesearch.v1 import (
     index_pb2_grpc,
 )
 
+# Room kept in an Embed request for the message's own fields (names, framing).
+MESSAGE_OVERHEAD = 64 * 1024
+ITEM_OVERHEAD = 64
+DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for embedders that do not say
 EMBEDDER_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
@@ -118,6 +122,7 @@ class Backends:
         self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
         self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
         self._closed = threading.Event()
+        self._embed_message_limit = 0  # learned from GetModelInfo
 
     def close(self) -> None:
         self._closed.set()
@@ -164,27 +169,69 @@ class Backends:
 
     # -- embedder --------------------------------------------------------
 
+    def embed_message_limit(self, deadline: Deadline) -> int:
+        """The largest Embed request the embedder accepts (from GetModelInfo,
+        asked once)."""
+        if not self._embed_message_limit:
+            info = self._call(
+                self.embedder_dep,
+                self.embedder.GetModelInfo,
+                embedder_pb2.EmbedderServiceGetModelInfoRequest(),
+                deadline,
+            )
+            self._embed_message_limit = info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES
+        return self._embed_message_limit
+
     def embed(
         self, images: Sequence[tuple[str, bytes]], deadline: Deadline
     ) -> tuple[str, list[Embedded]]:
-        """(model_id, one result per image in order)."""
+        """(model_id, one result per image in order). The images go in as many
+        Embed calls as the embedder's message limit needs; an image too large
+        for any call is a per-image error naming the limit."""
         if not images:
             return "", []
-        request = embedder_pb2.EmbedderServiceEmbedRequest(
-            images=[embedder_pb2.Image(name=name, data=data) for name, data in images]
-        )
-        response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
-        return response.model_id, [
-            Embedded(
-                e.name,
-                e.vector,
-                e.width,
-                e.height,
-                e.error,
-                errors.code_from_number(e.error_code),
+        limit = self.embed_message_limit(deadline)
+        room = limit - MESSAGE_OVERHEAD
+        results: list[Embedded | None] = [None] * len(images)
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i, (name, data) in enumerate(images):
+            need = len(data) + len(name.encode()) + ITEM_OVERHEAD
+            if need > room:
+                results[i] = Embedded(
+                    name,
+                    b"",
+                    0,
+                    0,
+                    f"{name}: {len(data)} bytes, more than the embedder accepts in one "
+                    f"message ({limit} bytes, EMBEDDER_MAX_MESSAGE_MB)",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                )
+                continue
+            if groups[-1] and size + need > room:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += need
+        model_id = ""
+        for group in groups:
+            if not group:
+                continue
+            request = embedder_pb2.EmbedderServiceEmbedRequest(
+                images=[embedder_pb2.Image(name=images[i][0], data=images[i][1]) for i in group]
             )
-            for e in response.embeddings
-        ]
+            response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
+            model_id = response.model_id
+            for i, e in zip(group, response.embeddings, strict=True):
+                results[i] = Embedded(
+                    e.name,
+                    e.vector,
+                    e.width,
+                    e.height,
+                    e.error,
+                    errors.code_from_number(e.error_code),
+                )
+        return model_id, [r for r in results if r is not None]
 
     # -- index -----------------------------------------------------------
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter, Gauge
 
+from gateway.budget import ByteBudget
 from gateway.deadline import Deadline
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, walk_images
@@ -42,8 +43,59 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
     "canceled",
 )
 TERMINAL = {SUCCEEDED, FAILED, CANCELED}
-# A batch failing with these is retried: the backend is down, restarting or slow.
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A batch failing with these is retried: the backend is down, restarting,
+# slow, or full (overload).
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+
+def overloaded(result: Result) -> bool:
+    return result.outcome is Outcome.FAILED and result.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def byte_groups(paths: list[str], cap: int) -> Iterator[tuple[list[str], int]]:
+    """Consecutive groups of ``paths`` whose files add up to at most ``cap``
+    bytes (a larger file goes alone); with each group's size."""
+    group: list[str] = []
+    size = 0
+    for path in paths:
+        try:
+            length = os.stat(path).st_size
+        except OSError:
+            length = 0  # _read reports it
+        if group and size + length > cap:
+            yield group, size
+            group, size = [], 0
+        group.append(path)
+        size += length
+    if group:
+        yield group, size
+
+
+class Backoff:
+    """Retries with growing pauses (0.5 s doubling to 15 s) for at most
+    ``budget_s`` from the first failure."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.started: float | None = None
+        self.attempt = 0
+
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+    def may_retry(self) -> bool:
+        return self.started is None or self.elapsed() < self.budget_s
+
+    def wait(self, cancel: threading.Event, reason: str) -> None:
+        self.started = self.started or time.monotonic()
+        self.attempt += 1
+        logs.event(log, "job.batch_retry", logging.WARNING, attempt=self.attempt, reason=reason)
+        cancel.wait(min(0.5 * 2.0**self.attempt, 15.0))
+
 
 JOB_FILES = Counter(
     "imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"]
@@ -304,6 +356,7 @@ class JobManager:
         with self._lock:
             self._update(job, state=RUNNING, message="")
         in_flight: dict[Future[list[Result]], int] = {}
+        budget = ByteBudget(self.settings.max_inflight_bytes)
         failure: errors.ServiceError | None = None
         with ThreadPoolExecutor(
             self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}"
@@ -319,7 +372,9 @@ class JobManager:
                     if batch is None:
                         break
                     chunk = files[batch * size : (batch + 1) * size]
-                    in_flight[pool.submit(self._batch, job.collection, chunk, cancel)] = batch
+                    in_flight[pool.submit(self._batch, job.collection, chunk, cancel, budget)] = (
+                        batch
+                    )
                 if not in_flight:
                     break
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
@@ -349,12 +404,43 @@ class JobManager:
             failed=job.failed,
         )
 
-    def _batch(self, collection: str, paths: list[str], cancel: threading.Event) -> list[Result]:
-        """One batch, retried with backoff through a backend outage for up to
-        GATEWAY_JOB_OUTAGE_S; each try has GATEWAY_JOB_BATCH_TIMEOUT_S."""
-        sources = [self._read(p) for p in paths]
-        outage_started: float | None = None
-        attempt = 0
+    def _batch(
+        self, collection: str, paths: list[str], cancel: threading.Event, budget: ByteBudget
+    ) -> list[Result]:
+        """One batch, read and sent in groups that fit the job's byte budget."""
+        cap = max(1, budget.limit // self.settings.job_concurrency)
+        results: list[Result] = []
+        for group, size in byte_groups(paths, cap):
+            taken = budget.acquire(size)
+            try:
+                sources = [self._read(p) for p in group]
+                results += self._ingest(collection, sources, cancel)
+            finally:
+                budget.release(taken)
+        return results
+
+    def _ingest(
+        self, collection: str, sources: list[Source], cancel: threading.Event
+    ) -> list[Result]:
+        """Ingests ``sources``, riding out an outage or overload with backoff for
+        up to GATEWAY_JOB_OUTAGE_S: whole calls that fail UNAVAILABLE, time out
+        or find the embedder full are repeated, and so are the images the
+        embedder refused as overload (RESOURCE_EXHAUSTED). Each try has
+        GATEWAY_JOB_BATCH_TIMEOUT_S."""
+        backoff = Backoff(self.settings.job_outage_s)
+        results = self._try(collection, sources, cancel, backoff)
+        busy = [i for i, r in enumerate(results) if overloaded(r)]
+        while busy and not cancel.is_set() and backoff.may_retry():
+            backoff.wait(cancel, f"{len(busy)} images refused as overload")
+            again = self._try(collection, [sources[i] for i in busy], cancel, backoff)
+            for i, r in zip(busy, again, strict=True):
+                results[i] = r
+            busy = [i for i in busy if overloaded(results[i])]
+        return results
+
+    def _try(
+        self, collection: str, sources: list[Source], cancel: threading.Event, backoff: Backoff
+    ) -> list[Result]:
         while True:
             try:
                 deadline = Deadline.after(self.settings.job_batch_timeout_s)
@@ -362,19 +448,13 @@ class JobManager:
             except errors.ServiceError as exc:
                 if exc.code not in RETRYABLE or cancel.is_set():
                     raise
-                now = time.monotonic()
-                outage_started = outage_started or now
-                if now - outage_started >= self.settings.job_outage_s:
+                if not backoff.may_retry():
                     raise errors.ServiceError(
                         exc.code,
-                        f"{exc.message} (still failing after "
-                        f"{now - outage_started:.0f}s, GATEWAY_JOB_OUTAGE_S)",
+                        f"{exc.message} (still failing after {backoff.elapsed():.0f}s, "
+                        "GATEWAY_JOB_OUTAGE_S)",
                     ) from None
-                attempt += 1
-                logs.event(
-                    log, "job.batch_retry", logging.WARNING, attempt=attempt, reason=exc.message
-                )
-                cancel.wait(min(0.5 * 2.0**attempt, 15.0))
+                backoff.wait(cancel, exc.message)
 
     def _read(self, path: str) -> Source:
         real = Path(path).resolve()

@@ -53,8 +53,9 @@ class ImageLimit:
     max_bytes: int
 
     def check(self, name: str, size: int) -> None:
+        """Too large is permanent: INVALID_ARGUMENT naming the limit, never retried."""
         if size > self.max_bytes:
-            raise errors.resource_exhausted(
+            raise errors.invalid_argument(
                 f"{name}: {size} bytes, over the limit of {self.max_bytes} (GATEWAY_MAX_IMAGE_MB)"
             )
 

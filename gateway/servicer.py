@@ -3,13 +3,17 @@ the job manager and the backends, and builds responses."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
+from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.deadline import Deadline
 from gateway.jobs import JobManager, JobState
@@ -28,6 +32,36 @@ JOB_STATES = {
     "failed": gateway_pb2.JOB_STATE_FAILED,
     "canceled": gateway_pb2.JOB_STATE_CANCELED,
 }
+
+
+@dataclass
+class StreamHeader:
+    """What the first message of an IndexImages stream says for the whole stream."""
+
+    seen: bool = False
+    collection: str = ""
+    return_images: bool = False
+
+
+class StreamSlots:
+    """At most GATEWAY_MAX_STREAMS long-lived calls (IndexImages, WatchJob) at
+    once, so short calls and health checks always find a handler thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def slot(self, method: str) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            raise errors.resource_exhausted(
+                f"{method}: {self.limit} streams are open on this gateway already "
+                "(GATEWAY_MAX_STREAMS); retry later"
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 def convert(message: Message, cls: type[M]) -> M:
@@ -94,6 +128,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.ingestor = ingestor
         self.jobs = jobs
         self.roots = roots
+        self.streams = StreamSlots(settings.max_streams)
 
     def _collection(self, name: str) -> str:
         return name or self.settings.default_collection
@@ -131,6 +166,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             queries.append((kind, getattr(q, kind)))
         if not queries:
             raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
+        if len(queries) > self.settings.max_queries:
+            raise errors.invalid_argument(
+                f"{len(queries)} queries in one Search, limit {self.settings.max_queries} "
+                "(GATEWAY_MAX_QUERIES); split them over several calls"
+            )
 
         images: list[tuple[int, bytes]] = []
         stored: list[tuple[int, int]] = []
@@ -181,16 +221,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     # -- streaming ingest --------------------------------------------------
 
     def _images(
-        self, requests: Iterator[gateway_pb2.IndexImagesRequest]
-    ) -> Iterator[tuple[str, Source]]:
-        """Reassembles chunked images: yields (collection, source) per image."""
-        collection = ""
+        self, requests: Iterator[gateway_pb2.IndexImagesRequest], first: StreamHeader
+    ) -> Iterator[Source]:
+        """Reassembles chunked images: yields one source per image, and fills
+        ``first`` from the stream's first message."""
         name, size, count = "", 0, 0
         parts: list[bytes] = []
         oversized = False
-        refusal = errors.resource_exhausted("")
+        refusal = errors.invalid_argument("")
         for msg in requests:
-            collection = collection or msg.collection
+            if not first.seen:
+                first.seen = True
+                first.collection = msg.collection
+                first.return_images = msg.return_images
             if not parts and not oversized:
                 count += 1
                 name = msg.name or f"image #{count}"
@@ -204,9 +247,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if msg.more_chunks:
                 continue
             if oversized:
-                yield collection, Source.failed(refusal, name)
+                yield Source.failed(refusal, name)
             else:
-                yield collection, Source(name, b"".join(parts))
+                yield Source(name, b"".join(parts))
             name, parts, size, oversized = "", [], 0, False
         if parts or oversized:
             raise errors.invalid_argument(
@@ -218,23 +261,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
         context: grpc.ServicerContext,
     ) -> gateway_pb2.IndexImagesResponse:
-        collection = ""
+        with self.streams.slot("IndexImages"):
+            return self._index_stream(request_iterator, context)
+
+    def _index_stream(
+        self,
+        request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
+        context: grpc.ServicerContext,
+    ) -> gateway_pb2.IndexImagesResponse:
+        s = self.settings
         deadline = Deadline.of(context)
+        first = StreamHeader()
+        budget = ByteBudget(s.max_inflight_bytes)
+        batch_cap = max(1, s.max_inflight_bytes // s.job_concurrency)
         batch: list[Source] = []
+        batch_bytes = 0
         pending: list[Future[list[Result]]] = []
         results: list[Result] = []
-        with ThreadPoolExecutor(self.settings.job_concurrency, thread_name_prefix="stream") as pool:
+
+        def run(collection: str, sources: list[Source], taken: int) -> list[Result]:
+            try:
+                return self.ingestor.ingest(collection, sources, deadline)
+            finally:
+                budget.release(taken)
+
+        with ThreadPoolExecutor(s.job_concurrency, thread_name_prefix="stream") as pool:
 
             def flush() -> None:
-                pending.append(pool.submit(self.ingestor.ingest, collection, list(batch), deadline))
-                batch.clear()
-                while len(pending) > self.settings.job_concurrency:
+                nonlocal batch_bytes
+                while len(pending) >= s.job_concurrency:
                     results.extend(pending.pop(0).result())
+                taken = budget.acquire(batch_bytes)  # waits for earlier batches
+                collection = self._collection(first.collection)
+                pending.append(pool.submit(run, collection, list(batch), taken))
+                batch.clear()
+                batch_bytes = 0
 
-            for coll, source in self._images(request_iterator):
-                collection = collection or self._collection(coll)
+            for source in self._images(request_iterator, first):
+                if batch and batch_bytes + len(source.data) > batch_cap:
+                    flush()
                 batch.append(source)
-                if len(batch) >= self.settings.embed_batch:
+                batch_bytes += len(source.data)
+                if len(batch) >= s.embed_batch:
                     flush()
             if batch:
                 flush()
@@ -244,18 +312,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         for r in results:
             if r.outcome is Outcome.FAILED:
                 response.failed += 1
-                response.errors.append(
-                    gateway_pb2.FileError(
-                        path=r.name, reason=r.reason, code=errors.status_code_number(r.code)
+                if len(response.errors) < s.max_errors_kept:
+                    response.errors.append(
+                        gateway_pb2.FileError(
+                            path=r.name, reason=r.reason, code=errors.status_code_number(r.code)
+                        )
                     )
-                )
+                else:
+                    response.errors_omitted += 1
                 continue
             duplicate = r.outcome is Outcome.DUPLICATE
             response.duplicates += int(duplicate)
             response.indexed += int(not duplicate)
-            response.images.append(
-                gateway_pb2.IndexedImage(name=r.name, image_id=r.image_id, duplicate=duplicate)
-            )
+            if first.return_images:
+                response.images.append(
+                    gateway_pb2.IndexedImage(name=r.name, image_id=r.image_id, duplicate=duplicate)
+                )
         return response
 
     # -- jobs ------------------------------------------------------------
@@ -271,8 +343,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def WatchJob(
         self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[gateway_pb2.WatchJobResponse]:
-        for job in self.jobs.watch(request.job_id, context.is_active):
-            yield gateway_pb2.WatchJobResponse(job=job_message(job))
+        with self.streams.slot("WatchJob"):
+            for job in self.jobs.watch(request.job_id, context.is_active):
+                yield gateway_pb2.WatchJobResponse(job=job_message(job))
 
     def GetJob(
         self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext

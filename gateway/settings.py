@@ -42,7 +42,24 @@ class GatewaySettings(ServerSettings):
     )
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
-    # The deadline and retry policy (README, "Deadlines and retries").
+    max_inflight_mb: int = field(
+        default=256,
+        metadata={
+            "help": "bytes of images one stream or one job holds at once; more waits for "
+            "earlier batches (memory bound: two jobs and a few streams fit a 1-2 GiB pod)"
+        },
+    )
+    max_queries: int = field(
+        default=64, metadata={"help": "most queries in one Search (refused before any is read)"}
+    )
+    max_streams: int = field(
+        default=16,
+        metadata={
+            "help": "IndexImages and WatchJob streams open at once; more are refused "
+            "RESOURCE_EXHAUSTED, so short calls and health always have a handler thread "
+            "(keep it below GATEWAY_RPC_WORKERS)"
+        },
+    )  # The deadline and retry policy (README, "Deadlines and retries").
     backend_wait_s: float = field(
         default=60.0,
         metadata={
@@ -84,6 +101,10 @@ class GatewaySettings(ServerSettings):
     def max_image_bytes(self) -> int:
         return self.max_image_mb * 1024 * 1024
 
+    @property
+    def max_inflight_bytes(self) -> int:
+        return self.max_inflight_mb * 1024 * 1024
+
     def validate(self) -> None:
         if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
@@ -92,5 +113,12 @@ class GatewaySettings(ServerSettings):
         for name in ("backend_wait_s", "call_timeout_s", "job_batch_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GATEWAY_{name.upper()} must be > 0")
+        if self.max_streams >= self.rpc_workers:
+            raise SettingsError(
+                "GATEWAY_MAX_STREAMS must be below GATEWAY_RPC_WORKERS, or streams could "
+                "take every handler thread"
+            )
+        if self.max_queries < 1 or self.max_inflight_mb < 1:
+            raise SettingsError("GATEWAY_MAX_QUERIES and GATEWAY_MAX_INFLIGHT_MB must be >= 1")
         if self.job_outage_s < 0:
             raise SettingsError("GATEWAY_JOB_OUTAGE_S must be >= 0")

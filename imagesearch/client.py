@@ -184,7 +184,8 @@ class IndexReport:
     duplicates: int = 0
     failed: int = 0
     errors: list[FileError] = field(default_factory=list)
-    image_ids: dict[str, int] = field(default_factory=dict)
+    errors_omitted: int = 0  # failures the gateway counted but did not list
+    image_ids: dict[str, int] = field(default_factory=dict)  # with return_images=True
 
     def add(self, reply: gateway_pb2.IndexImagesResponse, files: int) -> None:
         self.files += files
@@ -192,7 +193,17 @@ class IndexReport:
         self.duplicates += reply.duplicates
         self.failed += reply.failed
         self.errors += [FileError.from_proto(e) for e in reply.errors]
+        self.errors_omitted += reply.errors_omitted
         self.image_ids.update({i.name: i.image_id for i in reply.images})
+
+    def merge(self, other: IndexReport) -> None:
+        self.files += other.files
+        self.indexed += other.indexed
+        self.duplicates += other.duplicates
+        self.failed += other.failed
+        self.errors += other.errors
+        self.errors_omitted += other.errors_omitted
+        self.image_ids.update(other.image_ids)
 
 
 @dataclass(frozen=True)
@@ -223,7 +234,7 @@ class Collection:
 
 
 def image_requests(
-    collection: str, images: Iterable[tuple[str, bytes]]
+    collection: str, images: Iterable[tuple[str, bytes]], return_images: bool = False
 ) -> Iterator[gateway_pb2.IndexImagesRequest]:
     """The IndexImages stream for ``(name, bytes)`` pairs, in chunks."""
     for name, data in images:
@@ -234,6 +245,7 @@ def image_requests(
                 name=name if n == 0 else "",
                 data=part,
                 more_chunks=n < len(parts) - 1,
+                return_images=return_images,
             )
 
 
@@ -391,14 +403,16 @@ class Client:
         images: Sequence[tuple[str, bytes]],
         *,
         collection: str = "",
+        return_images: bool = False,
         timeout: float | None = None,
     ) -> IndexReport:
         """Indexes ``(name, bytes)`` pairs in one stream; retried as a whole
-        while the gateway is UNAVAILABLE (content ids make a repeat harmless)."""
+        while the gateway is UNAVAILABLE (content ids make a repeat harmless).
+        ``return_images``: fill ``image_ids`` (name -> id)."""
         report = IndexReport()
         reply = self._retry(
             lambda: self._stub.IndexImages(
-                image_requests(collection, images),
+                image_requests(collection, images, return_images),
                 timeout=self.timeout if timeout is None else timeout,
                 metadata=self._metadata,
             )
@@ -412,30 +426,43 @@ class Client:
         *,
         collection: str = "",
         files_per_call: int = 32,
+        bytes_per_call: int = 64 * 1024 * 1024,
         calls_in_flight: int = 3,
         on_progress: Callable[[IndexReport], None] | None = None,
+        return_images: bool = False,
         timeout: float | None = None,
     ) -> IndexReport:
         """Indexes local files under their absolute paths, a few streams in
         flight so that reading and uploading overlap embedding on the server.
-        ``on_progress`` gets the running totals after every call."""
+        A call carries at most ``files_per_call`` files and, past its first
+        file, at most ``bytes_per_call`` bytes, so memory stays bounded with
+        camera-size photos. ``on_progress`` gets the running totals after every call."""
         paths = [Path(f).expanduser().resolve() for f in files]
-        batches = [paths[i : i + files_per_call] for i in range(0, len(paths), files_per_call)]
+        batches: list[list[Path]] = [[]]
+        size = 0
+        for path in paths:
+            length = path.stat().st_size if path.is_file() else 0
+            if batches[-1] and (
+                len(batches[-1]) >= files_per_call or size + length > bytes_per_call
+            ):
+                batches.append([])
+                size = 0
+            batches[-1].append(path)
+            size += length
+        batches = [b for b in batches if b]
         report = IndexReport()
 
         def send(batch: list[Path]) -> tuple[int, IndexReport]:
             return len(batch), self.index_images(
-                [(str(p), p.read_bytes()) for p in batch], collection=collection, timeout=timeout
+                [(str(p), p.read_bytes()) for p in batch],
+                collection=collection,
+                return_images=return_images,
+                timeout=timeout,
             )
 
         with ThreadPoolExecutor(max(1, calls_in_flight)) as pool:
-            for count, part in pool.map(send, batches):
-                report.files += count
-                report.indexed += part.indexed
-                report.duplicates += part.duplicates
-                report.failed += part.failed
-                report.errors += part.errors
-                report.image_ids.update(part.image_ids)
+            for _count, part in pool.map(send, batches):
+                report.merge(part)
                 if on_progress is not None:
                     on_progress(report)
         return report

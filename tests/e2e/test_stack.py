@@ -37,6 +37,7 @@ def stream(
                 name=name if n == 0 else "",
                 data=part,
                 more_chunks=n < len(parts) - 1,
+                return_images=True,
             )
 
 
@@ -251,7 +252,7 @@ def test_bad_requests(stack: Stack) -> None:
         f.truncate(33 * 1024 * 1024)  # over the 32 MiB default, sparse on disk
     with pytest.raises(grpc.RpcError) as err:
         stub.Search(gateway_pb2.SearchRequest(collection="bad", path=str(big)), timeout=60)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # too large: permanent
     assert "GATEWAY_MAX_IMAGE_MB" in str(err.value.details())
     with pytest.raises(grpc.RpcError) as err:
         stub.GetJob(gateway_pb2.GetJobRequest(job_id="nope"), timeout=30)

@@ -112,7 +112,7 @@ def test_image_limit_names_the_setting() -> None:
     limit.check("ok.jpg", 100)
     with pytest.raises(errors.ServiceError) as err:
         limit.check("big.jpg", 101)
-    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "big.jpg" in err.value.message and "GATEWAY_MAX_IMAGE_MB" in err.value.message
 
 

@@ -1,0 +1,156 @@
+"""Budgets and caps with real servers: large photos are split over Embed
+calls that fit the embedder's message limit, one too large for any call is a
+per-file error, Search refuses too many queries before reading any, streams
+are capped so short calls always answer, and stream answers stay small.
+
+Kept lean: a lowered embedder message limit (8 MiB) and ~3 MB photos prove
+what 128 MiB and 6.5 MB camera photos would (bench/ingest.py --camera runs
+the full-size case)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from imagesearch.client import Client, JobState
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import (
+    CLOTHING,
+    Stack,
+    channel,
+    clothing_images,
+    start_embedder,
+    start_gateway,
+    start_index,
+    wait_until,
+)
+
+MESSAGE_MB = 8
+
+
+def large_photo(path: Path, index: int, side: tuple[int, int] = (2400, 1800)) -> int:
+    """A distinct ~3 MB JPEG made from a clothing photo (upscaled, with grain)."""
+    name, _ = clothing_images()[index % 64]
+    with Image.open(CLOTHING / name) as src:
+        arr = np.asarray(src.convert("RGB").resize(side)).astype(np.int16)
+    grain = np.random.default_rng(index).integers(-40, 40, arr.shape)
+    Image.fromarray(np.clip(arr + grain, 0, 255).astype(np.uint8)).save(path, quality=95)
+    return path.stat().st_size
+
+
+@pytest.fixture
+def small_message_stack(tmp_path: Path) -> Iterator[Stack]:
+    embedder = start_embedder(max_message_mb=MESSAGE_MB)
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=32)
+    yield Stack(embedder, index, gateway, tmp_path)
+    gateway.running.stop(1)
+    index.running.stop(1)
+    embedder.running.stop(1)
+
+
+def test_large_photos_index_through_stream_and_job(small_message_stack: Stack) -> None:
+    folder = small_message_stack.tmp / "photos"
+    folder.mkdir()
+    sizes = [large_photo(folder / f"p{i:02}.jpg", i) for i in range(12)]
+    assert sum(sizes) > 3 * MESSAGE_MB * 1024 * 1024  # would need 4+ Embed calls
+    # One noise photo over the embedder's whole message limit.
+    noise = np.random.default_rng(99).integers(0, 255, (2200, 2200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "huge.jpg", quality=100)
+    assert (folder / "huge.jpg").stat().st_size > MESSAGE_MB * 1024 * 1024
+
+    with Client(small_message_stack.gateway.addr, timeout=300) as client:
+        report = client.index_files(sorted(folder.iterdir()), collection="stream")
+        assert (report.files, report.indexed, report.failed) == (13, 12, 1)
+        (error,) = report.errors
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "huge.jpg" in error.reason and "EMBEDDER_MAX_MESSAGE_MB" in error.reason
+        assert client.count(collection="stream").count == 12
+
+        job = client.start_job(str(folder), collection="job")
+        final = list(client.watch_job(job.job_id))[-1]
+        assert final.state is JobState.SUCCEEDED, final.message
+        assert (final.total, final.done, final.indexed, final.failed) == (13, 13, 12, 1)
+        assert "EMBEDDER_MAX_MESSAGE_MB" in final.errors[0].reason
+        assert client.count(collection="job").count == 12
+
+
+def test_search_refuses_too_many_queries_before_reading_any(stack: Stack) -> None:
+    # Paths that do not exist: had any been read, the answer would be NOT_FOUND.
+    queries = [gateway_pb2.Query(path=str(stack.tmp / f"nope-{i}.jpg")) for i in range(2000)]
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(gateway_pb2.SearchRequest(collection="x", queries=queries), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2000 queries" in str(err.value.details())
+    assert "GATEWAY_MAX_QUERIES" in str(err.value.details())
+
+
+def test_streams_are_capped_and_short_calls_still_answer(embedder, tmp_path: Path) -> None:
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(
+        tmp_path,
+        embedder.addr,
+        index.addr,
+        max_streams=4,
+        rpc_workers=8,
+        embed_batch=1,
+        job_concurrency=1,
+    )
+    try:
+        with Client(gateway.addr, timeout=60) as client:
+            job = client.start_job(str(CLOTHING), collection="watched")
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+            streams = [
+                stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job.job_id), timeout=120)
+                for _ in range(10)
+            ]
+            outcomes: list[str] = []
+            for s in streams:
+                try:
+                    next(s)
+                    outcomes.append("open")
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "GATEWAY_MAX_STREAMS" in str(exc.details())
+                    outcomes.append("refused")
+            assert outcomes.count("open") <= 4 and outcomes.count("refused") >= 6
+            # Health and a short call answer while the streams hold their slots.
+            health = health_pb2_grpc.HealthStub(channel(gateway.port)).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert client.list_jobs()[0].job_id == job.job_id
+            for s in streams:
+                s.cancel()
+            wait_until(lambda: client.get_job(job.job_id).state.terminal, 300)
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
+
+
+def test_stream_answer_is_counts_and_bounded_errors(embedder, tmp_path: Path) -> None:
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, max_errors_kept=3)
+    try:
+        with Client(gateway.addr, timeout=120) as client:
+            good = [
+                (f"good-{i}.jpg", (CLOTHING / p).read_bytes())
+                for i, (p, _) in enumerate(clothing_images()[:4])
+            ]
+            bad = [(f"bad-{i}.jpg", b"not an image %d" % i) for i in range(10)]
+            report = client.index_images(good + bad, collection="small")
+            assert (report.indexed, report.failed) == (4, 10)
+            assert len(report.errors) == 3 and report.errors_omitted == 7
+            assert report.image_ids == {}  # not asked for
+            again = client.index_images(good, collection="small", return_images=True)
+            assert again.duplicates == 4 and set(again.image_ids) == {n for n, _ in good}
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
