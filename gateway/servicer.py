@@ -107,6 +107,7 @@ def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
         image_id=h.image_id,
         path=h.path,
         paths=h.paths,
+        more_paths=h.more_paths,
         distance=h.distance,
         score=h.score,
         width=h.width,

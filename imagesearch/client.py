@@ -94,11 +94,21 @@ class Hit:
     distance: float
     width: int
     height: int
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # the first ones (INDEX_MAX_PATHS_PER_HIT), oldest first
+    more_paths: int = 0  # paths of this image beyond ``paths``
 
     @classmethod
     def from_proto(cls, h: gateway_pb2.Hit) -> Hit:
-        return cls(h.image_id, h.path, h.score, h.distance, h.width, h.height, tuple(h.paths))
+        return cls(
+            h.image_id,
+            h.path,
+            h.score,
+            h.distance,
+            h.width,
+            h.height,
+            tuple(h.paths),
+            h.more_paths,
+        )
 
 
 @dataclass(frozen=True)

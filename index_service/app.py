@@ -20,7 +20,12 @@ SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 def build_store(settings: IndexSettings) -> IndexStore:
     return IndexStore(
-        MetadataStore(settings.database_url, settings.table_prefix, settings.row_cache),
+        MetadataStore(
+            settings.database_url,
+            settings.table_prefix,
+            settings.row_cache,
+            settings.row_cache_mb * 1024 * 1024,
+        ),
         VectorStore(settings),
     )
 
@@ -32,7 +37,7 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
             store.reconcile()
         except errors.ServiceError as exc:  # a backend down at start is not fatal
             logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
-    servicer = IndexServicer(store, settings.max_items_per_upsert)
+    servicer = IndexServicer(store, settings.max_items_per_upsert, settings.max_paths_per_hit)
     running = start_server(
         [lambda s: index_pb2_grpc.add_IndexServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

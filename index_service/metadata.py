@@ -74,6 +74,11 @@ class ImageRow:
     paths: list[str] = field(default_factory=list)
 
 
+def row_bytes(row: ImageRow) -> int:
+    """A cached row's memory, roughly: the object and its strings."""
+    return 400 + len(row.sha256) + len(row.model) + sum(80 + len(p) for p in row.paths)
+
+
 @dataclass(frozen=True)
 class NewImage:
     image_id: int
@@ -90,7 +95,13 @@ def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]
 
 
 class MetadataStore:
-    def __init__(self, url: str, table_prefix: str = "imgsearch_", row_cache: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        table_prefix: str = "imgsearch_",
+        row_cache: int = 0,
+        row_cache_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         parsed = make_url(url)
@@ -152,7 +163,9 @@ class MetadataStore:
         # writer: every write below drops its collection's rows on the way
         # out). A read stores what it fetched only if no write ran meanwhile.
         self.row_cache = row_cache
+        self.row_cache_bytes = row_cache_bytes
         self._rows: dict[str, dict[int, ImageRow]] = {}
+        self._row_bytes: dict[str, int] = {}  # estimated size of each collection's rows
         self._writes = 0
         self._cache_lock = threading.Lock()
 
@@ -191,6 +204,7 @@ class MetadataStore:
             with self._cache_lock:
                 self._writes += 1
                 self._rows.pop(name, None)
+                self._row_bytes.pop(name, None)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -385,9 +399,15 @@ class MetadataStore:
             with self._cache_lock:
                 if writes == self._writes:  # no write ran meanwhile: still current
                     held = sum(len(rows) for rows in self._rows.values())
-                    if held + len(found) > self.row_cache:
+                    size = sum(row_bytes(r) for r in found.values())
+                    if (
+                        held + len(found) > self.row_cache
+                        or sum(self._row_bytes.values()) + size > self.row_cache_bytes
+                    ):
                         self._rows.clear()
+                        self._row_bytes.clear()
                     self._rows.setdefault(name, {}).update(found)
+                    self._row_bytes[name] = self._row_bytes.get(name, 0) + size
         return out
 
     def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:

@@ -29,9 +29,10 @@ def record(row: ImageRow) -> index_pb2.ImageRecord:
 
 
 class IndexServicer(index_pb2_grpc.IndexServiceServicer):
-    def __init__(self, store: IndexStore, max_items: int) -> None:
+    def __init__(self, store: IndexStore, max_items: int, max_paths: int = 16) -> None:
         self.store = store
         self.max_items = max_items
+        self.max_paths = max_paths
 
     def Upsert(
         self, request: index_pb2.IndexServiceUpsertRequest, context: grpc.ServicerContext
@@ -80,7 +81,8 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                         index_pb2.IndexHit(
                             image_id=h.image_id,
                             path=h.row.paths[0] if h.row.paths else "",
-                            paths=h.row.paths,
+                            paths=h.row.paths[: self.max_paths],
+                            more_paths=max(0, len(h.row.paths) - self.max_paths),
                             distance=h.distance,
                             score=h.score,
                             width=h.row.width,

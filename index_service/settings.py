@@ -47,6 +47,18 @@ class IndexSettings(ServerSettings):
             "this service is the only writer of its tables"
         },
     )
+    row_cache_mb: int = field(
+        default=256,
+        metadata={
+            "help": "memory the row cache may use, estimated (images with many or long "
+            "paths cost more); whichever of this and INDEX_ROW_CACHE is reached first "
+            "empties it"
+        },
+    )
+    max_paths_per_hit: int = field(
+        default=16,
+        metadata={"help": "paths listed per search hit (oldest first); the rest are counted"},
+    )
     table_prefix: str = field(default="imgsearch_", metadata={"help": "prefix of our SQL tables"})
     metric: str = field(
         default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"}

@@ -532,3 +532,39 @@ def test_milvus_down_gives_unavailable_and_leaves_sql_untouched(tmp_path: Path) 
     meta = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
     assert meta.list_collections() == []
     meta.dispose()
+
+
+def test_a_hit_lists_the_first_paths_and_counts_the_rest(tmp_path: Path) -> None:
+    server = start_index(tmp_path, max_paths_per_hit=2)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        for n in range(5):  # the same bytes under five paths
+            upsert(stub, [item(7, path=f"/copies/{n}/img7.jpg")])
+        (hit,) = search(stub, vector(7), top_k=1)
+        assert list(hit.paths) == ["/copies/0/img7.jpg", "/copies/1/img7.jpg"]
+        assert hit.more_paths == 3 and hit.path == "/copies/0/img7.jpg"
+    finally:
+        server.running.stop(1)
+
+
+def test_row_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
+    from index_service.app import build_store, start
+    from index_service.metadata import row_bytes
+
+    settings = index_settings(tmp_path, row_cache_mb=1)
+    store = build_store(settings)
+    running = start(settings, store)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(running.port))
+        long = "/" + "x" * 600  # ~700 bytes a path: 1 MiB holds ~800 rows, not 2000
+        upsert(stub, [item(n, path=f"{long}/{n}.jpg") for n in range(2000)])
+        cached = store.meta._rows
+        most = 0
+        for n in range(0, 2000, 25):
+            search(stub, vector(n), top_k=50)
+            held = sum(row_bytes(r) for rows in cached.values() for r in rows.values())
+            most = max(most, held)
+            assert held <= 1024 * 1024
+        assert most > 512 * 1024  # it does cache, up to near the bound
+    finally:
+        running.stop(1)
