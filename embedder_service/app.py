@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from embedder_service.batcher import Batcher
 from embedder_service.budget import PixelBudget
@@ -12,6 +11,7 @@ from embedder_service.model import ModelRunner
 from embedder_service.servicer import EmbedderServicer
 from embedder_service.settings import EmbedderSettings
 from imagesearch import logs
+from imagesearch.readiness import Readiness
 from imagesearch.server import RunningServer, start_server
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -53,7 +53,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
         queue_size=settings.queue_size,
         decode_workers=decode_workers,
     )
-    ready = threading.Event()
+    ready = Readiness("the embedder is still warming up its model")
     servicer = EmbedderServicer(batcher, runner.info, settings, ready)
     running = start_server(
         [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import CancelledError
 
 import grpc
@@ -11,10 +10,8 @@ from embedder_service.batcher import Batcher
 from embedder_service.model import ModelInfo
 from embedder_service.settings import EmbedderSettings
 from imagesearch import errors
+from imagesearch.readiness import Readiness
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
-
-# Longest an Embed call waits for the model's warm-up (compiling) to end.
-WARMUP_WAIT_S = 300.0
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
@@ -23,25 +20,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         batcher: Batcher,
         info: ModelInfo,
         settings: EmbedderSettings,
-        ready: threading.Event | None = None,
+        ready: Readiness | None = None,
     ) -> None:
         self.batcher = batcher
         self.info = info
         self.settings = settings
         # Set once the model is warm; Embed calls that come earlier wait for it.
-        self.ready = ready or threading.Event()
-        if ready is None:
-            self.ready.set()
-
-    def _wait_warm(self, context: grpc.ServicerContext) -> None:
-        if self.ready.is_set():
-            return
-        remaining = context.time_remaining()
-        wait = WARMUP_WAIT_S if remaining is None else min(remaining, WARMUP_WAIT_S)
-        if not self.ready.wait(wait):
-            raise errors.unavailable(
-                f"the embedder is still warming up its model (waited {wait:.0f}s); retry shortly"
-            )
+        self.ready = ready or Readiness("the embedder is still warming up its model", ready=True)
 
     def Embed(
         self, request: embedder_pb2.EmbedderServiceEmbedRequest, context: grpc.ServicerContext
@@ -53,7 +38,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 f"{count} images in one Embed call, limit {limit} "
                 "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
             )
-        self._wait_warm(context)
+        self.ready.wait(context)
         embeddings: list[embedder_pb2.Embedding | None] = [None] * count
         accepted: list[tuple[int, str, bytes]] = []
         for i, image in enumerate(request.images):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from imagesearch import errors, logs
+from imagesearch.readiness import Readiness
 from imagesearch.server import RunningServer, start_server
 from imagesearch.v1 import index_pb2, index_pb2_grpc
 from index_service.metadata import MetadataStore
@@ -31,18 +33,32 @@ def build_store(settings: IndexSettings) -> IndexStore:
 
 
 def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningServer:
+    """Serves at once: health answers (liveness SERVING, the IndexService
+    NOT_SERVING) while the start-up Reconcile runs in the background, however
+    large the collections; calls wait for it, then it turns SERVING."""
     store = store or build_store(settings)
-    if settings.reconcile_on_start:
-        try:
-            store.reconcile()
-        except errors.ServiceError as exc:  # a backend down at start is not fatal
-            logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
-    servicer = IndexServicer(store, settings.max_items_per_upsert, settings.max_paths_per_hit)
+    ready = Readiness("the index is still reconciling its stores at start-up")
+    servicer = IndexServicer(
+        store, settings.max_items_per_upsert, settings.max_paths_per_hit, ready
+    )
     running = start_server(
         [lambda s: index_pb2_grpc.add_IndexServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
         **settings.server_options(),
+        serving=False,
+        live=True,
     )
+
+    def reconcile_then_serve() -> None:
+        if settings.reconcile_on_start:
+            try:
+                store.reconcile()  # logs what it found and did
+            except errors.ServiceError as exc:  # a backend down at start is not fatal
+                logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
+        ready.set()
+        running.set_serving(True)
+
+    threading.Thread(target=reconcile_then_serve, name="start-up-reconcile", daemon=True).start()
     running.on_stop.append(store.vectors.close)
     running.on_stop.append(store.meta.dispose)
     logs.event(

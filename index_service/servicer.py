@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from imagesearch import errors
+from imagesearch.readiness import Readiness
 from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
 from index_service.metadata import READY, ImageRow
 from index_service.store import IndexStore, Item
@@ -29,14 +30,23 @@ def record(row: ImageRow) -> index_pb2.ImageRecord:
 
 
 class IndexServicer(index_pb2_grpc.IndexServiceServicer):
-    def __init__(self, store: IndexStore, max_items: int, max_paths: int = 16) -> None:
+    def __init__(
+        self,
+        store: IndexStore,
+        max_items: int,
+        max_paths: int = 16,
+        ready: Readiness | None = None,
+    ) -> None:
         self.store = store
         self.max_items = max_items
         self.max_paths = max_paths
+        # Calls wait while the start-up Reconcile runs.
+        self.ready = ready or Readiness("the index is starting", ready=True)
 
     def Upsert(
         self, request: index_pb2.IndexServiceUpsertRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceUpsertResponse:
+        self.ready.wait(context)
         if len(request.items) > self.max_items:
             raise errors.invalid_argument(
                 f"{len(request.items)} items in one Upsert, limit {self.max_items} "
@@ -65,6 +75,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def Search(
         self, request: index_pb2.IndexServiceSearchRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceSearchResponse:
+        self.ready.wait(context)
         results = self.store.search(
             request.collection,
             list(request.vectors),
@@ -98,6 +109,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def Get(
         self, request: index_pb2.IndexServiceGetRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceGetResponse:
+        self.ready.wait(context)
         rows = self.store.get(
             request.collection,
             list(request.image_ids),
@@ -109,6 +121,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def Delete(
         self, request: index_pb2.IndexServiceDeleteRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceDeleteResponse:
+        self.ready.wait(context)
         deleted, paths = self.store.delete(
             request.collection, list(request.image_ids), list(request.paths), request.path_prefix
         )
@@ -117,12 +130,14 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def Count(
         self, request: index_pb2.IndexServiceCountRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceCountResponse:
+        self.ready.wait(context)
         ready, pending = self.store.count(request.collection)
         return index_pb2.IndexServiceCountResponse(count=ready, pending=pending)
 
     def ListCollections(
         self, request: index_pb2.IndexServiceListCollectionsRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceListCollectionsResponse:
+        self.ready.wait(context)
         return index_pb2.IndexServiceListCollectionsResponse(
             collections=[
                 common_pb2.CollectionInfo(
@@ -141,6 +156,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def DropCollection(
         self, request: index_pb2.IndexServiceDropCollectionRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceDropCollectionResponse:
+        self.ready.wait(context)
         return index_pb2.IndexServiceDropCollectionResponse(
             dropped=self.store.drop(request.collection)
         )
@@ -148,6 +164,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     def Reconcile(
         self, request: index_pb2.IndexServiceReconcileRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceReconcileResponse:
+        self.ready.wait(context)
         report = self.store.reconcile(request.collection)
         return index_pb2.IndexServiceReconcileResponse(
             marked_ready=report.marked_ready,

@@ -568,3 +568,35 @@ def test_row_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
         assert most > 512 * 1024  # it does cache, up to near the bound
     finally:
         running.stop(1)
+
+
+def test_health_answers_while_the_start_up_reconcile_runs(tmp_path: Path) -> None:
+    """Start-up Reconcile runs behind a served port: liveness SERVING, the
+    IndexService NOT_SERVING until it ends, calls wait for it. The Reconcile
+    is held up here by another connection's exclusive lock on the database."""
+    import sqlite3
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    first = start_index(tmp_path)
+    upsert(index_pb2_grpc.IndexServiceStub(channel(first.port)), [item(n) for n in range(4)])
+    first.running.stop(1)
+
+    lock = sqlite3.connect(tmp_path / "meta.db", timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")
+    again = start_index(tmp_path)  # returns with Reconcile still blocked on the lock
+    try:
+        health = health_pb2_grpc.HealthStub(channel(again.port))
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        assert status("imagesearch.v1.IndexService") == health_pb2.HealthCheckResponse.NOT_SERVING
+        lock.rollback()
+        lock.close()
+        stub = index_pb2_grpc.IndexServiceStub(channel(again.port))
+        assert count(stub) == 4  # waited for the Reconcile, then answered
+        assert status("imagesearch.v1.IndexService") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        again.running.stop(1)
