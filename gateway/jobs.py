@@ -12,6 +12,7 @@ file is counted once.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -140,6 +141,25 @@ def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
     return cursor, sorted(done)
 
 
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def _make_token(job: JobState) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at_ms}:{job.job_id}".encode()).decode()
+
+
+def _parse_token(token: str) -> tuple[int, str] | None:
+    if not token:
+        return None
+    try:
+        created, job_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        return int(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise errors.invalid_argument(
+            f"page_token {token!r} is not one ListJobs gave; start again without it"
+        ) from None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -182,6 +202,7 @@ class JobManager:
                 logs.event(log, "job.unreadable", logging.WARNING, file=str(path), error=str(exc))
                 continue
             self._jobs[job.job_id] = job
+        self.expire()
 
     def resume_interrupted(self) -> None:
         """Jobs a previous gateway left running: resume them, or mark them failed."""
@@ -215,6 +236,7 @@ class JobManager:
         real = self.roots.resolve(folder)
         if not real.is_dir():
             raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
+        self.expire()
         job_id = uuid.uuid4().hex[:12]
         job = JobState(
             job_id=job_id,
@@ -247,11 +269,44 @@ class JobManager:
                 raise errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
             return JobState(**{**asdict(job), "errors": list(job.errors)})
 
-    def list_jobs(self, collection: str = "") -> list[JobState]:
+    def list_jobs(
+        self, collection: str = "", page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[JobState], str]:
+        """A page of jobs, newest first, and the token of the next page ("" at
+        the end). The token names the last job given, so pages stay right
+        while jobs start or expire in between."""
+        self.expire()
+        size = min(max(page_size or DEFAULT_PAGE, 1), MAX_PAGE)
+        after = _parse_token(page_token)
         with self._lock:
-            ids = [j.job_id for j in sorted(self._jobs.values(), key=lambda j: j.created_at_ms)]
-        jobs = [self.get(i) for i in ids]
-        return [j for j in jobs if not collection or j.collection == collection]
+            ordered = sorted(
+                (j for j in self._jobs.values() if not collection or j.collection == collection),
+                key=lambda j: (j.created_at_ms, j.job_id),
+                reverse=True,
+            )
+            if after is not None:
+                ordered = [j for j in ordered if (j.created_at_ms, j.job_id) < after]
+            page = ordered[: size + 1]
+        jobs = [self.get(j.job_id) for j in page[:size]]
+        more = len(page) > size
+        token = _make_token(jobs[-1]) if more and jobs else ""
+        return jobs, token
+
+    def expire(self) -> int:
+        """Forgets finished jobs older than GATEWAY_JOB_RETENTION_H (state and
+        file list); returns how many went."""
+        cutoff = _now_ms() - int(self.settings.job_retention_h * 3600 * 1000)
+        with self._lock:
+            old = [j for j in self._jobs.values() if j.terminal and j.updated_at_ms < cutoff]
+            for job in old:
+                del self._jobs[job.job_id]
+                self._cancel.pop(job.job_id, None)
+                self._threads.pop(job.job_id, None)
+                for path in (self._state_path(job.job_id), self._files_path(job.job_id)):
+                    path.unlink(missing_ok=True)
+        if old:
+            logs.event(log, "jobs.expired", count=len(old))
+        return len(old)
 
     def cancel(self, job_id: str) -> JobState:
         job = self.get(job_id)

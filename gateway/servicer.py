@@ -78,7 +78,7 @@ def code_number(stored: object) -> int:
     return errors.status_code_number(grpc.StatusCode[text])
 
 
-def job_message(job: JobState) -> gateway_pb2.Job:
+def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
     return gateway_pb2.Job(
         job_id=job.job_id,
         state=JOB_STATES[job.state],
@@ -91,7 +91,7 @@ def job_message(job: JobState) -> gateway_pb2.Job:
             gateway_pb2.FileError(
                 path=str(e["path"]), reason=str(e["reason"]), code=code_number(e["code"])
             )
-            for e in job.errors
+            for e in (job.errors if with_errors else [])
         ],
         collection=job.collection,
         folder=job.folder,
@@ -356,8 +356,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def ListJobs(
         self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListJobsResponse:
+        jobs, token = self.jobs.list_jobs(request.collection, request.page_size, request.page_token)
         return gateway_pb2.ListJobsResponse(
-            jobs=[job_message(j) for j in self.jobs.list_jobs(request.collection)]
+            jobs=[job_message(j, with_errors=request.include_errors) for j in jobs],
+            next_page_token=token,
         )
 
     def CancelJob(

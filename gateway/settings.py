@@ -85,7 +85,17 @@ class GatewaySettings(ServerSettings):
             "UNAVAILABLE or too slow, before the job ends FAILED (ResumeJob continues it)"
         },
     )
-    max_errors_kept: int = field(default=1000, metadata={"help": "file errors kept per job"})
+    max_errors_kept: int = field(
+        default=1000,
+        metadata={"help": "file errors kept per job, and listed per IndexImages answer"},
+    )
+    job_retention_h: float = field(
+        default=168.0,
+        metadata={
+            "help": "hours a finished job is kept (state, file list) after its last change; "
+            "older ones are forgotten at start-up and as new jobs start or are listed"
+        },
+    )
     resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
 
     @property

@@ -508,9 +508,32 @@ class Client:
         request = gateway_pb2.GetJobRequest(job_id=job_id)
         return Job.from_proto(self._call(self._stub.GetJob, request, timeout).job)
 
-    def list_jobs(self, *, collection: str = "", timeout: float | None = None) -> list[Job]:
-        request = gateway_pb2.ListJobsRequest(collection=collection)
-        return [Job.from_proto(j) for j in self._call(self._stub.ListJobs, request, timeout).jobs]
+    def list_jobs(
+        self,
+        *,
+        collection: str = "",
+        include_errors: bool = False,
+        page_size: int = 100,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """Jobs, newest first, page by page (at most ``limit``). Their file
+        errors only with ``include_errors`` (``get_job`` always has them)."""
+        jobs: list[Job] = []
+        token = ""
+        while limit is None or len(jobs) < limit:
+            request = gateway_pb2.ListJobsRequest(
+                collection=collection,
+                page_size=page_size,
+                page_token=token,
+                include_errors=include_errors,
+            )
+            reply = self._call(self._stub.ListJobs, request, timeout)
+            jobs += [Job.from_proto(j) for j in reply.jobs]
+            token = reply.next_page_token
+            if not token:
+                break
+        return jobs if limit is None else jobs[:limit]
 
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> Job:
         request = gateway_pb2.CancelJobRequest(job_id=job_id)

@@ -305,9 +305,13 @@ def index_settings(tmp: Path, **overrides: object):  # -> IndexSettings
 
 
 def start_index(tmp: Path, **overrides: object) -> Server:
+    """An index on ``tmp``, returned once its start-up Reconcile is done
+    (IndexService SERVING), as the gateway would see it."""
+    from imagesearch.healthcheck import check
     from index_service.app import start
 
     running = start(index_settings(tmp, **overrides))
+    wait_until(lambda: check(running.port, "imagesearch.v1.IndexService"), 120)
     return Server(running, f"127.0.0.1:{running.port}")
 
 

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from imagesearch.client import Client, JobState
+from imagesearch.client import Client, ImageSearchError, JobState
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
@@ -151,6 +151,67 @@ def test_stream_answer_is_counts_and_bounded_errors(embedder, tmp_path: Path) ->
             assert report.image_ids == {}  # not asked for
             again = client.index_images(good, collection="small", return_images=True)
             assert again.duplicates == 4 and set(again.image_ids) == {n for n, _ in good}
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
+
+
+def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
+    """300 finished jobs with 100 long errors each (~6 MB in all, over the 4 MiB
+    message limit): ListJobs pages and leaves the errors out; jobs finished
+    longer ago than GATEWAY_JOB_RETENTION_H are forgotten, files and all."""
+    import json
+    import time
+
+    jobs_dir = tmp_path / "gw" / "jobs"
+    jobs_dir.mkdir(parents=True)
+    now = int(time.time() * 1000)
+    old_ms = now - 3 * 24 * 3600 * 1000
+    for n in range(300):
+        stamp = old_ms + n if n < 100 else now - 1000 + n  # the first 100 are 3 days old
+        state = {
+            "job_id": f"job{n:04}",
+            "collection": "many",
+            "folder": str(tmp_path),
+            "recursive": True,
+            "state": "succeeded",
+            "total": 100,
+            "done": 100,
+            "failed": 100,
+            "errors": [
+                {"path": f"/x/{'y' * 150}/{i}.jpg", "reason": "corrupt " + "z" * 50, "code": 3}
+                for i in range(100)
+            ],
+            "created_at_ms": stamp,
+            "updated_at_ms": stamp,
+        }
+        (jobs_dir / f"job{n:04}.json").write_text(json.dumps(state))
+        (jobs_dir / f"job{n:04}.files").write_text("")
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, job_retention_h=24.0)
+    try:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = stub.ListJobs(
+                gateway_pb2.ListJobsRequest(page_size=64, page_token=token), timeout=30
+            )
+            assert len(page.jobs) <= 64 and all(not j.errors for j in page.jobs)
+            assert page.ByteSize() < 4 * 1024 * 1024
+            seen += [j.job_id for j in page.jobs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == [f"job{n:04}" for n in range(299, 99, -1)]  # newest first, once each
+        assert not (jobs_dir / "job0000.json").exists()
+        assert not (jobs_dir / "job0000.files").exists()
+        with Client(gateway.addr) as client:
+            assert len(client.get_job("job0150").errors) == 100  # GetJob has them all
+            assert len(client.list_jobs(limit=10, include_errors=True)[0].errors) == 100
+            with pytest.raises(ImageSearchError) as err:
+                client.get_job("job0001")
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         gateway.running.stop(1)
         index.running.stop(1)

@@ -135,7 +135,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
     )
     assert (rerun.indexed, rerun.duplicates) == (0, 64)
     listed = stub.ListJobs(gateway_pb2.ListJobsRequest(collection="jobs"), timeout=30).jobs
-    assert [j.job_id for j in listed] == [job.job_id, rerun.job_id]
+    assert [j.job_id for j in listed] == [rerun.job_id, job.job_id]  # newest first
     assert stub.GetJob(gateway_pb2.GetJobRequest(job_id=job.job_id), timeout=30).job.indexed == 64
 
     # Not recursive: the clothing root holds no images itself.

@@ -584,7 +584,9 @@ def test_health_answers_while_the_start_up_reconcile_runs(tmp_path: Path) -> Non
 
     lock = sqlite3.connect(tmp_path / "meta.db", timeout=30)
     lock.execute("BEGIN EXCLUSIVE")
-    again = start_index(tmp_path)  # returns with Reconcile still blocked on the lock
+    from index_service.app import start
+
+    again = start(index_settings(tmp_path))  # returns while Reconcile waits for the lock
     try:
         health = health_pb2_grpc.HealthStub(channel(again.port))
 
@@ -599,4 +601,4 @@ def test_health_answers_while_the_start_up_reconcile_runs(tmp_path: Path) -> Non
         assert count(stub) == 4  # waited for the Reconcile, then answered
         assert status("imagesearch.v1.IndexService") == health_pb2.HealthCheckResponse.SERVING
     finally:
-        again.running.stop(1)
+        again.stop(1)
