@@ -31,7 +31,57 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} cores, {cpu}, flags [{cpu_flags()}], Python {platform.python_version()}"
+    )
+
+
+def cpu_flags() -> str:
+    """The CPU features that change the figures (avx2, avx512f, avx512_bf16, amx)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+                return " ".join(f for f in wanted if f in have) or "none of avx2/avx512/amx"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM, Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_camera_photos(n: int, seed: int = 1) -> Path:
+    """N unique 6000x4000 JPEGs of ~6.5 MB, as a current camera writes them,
+    built from the clothing fixture (upscaled, with sensor-like grain).
+    Cached under bench/out/ (about 1.7 GB for 256)."""
+    import numpy as np
+
+    folder = OUT / f"camera-{n}-{seed}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = sorted(CLOTHING.rglob("*.jpg"))
+    grain = rng.integers(-14, 14, (4000, 6000, 3), dtype=np.int16)
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as src:
+            img = src.convert("RGB")
+        if img.height > img.width:
+            img = img.transpose(Image.Transpose.ROTATE_90)
+        arr = np.asarray(img.resize((6000, 4000), Image.Resampling.BILINEAR), dtype=np.int16)
+        shift = np.roll(grain, i * 7919, axis=1)  # distinct bytes for every photo
+        out = np.clip(arr + shift, 0, 255).astype(np.uint8)
+        Image.fromarray(out).save(folder / f"camera_{i:05d}.jpg", quality=90)
+    done.touch()
+    return folder
 
 
 def make_photos(n: int, big_every: int = 4, seed: int = 0) -> Path:
@@ -74,9 +124,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(port: int, timeout: float = 900) -> None:
+def wait_healthy(port: int, service: str = "", timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
-    while not healthcheck.check(port, timeout=2):
+    while not healthcheck.check(port, service, timeout=2):
         if time.monotonic() > deadline:
             raise TimeoutError(f"service on port {port} not healthy after {timeout}s")
         time.sleep(0.5)
@@ -118,8 +168,12 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
                     [sys.executable, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT
                 )
             )
-        for name in ("index", "gateway", "embedder"):
-            wait_healthy(ports[name])
+        for name, service in (
+            ("index", "IndexService"),
+            ("embedder", "EmbedderService"),
+            ("gateway", "GatewayService"),  # ready once both answered
+        ):
+            wait_healthy(ports[name], f"imagesearch.v1.{service}")
         ports.update(
             {
                 f"pid:{m}": p.pid

@@ -8,6 +8,13 @@ sequentially. Both sides use ResNet50 with RANDOM weights: the figures are
 about speed only (the vectors are meaningless).
 
     .venv/bin/python bench/ingest.py [--n 256] [--skip-baseline]
+    .venv/bin/python bench/ingest.py --camera [--n 256]
+
+--camera: N photos of 6000x4000 (~6.5 MB, as a current camera writes),
+ingested both through the client stream (IndexImages, `imgsearch index`)
+and through a server job, into the same running services; reports img/s,
+the peak RSS of gateway and embedder (cumulative: the stream runs first),
+and whether every photo was stored.
 """
 
 from __future__ import annotations
@@ -21,7 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import cpu_seconds, machine, make_photos, services
+from bench.common import (
+    cpu_seconds,
+    machine,
+    make_camera_photos,
+    make_photos,
+    peak_rss_mb,
+    services,
+)
 
 
 def baseline(paths: list[Path], db: Path, batch_size: int = 128) -> float:
@@ -108,6 +122,63 @@ def ours(folder: Path, data: Path, env: dict[str, str]) -> tuple[float, float, i
         return seconds, startup, job.indexed
 
 
+def camera(n: int, skip_baseline: bool, env: dict[str, str]) -> int:
+    from imagesearch.client import Client, JobState
+
+    folder = make_camera_photos(n)
+    paths = sorted(folder.glob("*.jpg"))
+    mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+    print(f"machine: {machine()}")
+    print(f"photos:  {len(paths)} unique 6000x4000 JPEGs, {mb:.1f} MB each on average")
+    print("model:   ResNet50, RANDOM weights on both sides (speed only)")
+    tmp = Path(tempfile.mkdtemp(prefix="imgsearch-camera-"))
+    ok = True
+    try:
+        base_rate = None
+        if not skip_baseline:
+            seconds = baseline(paths, tmp / "baseline.db")
+            base_rate = len(paths) / seconds
+            print(f"baseline (seed 002 loop):    {seconds:7.1f} s  {base_rate:6.2f} img/s")
+        with services(tmp / "ours", env) as ports:
+            client = Client(f"127.0.0.1:{ports['gateway']}", timeout=3600)
+            pids = {name: ports[f"pid:{name}"] for name in ("gateway", "embedder")}
+            rows = []
+            started = time.perf_counter()
+            report = client.index_files(paths, collection="camera-stream")
+            seconds = time.perf_counter() - started
+            stored = client.count(collection="camera-stream").count
+            rows.append(("client stream", seconds, stored, report.failed, report.errors[:3]))
+            rss_stream = {k: peak_rss_mb(v) for k, v in pids.items()}
+
+            started = time.perf_counter()
+            job = started_job = client.start_job(str(folder), collection="camera-job")
+            for job in client.watch_job(started_job.job_id):  # noqa: B007 (the last one counts)
+                pass
+            seconds = time.perf_counter() - started
+            stored = client.count(collection="camera-job").count
+            failed = job.failed if job.state is JobState.SUCCEEDED else len(paths) - job.indexed
+            rows.append(("server job", seconds, stored, failed, list(job.errors[:3])))
+            rss_job = {k: peak_rss_mb(v) for k, v in pids.items()}
+            client.close()
+        for (name, secs, stored, failed, errs), rss in zip(
+            rows, (rss_stream, rss_job), strict=True
+        ):
+            rate = len(paths) / secs
+            ratio = f"  {rate / base_rate:5.2f}x baseline" if base_rate else ""
+            print(
+                f"imgsearch {name:<14} {secs:7.1f} s  {rate:6.2f} img/s{ratio}  stored "
+                f"{stored}/{len(paths)}, failed {failed}; peak RSS gateway "
+                f"{rss['gateway']:.0f} MiB, embedder {rss['embedder']:.0f} MiB"
+            )
+            for e in errs:
+                print(f"    error: {e}")
+            ok = ok and stored == len(paths) and failed == 0
+        print("every photo stored by both paths" if ok else "SOMETHING FAILED (see above)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,12 +187,21 @@ def main() -> int:
         "--n", type=int, default=256, help="photos (default 256; every 4th is 4000x3000)"
     )
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--camera", action="store_true", help="6000x4000 photos, stream and job")
     p.add_argument(
         "--compile", default="", help="EMBEDDER_COMPILE for our side (default: the service default)"
     )
     p.add_argument("--dtype", default="", help="EMBEDDER_DTYPE for our side (default: auto)")
     p.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for our services")
     args = p.parse_args()
+    env = {"EMBEDDER_MODEL": "resnet50", "EMBEDDER_WEIGHTS": "random"}
+    if args.compile:
+        env["EMBEDDER_COMPILE"] = args.compile
+    if args.dtype:
+        env["EMBEDDER_DTYPE"] = args.dtype
+    env.update(kv.split("=", 1) for kv in args.env)
+    if args.camera:
+        return camera(args.n, args.skip_baseline, env)
 
     folder = make_photos(args.n)
     paths = sorted(folder.glob("*.jpg"))
@@ -130,12 +210,6 @@ def main() -> int:
         f"photos:  {len(paths)} unique JPEGs in {folder} (every 4th 4000x3000, others 1280-3264 px)"
     )
     print("model:   ResNet50, RANDOM weights on both sides (speed only; vectors are meaningless)")
-    env = {"EMBEDDER_MODEL": "resnet50", "EMBEDDER_WEIGHTS": "random"}
-    if args.compile:
-        env["EMBEDDER_COMPILE"] = args.compile
-    if args.dtype:
-        env["EMBEDDER_DTYPE"] = args.dtype
-    env.update(kv.split("=", 1) for kv in args.env)
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
     try:
         base_rate = None
