@@ -215,3 +215,26 @@ def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
     finally:
         gateway.running.stop(1)
         index.running.stop(1)
+
+
+def test_a_job_rides_out_a_full_embedder_queue(tmp_path: Path, caplog) -> None:
+    """Overload is not failure: Embed calls refused RESOURCE_EXHAUSTED (queue
+    full) are retried with backoff and the job stores every file."""
+    import logging
+
+    embedder = start_embedder(queue_size=8, max_batch=4)
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=6, job_concurrency=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.jobs"), Client(gateway.addr) as c:
+            job = c.start_job(str(CLOTHING), collection="busy")
+            final = list(c.watch_job(job.job_id))[-1]
+        assert final.state is JobState.SUCCEEDED, final.message
+        assert (final.done, final.indexed, final.failed) == (64, 64, 0)
+        retries = [r for r in caplog.records if "job.batch_retry" in r.getMessage()]
+        assert retries, "the queue never filled: the test proves nothing"
+        assert any("EMBEDDER_QUEUE_SIZE" in str(getattr(r, "fields", r.__dict__)) for r in retries)
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
+        embedder.running.stop(1)

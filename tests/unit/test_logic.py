@@ -187,3 +187,40 @@ def test_allowed_roots_refuse_escapes(tmp_path: Path) -> None:
             roots.resolve(bad)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [p.name for p in walk_images(root, True, roots)] == ["a.jpg"]
+
+
+def test_byte_budget_waits_for_room_and_lets_a_giant_through_alone() -> None:
+    import threading
+
+    from gateway.budget import ByteBudget
+
+    budget = ByteBudget(100)
+    first = budget.acquire(60)
+    entered = threading.Event()
+
+    def second() -> None:
+        taken = budget.acquire(60)  # does not fit beside the first
+        entered.set()
+        budget.release(taken)
+
+    t = threading.Thread(target=second)
+    t.start()
+    assert not entered.wait(0.3)
+    budget.release(first)
+    assert entered.wait(5)
+    t.join()
+    assert budget.acquire(10_000) == 100  # larger than the budget: all of it, alone
+    assert budget.peak <= 100
+
+
+def test_job_files_are_grouped_by_bytes(tmp_path: Path) -> None:
+    from gateway.jobs import byte_groups
+
+    sizes = [40, 40, 40, 150, 10]
+    paths = []
+    for n, size in enumerate(sizes):
+        path = tmp_path / f"{n}.jpg"
+        path.write_bytes(b"x" * size)
+        paths.append(str(path))
+    groups = [(len(g), s) for g, s in byte_groups([*paths, str(tmp_path / "gone.jpg")], 100)]
+    assert groups == [(2, 80), (1, 40), (1, 150), (2, 10)]
