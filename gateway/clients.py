@@ -44,7 +44,8 @@ from imagesearch.v1 import (
 # Room kept in an Embed request for the message's own fields (names, framing).
 MESSAGE_OVERHEAD = 64 * 1024
 ITEM_OVERHEAD = 64
-DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for embedders that do not say
+DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024
+CHANNEL_MESSAGE_BYTES = 1024 * 1024 * 1024  # gRPC's default, for embedders that do not say
 EMBEDDER_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
@@ -116,7 +117,9 @@ class Dependency:
 class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        limit = max(settings.max_image_bytes * settings.embed_batch + (1 << 20), 64 << 20)
+        # Calls are split to the embedder's own limit; the channels allow any
+        # sane one (a larger limit is used as this one).
+        limit = CHANNEL_MESSAGE_BYTES
         self.embedder_dep = Dependency("embedder", settings.embedder_addr, EMBEDDER_SERVICE, limit)
         self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, limit)
         self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
@@ -148,8 +151,14 @@ class Backends:
                 "to start or come back (GATEWAY_BACKEND_WAIT_S); retry later"
             )
         timeout = deadline.timeout(s.call_timeout_s)
+        call = method.future(request, timeout=timeout, metadata=_metadata())
+        deadline.track(call)  # canceled with the caller's call
         try:
-            return method(request, timeout=timeout, metadata=_metadata())
+            return call.result()
+        except grpc.FutureCancelledError:
+            raise errors.ServiceError(
+                grpc.StatusCode.CANCELLED, f"the caller canceled; the {dep.name} call was dropped"
+            ) from None
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             detail = exc.details() if hasattr(exc, "details") else str(exc)
@@ -179,7 +188,9 @@ class Backends:
                 embedder_pb2.EmbedderServiceGetModelInfoRequest(),
                 deadline,
             )
-            self._embed_message_limit = info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES
+            self._embed_message_limit = min(
+                info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES, CHANNEL_MESSAGE_BYTES
+            )
         return self._embed_message_limit
 
     def embed(

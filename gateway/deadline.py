@@ -9,15 +9,43 @@ their own (GATEWAY_JOB_BATCH_TIMEOUT_S).
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
+
+
+class Cancellation:
+    """The downstream calls a caller's call is waiting on: when the caller
+    cancels (or goes away), they are canceled too, so the embedder drops the
+    images still queued for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[grpc.Future] = []
+        self.cancelled = False
+
+    def track(self, call: grpc.Future) -> None:
+        with self._lock:
+            self._calls = [c for c in self._calls if not c.done()]
+            self._calls.append(call)
+            cancelled = self.cancelled
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call.cancel()
 
 
 @dataclass(frozen=True)
 class Deadline:
     at: float | None  # time.monotonic() value; None: the caller set none
+    cancellation: Cancellation | None = field(default=None, compare=False)
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
@@ -29,8 +57,17 @@ class Deadline:
 
     @classmethod
     def of(cls, context: grpc.ServicerContext) -> Deadline:
+        """The caller's deadline, and its cancellation: downstream calls end
+        when the caller's call does (its callbacks run when it ends, however)."""
         remaining = context.time_remaining()
-        return cls.unbounded() if remaining is None else cls.after(remaining)
+        cancellation = Cancellation()
+        context.add_callback(cancellation.cancel)  # a no-op for calls already done
+        at = None if remaining is None else time.monotonic() + remaining
+        return cls(at, cancellation)
+
+    def track(self, call: grpc.Future) -> None:
+        if self.cancellation is not None:
+            self.cancellation.track(call)
 
     def remaining(self) -> float | None:
         return None if self.at is None else max(0.0, self.at - time.monotonic())

@@ -95,3 +95,29 @@ def test_cancel_drops_queued_images(slow_embedder) -> None:
     assert call.cancelled()
     assert batcher.canceled > 0
     assert sum(seen) == batcher.embedded < 64
+
+
+def test_a_canceled_gateway_call_cancels_its_embed(slow_embedder, tmp_path) -> None:
+    """The cancellation flows through the gateway: a client that cancels its
+    IndexImages stream takes the images queued in the embedder along."""
+    from imagesearch.client import image_requests
+    from imagesearch.v1 import gateway_pb2_grpc
+    from tests.conftest import start_gateway, start_index
+
+    running, batcher, seen = slow_embedder
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(
+        tmp_path, f"127.0.0.1:{running.port}", index.addr, embed_batch=64, job_concurrency=1
+    )
+    try:
+        photos = [(p, (CLOTHING / p).read_bytes()) for p, _ in clothing_images()]
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        call = stub.IndexImages.future(image_requests("cancel", photos), timeout=120)
+        wait_until(lambda: sum(seen) >= MAX_BATCH, timeout=60)  # the model is on it
+        call.cancel()
+        wait_until(lambda: batcher.embedded + batcher.canceled == 64, timeout=60)
+        assert batcher.canceled > 0
+        assert sum(seen) == batcher.embedded < 64
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
