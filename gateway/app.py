@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.jobs import JobManager
 from gateway.orchestrator import ImageLimit, Ingestor
@@ -24,8 +25,9 @@ def start(settings: GatewaySettings) -> RunningServer:
     roots = AllowedRoots(settings.roots)
     backends = Backends(settings)
     ingestor = Ingestor(backends, ImageLimit(settings.max_image_bytes))
-    jobs = JobManager(settings, ingestor, roots)
-    servicer = GatewayServicer(settings, backends, ingestor, jobs, roots)
+    inflight = ByteBudget(settings.max_total_inflight_bytes)  # all streams and jobs
+    jobs = JobManager(settings, ingestor, roots, inflight)
+    servicer = GatewayServicer(settings, backends, ingestor, jobs, roots, inflight)
     running = start_server(
         [lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

@@ -165,8 +165,15 @@ def _now_ms() -> int:
 
 
 class JobManager:
-    def __init__(self, settings: GatewaySettings, ingestor: Ingestor, roots: AllowedRoots) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        ingestor: Ingestor,
+        roots: AllowedRoots,
+        inflight: ByteBudget | None = None,
+    ) -> None:
         self.settings = settings
+        self.inflight = inflight  # the gateway's total, shared with streams
         self.ingestor = ingestor
         self.roots = roots
         self.dir = settings.jobs_dir
@@ -411,7 +418,7 @@ class JobManager:
         with self._lock:
             self._update(job, state=RUNNING, message="")
         in_flight: dict[Future[list[Result]], int] = {}
-        budget = ByteBudget(self.settings.max_inflight_bytes)
+        budget = ByteBudget(self.settings.max_inflight_bytes, self.inflight)
         failure: errors.ServiceError | None = None
         with ThreadPoolExecutor(
             self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}"

@@ -123,8 +123,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ingestor: Ingestor,
         jobs: JobManager,
         roots: AllowedRoots,
+        inflight: ByteBudget | None = None,
     ) -> None:
         self.settings = settings
+        self.inflight = inflight  # the gateway's total, shared with jobs
         self.backends = backends
         self.ingestor = ingestor
         self.jobs = jobs
@@ -273,7 +275,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         s = self.settings
         deadline = Deadline.of(context)
         first = StreamHeader()
-        budget = ByteBudget(s.max_inflight_bytes)
+        budget = ByteBudget(s.max_inflight_bytes, self.inflight)
         batch_cap = max(1, s.max_inflight_bytes // s.job_concurrency)
         batch: list[Source] = []
         batch_bytes = 0

@@ -43,10 +43,17 @@ class GatewaySettings(ServerSettings):
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
     max_inflight_mb: int = field(
-        default=256,
+        default=128,
         metadata={
             "help": "bytes of images one stream or one job holds at once; more waits for "
-            "earlier batches (memory bound: two jobs and a few streams fit a 1-2 GiB pod)"
+            "earlier batches"
+        },
+    )
+    max_total_inflight_mb: int = field(
+        default=512,
+        metadata={
+            "help": "bytes of images all streams and jobs hold at once (the gateway's memory "
+            "bound: fits a 1 GiB pod); more waits"
         },
     )
     max_queries: int = field(
@@ -115,6 +122,10 @@ class GatewaySettings(ServerSettings):
     def max_inflight_bytes(self) -> int:
         return self.max_inflight_mb * 1024 * 1024
 
+    @property
+    def max_total_inflight_bytes(self) -> int:
+        return self.max_total_inflight_mb * 1024 * 1024
+
     def validate(self) -> None:
         if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
@@ -128,7 +139,11 @@ class GatewaySettings(ServerSettings):
                 "GATEWAY_MAX_STREAMS must be below GATEWAY_RPC_WORKERS, or streams could "
                 "take every handler thread"
             )
-        if self.max_queries < 1 or self.max_inflight_mb < 1:
-            raise SettingsError("GATEWAY_MAX_QUERIES and GATEWAY_MAX_INFLIGHT_MB must be >= 1")
+        if not 1 <= self.max_inflight_mb <= self.max_total_inflight_mb:
+            raise SettingsError(
+                "GATEWAY_MAX_INFLIGHT_MB must be >= 1 and at most GATEWAY_MAX_TOTAL_INFLIGHT_MB"
+            )
+        if self.max_queries < 1:
+            raise SettingsError("GATEWAY_MAX_QUERIES must be >= 1")
         if self.job_outage_s < 0:
             raise SettingsError("GATEWAY_JOB_OUTAGE_S must be >= 0")

@@ -224,3 +224,24 @@ def test_job_files_are_grouped_by_bytes(tmp_path: Path) -> None:
         paths.append(str(path))
     groups = [(len(g), s) for g, s in byte_groups([*paths, str(tmp_path / "gone.jpg")], 100)]
     assert groups == [(2, 80), (1, 40), (1, 150), (2, 10)]
+
+
+def test_stream_budgets_share_the_gateway_total() -> None:
+    from gateway.budget import ByteBudget
+
+    total = ByteBudget(100)
+    a, b = ByteBudget(80, total), ByteBudget(80, total)
+    taken = a.acquire(70)
+    assert total.held == 70
+    import threading
+
+    got = threading.Event()
+
+    def second() -> None:
+        b.acquire(50)
+        got.set()
+
+    threading.Thread(target=second).start()
+    assert not got.wait(0.3)  # b's own budget has room, the gateway's has not
+    a.release(taken)
+    assert got.wait(5) and total.held == 50
