@@ -144,18 +144,18 @@ def camera(n: int, skip_baseline: bool, env: dict[str, str]) -> int:
             pids = {name: ports[f"pid:{name}"] for name in ("gateway", "embedder")}
             rows = []
             started = time.perf_counter()
-            report = client.index_files(paths, collection="camera-stream")
+            report = client.index_files(paths, collection="camera_stream")
             seconds = time.perf_counter() - started
-            stored = client.count(collection="camera-stream").count
+            stored = client.count(collection="camera_stream").count
             rows.append(("client stream", seconds, stored, report.failed, report.errors[:3]))
             rss_stream = {k: peak_rss_mb(v) for k, v in pids.items()}
 
             started = time.perf_counter()
-            job = started_job = client.start_job(str(folder), collection="camera-job")
+            job = started_job = client.start_job(str(folder), collection="camera_job")
             for job in client.watch_job(started_job.job_id):  # noqa: B007 (the last one counts)
                 pass
             seconds = time.perf_counter() - started
-            stored = client.count(collection="camera-job").count
+            stored = client.count(collection="camera_job").count
             failed = job.failed if job.state is JobState.SUCCEEDED else len(paths) - job.indexed
             rows.append(("server job", seconds, stored, failed, list(job.errors[:3])))
             rss_job = {k: peak_rss_mb(v) for k, v in pids.items()}
