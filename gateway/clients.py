@@ -202,7 +202,8 @@ class Backends:
         if not images:
             return "", []
         limit = self.embed_message_limit(deadline)
-        room = limit - MESSAGE_OVERHEAD
+        room = limit - MESSAGE_OVERHEAD  # an image alone must fit this
+        call_room = min(room, self.settings.embed_call_mb * 1024 * 1024)  # images together
         results: list[Embedded | None] = [None] * len(images)
         groups: list[list[int]] = [[]]
         size = 0
@@ -219,7 +220,7 @@ class Backends:
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
                 continue
-            if groups[-1] and size + need > room:
+            if groups[-1] and size + need > call_room:
                 groups.append([])
                 size = 0
             groups[-1].append(i)

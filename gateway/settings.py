@@ -43,17 +43,26 @@ class GatewaySettings(ServerSettings):
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
     max_inflight_mb: int = field(
-        default=128,
+        default=64,
         metadata={
             "help": "bytes of images one stream or one job holds at once; more waits for "
             "earlier batches"
         },
     )
     max_total_inflight_mb: int = field(
-        default=512,
+        default=128,
         metadata={
-            "help": "bytes of images all streams and jobs hold at once (the gateway's memory "
-            "bound: fits a 1 GiB pod); more waits"
+            "help": "bytes of images all streams and jobs hold at once; more waits. The "
+            "gateway's memory peaks at several times this (each batch exists as Python "
+            "bytes, a protobuf message and gRPC buffers): 128 fits a 1 GiB pod"
+        },
+    )
+    embed_call_mb: int = field(
+        default=32,
+        metadata={
+            "help": "largest Embed call the gateway sends (also within the embedder's own "
+            "limit, learned from GetModelInfo): smaller calls overlap transfer and decoding "
+            "and hold less memory on both sides"
         },
     )
     max_queries: int = field(
