@@ -157,6 +157,9 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
         "EMBEDDER_LOG_LEVEL": "WARNING",
         "INDEX_LOG_LEVEL": "WARNING",
         "GATEWAY_LOG_LEVEL": "WARNING",
+        # As `imgsearch up` and the images set them.
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "MALLOC_ARENA_MAX": "2",
         **env_extra,
     }
     procs = []

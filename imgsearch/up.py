@@ -52,6 +52,10 @@ def run(
     # give way to whatever the user's environment sets (e.g. a real Milvus).
     env = dict(os.environ)
     env.setdefault("EMBEDDER_WEIGHTS_FALLBACK", "bundled")
+    # Freed image buffers go back to the system at once instead of fragmenting
+    # per-thread arenas: about half the peak memory with camera-size photos.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     env.setdefault("INDEX_MILVUS_URI", str(data / "milvus.db"))
     env.setdefault("INDEX_DATABASE_URL", f"sqlite:///{data / 'meta.db'}")
     env.setdefault("GATEWAY_DATA_DIR", str(data))
