@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-search bench-embedder clean
+.PHONY: install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-search bench-embedder clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -73,6 +73,9 @@ docs: install
 
 bench-ingest: install
 	$(PY) bench/ingest.py
+
+bench-camera: install
+	$(PY) bench/ingest.py --camera
 
 bench-search: install
 	$(PY) bench/search.py
