@@ -244,11 +244,14 @@ class Collection:
 
 
 def image_requests(
-    collection: str, images: Iterable[tuple[str, bytes]], return_images: bool = False
+    collection: str,
+    images: Iterable[tuple[str, bytes]],
+    return_images: bool = False,
+    chunk: int = CHUNK_BYTES,
 ) -> Iterator[gateway_pb2.IndexImagesRequest]:
     """The IndexImages stream for ``(name, bytes)`` pairs, in chunks."""
     for name, data in images:
-        parts = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+        parts = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
         for n, part in enumerate(parts):
             yield gateway_pb2.IndexImagesRequest(
                 collection=collection,

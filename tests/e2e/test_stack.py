@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from imagesearch.client import image_requests
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
@@ -29,16 +30,8 @@ def gw(stack: Stack) -> gateway_pb2_grpc.GatewayServiceStub:
 def stream(
     collection: str, files: list[tuple[str, bytes]], chunk: int = 256 * 1024
 ) -> Iterator[gateway_pb2.IndexImagesRequest]:
-    for name, data in files:
-        parts = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
-        for n, part in enumerate(parts):
-            yield gateway_pb2.IndexImagesRequest(
-                collection=collection,
-                name=name if n == 0 else "",
-                data=part,
-                more_chunks=n < len(parts) - 1,
-                return_images=True,
-            )
+    """The typed client's request stream, in small chunks, asking for every image."""
+    return image_requests(collection, files, return_images=True, chunk=chunk)
 
 
 def clothing_files() -> list[tuple[str, bytes]]:
