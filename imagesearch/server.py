@@ -226,10 +226,11 @@ def start_server(
     return running
 
 
-def start_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Serves Prometheus metrics over HTTP on ``port`` (0: disabled)."""
+def start_metrics(port: int, host: str) -> None:
+    """Serves Prometheus metrics over HTTP on ``port`` (0: disabled), on the
+    same address as the service's gRPC port (``[::]`` is every address)."""
     if port > 0:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host.strip("[]"))
 
 
 def serve_until_signal(running: RunningServer, name: str, grace: float = 10.0) -> None:

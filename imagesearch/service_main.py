@@ -35,6 +35,6 @@ def run(
     except fatal as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 3
-    start_metrics(settings_any.metrics_port)
+    start_metrics(settings_any.metrics_port, settings_any.host)
     serve_until_signal(running, name)
     return 0

@@ -352,6 +352,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port(args.gateway_port, "GATEWAY_PORT", 50051),
         port(args.embedder_port, "EMBEDDER_PORT", 50052),
         port(args.index_port, "INDEX_PORT", 50053),
+        host=args.host,
     )
 
 
@@ -396,6 +397,12 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--data-dir", default="./data", help="Milvus Lite, SQLite, jobs and logs (default ./data)"
+    )
+    up.add_argument(
+        "--host",
+        default=os.environ.get("IMGSEARCH_HOST", "127.0.0.1"),
+        help="address all three services listen on (env IMGSEARCH_HOST; default 127.0.0.1, "
+        "this machine only; 0.0.0.0 or [::] opens them to the network)",
     )
     up.add_argument("--gateway-port", type=int)
     up.add_argument("--embedder-port", type=int)

@@ -42,8 +42,11 @@ def run(
     gateway_port: int,
     embedder_port: int,
     index_port: int,
+    host: str = "127.0.0.1",
     startup_timeout: float = 600,
 ) -> int:
+    """``host``: where all three services (and their metrics) listen;
+    loopback unless told otherwise."""
     data = Path(data_dir).resolve()
     (data / "images").mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -60,6 +63,9 @@ def run(
     env.setdefault("INDEX_DATABASE_URL", f"sqlite:///{data / 'meta.db'}")
     env.setdefault("GATEWAY_DATA_DIR", str(data))
     env.update(
+        EMBEDDER_HOST=host,
+        INDEX_HOST=host,
+        GATEWAY_HOST=host,
         EMBEDDER_PORT=str(embedder_port),
         INDEX_PORT=str(index_port),
         GATEWAY_PORT=str(gateway_port),
@@ -116,9 +122,7 @@ def run(
                     return 1
                 # Announced in dependency order: the gateway last.
                 if svc is waiting[0] and healthy(svc.port, f"imagesearch.v1.{svc.service}"):
-                    print(
-                        f"imgsearch up: {svc.name:8s} SERVING on 127.0.0.1:{svc.port}", flush=True
-                    )
+                    print(f"imgsearch up: {svc.name:8s} SERVING on {host}:{svc.port}", flush=True)
                     waiting.remove(svc)
             if time.monotonic() > deadline:
                 print(
@@ -133,7 +137,7 @@ def run(
             return 0
         describe_model(embedder_port)
         print(
-            f"imgsearch up: ready. Gateway at 127.0.0.1:{gateway_port}. "
+            f"imgsearch up: ready. Gateway at {host}:{gateway_port}. "
             f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
             flush=True,
         )

@@ -100,6 +100,28 @@ def test_errors_are_one_line_and_nonzero(stack: Stack) -> None:
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr and "imgsearch up" in down.stderr
 
 
+def listening(ports: list[int]) -> dict[int, set[str]]:
+    """The local addresses (IPv4) listening on ``ports``, from /proc/net/tcp
+    and tcp6 (an IPv6 wildcard shows as "::")."""
+    import ipaddress
+
+    found: dict[int, set[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if fields[3] != "0A" or int(port_hex, 16) not in ports:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(packed)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            found.setdefault(int(port_hex, 16), set()).add(str(ip))
+    return found
+
+
 def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
     env = {
@@ -148,6 +170,8 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         text = (tmp_path / "up.out").read_text()
         assert "ready" in text, text
         assert "bundled ImageNet weights instead" in text  # says so plainly
+        # Safe by default: every port listens on loopback only.
+        assert listening(ports) == {port: {"127.0.0.1"} for port in ports}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
