@@ -69,7 +69,14 @@ def test_base_compose_is_valid_and_complete() -> None:
     assert "imagesearch.healthcheck" in " ".join(embedder["healthcheck"]["test"])
     gateway = services["gateway"]
     assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
-    assert [p["target"] for p in gateway["ports"]] == [50051]
+    # Published on loopback by default. docker-compose v1 prints a port with a
+    # host address in the short form, HOST:PUBLISHED:TARGET/PROTO; v2 as a mapping.
+    (published,) = gateway["ports"]
+    if isinstance(published, str):
+        host, outside, inside = published.split("/")[0].split(":")
+    else:
+        host, outside, inside = published["host_ip"], published["published"], published["target"]
+    assert (host, str(outside), str(inside)) == ("127.0.0.1", "50051", "50051")
     for svc, deps in {
         "gateway": ["embedder", "index"],
         "index": ["milvus", "mysql"],
