@@ -44,8 +44,10 @@ from imagesearch.v1 import (
 # Room kept in an Embed request for the message's own fields (names, framing).
 MESSAGE_OVERHEAD = 64 * 1024
 ITEM_OVERHEAD = 64
-DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024
-CHANNEL_MESSAGE_BYTES = 1024 * 1024 * 1024  # gRPC's default, for embedders that do not say
+DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for embedders that do not say
+# The channels' own limit: calls are split to the embedder's, which is used
+# only up to this.
+CHANNEL_MESSAGE_BYTES = 1024 * 1024 * 1024
 EMBEDDER_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
@@ -71,11 +73,11 @@ class Dependency:
     """One backend: its channel, whether it is connected now, and whether it
     has answered SERVING to a health check since the gateway started."""
 
-    def __init__(self, name: str, addr: str, service: str, max_message_bytes: int) -> None:
+    def __init__(self, name: str, addr: str, service: str) -> None:
         self.name = name
         self.addr = addr
         self.service = service
-        self.channel = make_channel(addr, [service], max_message_bytes=max_message_bytes)
+        self.channel = make_channel(addr, [service], max_message_bytes=CHANNEL_MESSAGE_BYTES)
         self._state = grpc.ChannelConnectivity.IDLE
         self.served = threading.Event()
         self.channel.subscribe(self._on_state, try_to_connect=True)
@@ -117,11 +119,8 @@ class Dependency:
 class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        # Calls are split to the embedder's own limit; the channels allow any
-        # sane one (a larger limit is used as this one).
-        limit = CHANNEL_MESSAGE_BYTES
-        self.embedder_dep = Dependency("embedder", settings.embedder_addr, EMBEDDER_SERVICE, limit)
-        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, limit)
+        self.embedder_dep = Dependency("embedder", settings.embedder_addr, EMBEDDER_SERVICE)
+        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE)
         self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
         self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
         self._closed = threading.Event()
@@ -160,8 +159,7 @@ class Backends:
                 grpc.StatusCode.CANCELLED, f"the caller canceled; the {dep.name} call was dropped"
             ) from None
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            detail = exc.details() if hasattr(exc, "details") else str(exc)
+            code, detail = errors.rpc_status(exc)
             if code == grpc.StatusCode.UNAVAILABLE or (
                 code == grpc.StatusCode.DEADLINE_EXCEEDED and not dep.connected
             ):

@@ -33,6 +33,7 @@ from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, walk_images
 from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
+from imagesearch.batching import byte_groups
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +56,6 @@ RETRYABLE = (
 
 def overloaded(result: Result) -> bool:
     return result.outcome is Outcome.FAILED and result.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-def byte_groups(paths: list[str], cap: int) -> Iterator[tuple[list[str], int]]:
-    """Consecutive groups of ``paths`` whose files add up to at most ``cap``
-    bytes (a larger file goes alone); with each group's size."""
-    group: list[str] = []
-    size = 0
-    for path in paths:
-        try:
-            length = os.stat(path).st_size
-        except OSError:
-            length = 0  # _read reports it
-        if group and size + length > cap:
-            yield group, size
-            group, size = [], 0
-        group.append(path)
-        size += length
-    if group:
-        yield group, size
 
 
 class Backoff:
@@ -277,7 +259,7 @@ class JobManager:
             return JobState(**{**asdict(job), "errors": list(job.errors)})
 
     def list_jobs(
-        self, collection: str = "", page_size: int = 100, page_token: str = ""
+        self, collection: str = "", page_size: int = DEFAULT_PAGE, page_token: str = ""
     ) -> tuple[list[JobState], str]:
         """A page of jobs, newest first, and the token of the next page ("" at
         the end). The token names the last job given, so pages stay right

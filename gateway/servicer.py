@@ -230,31 +230,30 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ``first`` from the stream's first message."""
         name, size, count = "", 0, 0
         parts: list[bytes] = []
-        oversized = False
-        refusal = errors.invalid_argument("")
+        refusal: errors.ServiceError | None = None  # the image passed a limit
         for msg in requests:
             if not first.seen:
                 first.seen = True
                 first.collection = msg.collection
                 first.return_images = msg.return_images
-            if not parts and not oversized:
+            if not parts and refusal is None:
                 count += 1
                 name = msg.name or f"image #{count}"
             size += len(msg.data)
-            if not oversized:
+            if refusal is None:
                 try:
                     self.ingestor.limit.check(name, size)
                     parts.append(msg.data)
                 except errors.ServiceError as exc:
-                    oversized, parts, refusal = True, [], exc
+                    parts, refusal = [], exc
             if msg.more_chunks:
                 continue
-            if oversized:
+            if refusal is not None:
                 yield Source.failed(refusal, name)
             else:
                 yield Source(name, b"".join(parts))
-            name, parts, size, oversized = "", [], 0, False
-        if parts or oversized:
+            name, parts, size, refusal = "", [], 0, None
+        if parts or refusal is not None:
             raise errors.invalid_argument(
                 f"the stream ended inside image {name!r} (its last chunk had more_chunks=true)"
             )

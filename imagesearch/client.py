@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagesearch.batching import byte_groups
 from imagesearch.channels import make_channel
+from imagesearch.errors import code_from_number, rpc_status
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -64,8 +66,7 @@ class ImageSearchError(Exception):
 
 
 def _error(exc: grpc.RpcError) -> ImageSearchError:
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    code, detail = rpc_status(exc)
     return ImageSearchError(code, detail or code.name.lower())
 
 
@@ -138,14 +139,7 @@ class FileError:
 
     @classmethod
     def from_proto(cls, e: gateway_pb2.FileError) -> FileError:
-        return cls(e.path, e.reason, _code(e.code))
-
-
-def _code(number: int) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == number:
-            return code
-    return grpc.StatusCode.UNKNOWN
+        return cls(e.path, e.reason, code_from_number(e.code))
 
 
 @dataclass(frozen=True)
@@ -450,24 +444,13 @@ class Client:
         A call carries at most ``files_per_call`` files and, past its first
         file, at most ``bytes_per_call`` bytes, so memory stays bounded with
         camera-size photos. ``on_progress`` gets the running totals after every call."""
-        paths = [Path(f).expanduser().resolve() for f in files]
-        batches: list[list[Path]] = [[]]
-        size = 0
-        for path in paths:
-            length = path.stat().st_size if path.is_file() else 0
-            if batches[-1] and (
-                len(batches[-1]) >= files_per_call or size + length > bytes_per_call
-            ):
-                batches.append([])
-                size = 0
-            batches[-1].append(path)
-            size += length
-        batches = [b for b in batches if b]
+        paths = [str(Path(f).expanduser().resolve()) for f in files]
+        batches = [g for g, _ in byte_groups(paths, bytes_per_call, files_per_call)]
         report = IndexReport()
 
-        def send(batch: list[Path]) -> tuple[int, IndexReport]:
+        def send(batch: list[str]) -> tuple[int, IndexReport]:
             return len(batch), self.index_images(
-                [(str(p), p.read_bytes()) for p in batch],
+                [(p, Path(p).read_bytes()) for p in batch],
                 collection=collection,
                 return_images=return_images,
                 timeout=timeout,

@@ -214,7 +214,7 @@ def test_byte_budget_waits_for_room_and_lets_a_giant_through_alone() -> None:
 
 
 def test_job_files_are_grouped_by_bytes(tmp_path: Path) -> None:
-    from gateway.jobs import byte_groups
+    from imagesearch.batching import byte_groups
 
     sizes = [40, 40, 40, 150, 10]
     paths = []
@@ -224,6 +224,8 @@ def test_job_files_are_grouped_by_bytes(tmp_path: Path) -> None:
         paths.append(str(path))
     groups = [(len(g), s) for g, s in byte_groups([*paths, str(tmp_path / "gone.jpg")], 100)]
     assert groups == [(2, 80), (1, 40), (1, 150), (2, 10)]
+    by_count = [len(g) for g, _ in byte_groups(paths, 10_000, max_items=2)]
+    assert by_count == [2, 2, 1]
 
 
 def test_stream_budgets_share_the_gateway_total() -> None:
