@@ -61,6 +61,10 @@ def make_channel(
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.min_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        # Subchannels of its own: a new channel to an address that an earlier
+        # channel saw refused (a server restarted on the same port) connects
+        # at once instead of inheriting that channel's reconnect backoff.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=options)
