@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from gateway.auth import Tokens
 from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.jobs import JobManager
@@ -28,13 +29,25 @@ def start(settings: GatewaySettings) -> RunningServer:
     inflight = ByteBudget(settings.max_total_inflight_bytes)  # all streams and jobs
     jobs = JobManager(settings, ingestor, roots, inflight)
     servicer = GatewayServicer(settings, backends, ingestor, jobs, roots, inflight)
+    tokens = Tokens(settings.tokens_file) if settings.tokens_file else None
     running = start_server(
         [lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
         **settings.server_options(),
         serving=False,
         live=True,
+        authorize=tokens.authorize if tokens is not None else None,
     )
+    if tokens is not None:
+        running.on_reload.append(tokens.reload)
+    else:
+        logs.event(
+            log,
+            "unauthenticated",
+            level=logging.WARNING,
+            note="no GATEWAY_TOKENS_FILE: every caller that reaches this port may search, "
+            "index, delete and drop; keep it on loopback or set a tokens file",
+        )
     running.on_stop.append(jobs.close)
     running.on_stop.append(backends.close)
     jobs.resume_interrupted()
@@ -49,6 +62,11 @@ def start(settings: GatewaySettings) -> RunningServer:
         embedder=settings.embedder_addr,
         index=settings.index_addr,
         allowed_roots=roots.describe(),
+        tls="on" if settings.tls_cert else "off",
+        backends_tls="mTLS"
+        if settings.backend_tls_cert
+        else ("on" if settings.backend_tls_ca else "off"),
+        tokens=len(tokens) if tokens is not None else "none",
     )
     return running
 

@@ -34,6 +34,7 @@ from imagesearch import errors
 from imagesearch.channels import make_channel
 from imagesearch.logs import request_id
 from imagesearch.server import REQUEST_ID_HEADER
+from imagesearch.tls import ClientTls
 from imagesearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
@@ -73,11 +74,24 @@ class Dependency:
     """One backend: its channel, whether it is connected now, and whether it
     has answered SERVING to a health check since the gateway started."""
 
-    def __init__(self, name: str, addr: str, service: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        addr: str,
+        service: str,
+        tls: ClientTls | None = None,
+        server_name: str = "",
+    ) -> None:
         self.name = name
         self.addr = addr
         self.service = service
-        self.channel = make_channel(addr, [service], max_message_bytes=CHANNEL_MESSAGE_BYTES)
+        self.channel = make_channel(
+            addr,
+            [service],
+            max_message_bytes=CHANNEL_MESSAGE_BYTES,
+            credentials=tls.credentials() if tls is not None else None,
+            server_name=server_name,
+        )
         self._state = grpc.ChannelConnectivity.IDLE
         self.served = threading.Event()
         self.channel.subscribe(self._on_state, try_to_connect=True)
@@ -119,8 +133,11 @@ class Dependency:
 class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.embedder_dep = Dependency("embedder", settings.embedder_addr, EMBEDDER_SERVICE)
-        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE)
+        tls, name = settings.backend_tls, settings.backend_tls_server_name
+        self.embedder_dep = Dependency(
+            "embedder", settings.embedder_addr, EMBEDDER_SERVICE, tls, name
+        )
+        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, tls, name)
         self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
         self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
         self._closed = threading.Event()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagesearch.settings import ServerSettings, SettingsError, server_field
+from imagesearch.tls import ClientTls
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,43 @@ class GatewaySettings(ServerSettings):
         },
     )
     resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
+    # Security (README, "Security").
+    tokens_file: str = field(
+        default="",
+        metadata={
+            "help": "file of ROLE:TOKEN lines (roles read, write, admin): every call needs "
+            "'authorization: Bearer TOKEN' with a role that allows it; re-read on SIGHUP. "
+            "Empty: no authentication (said at start-up)"
+        },
+    )
+    backend_tls_ca: str = field(
+        default="",
+        metadata={
+            "help": "PEM CA that signed the embedder's and index's certificates: "
+            "talk TLS to them (empty: plaintext)"
+        },
+    )
+    backend_tls_cert: str = field(
+        default="",
+        metadata={"help": "PEM client certificate the gateway shows the embedder and index (mTLS)"},
+    )
+    backend_tls_key: str = field(
+        default="", metadata={"help": "PEM private key of GATEWAY_BACKEND_TLS_CERT"}
+    )
+    backend_tls_server_name: str = field(
+        default="",
+        metadata={
+            "help": "host name expected in the backends' certificates when it differs from "
+            "the address dialled (e.g. an IP address)"
+        },
+    )
+
+    @property
+    def backend_tls(self) -> ClientTls | None:
+        """How the gateway talks to the embedder and index: TLS when a CA is set."""
+        if not self.backend_tls_ca:
+            return None
+        return ClientTls(self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
 
     @property
     def jobs_dir(self) -> Path:
@@ -136,6 +174,14 @@ class GatewaySettings(ServerSettings):
         return self.max_total_inflight_mb * 1024 * 1024
 
     def validate(self) -> None:
+        if bool(self.backend_tls_cert) != bool(self.backend_tls_key):
+            raise SettingsError(
+                "GATEWAY_BACKEND_TLS_CERT and GATEWAY_BACKEND_TLS_KEY go together: set both"
+            )
+        if self.backend_tls_cert and not self.backend_tls_ca:
+            raise SettingsError(
+                "GATEWAY_BACKEND_TLS_CERT (mTLS) needs GATEWAY_BACKEND_TLS_CA to verify the backends"
+            )
         if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
         if not 1 <= self.default_top_k <= 1000:

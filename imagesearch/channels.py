@@ -47,9 +47,12 @@ def make_channel(
     retry_attempts: int = RETRY_ATTEMPTS,
     methods: Sequence[tuple[str, str]] = (),
     credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
 ) -> grpc.Channel:
     """A channel to ``target`` (``host:port``, ``dns:///name:port`` or
-    ``ipv4:127.0.0.1:1,127.0.0.1:2``), over TLS when ``credentials`` are given."""
+    ``ipv4:127.0.0.1:1,127.0.0.1:2``), over TLS when ``credentials`` are given;
+    ``server_name``: the name expected in the server's certificate, when it
+    is not the target's host."""
     options = [
         ("grpc.service_config", service_config(services, retry_attempts, methods)),
         ("grpc.enable_retries", 1),
@@ -66,6 +69,8 @@ def make_channel(
         # at once instead of inheriting that channel's reconnect backoff.
         ("grpc.use_local_subchannel_pool", 1),
     ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=options)
     return grpc.insecure_channel(target, options=options)

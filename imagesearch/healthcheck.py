@@ -9,8 +9,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def check(port: int, service: str = "", timeout: float = 3.0) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def check(
+    port: int,
+    service: str = "",
+    timeout: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> bool:
+    """``credentials``: over TLS (the port of a service with a certificate)."""
+    target = f"127.0.0.1:{port}"
+    channel = (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

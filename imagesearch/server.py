@@ -12,19 +12,27 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from imagesearch import logs
 from imagesearch.errors import ServiceError
+from imagesearch.tls import ServerTls
 
 log = logging.getLogger("imagesearch.server")
 
 REQUEST_ID_HEADER = "x-request-id"
+# A client's request id is used (logs, trailers) only if it looks like one.
+REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+REQUEST_ID_MAX = 64
+
+# Called before every RPC of the service (not health or reflection) with the
+# method's full name; raises ServiceError to refuse the call.
+Authorize = Callable[[str, grpc.ServicerContext], None]
 
 RPC_HANDLED = Counter(
     "imagesearch_rpc_handled_total", "RPCs completed, by method and status code", ["method", "code"]
@@ -45,7 +53,7 @@ class _Call:
         self.context = context
         metadata = dict(context.invocation_metadata() or ())
         rid = metadata.get(REQUEST_ID_HEADER)
-        self.request_id = rid if isinstance(rid, str) and rid else uuid.uuid4().hex[:16]
+        self.request_id = rid if valid_request_id(rid) else uuid.uuid4().hex[:16]
         self.started = time.perf_counter()
         self.token = logs.request_id.set(self.request_id)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
@@ -82,12 +90,22 @@ class _Call:
         logs.request_id.reset(self.token)
 
 
+def valid_request_id(rid: object) -> TypeGuard[str]:
+    """A client's id is kept only if short and plain (no newlines, quotes or
+    escapes that could forge log lines); otherwise the call gets a new one."""
+    return isinstance(rid, str) and 0 < len(rid) <= REQUEST_ID_MAX and set(rid) <= REQUEST_ID_CHARS
+
+
 def _is_quiet(method: str) -> bool:
     return method.startswith(("/grpc.health.", "/grpc.reflection."))
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    """Maps ServiceError to its status code, logs and counts every call."""
+    """Maps ServiceError to its status code, logs and counts every call, and
+    asks ``authorize`` (if given) before each one."""
+
+    def __init__(self, authorize: Authorize | None = None) -> None:
+        self.authorize = authorize
 
     def intercept_service(
         self,
@@ -98,11 +116,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or _is_quiet(method):
             return handler
+        authorize = self.authorize
 
         def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
                 call = _Call(method, context)
                 try:
+                    if authorize is not None:
+                        authorize(method, context)
                     response = behavior(request, context)
                 except Exception as exc:
                     call.fail(exc)
@@ -116,6 +137,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call = _Call(method, context)
                 try:
+                    if authorize is not None:
+                        authorize(method, context)
                     yield from behavior(request, context)
                 except Exception as exc:
                     call.fail(exc)
@@ -158,6 +181,9 @@ class RunningServer:
     health: health.HealthServicer
     service_names: list[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Run on SIGHUP (serve_until_signal): re-read files such as tokens.
+    on_reload: list[Callable[[], None]] = field(default_factory=list)
+    health_server: grpc.Server | None = None
 
     def set_serving(self, serving: bool = True, *, live: bool | None = None) -> None:
         """Health of the named services (readiness) and of the empty name
@@ -178,6 +204,8 @@ class RunningServer:
         """Refuses new calls, lets running ones finish for `grace` seconds."""
         self.set_serving(False)
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         for hook in self.on_stop:
             hook()
 
@@ -195,15 +223,21 @@ def start_server(
     max_message_bytes: int = 64 * 1024 * 1024,
     serving: bool = True,
     live: bool | None = None,
+    tls: ServerTls | None = None,
+    health_port: int = 0,
+    reflection: bool = True,
+    authorize: Authorize | None = None,
 ) -> RunningServer:
     """Builds, binds and starts a server; port 0 picks a free one.
 
     ``register`` holds callables that add servicers, e.g.
     ``lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)``.
+    ``tls``: serve TLS (mTLS when it names a client CA) instead of plaintext.
+    ``health_port``: also serve health alone, in plaintext, on that port.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(authorize)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -214,14 +248,30 @@ def start_server(
         add(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if reflection:
+        grpc_reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME], server
+        )
+    address = f"{host}:{port}"
+    if tls is not None:
+        bound = server.add_secure_port(address, tls.credentials())
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}; is the port in use?")
+    health_server = None
+    if health_port:
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if health_server.add_insecure_port(f"{host}:{health_port}") == 0:
+            raise OSError(f"could not bind the health port {host}:{health_port}")
     server.start()
+    if health_server is not None:
+        health_server.start()
     running = RunningServer(server, bound, health_servicer, service_names)
+    running.health_server = health_server
     running.set_serving(serving, live=live)
     return running
 
@@ -241,8 +291,13 @@ def serve_until_signal(running: RunningServer, name: str, grace: float = 10.0) -
         logs.event(log, "shutdown.requested", service=name, signal=signal.Signals(signum).name)
         stop.set()
 
+    def reload(_signum: int, _frame: object) -> None:
+        for hook in running.on_reload:
+            hook()
+
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, reload)
     stop.wait()
     running.stop(grace)
     logs.event(log, "shutdown.done", service=name)

@@ -32,6 +32,9 @@ def run(
     logs.configure(settings_any.log_level)
     try:
         running = start(settings)
+    except SettingsError as exc:  # e.g. a certificate or tokens file that cannot be read
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     except fatal as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 3

@@ -30,15 +30,51 @@ class ServerSettings:
     max_message_mb: int = field(default=4, metadata={"help": "largest gRPC message"})
     metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+    tls_cert: str = field(
+        default="", metadata={"help": "PEM certificate (chain): serve TLS (empty: plaintext)"}
+    )
+    tls_key: str = field(default="", metadata={"help": "PEM private key of TLS_CERT"})
+    tls_client_ca: str = field(
+        default="",
+        metadata={
+            "help": "PEM CA: refuse clients without a certificate it signed (mTLS; needs TLS_CERT)"
+        },
+    )
+    health_port: int = field(
+        default=0,
+        metadata={
+            "help": "plaintext port serving only gRPC health, for probes that cannot speak "
+            "TLS (Kubernetes grpc probes); 0: off"
+        },
+    )
+    reflection: bool = field(
+        default=True, metadata={"help": "serve gRPC reflection (grpcurl without protos)"}
+    )
 
     def server_options(self) -> dict[str, Any]:
         """Keyword arguments of ``imagesearch.server.start_server``."""
+        from imagesearch.tls import ServerTls
+
         return {
             "host": self.host,
             "port": self.port,
             "max_workers": self.rpc_workers,
             "max_message_bytes": self.max_message_mb * 1024 * 1024,
+            "tls": ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
+            if self.tls_cert
+            else None,
+            "health_port": self.health_port,
+            "reflection": self.reflection,
         }
+
+    def check_server(self, prefix: str) -> None:
+        """Refuses TLS settings that cannot work together."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError(f"{prefix}TLS_CERT and {prefix}TLS_KEY go together: set both")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError(
+                f"{prefix}TLS_CLIENT_CA (mTLS) needs {prefix}TLS_CERT and {prefix}TLS_KEY"
+            )
 
 
 def server_field(name: str, default: Any, help: str | None = None) -> Any:
@@ -110,6 +146,8 @@ def load_settings(
             if raw is not None:
                 values[f.name] = _parse(hints[f.name], raw, "--" + f.name.replace("_", "-"))
     settings = cls(**values)
+    if isinstance(settings, ServerSettings):
+        settings.check_server(prefix)
     check = getattr(settings, "validate", None)
     if callable(check):
         check()

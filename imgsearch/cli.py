@@ -353,6 +353,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port(args.embedder_port, "EMBEDDER_PORT", 50052),
         port(args.index_port, "INDEX_PORT", 50053),
         host=args.host,
+        tls=args.tls,
     )
 
 
@@ -403,6 +404,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("IMGSEARCH_HOST", "127.0.0.1"),
         help="address all three services listen on (env IMGSEARCH_HOST; default 127.0.0.1, "
         "this machine only; 0.0.0.0 or [::] opens them to the network)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("IMGSEARCH_TLS", "").lower() in ("1", "true", "yes", "on"),
+        help="TLS on every port, mTLS between the gateway and the embedder and index, with "
+        "a local CA made under <data-dir>/tls on first use (env IMGSEARCH_TLS)",
     )
     up.add_argument("--gateway-port", type=int)
     up.add_argument("--embedder-port", type=int)

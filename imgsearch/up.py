@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from imagesearch.healthcheck import check as healthy
+from imagesearch.tls import ClientTls, LocalPki, local_pki
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 
@@ -44,9 +45,11 @@ def run(
     index_port: int,
     host: str = "127.0.0.1",
     startup_timeout: float = 600,
+    tls: bool = False,
 ) -> int:
     """``host``: where all three services (and their metrics) listen;
-    loopback unless told otherwise."""
+    loopback unless told otherwise. ``tls``: every port over TLS, the
+    gateway's calls to the embedder and index over mTLS."""
     data = Path(data_dir).resolve()
     (data / "images").mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -72,6 +75,17 @@ def run(
         GATEWAY_EMBEDDER_ADDR=f"127.0.0.1:{embedder_port}",
         GATEWAY_INDEX_ADDR=f"127.0.0.1:{index_port}",
     )
+    credentials = None
+    if tls:
+        pki, made = local_pki(data / "tls", [host])
+        env.update(tls_env(pki))
+        credentials = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+        print(
+            f"imgsearch up: TLS on every port ({'made a local CA' if made else 'local CA'} "
+            f"in {pki.folder}); clients trust {pki.ca}: imgsearch --ca {pki.ca} "
+            f"(or IMGSEARCH_CA), grpcurl -cacert {pki.ca}",
+            flush=True,
+        )
     services = [
         Service("embedder", "embedder_service", "EmbedderService", embedder_port, env),
         Service("index", "index_service", "IndexService", index_port, env),
@@ -121,7 +135,11 @@ def run(
                     )
                     return 1
                 # Announced in dependency order: the gateway last.
-                if svc is waiting[0] and healthy(svc.port, f"imagesearch.v1.{svc.service}"):
+                if svc is waiting[0] and healthy(
+                    svc.port,
+                    f"imagesearch.v1.{svc.service}",
+                    credentials=credentials.credentials() if credentials else None,
+                ):
                     print(f"imgsearch up: {svc.name:8s} SERVING on {host}:{svc.port}", flush=True)
                     waiting.remove(svc)
             if time.monotonic() > deadline:
@@ -135,9 +153,10 @@ def run(
             stop.wait(0.5)
         if stop.is_set():
             return 0
-        describe_model(embedder_port)
+        describe_model(embedder_port, credentials)
         print(
-            f"imgsearch up: ready. Gateway at {host}:{gateway_port}. "
+            f"imgsearch up: ready. Gateway at {host}:{gateway_port}"
+            f"{' (TLS)' if tls else ''}. "
             f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
             flush=True,
         )
@@ -159,8 +178,24 @@ def run(
         shutdown(services)
 
 
-def describe_model(port: int) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+def tls_env(pki: LocalPki) -> dict[str, str]:
+    """Settings for TLS on all three ports, mTLS from the gateway inward."""
+    env = {}
+    for prefix in ("EMBEDDER_", "INDEX_", "GATEWAY_"):
+        env[f"{prefix}TLS_CERT"] = str(pki.server_cert)
+        env[f"{prefix}TLS_KEY"] = str(pki.server_key)
+    env["EMBEDDER_TLS_CLIENT_CA"] = env["INDEX_TLS_CLIENT_CA"] = str(pki.ca)
+    env["GATEWAY_BACKEND_TLS_CA"] = str(pki.ca)
+    env["GATEWAY_BACKEND_TLS_CERT"] = str(pki.client_cert)
+    env["GATEWAY_BACKEND_TLS_KEY"] = str(pki.client_key)
+    return env
+
+
+def describe_model(port: int, tls: ClientTls | None = None) -> None:
+    target = f"127.0.0.1:{port}"
+    with (
+        grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
+    ) as ch:
         info = embedder_pb2_grpc.EmbedderServiceStub(ch).GetModelInfo(
             embedder_pb2.EmbedderServiceGetModelInfoRequest(), timeout=10
         )

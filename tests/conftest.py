@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -304,14 +305,18 @@ def index_settings(tmp: Path, **overrides: object):  # -> IndexSettings
     return IndexSettings(**values)  # type: ignore[arg-type]
 
 
-def start_index(tmp: Path, **overrides: object) -> Server:
+def start_index(tmp: Path, **overrides: Any) -> Server:
     """An index on ``tmp``, returned once its start-up Reconcile is done
-    (IndexService SERVING), as the gateway would see it."""
+    (IndexService SERVING), as the gateway would see it. ``credentials``:
+    how to reach it when it serves TLS."""
     from imagesearch.healthcheck import check
     from index_service.app import start
 
+    credentials: grpc.ChannelCredentials | None = overrides.pop("credentials", None)
     running = start(index_settings(tmp, **overrides))
-    wait_until(lambda: check(running.port, "imagesearch.v1.IndexService"), 120)
+    wait_until(
+        lambda: check(running.port, "imagesearch.v1.IndexService", credentials=credentials), 120
+    )
     return Server(running, f"127.0.0.1:{running.port}")
 
 

@@ -1,0 +1,206 @@
+"""TLS for every hop: server credentials (with client verification for mTLS),
+channel credentials, and a local CA for ``imgsearch up --tls``.
+
+The gRPC port of a service serves TLS when it has a certificate and key
+(``*_TLS_CERT``, ``*_TLS_KEY``); with ``*_TLS_CLIENT_CA`` it also refuses any
+client whose certificate that CA did not sign (mTLS).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from imagesearch.settings import SettingsError
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's certificate and key, and the CA its clients must show (mTLS)."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    def credentials(self) -> grpc.ServerCredentials:
+        key = _read(self.key, "TLS key")
+        cert = _read(self.cert, "TLS certificate")
+        client_ca = _read(self.client_ca, "client CA") if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client trusts (``ca``; empty: the system's roots) and the
+    certificate it shows (mTLS), both optional."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca, "CA certificate") if self.ca else None,
+            private_key=_read(self.key, "TLS key") if self.key else None,
+            certificate_chain=_read(self.cert, "TLS certificate") if self.cert else None,
+        )
+
+
+# -- a local CA (imgsearch up --tls) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalPki:
+    """Files made by ``local_pki``: one CA; a server certificate that every
+    service presents; a client certificate the gateway presents to the
+    embedder and the index."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server-key.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.folder / "gateway-client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.folder / "gateway-client-key.pem"
+
+
+def local_pki(folder: Path, hosts: list[str], days: int = 825) -> tuple[LocalPki, bool]:
+    """Creates a CA and certificates under ``folder`` unless they are there
+    already; returns them and whether they were made now. The server
+    certificate names localhost, 127.0.0.1, ::1 and ``hosts``."""
+    pki = LocalPki(folder)
+    files = (pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key)
+    sans = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hosts]))
+    sans = [h.strip("[]") for h in sans if h not in ("0.0.0.0", "::", "[::]", "")]
+    if all(f.exists() for f in files) and set(sans) <= _names_in(pki.server_cert):
+        return pki, False
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imagesearch (local)"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common),
+            ]
+        )
+
+    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name("imagesearch local CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(common: str, usage: list[x509.ObjectIdentifier], sans: list[str]) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        )
+        if sans:
+            entries: list[x509.GeneralName] = []
+            for host in sans:
+                try:
+                    entries.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
+                except ValueError:
+                    entries.append(x509.DNSName(host))
+            builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    server_key, server_cert = leaf("imagesearch services", [ExtendedKeyUsageOID.SERVER_AUTH], sans)
+    client_key, client_cert = leaf("imagesearch gateway", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    pem = serialization.Encoding.PEM
+    write_key(pki.server_key, server_key)
+    write_key(pki.client_key, client_key)
+    pki.server_cert.write_bytes(server_cert.public_bytes(pem))
+    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
+    pki.ca.write_bytes(ca_cert.public_bytes(pem))  # last: its presence means "complete"
+    # The CA's key is not kept: nothing else is ever signed with it.
+    return pki, True
+
+
+def _names_in(cert_file: Path) -> set[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    names = set(alt.get_values_for_type(x509.DNSName))
+    return names | {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)}
