@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY deploy/install_deps.py deploy/install_deps.py
 
 # The embedder: the PyPI torch 2.14.1 wheel is the CUDA build (it carries the

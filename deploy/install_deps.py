@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CONSTRAINTS = ROOT / "constraints.txt"
 
 
 def requirements(extras: list[str]) -> list[str]:
@@ -38,6 +39,8 @@ def no_deps() -> list[str]:
 
 def main(argv: list[str]) -> int:
     pip = [sys.executable, "-m", "pip", "install", "--progress-bar", "off"]
+    if CONSTRAINTS.exists():  # the exact versions the tests last passed with
+        pip += ["-c", str(CONSTRAINTS)]
     if "--no-deps-only" not in argv:
         subprocess.run(
             [*pip, *requirements([a for a in argv if not a.startswith("--")])], check=True

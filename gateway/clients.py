@@ -20,6 +20,7 @@ The policy, in one place (README, "Deadlines and retries"):
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.deadline import Deadline
 from gateway.settings import GatewaySettings
-from imagesearch import errors
+from imagesearch import errors, logs
 from imagesearch.channels import make_channel
 from imagesearch.logs import request_id
 from imagesearch.server import REQUEST_ID_HEADER
@@ -50,6 +51,7 @@ DEFAULT_EMBED_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, for embedders t
 # only up to this.
 CHANNEL_MESSAGE_BYTES = 1024 * 1024 * 1024
 EMBEDDER_SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
+log = logging.getLogger(__name__)
 INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
@@ -63,6 +65,12 @@ class Embedded:
     height: int
     error: str
     error_code: grpc.StatusCode
+
+
+def _transport_error(detail: str) -> bool:
+    """gRPC's own words for a connection that failed (they name addresses)."""
+    low = detail.lower()
+    return any(w in low for w in ("connect", "address", "socket", "dns", "handshake", "tcp"))
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
@@ -162,8 +170,9 @@ class Backends:
         s = self.settings
         wait = deadline.timeout(s.backend_wait_s)
         if not dep.wait_connected(wait):
+            logs.event(log, "backend.unreachable", logging.WARNING, backend=dep.name, addr=dep.addr)
             raise errors.unavailable(
-                f"the {dep.name} at {dep.addr} is not reachable: waited {wait:.1f}s for it "
+                f"the {dep.name} is not reachable: waited {wait:.1f}s for it "
                 "to start or come back (GATEWAY_BACKEND_WAIT_S); retry later"
             )
         timeout = deadline.timeout(s.call_timeout_s)
@@ -180,13 +189,19 @@ class Backends:
             if code == grpc.StatusCode.UNAVAILABLE or (
                 code == grpc.StatusCode.DEADLINE_EXCEEDED and not dep.connected
             ):
+                # Transport errors name addresses: they go to the log only.
+                logs.event(
+                    log, "backend.unavailable", logging.WARNING, backend=dep.name,
+                    addr=dep.addr, detail=detail,
+                )  # fmt: skip
+                said = f" ({detail})" if detail and not _transport_error(detail) else ""
                 raise errors.unavailable(
-                    f"the {dep.name} at {dep.addr} is unavailable ({detail}); retry later"
+                    f"the {dep.name} is unavailable{said}; retry later"
                 ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise errors.ServiceError(
                     code,
-                    f"the {dep.name} at {dep.addr} did not answer within {timeout:.1f}s "
+                    f"the {dep.name} did not answer within {timeout:.1f}s "
                     "(the caller's deadline, or GATEWAY_CALL_TIMEOUT_S)",
                 ) from None
             raise errors.ServiceError(code, detail or f"{dep.name} call failed") from None

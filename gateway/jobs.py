@@ -501,16 +501,9 @@ class JobManager:
                 backoff.wait(cancel, exc.message)
 
     def _read(self, path: str) -> Source:
-        real = Path(path).resolve()
-        if not self.roots.contains(real):
-            return Source(
-                path,
-                error=f"{path}: leads outside the allowed roots",
-                code=grpc.StatusCode.PERMISSION_DENIED,
-            )
         try:
-            self.ingestor.limit.check(path, real.stat().st_size)
-            return Source(path, real.read_bytes())
+            data = self.roots.read(path, lambda size: self.ingestor.limit.check(path, size))
+            return Source(path, data)
         except errors.ServiceError as exc:
             return Source.failed(exc, path)
         except OSError as exc:

@@ -1,17 +1,28 @@
 """Which server-side files the gateway may read: only under the allowed roots.
 
 Paths are resolved (``..`` and symlinks followed) before the check, so neither
-``..`` nor a symlink can lead out of a root.
+``..`` nor a symlink can lead out of a root. A file is read by opening it
+first and then checking where the opened file really is (the kernel's name
+for the descriptor), so swapping a folder for a symlink between the check and
+the read cannot lead out of a root either.
+
+Messages to clients never show the roots themselves (the log does).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imagesearch import errors
 from imagesearch.images import is_image_name
+
+OUTSIDE = (
+    "is outside the folders this gateway may read (GATEWAY_ALLOWED_ROOTS); "
+    "stream the file with IndexImages instead"
+)
 
 
 class AllowedRoots:
@@ -30,13 +41,35 @@ class AllowedRoots:
             raise errors.invalid_argument("a server path is empty")
         if "\x00" in raw:
             raise errors.invalid_argument(f"path {raw!r} contains a NUL character")
-        real = Path(raw).expanduser().resolve()
+        if raw.startswith("~"):
+            # Not expanded: the answer would tell whether a user exists.
+            raise errors.invalid_argument(f"{raw}: '~' is not expanded; send an absolute path")
+        real = Path(raw).resolve()
         if not self.contains(real):
-            raise errors.permission_denied(
-                f"{raw} is outside the folders this gateway may read ({self.describe()}); "
-                "set GATEWAY_ALLOWED_ROOTS, or stream the files with IndexImages"
-            )
+            raise errors.permission_denied(f"{raw} {OUTSIDE}")
         return real
+
+    def read(self, path: str, check_size: Callable[[int], None] = lambda _: None) -> bytes:
+        """The bytes of the regular file ``path`` if the file actually opened
+        lies under a root (checked on the open descriptor, not on the name).
+        ``check_size`` sees the size before anything is read (and may raise)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            try:
+                opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # no /proc: the name, resolved now
+                opened = Path(path).resolve()
+            if not self.contains(opened):
+                raise errors.permission_denied(f"{path} {OUTSIDE}")
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise errors.invalid_argument(f"{path} is not a regular file")
+            check_size(info.st_size)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
 
 
 def walk_images(folder: Path, recursive: bool, roots: AllowedRoots) -> Iterator[Path]:

@@ -146,10 +146,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return value
         assert isinstance(value, str)
         real = self.roots.resolve(value)
-        if not real.is_file():
-            raise errors.not_found(f"{value}: no such file on the gateway's machine")
-        self.ingestor.limit.check(value, real.stat().st_size)
-        return real.read_bytes()
+        try:
+            return self.roots.read(str(real), lambda size: self.ingestor.limit.check(value, size))
+        except FileNotFoundError:
+            raise errors.not_found(f"{value}: no such file on the gateway's machine") from None
+        except OSError as exc:
+            raise errors.not_found(f"{value}: cannot read ({exc.strerror or exc})") from None
 
     def Search(
         self, request: gateway_pb2.SearchRequest, context: grpc.ServicerContext

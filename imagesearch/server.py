@@ -67,9 +67,10 @@ class _Call:
             exc_info=exc,
             extra={"fields": {"method": self.method}},
         )
+        # The exception's text stays in the log: it may name files, hosts or URIs.
         message = (
-            f"internal error in {self.method}: {type(exc).__name__}: {exc} "
-            f"(request id {self.request_id}; see the service log)"
+            f"internal error in {self.method} ({type(exc).__name__}); the service log has "
+            f"the details under request id {self.request_id}"
         )
         self.finish(grpc.StatusCode.INTERNAL, message)
         self.context.abort(grpc.StatusCode.INTERNAL, message)

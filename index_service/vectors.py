@@ -72,18 +72,32 @@ class VectorStore:
             text = str(exc).lower()
             if any(w in text for w in ("connect", "unavailable", "timeout", "deadline", "closed")):
                 self._reset()
+                self._log_outage(what, exc)
                 raise errors.unavailable(
-                    f"Milvus at {self.uri} is unavailable during {what} ({exc.message}); retry later"
+                    f"Milvus is unavailable during {what}; retry later (the index's log has "
+                    "the details)"
                 ) from None
             raise errors.ServiceError(
                 grpc.StatusCode.INTERNAL, f"Milvus refused {what}: {exc.message}"
             ) from None
         except Exception as exc:  # grpc errors, refused connections, ...
             self._reset()
+            self._log_outage(what, exc)
             raise errors.unavailable(
-                f"Milvus at {self.uri} is unavailable during {what} "
-                f"({type(exc).__name__}: {exc}); retry later"
+                f"Milvus is unavailable during {what} ({type(exc).__name__}); retry later "
+                "(the index's log has the details)"
             ) from None
+
+    def _log_outage(self, what: str, exc: BaseException) -> None:
+        """Where Milvus is and what it said go to the log, not to clients."""
+        logs.event(
+            log,
+            "milvus.unavailable",
+            logging.WARNING,
+            uri=self.uri,
+            during=what,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def _reset(self) -> None:
         with self._lock:

@@ -9,7 +9,9 @@ import socket
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import REGISTRY
 
@@ -122,31 +124,48 @@ def listening(ports: list[int]) -> dict[int, set[str]]:
     return found
 
 
-def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+def spawn_up(tmp_path: Path, ports: list[int], *flags: str) -> subprocess.Popen[str]:
+    """``imgsearch up`` as a user runs it, without ResNet50 weights (the fallback)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDER_", "INDEX_", "GATEWAY_"))
     }
     env["TORCH_HOME"] = str(tmp_path / "torch")  # no ResNet50 weights: the fallback path
-    out = (tmp_path / "up.out").open("w")
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "imgsearch"),
-            "up",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--gateway-port",
-            str(ports[0]),
-            "--embedder-port",
-            str(ports[1]),
-            "--index-port",
-            str(ports[2]),
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    with (tmp_path / "up.out").open("w") as out:
+        return subprocess.Popen(
+            [
+                str(VENV_BIN / "imgsearch"),
+                "up",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--gateway-port",
+                str(ports[0]),
+                "--embedder-port",
+                str(ports[1]),
+                "--index-port",
+                str(ports[2]),
+                *flags,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            text=True,
+        )
+
+
+def stop_up(proc: subprocess.Popen[str], tmp_path: Path, ports: list[int]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert "stopped" in (tmp_path / "up.out").read_text()
+    for port in ports:  # every service is down
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    proc = spawn_up(tmp_path, ports)
     try:
         stack_env = {"IMGSEARCH_GATEWAY": f"127.0.0.1:{ports[0]}"}
 
@@ -173,14 +192,50 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         # Safe by default: every port listens on loopback only.
         assert listening(ports) == {port: {"127.0.0.1"} for port in ports}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        out.close()
-    assert proc.returncode == 0
-    assert "stopped" in (tmp_path / "up.out").read_text()
-    for port in ports:  # every service is down
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0
+        stop_up(proc, tmp_path, ports)
+
+
+def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
+    """``imgsearch up --tls``: a local CA under the data dir, TLS on all three
+    ports (mTLS to the embedder and index); plaintext gets nothing; the CLI
+    and grpcurl work with the CA file."""
+    ports = [free_port() for _ in range(3)]
+    proc = spawn_up(tmp_path, ports, "--tls")
+    ca = tmp_path / "data" / "tls" / "ca.pem"
+    try:
+        assert wait_until(lambda: "ready" in (tmp_path / "up.out").read_text(), 600)
+        assert ca.exists() and f"--ca {ca}" in (tmp_path / "up.out").read_text()
+        for port in ports:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.RpcError) as info:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=5
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, port
+        env = {**os.environ, "IMGSEARCH_GATEWAY": f"localhost:{ports[0]}", "IMGSEARCH_CA": str(ca)}
+        folder = CLOTHING / "Hat"
+        indexed = subprocess.run(
+            [str(VENV_BIN / "imgsearch"), "index", str(folder), "--json"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert indexed.returncode == 0, indexed.stderr
+        assert json.loads(indexed.stdout)["indexed"] == len(list(folder.glob("*.jpg")))
+        query = next(folder.glob("*.jpg"))
+        found = subprocess.run(
+            [str(VENV_BIN / "imgsearch"), "search", str(query), "--json"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert Path(json.loads(found.stdout)[0]["path"]).name == query.name
+        counted = subprocess.run(
+            [str(VENV_BIN / "grpcurl"), "-cacert", str(ca), "-d", "{}", f"localhost:{ports[0]}",
+             "imagesearch.v1.GatewayService/Count"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert counted.returncode == 0, counted.stderr
+        assert json.loads(counted.stdout)["count"] == str(len(list(folder.glob("*.jpg"))))
+    finally:
+        stop_up(proc, tmp_path, ports)
 
 
 @pytest.fixture

@@ -40,6 +40,13 @@ def test_settings_from_env_then_flags() -> None:
         ({"GATEWAY_RESUME_JOBS": "maybe"}, "GATEWAY_RESUME_JOBS"),
         ({"GATEWAY_DEFAULT_TOP_K": "0"}, "GATEWAY_DEFAULT_TOP_K"),
         ({"GATEWAY_BACKEND_WAIT_S": "0"}, "GATEWAY_BACKEND_WAIT_S"),
+        ({"GATEWAY_TLS_CERT": "c.pem"}, "GATEWAY_TLS_KEY"),
+        ({"GATEWAY_TLS_CLIENT_CA": "ca.pem"}, "GATEWAY_TLS_CERT"),
+        ({"GATEWAY_BACKEND_TLS_CERT": "c.pem"}, "GATEWAY_BACKEND_TLS_KEY"),
+        (
+            {"GATEWAY_BACKEND_TLS_CERT": "c.pem", "GATEWAY_BACKEND_TLS_KEY": "k.pem"},
+            "GATEWAY_BACKEND_TLS_CA",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -57,6 +64,9 @@ def test_services_share_the_server_fields_with_their_own_defaults() -> None:
         "port": 50051,
         "max_workers": 32,
         "max_message_bytes": 4 * 1024 * 1024,
+        "tls": None,
+        "health_port": 0,
+        "reflection": True,
     }
 
 
