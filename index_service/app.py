@@ -27,6 +27,7 @@ def build_store(settings: IndexSettings) -> IndexStore:
             settings.table_prefix,
             settings.row_cache,
             settings.row_cache_mb * 1024 * 1024,
+            tls=settings.database_tls(),
         ),
         VectorStore(settings),
     )

@@ -11,6 +11,7 @@ Tables (names carry INDEX_TABLE_PREFIX):
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,7 +41,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-from imagesearch import errors
+from imagesearch import errors, logs
+
+log = logging.getLogger(__name__)
 
 PENDING = "pending"
 READY = "ready"
@@ -101,7 +104,10 @@ class MetadataStore:
         table_prefix: str = "imgsearch_",
         row_cache: int = 0,
         row_cache_bytes: int = 256 * 1024 * 1024,
+        tls: dict[str, str] | None = None,
     ) -> None:
+        """``tls``: PyMySQL's ``ssl`` argument (CA, client certificate) for a
+        MySQL URL; PyMySQL then refuses a server that does not offer TLS."""
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         parsed = make_url(url)
@@ -114,7 +120,10 @@ class MetadataStore:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_recycle"] = 3600
-            kwargs["connect_args"] = {"connect_timeout": 5}
+            connect: dict[str, object] = {"connect_timeout": 5}
+            if tls:
+                connect["ssl"] = tls
+            kwargs["connect_args"] = connect
         self.engine: Engine = create_engine(url, **kwargs)
         md = MetaData()
         opts: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
@@ -181,16 +190,22 @@ class MetadataStore:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
+            self._log_outage(exc.orig if exc.orig is not None else exc)
             raise errors.unavailable(
-                f"the metadata database at {self.safe_url} is unavailable "
-                f"({exc.orig if exc.orig is not None else exc}); retry later"
+                "the metadata database is unavailable; retry later (the index's log has "
+                "the details)"
             ) from None
         except DBAPIError as exc:
             if exc.connection_invalidated:
+                self._log_outage(exc)
                 raise errors.unavailable(
-                    f"lost the connection to the metadata database at {self.safe_url}; retry"
+                    "lost the connection to the metadata database; retry"
                 ) from None
             raise
+
+    def _log_outage(self, exc: object) -> None:
+        """Where the database is and what it said go to the log, not to clients."""
+        logs.event(log, "database.unavailable", logging.WARNING, url=self.safe_url, error=str(exc))
 
     @contextmanager
     def _write(self, name: str) -> Iterator[Connection]:

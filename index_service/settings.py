@@ -36,10 +36,29 @@ class IndexSettings(ServerSettings):
         },
     )
     milvus_timeout_s: float = field(default=30.0, metadata={"help": "timeout of one Milvus call"})
+    milvus_tls_ca: str = field(
+        default="",
+        metadata={"help": "PEM CA of the Milvus server's certificate: talk TLS to Milvus"},
+    )
+    milvus_tls_cert: str = field(
+        default="", metadata={"help": "PEM client certificate for Milvus (mTLS; with the CA)"}
+    )
+    milvus_tls_key: str = field(default="", metadata={"help": "PEM key of MILVUS_TLS_CERT"})
+    milvus_tls_server_name: str = field(
+        default="", metadata={"help": "name in Milvus' certificate, if not the URI's host"}
+    )
     database_url: str = field(
         default="sqlite:///./data/meta.db",
         metadata={"help": "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db"},
     )
+    database_tls_ca: str = field(
+        default="",
+        metadata={"help": "PEM CA of the MySQL server's certificate: require TLS to MySQL"},
+    )
+    database_tls_cert: str = field(
+        default="", metadata={"help": "PEM client certificate for MySQL (with its key)"}
+    )
+    database_tls_key: str = field(default="", metadata={"help": "PEM key of DATABASE_TLS_CERT"})
     row_cache: int = field(
         default=100_000,
         metadata={
@@ -78,7 +97,43 @@ class IndexSettings(ServerSettings):
     max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
     reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
 
+    def milvus_tls(self) -> dict[str, object]:
+        """pymilvus' TLS keyword arguments (none: plaintext)."""
+        if not self.milvus_tls_ca:
+            return {}
+        tls: dict[str, object] = {"secure": True}
+        if self.milvus_tls_cert:  # two-way: pymilvus takes the CA as ca_pem_path
+            tls.update(
+                client_pem_path=self.milvus_tls_cert,
+                client_key_path=self.milvus_tls_key,
+                ca_pem_path=self.milvus_tls_ca,
+            )
+        else:
+            tls["server_pem_path"] = self.milvus_tls_ca
+        if self.milvus_tls_server_name:
+            tls["server_name"] = self.milvus_tls_server_name
+        return tls
+
+    def database_tls(self) -> dict[str, str] | None:
+        """PyMySQL's ``ssl`` argument (None: no TLS). With a CA, the server's
+        certificate and host name are verified."""
+        if not self.database_tls_ca:
+            return None
+        tls = {"ca": self.database_tls_ca}
+        if self.database_tls_cert:
+            tls.update(cert=self.database_tls_cert, key=self.database_tls_key)
+        return tls
+
     def validate(self) -> None:
+        for prefix in ("milvus", "database"):
+            cert, key = getattr(self, f"{prefix}_tls_cert"), getattr(self, f"{prefix}_tls_key")
+            name = f"INDEX_{prefix.upper()}_TLS"
+            if bool(cert) != bool(key):
+                raise SettingsError(f"{name}_CERT and {name}_KEY go together: set both")
+            if cert and not getattr(self, f"{prefix}_tls_ca"):
+                raise SettingsError(f"{name}_CERT needs {name}_CA")
+        if self.database_tls_ca and not self.database_url.startswith("mysql"):
+            raise SettingsError("INDEX_DATABASE_TLS_* applies to MySQL URLs only")
         if self.metric.upper() not in METRICS:
             raise SettingsError(f"INDEX_METRIC={self.metric!r}: use one of {', '.join(METRICS)}")
         if self.index_type.upper() not in INDEX_TYPES:

@@ -59,6 +59,7 @@ class VectorStore:
                         value = getattr(self.settings, f"milvus_{key}")
                         if value:
                             kwargs[key] = value
+                    kwargs.update(self.settings.milvus_tls())
                 self._client = MilvusClient(**kwargs)
             return self._client
 

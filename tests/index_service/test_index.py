@@ -602,3 +602,32 @@ def test_health_answers_while_the_start_up_reconcile_runs(tmp_path: Path) -> Non
         assert status("imagesearch.v1.IndexService") == health_pb2.HealthCheckResponse.SERVING
     finally:
         again.stop(1)
+
+
+@pytest.mark.mariadb
+def test_database_tls_is_required_when_asked_for(
+    mariadb_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This MariaDB offers no TLS: with INDEX_DATABASE_TLS_CA set, the store
+    refuses to go on in plaintext; the client's message does not name the
+    database's address, the log says why."""
+    from imagesearch import errors
+    from imagesearch.tls import local_pki
+    from index_service.metadata import MetadataStore
+
+    pki, _ = local_pki(tmp_path / "pki", [])
+    prefix = unique_prefix()
+    store = MetadataStore(mariadb_url, prefix, tls={"ca": str(pki.ca)})
+    with pytest.raises(errors.ServiceError) as info:
+        store.list_collections()
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1" not in info.value.message
+    logged = [
+        getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "database.unavailable"
+    ]
+    assert "SSL is required" in logged[0]["error"] and "127.0.0.1" in logged[0]["url"]
+    store.dispose()
+    plain = MetadataStore(mariadb_url, prefix)  # the control: without TLS it connects
+    assert plain.list_collections() == []
+    plain.dispose()
+    drop_sql_tables(mariadb_url, prefix)

@@ -257,3 +257,34 @@ def test_stream_budgets_share_the_gateway_total() -> None:
     assert not got.wait(0.3)  # b's own budget has room, the gateway's has not
     a.release(taken)
     assert got.wait(5) and total.held == 50
+
+
+def test_milvus_and_mysql_tls_settings_reach_their_clients() -> None:
+    """What pymilvus and PyMySQL get for each TLS setting (a live MySQL test
+    covers the refusal; no Milvus with TLS runs here)."""
+    plain = IndexSettings(milvus_uri="http://milvus:19530")
+    assert plain.milvus_tls() == {} and plain.database_tls() is None
+    one_way = IndexSettings(milvus_tls_ca="ca.pem", milvus_tls_server_name="milvus.local")
+    assert one_way.milvus_tls() == {
+        "secure": True,
+        "server_pem_path": "ca.pem",
+        "server_name": "milvus.local",
+    }
+    mutual = IndexSettings(milvus_tls_ca="ca.pem", milvus_tls_cert="c.pem", milvus_tls_key="k.pem")
+    assert mutual.milvus_tls() == {
+        "secure": True,
+        "client_pem_path": "c.pem",
+        "client_key_path": "k.pem",
+        "ca_pem_path": "ca.pem",
+    }
+    mysql = IndexSettings(
+        database_url="mysql+pymysql://u@db/x", database_tls_ca="ca.pem",
+        database_tls_cert="c.pem", database_tls_key="k.pem",
+    )  # fmt: skip
+    assert mysql.database_tls() == {"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"}
+    for bad in (
+        {"INDEX_MILVUS_TLS_CERT": "c.pem", "INDEX_MILVUS_TLS_KEY": "k.pem"},
+        {"INDEX_DATABASE_TLS_CA": "ca.pem"},  # with the SQLite default
+    ):
+        with pytest.raises(SettingsError):
+            load_settings(IndexSettings, "INDEX_", None, bad)
