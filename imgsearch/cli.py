@@ -357,6 +357,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from imagesearch.tls import local_pki
+
+    pki, made = local_pki(Path(args.folder), args.host or [])
+    said = "made" if made else "already there (kept)"
+    print(
+        f"{said}: {pki.ca} (the CA clients trust), {pki.server_cert} + {pki.server_key} "
+        f"(every service), {pki.client_cert} + {pki.client_key} (the gateway's client "
+        "certificate). The CA's own key is not kept: run again with more --host to add "
+        "names (everything is made anew)."
+    )
+    return 0
+
+
 # -- parser -----------------------------------------------------------------
 
 
@@ -413,6 +427,18 @@ def parser() -> argparse.ArgumentParser:
         "a local CA made under <data-dir>/tls on first use (env IMGSEARCH_TLS)",
     )
     up.add_argument("--gateway-port", type=int)
+    certs = sub.add_parser(
+        "certs",
+        help="make a local CA and certificates for TLS/mTLS (compose, k8s, tests)",
+    )
+    certs.add_argument("folder", help="where to write them (made if missing)")
+    certs.add_argument(
+        "--host",
+        action="append",
+        help="a name or address the services are reached by (repeat); localhost, "
+        "127.0.0.1 and ::1 are always in",
+    )
+    certs.set_defaults(func=cmd_certs)
     up.add_argument("--embedder-port", type=int)
     up.add_argument("--index-port", type=int)
     up.set_defaults(func=cmd_up)

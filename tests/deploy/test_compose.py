@@ -109,3 +109,38 @@ def test_cpu_override_removes_the_gpu(tmp_path: Path) -> None:
     embedder = cfg["services"]["embedder"]
     assert "devices" not in embedder.get("deploy", {}).get("resources", {}).get("reservations", {})
     assert embedder["environment"]["EMBEDDER_DEVICE"] == "cpu"
+
+
+def test_our_services_have_memory_limits() -> None:
+    services = config(ROOT / "docker-compose.yml")["services"]
+    for name in ("embedder", "index", "gateway"):
+        assert services[name]["deploy"]["resources"]["limits"]["memory"], name
+
+
+def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
+    """docker-compose.secure.yml: TLS on all three, mTLS inward, tokens, with
+    the files `imgsearch certs` writes, and health checks on the plaintext
+    health-only ports."""
+    from imagesearch.tls import LocalPki
+
+    pki = LocalPki(Path("/x"))
+    made = [n for n, p in vars(LocalPki).items() if isinstance(p, property)]
+    names = {getattr(pki, n).name for n in made} | {"tokens"}
+    services = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.secure.yml")["services"]
+    for name, prefix in (("embedder", "EMBEDDER_"), ("index", "INDEX_"), ("gateway", "GATEWAY_")):
+        svc = services[name]
+        env = svc["environment"]
+        files = {k: v for k, v in env.items() if k.startswith(prefix) and v.startswith("/etc/")}
+        assert {f"{prefix}TLS_CERT", f"{prefix}TLS_KEY"} <= set(files), name
+        for path in files.values():
+            assert path.startswith("/etc/imagesearch/tls/") and Path(path).name in names, path
+        mounts = [v if isinstance(v, str) else v["target"] for v in svc["volumes"]]
+        assert any("/etc/imagesearch/tls" in m for m in mounts), name
+        assert svc["healthcheck"]["test"][4] == env[f"{prefix}HEALTH_PORT"], name
+    assert services["embedder"]["environment"]["EMBEDDER_TLS_CLIENT_CA"].endswith("ca.pem")
+    assert services["index"]["environment"]["INDEX_TLS_CLIENT_CA"].endswith("ca.pem")
+    gateway = services["gateway"]["environment"]
+    assert {"GATEWAY_BACKEND_TLS_CA", "GATEWAY_BACKEND_TLS_CERT", "GATEWAY_TOKENS_FILE"} <= set(
+        gateway
+    )
+    assert "certs/" in (ROOT / ".gitignore").read_text().split()

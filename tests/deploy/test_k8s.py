@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,12 +46,13 @@ def test_embedder_gets_a_gpu_grpc_probes_hpa_and_headless_service() -> None:
     pod = d[("Deployment", "embedder")]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["readinessProbe"]["grpc"]["port"] == 50052
+    config = d[("ConfigMap", "imagesearch")]["data"]
+    # Probes use the plaintext health-only port (kubelet's grpc probes cannot TLS).
+    assert container["readinessProbe"]["grpc"]["port"] == int(config["EMBEDDER_HEALTH_PORT"])
     headless = d[("Service", "embedder-headless")]["spec"]
     assert headless["clusterIP"] == "None"
     hpa = d[("HorizontalPodAutoscaler", "embedder")]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "embedder"
-    config = d[("ConfigMap", "imagesearch")]["data"]
     assert config["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder-headless:50052"
     assert d[("Service", "milvus")]["spec"]["type"] == "ExternalName"
     for name in ("embedder", "index", "gateway"):
@@ -66,3 +68,146 @@ def test_dockerfile_targets_run_as_non_root_with_health_checks() -> None:
             "USER app" in stage and "HEALTHCHECK" in stage and "imagesearch.healthcheck" in stage
         ), target
     assert Path(ROOT / ".dockerignore").exists()
+
+
+# -- security -----------------------------------------------------------------
+
+OURS = ("embedder", "index", "gateway")
+NAMESPACE = {"kubernetes.io/metadata.name": "imagesearch"}
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
+
+
+@dataclass(frozen=True)
+class Pod:
+    labels: dict[str, str]
+    namespace: dict[str, str] = field(default_factory=lambda: NAMESPACE)
+    external: bool = False  # an address outside the cluster (Milvus, MySQL, the internet)
+
+
+def pod(name: str) -> Pod:
+    return Pod(docs()[("Deployment", name)]["spec"]["template"]["metadata"]["labels"])
+
+
+def matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    assert "matchExpressions" not in (selector or {}), "extend this test for matchExpressions"
+    return all(labels.get(k) == v for k, v in (selector or {}).get("matchLabels", {}).items())
+
+
+def peer_matches(peers: list[dict] | None, other: Pod) -> bool:
+    if peers is None:  # no `from`/`to`: everybody
+        return True
+    for peer in peers:
+        if "ipBlock" in peer:
+            if other.external:
+                return True
+            continue
+        if other.external:
+            continue
+        if "namespaceSelector" in peer:
+            if not matches(peer["namespaceSelector"], other.namespace):
+                continue
+        elif other.namespace != NAMESPACE:  # a bare podSelector: this namespace only
+            continue
+        if matches(peer.get("podSelector"), other.labels):
+            return True
+    return False
+
+
+def port_matches(ports: list[dict] | None, port: int, protocol: str) -> bool:
+    return ports is None or any(
+        p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports
+    )
+
+
+def allowed(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
+    """Would the NetworkPolicies in deploy/k8s let ``src`` open ``dst:port``?"""
+    policies = [d["spec"] for (kind, _), d in docs().items() if kind == "NetworkPolicy"]
+
+    def side(selected: Pod, direction: str, rules_key: str, peers_key: str, other: Pod) -> bool:
+        if selected.external or selected.namespace != NAMESPACE:
+            return True  # not ours: no policy here applies
+        applying = [
+            p
+            for p in policies
+            if matches(p["podSelector"], selected.labels) and direction in p["policyTypes"]
+        ]
+        if not applying:
+            return True
+        return any(
+            peer_matches(rule.get(peers_key), other)
+            and port_matches(rule.get("ports"), port, protocol)
+            for p in applying
+            for rule in p.get(rules_key) or []
+        )
+
+    return side(src, "Egress", "egress", "to", dst) and side(dst, "Ingress", "ingress", "from", src)
+
+
+def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> None:
+    embedder, index, gateway = (pod(n) for n in OURS)
+    intruder = Pod({"app": "intruder"})
+    prometheus = Pod(
+        {"app.kubernetes.io/name": "prometheus"}, {"kubernetes.io/metadata.name": "monitoring"}
+    )
+    dns = Pod({"k8s-app": "kube-dns"}, KUBE_SYSTEM)
+    outside = Pod({}, external=True)
+
+    assert allowed(gateway, embedder, 50052) and allowed(gateway, index, 50053)
+    for src in (intruder, embedder, index, prometheus):
+        assert not allowed(src, embedder, 50052) or src == gateway
+        assert not allowed(src, index, 50053)
+    assert not allowed(index, embedder, 50052)
+    # The public face is open; nobody of ours talks to it.
+    assert allowed(intruder, gateway, 50051) and allowed(outside, gateway, 50051)
+    assert not allowed(embedder, gateway, 50051)
+    # Egress: only the index leaves the cluster, only to Milvus and MySQL.
+    assert allowed(index, outside, 19530) and allowed(index, outside, 3306)
+    for src, port in ((index, 443), (embedder, 443), (gateway, 19530), (embedder, 19530)):
+        assert not allowed(src, outside, port), (src, port)
+    for src in (gateway, index):
+        assert allowed(src, dns, 53, "UDP") and allowed(src, dns, 53, "TCP")
+    assert not allowed(embedder, dns, 53, "UDP")
+    # Metrics: Prometheus only.
+    for name, port in (("gateway", 9101), ("embedder", 9102), ("index", 9103)):
+        assert allowed(prometheus, pod(name), port)
+        assert not allowed(intruder, pod(name), port)
+
+
+def test_every_policy_selects_our_pods() -> None:
+    labels = [pod(n).labels for n in OURS]
+    for (kind, name), d in docs().items():
+        if kind == "NetworkPolicy":
+            assert any(matches(d["spec"]["podSelector"], lab) for lab in labels), name
+
+
+def test_pods_are_locked_down() -> None:
+    d = docs()
+    config = d[("ConfigMap", "imagesearch")]["data"]
+    for name in OURS:
+        spec = d[("Deployment", name)]["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["readOnlyRootFilesystem"] is True, name
+            assert ctx["capabilities"]["drop"] == ["ALL"], name
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, name
+            for m in mounts.values():
+                assert m["name"] in volumes, (name, m)
+            # Every file the settings name lies on a mounted Secret.
+            prefix = name.upper() + "_"
+            for key, value in config.items():
+                if key.startswith(prefix) and (key.endswith(("_CERT", "_KEY", "_CA", "_FILE"))):
+                    mount = next(p for p in mounts if value.startswith(p + "/"))
+                    assert "secret" in volumes[mounts[mount]["name"]], (key, value)
+            # Probes use the health-only port, which the container declares.
+            health = int(config[f"{prefix}HEALTH_PORT"])
+            assert {"name": "health", "containerPort": health} in container["ports"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert container[probe]["grpc"]["port"] == health, (name, probe)
+    assert config["EMBEDDER_TLS_CLIENT_CA"] and config["INDEX_TLS_CLIENT_CA"]
+    assert config["GATEWAY_BACKEND_TLS_CERT"] and config["GATEWAY_TOKENS_FILE"]
