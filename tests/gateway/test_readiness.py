@@ -84,7 +84,8 @@ def test_a_backend_that_never_comes_fails_unavailable_naming_it(tmp_path: Path) 
             with pytest.raises(ImageSearchError) as err:
                 client.search(image=(CLOTHING / clothing_images()[0][0]).read_bytes())
             assert err.value.code == grpc.StatusCode.UNAVAILABLE
-            assert f"embedder at 127.0.0.1:{nowhere}" in err.value.message
+            assert "the embedder is not reachable" in err.value.message
+            assert str(nowhere) not in err.value.message  # addresses go to the log only
             assert "GATEWAY_BACKEND_WAIT_S" in err.value.message
             # A deadline shorter than the wait is the caller's to keep.
             with pytest.raises(ImageSearchError) as err:
