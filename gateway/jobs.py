@@ -34,6 +34,7 @@ from gateway.paths import AllowedRoots, walk_images
 from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
 from imagesearch.batching import byte_groups
+from imagesearch.v1 import index_pb2
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +489,9 @@ class JobManager:
         while True:
             try:
                 deadline = Deadline.after(self.settings.job_batch_timeout_s)
-                return self.ingestor.ingest(collection, sources, deadline)
+                return self.ingestor.ingest(
+                    collection, sources, deadline, index_pb2.PATH_ORIGIN_SERVER
+                )
             except errors.ServiceError as exc:
                 if exc.code not in RETRYABLE or cancel.is_set():
                     raise

@@ -66,10 +66,16 @@ class Ingestor:
         self.limit = limit
 
     def ingest(
-        self, collection: str, sources: Sequence[Source], deadline: Deadline
+        self,
+        collection: str,
+        sources: Sequence[Source],
+        deadline: Deadline,
+        origin: index_pb2.PathOrigin = index_pb2.PATH_ORIGIN_STREAM,
     ) -> list[Result]:
         """One result per source, in order. Per-file problems become FAILED
-        results; a backend outage raises (UNAVAILABLE) so the caller can retry."""
+        results; a backend outage raises (UNAVAILABLE) so the caller can retry.
+        ``origin``: PATH_ORIGIN_SERVER for files a server job found, whose
+        paths a stream can then never take."""
         results: list[Result | None] = [None] * len(sources)
         digests: dict[int, bytes] = {}
         for i, src in enumerate(sources):
@@ -115,6 +121,7 @@ class Ingestor:
                         width=emb.width,
                         height=emb.height,
                         vector=emb.vector,
+                        origin=origin,
                     )
                 )
                 positions.append(i)
@@ -126,6 +133,14 @@ class Ingestor:
                     deadline,
                 )
                 for i, res in zip(positions, response.results, strict=True):
+                    if res.outcome == index_pb2.UPSERT_OUTCOME_REFUSED:
+                        results[i] = Result(
+                            sources[i].name,
+                            Outcome.FAILED,
+                            reason=res.error,
+                            code=grpc.StatusCode.PERMISSION_DENIED,
+                        )
+                        continue
                     outcome = (
                         Outcome.DUPLICATE
                         if res.outcome == index_pb2.UPSERT_OUTCOME_DUPLICATE

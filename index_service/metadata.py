@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,9 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 
 PENDING = "pending"
 READY = "ready"
+# Where a path came from (index.proto PathOrigin): a server job's file, or a
+# name a client sent. Rows from before the column existed count as streamed.
+SERVER = "server"
+STREAM = "stream"
 CHUNK = 500  # ids per IN (...) clause
 
 
@@ -162,6 +168,7 @@ class MetadataStore:
             Column("path", String(700), primary_key=True),
             Column("image_id", BigInteger, nullable=False),
             Column("created_at_ms", BigInteger, nullable=False),
+            Column("origin", String(8), nullable=False, server_default=STREAM),
             Index(f"{p}ix_paths_image", "collection", "image_id"),
             **opts,
         )
@@ -186,6 +193,7 @@ class MetadataStore:
         try:
             if not self._created:
                 self.md.create_all(self.engine)
+                self._add_missing_columns()
                 self._created = True
             with self.engine.begin() as conn:
                 yield conn
@@ -202,6 +210,19 @@ class MetadataStore:
                     "lost the connection to the metadata database; retry"
                 ) from None
             raise
+
+    def _add_missing_columns(self) -> None:
+        """Tables made by an older version lack columns added since: add them
+        (create_all makes missing tables only)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(self.paths.name)}
+        if "origin" not in have:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {self.paths.name} ADD COLUMN origin VARCHAR(8) "
+                        f"NOT NULL DEFAULT '{STREAM}'"
+                    )
+                )
 
     def _log_outage(self, exc: object) -> None:
         """Where the database is and what it said go to the log, not to clients."""
@@ -295,17 +316,18 @@ class MetadataStore:
                 out.update({r.image_id: r.status for r in rows})
         return out
 
-    def path_owners(self, name: str, paths: Sequence[str]) -> dict[str, int]:
+    def path_owners(self, name: str, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """(image id, origin) of each of ``paths`` that is stored."""
         pt = self.paths
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, str]] = {}
         with self._tx() as conn:
             for i in range(0, len(paths), CHUNK):
                 rows = conn.execute(
-                    select(pt.c.path, pt.c.image_id).where(
+                    select(pt.c.path, pt.c.image_id, pt.c.origin).where(
                         and_(pt.c.collection == name, pt.c.path.in_(paths[i : i + CHUNK]))
                     )
                 )
-                out.update({r.path: r.image_id for r in rows})
+                out.update({r.path: (r.image_id, r.origin) for r in rows})
         return out
 
     def write_pending(
@@ -315,11 +337,14 @@ class MetadataStore:
         new_images: Sequence[NewImage],
         new_paths: Sequence[tuple[str, int]],
         moved_paths: Sequence[tuple[str, int]],
+        origins: Mapping[str, str] | None = None,
     ) -> list[int]:
         """In one transaction: inserts new image rows as pending, adds paths,
-        re-points paths whose file now has other bytes. Returns the ids of
-        images left with no path (their rows are deleted here; the caller
-        deletes their vectors)."""
+        re-points paths whose file now has other bytes (or that a server job
+        takes back from a stream). ``origins``: each path's origin (default
+        STREAM). Returns the ids of images left with no path (their rows are
+        deleted here; the caller deletes their vectors)."""
+        origin = (origins or {}).get
         ts = now_ms()
         img, pt = self.images, self.paths
         with self._write(name) as conn:
@@ -346,7 +371,13 @@ class MetadataStore:
                 conn.execute(
                     insert(pt),
                     [
-                        {"collection": name, "path": path, "image_id": iid, "created_at_ms": ts}
+                        {
+                            "collection": name,
+                            "path": path,
+                            "image_id": iid,
+                            "created_at_ms": ts,
+                            "origin": origin(path, STREAM),
+                        }
                         for path, iid in new_paths
                     ],
                 )
@@ -359,7 +390,7 @@ class MetadataStore:
                 conn.execute(
                     update(pt)
                     .where(and_(pt.c.collection == name, pt.c.path == path))
-                    .values(image_id=iid, created_at_ms=ts)
+                    .values(image_id=iid, created_at_ms=ts, origin=origin(path, STREAM))
                 )
             return self._delete_pathless(conn, name, previous)
 
@@ -469,7 +500,7 @@ class MetadataStore:
         return out
 
     def ids_for_paths(self, name: str, paths: Sequence[str]) -> list[int]:
-        return list(dict.fromkeys(self.path_owners(name, paths).values()))
+        return list(dict.fromkeys(iid for iid, _ in self.path_owners(name, paths).values()))
 
     def ids_with_prefix(self, name: str, prefix: str, limit: int) -> list[int]:
         pt = self.paths

@@ -7,7 +7,7 @@ import grpc
 from imagesearch import errors
 from imagesearch.readiness import Readiness
 from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
-from index_service.metadata import READY, ImageRow
+from index_service.metadata import READY, SERVER, STREAM, ImageRow
 from index_service.store import IndexStore, Item
 
 STATUS = {READY: index_pb2.IMAGE_STATUS_READY}
@@ -53,23 +53,35 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                 "(INDEX_MAX_ITEMS_PER_UPSERT); split the request"
             )
         items = [
-            Item(it.sha256, it.path, it.size, it.width, it.height, it.vector)
+            Item(
+                it.sha256,
+                it.path,
+                it.size,
+                it.width,
+                it.height,
+                it.vector,
+                SERVER if it.origin == index_pb2.PATH_ORIGIN_SERVER else STREAM,
+            )
             for it in request.items
         ]
         results = self.store.upsert(request.collection, request.model, request.dim, items)
         out = [
             index_pb2.UpsertResult(
                 image_id=r.image_id,
-                outcome=index_pb2.UPSERT_OUTCOME_DUPLICATE
+                outcome=index_pb2.UPSERT_OUTCOME_REFUSED
+                if r.refused
+                else index_pb2.UPSERT_OUTCOME_DUPLICATE
                 if r.duplicate
                 else index_pb2.UPSERT_OUTCOME_INDEXED,
                 path_added=r.path_added,
+                error=r.refused,
             )
             for r in results
         ]
         dups = sum(r.duplicate for r in results)
+        refused = sum(bool(r.refused) for r in results)
         return index_pb2.IndexServiceUpsertResponse(
-            results=out, indexed=len(results) - dups, duplicates=dups
+            results=out, indexed=len(results) - dups - refused, duplicates=dups
         )
 
     def Search(

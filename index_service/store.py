@@ -22,6 +22,8 @@ from index_service import names
 from index_service.metadata import (
     PENDING,
     READY,
+    SERVER,
+    STREAM,
     CollectionRow,
     ImageRow,
     MetadataStore,
@@ -45,6 +47,7 @@ class Item:
     width: int
     height: int
     vector: bytes
+    origin: str = STREAM  # SERVER: a file a server job found; STREAM: a client's name
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class UpsertResult:
     image_id: int
     duplicate: bool
     path_added: bool
+    refused: str = ""  # why nothing was stored for this item
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,26 @@ class IndexStore:
             to_embed: dict[int, np.ndarray] = {}
             new_paths: dict[str, int] = {}
             moved_paths: dict[str, int] = {}
+            origins: dict[str, str] = {}
             results: list[UpsertResult] = []
             for item, iid, vec in zip(items, image_ids, vectors, strict=True):
+                current = owners.get(item.path)  # (image id, origin), this batch included
+                if (
+                    item.origin != SERVER
+                    and current is not None
+                    and current[1] == SERVER
+                    and current[0] != iid
+                ):
+                    results.append(
+                        UpsertResult(
+                            iid,
+                            False,
+                            False,
+                            refused=f"{item.path}: a server job indexed a file under this "
+                            "path; a streamed image cannot take it (send it under another name)",
+                        )
+                    )
+                    continue
                 known = statuses.get(iid)
                 duplicate = known == READY or iid in new_images or (iid in to_embed)
                 if known is None and iid not in new_images:
@@ -180,14 +202,18 @@ class IndexStore:
                     )
                 if known != READY and iid not in to_embed:
                     to_embed[iid] = vec
-                owner = owners.get(item.path, new_paths.get(item.path, moved_paths.get(item.path)))
                 path_added = False
-                if owner is None:
+                if current is None:
                     new_paths[item.path] = iid
                     path_added = True
-                elif owner != iid:
+                elif current[0] != iid:
                     moved_paths[item.path] = iid  # the file at this path changed
                     path_added = True
+                elif item.origin == SERVER and current[1] != SERVER:
+                    moved_paths[item.path] = iid  # a server job takes back a streamed name
+                if item.path not in origins or item.origin == SERVER:
+                    origins[item.path] = item.origin
+                owners[item.path] = (iid, origins[item.path])
                 results.append(UpsertResult(iid, duplicate, path_added and duplicate))
 
             orphaned = self.meta.write_pending(
@@ -196,6 +222,7 @@ class IndexStore:
                 list(new_images.values()),
                 list(new_paths.items()),
                 list(moved_paths.items()),
+                origins,
             )
             if to_embed:
                 keys = list(to_embed)

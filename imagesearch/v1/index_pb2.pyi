@@ -14,17 +14,28 @@ class ImageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_STATUS_PENDING: _ClassVar[ImageStatus]
     IMAGE_STATUS_READY: _ClassVar[ImageStatus]
 
+class PathOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATH_ORIGIN_UNSPECIFIED: _ClassVar[PathOrigin]
+    PATH_ORIGIN_SERVER: _ClassVar[PathOrigin]
+    PATH_ORIGIN_STREAM: _ClassVar[PathOrigin]
+
 class UpsertOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     UPSERT_OUTCOME_UNSPECIFIED: _ClassVar[UpsertOutcome]
     UPSERT_OUTCOME_INDEXED: _ClassVar[UpsertOutcome]
     UPSERT_OUTCOME_DUPLICATE: _ClassVar[UpsertOutcome]
+    UPSERT_OUTCOME_REFUSED: _ClassVar[UpsertOutcome]
 IMAGE_STATUS_UNSPECIFIED: ImageStatus
 IMAGE_STATUS_PENDING: ImageStatus
 IMAGE_STATUS_READY: ImageStatus
+PATH_ORIGIN_UNSPECIFIED: PathOrigin
+PATH_ORIGIN_SERVER: PathOrigin
+PATH_ORIGIN_STREAM: PathOrigin
 UPSERT_OUTCOME_UNSPECIFIED: UpsertOutcome
 UPSERT_OUTCOME_INDEXED: UpsertOutcome
 UPSERT_OUTCOME_DUPLICATE: UpsertOutcome
+UPSERT_OUTCOME_REFUSED: UpsertOutcome
 
 class ImageRecord(_message.Message):
     __slots__ = ("image_id", "path", "paths", "size", "width", "height", "sha256", "model", "status", "created_at_ms", "updated_at_ms")
@@ -53,20 +64,22 @@ class ImageRecord(_message.Message):
     def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
-    __slots__ = ("sha256", "path", "size", "width", "height", "vector")
+    __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     sha256: bytes
     path: str
     size: int
     width: int
     height: int
     vector: bytes
-    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ...) -> None: ...
+    origin: PathOrigin
+    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ..., origin: _Optional[_Union[PathOrigin, str]] = ...) -> None: ...
 
 class IndexServiceUpsertRequest(_message.Message):
     __slots__ = ("collection", "model", "dim", "items")
@@ -81,14 +94,16 @@ class IndexServiceUpsertRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ...) -> None: ...
 
 class UpsertResult(_message.Message):
-    __slots__ = ("image_id", "outcome", "path_added")
+    __slots__ = ("image_id", "outcome", "path_added", "error")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     PATH_ADDED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     outcome: UpsertOutcome
     path_added: bool
-    def __init__(self, image_id: _Optional[int] = ..., outcome: _Optional[_Union[UpsertOutcome, str]] = ..., path_added: _Optional[bool] = ...) -> None: ...
+    error: str
+    def __init__(self, image_id: _Optional[int] = ..., outcome: _Optional[_Union[UpsertOutcome, str]] = ..., path_added: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class IndexServiceUpsertResponse(_message.Message):
     __slots__ = ("results", "indexed", "duplicates")

@@ -631,3 +631,37 @@ def test_database_tls_is_required_when_asked_for(
     assert plain.list_collections() == []
     plain.dispose()
     drop_sql_tables(mariadb_url, prefix)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_tables_from_before_path_origins_get_the_column(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An older version's paths table (no `origin`) is upgraded at start-up;
+    its rows count as streamed names, which a server job can take back."""
+    from sqlalchemy import text
+
+    from index_service.metadata import STREAM, MetadataStore
+
+    url = (
+        request.getfixturevalue("mariadb_url")
+        if backend == "mariadb"
+        else f"sqlite:///{tmp_path / 'old.db'}"
+    )
+    prefix = unique_prefix()
+    old = MetadataStore(url, prefix)
+    assert old.list_collections() == []  # creates the tables
+    with old.engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {prefix}image_paths DROP COLUMN origin"))
+        conn.execute(
+            text(
+                f"INSERT INTO {prefix}image_paths (collection, path, image_id, created_at_ms) "
+                "VALUES ('c', '/old/a.jpg', 7, 1)"
+            )
+        )
+    old.dispose()
+    upgraded = MetadataStore(url, prefix)
+    assert upgraded.path_owners("c", ["/old/a.jpg"]) == {"/old/a.jpg": (7, STREAM)}
+    upgraded.dispose()
+    if backend == "mariadb":
+        drop_sql_tables(url, prefix)
