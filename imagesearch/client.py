@@ -332,7 +332,8 @@ class Client:
         not there at all fails at once (UNAVAILABLE); one whose embedder or index
         is still starting is waited for, up to ``timeout`` seconds."""
         health = health_pb2_grpc.HealthStub(self._channel)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         said = False
         while True:
             try:
@@ -347,7 +348,9 @@ class Client:
                     f"the gateway at {self.address} is up but its embedder or index did not "
                     f"start within {timeout:.0f}s; see their logs",
                 )
-            if not said and on_wait is not None:
+            # A wait of a moment (the gateway's first health check of its
+            # backends) is not worth a line.
+            if not said and on_wait is not None and time.monotonic() - started >= 2.0:
                 on_wait(
                     f"waiting for the gateway at {self.address}: its embedder or index is starting"
                 )

@@ -14,9 +14,10 @@ def check(
     service: str = "",
     timeout: float = 3.0,
     credentials: grpc.ChannelCredentials | None = None,
+    host: str = "127.0.0.1",
 ) -> bool:
     """``credentials``: over TLS (the port of a service with a certificate)."""
-    target = f"127.0.0.1:{port}"
+    target = f"{host}:{port}"
     channel = (
         grpc.secure_channel(target, credentials)
         if credentials is not None

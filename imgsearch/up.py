@@ -50,6 +50,11 @@ def run(
     """``host``: where all three services (and their metrics) listen;
     loopback unless told otherwise. ``tls``: every port over TLS, the
     gateway's calls to the embedder and index over mTLS."""
+    # Where the services are dialled: loopback when they listen everywhere,
+    # else the one address they listen on.
+    dial = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
+    if ":" in dial and not dial.startswith("["):
+        dial = f"[{dial}]"
     data = Path(data_dir).resolve()
     (data / "images").mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -72,8 +77,8 @@ def run(
         EMBEDDER_PORT=str(embedder_port),
         INDEX_PORT=str(index_port),
         GATEWAY_PORT=str(gateway_port),
-        GATEWAY_EMBEDDER_ADDR=f"127.0.0.1:{embedder_port}",
-        GATEWAY_INDEX_ADDR=f"127.0.0.1:{index_port}",
+        GATEWAY_EMBEDDER_ADDR=f"{dial}:{embedder_port}",
+        GATEWAY_INDEX_ADDR=f"{dial}:{index_port}",
     )
     credentials = None
     if tls:
@@ -139,6 +144,7 @@ def run(
                     svc.port,
                     f"imagesearch.v1.{svc.service}",
                     credentials=credentials.credentials() if credentials else None,
+                    host=dial,
                 ):
                     print(f"imgsearch up: {svc.name:8s} SERVING on {host}:{svc.port}", flush=True)
                     waiting.remove(svc)
@@ -153,7 +159,7 @@ def run(
             stop.wait(0.5)
         if stop.is_set():
             return 0
-        describe_model(embedder_port, credentials)
+        describe_model(dial, embedder_port, credentials)
         print(
             f"imgsearch up: ready. Gateway at {host}:{gateway_port}"
             f"{' (TLS)' if tls else ''}. "
@@ -191,8 +197,8 @@ def tls_env(pki: LocalPki) -> dict[str, str]:
     return env
 
 
-def describe_model(port: int, tls: ClientTls | None = None) -> None:
-    target = f"127.0.0.1:{port}"
+def describe_model(host: str, port: int, tls: ClientTls | None = None) -> None:
+    target = f"{host}:{port}"
     with (
         grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
     ) as ch:

@@ -153,14 +153,16 @@ def spawn_up(tmp_path: Path, ports: list[int], *flags: str) -> subprocess.Popen[
         )
 
 
-def stop_up(proc: subprocess.Popen[str], tmp_path: Path, ports: list[int]) -> None:
+def stop_up(
+    proc: subprocess.Popen[str], tmp_path: Path, ports: list[int], host: str = "127.0.0.1"
+) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode == 0
     assert "stopped" in (tmp_path / "up.out").read_text()
     for port in ports:  # every service is down
         with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0
+            assert s.connect_ex((host, port)) != 0
 
 
 def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
@@ -195,24 +197,28 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         stop_up(proc, tmp_path, ports)
 
 
+HOST = "127.0.0.2"  # loopback, but not the default address
+
+
 def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
     """``imgsearch up --tls``: a local CA under the data dir, TLS on all three
     ports (mTLS to the embedder and index); plaintext gets nothing; the CLI
-    and grpcurl work with the CA file."""
+    and grpcurl work with the CA file. On one specific address (127.0.0.2),
+    which up itself dials and names in the certificate."""
     ports = [free_port() for _ in range(3)]
-    proc = spawn_up(tmp_path, ports, "--tls")
+    proc = spawn_up(tmp_path, ports, "--tls", "--host", HOST)
     ca = tmp_path / "data" / "tls" / "ca.pem"
     try:
         assert wait_until(lambda: "ready" in (tmp_path / "up.out").read_text(), 600)
         assert ca.exists() and f"--ca {ca}" in (tmp_path / "up.out").read_text()
         for port in ports:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with grpc.insecure_channel(f"{HOST}:{port}") as channel:
                 with pytest.raises(grpc.RpcError) as info:
                     health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(), timeout=5
                     )
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE, port
-        env = {**os.environ, "IMGSEARCH_GATEWAY": f"localhost:{ports[0]}", "IMGSEARCH_CA": str(ca)}
+        env = {**os.environ, "IMGSEARCH_GATEWAY": f"{HOST}:{ports[0]}", "IMGSEARCH_CA": str(ca)}
         folder = CLOTHING / "Hat"
         indexed = subprocess.run(
             [str(VENV_BIN / "imgsearch"), "index", str(folder), "--json"],
@@ -228,14 +234,15 @@ def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
         assert found.returncode == 0, found.stderr
         assert Path(json.loads(found.stdout)[0]["path"]).name == query.name
         counted = subprocess.run(
-            [str(VENV_BIN / "grpcurl"), "-cacert", str(ca), "-d", "{}", f"localhost:{ports[0]}",
+            [str(VENV_BIN / "grpcurl"), "-cacert", str(ca), "-d", "{}", f"{HOST}:{ports[0]}",
              "imagesearch.v1.GatewayService/Count"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert counted.returncode == 0, counted.stderr
         assert json.loads(counted.stdout)["count"] == str(len(list(folder.glob("*.jpg"))))
+        assert listening(ports) == {port: {HOST} for port in ports}
     finally:
-        stop_up(proc, tmp_path, ports)
+        stop_up(proc, tmp_path, ports, HOST)
 
 
 @pytest.fixture
