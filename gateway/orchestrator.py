@@ -138,7 +138,7 @@ class Ingestor:
                             sources[i].name,
                             Outcome.FAILED,
                             reason=res.error,
-                            code=grpc.StatusCode.PERMISSION_DENIED,
+                            code=errors.code_from_number(res.code),
                         )
                         continue
                     outcome = (

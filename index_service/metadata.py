@@ -56,6 +56,15 @@ STREAM = "stream"
 CHUNK = 500  # ids per IN (...) clause
 
 
+def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
+    """Case-sensitive prefix match on every backend: LIKE (which an index can
+    serve, but ignores case on SQLite) narrowed by an exact comparison."""
+    return and_(
+        column.startswith(prefix, autoescape=True),
+        func.substr(column, 1, len(prefix)) == prefix,
+    )
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -303,17 +312,18 @@ class MetadataStore:
 
     # -- images ----------------------------------------------------------
 
-    def statuses(self, name: str, ids: Sequence[int]) -> dict[int, str]:
+    def statuses(self, name: str, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """(status, sha256 hex) of each stored image of ``ids``."""
         img = self.images
-        out: dict[int, str] = {}
+        out: dict[int, tuple[str, str]] = {}
         with self._tx() as conn:
             for chunk in _chunks(list(ids)):
                 rows = conn.execute(
-                    select(img.c.image_id, img.c.status).where(
+                    select(img.c.image_id, img.c.status, img.c.sha256).where(
                         and_(img.c.collection == name, img.c.image_id.in_(chunk))
                     )
                 )
-                out.update({r.image_id: r.status for r in rows})
+                out.update({r.image_id: (r.status, r.sha256) for r in rows})
         return out
 
     def path_owners(self, name: str, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
@@ -507,7 +517,7 @@ class MetadataStore:
         with self._tx() as conn:
             rows = conn.execute(
                 select(pt.c.image_id)
-                .where(and_(pt.c.collection == name, pt.c.path.startswith(prefix, autoescape=True)))
+                .where(and_(pt.c.collection == name, starts_with(pt.c.path, prefix)))
                 .distinct()
                 .limit(limit)
             )
@@ -564,7 +574,7 @@ class MetadataStore:
             for i in range(0, len(paths), CHUNK):
                 conditions.append(pt.c.path.in_(paths[i : i + CHUNK]))
             if prefix is not None:
-                conditions.append(pt.c.path.startswith(prefix, autoescape=True))
+                conditions.append(starts_with(pt.c.path, prefix))
             for cond in conditions:
                 where = and_(pt.c.collection == name, cond)
                 touched.update(r.image_id for r in conn.execute(select(pt.c.image_id).where(where)))

@@ -75,6 +75,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                 else index_pb2.UPSERT_OUTCOME_INDEXED,
                 path_added=r.path_added,
                 error=r.refused,
+                code=errors.status_code_number(r.code) if r.refused else 0,
             )
             for r in results
         ]

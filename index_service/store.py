@@ -15,6 +15,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from imagesearch import errors, ids, logs
@@ -56,6 +57,7 @@ class UpsertResult:
     duplicate: bool
     path_added: bool
     refused: str = ""  # why nothing was stored for this item
+    code: grpc.StatusCode = grpc.StatusCode.OK  # with ``refused``
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,7 @@ class IndexStore:
         vectors: list[np.ndarray] = []
         image_ids: list[int] = []
         for n, item in enumerate(items):
-            what = f"item #{n} ({item.path or 'no path'})"
-            names.path(item.path)
+            what = f"item #{n} ({item.path[:60] or 'no path'})"
             if len(item.sha256) != ids.SHA256_BYTES:
                 raise errors.invalid_argument(
                     f"{what}: sha256 must be 32 bytes, got {len(item.sha256)}"
@@ -176,25 +177,15 @@ class IndexStore:
             moved_paths: dict[str, int] = {}
             origins: dict[str, str] = {}
             results: list[UpsertResult] = []
+            digests = {iid: sha for iid, (_, sha) in statuses.items()}
             for item, iid, vec in zip(items, image_ids, vectors, strict=True):
                 current = owners.get(item.path)  # (image id, origin), this batch included
-                if (
-                    item.origin != SERVER
-                    and current is not None
-                    and current[1] == SERVER
-                    and current[0] != iid
-                ):
-                    results.append(
-                        UpsertResult(
-                            iid,
-                            False,
-                            False,
-                            refused=f"{item.path}: a server job indexed a file under this "
-                            "path; a streamed image cannot take it (send it under another name)",
-                        )
-                    )
+                refused = self._refusal(item, iid, current, digests)
+                if refused is not None:
+                    results.append(UpsertResult(iid, False, False, *refused))
                     continue
-                known = statuses.get(iid)
+                digests.setdefault(iid, item.sha256.hex())
+                known = statuses.get(iid, (None, ""))[0]
                 duplicate = known == READY or iid in new_images or (iid in to_embed)
                 if known is None and iid not in new_images:
                     new_images[iid] = NewImage(
@@ -231,6 +222,32 @@ class IndexStore:
             if orphaned:
                 self.vectors.delete(name, orphaned)
         return results
+
+    @staticmethod
+    def _refusal(
+        item: Item, iid: int, owner: tuple[int, str] | None, digests: dict[int, str]
+    ) -> tuple[str, grpc.StatusCode] | None:
+        """Why ``item`` cannot be stored (its own problem, not the batch's), or None."""
+        try:
+            names.path(item.path)
+        except errors.ServiceError as exc:
+            return exc.message, exc.code
+        stored = digests.get(iid)
+        if stored is not None and stored != item.sha256.hex():
+            # Ids are the first 8 bytes of SHA-256: two different images can
+            # share one. They are never merged.
+            return (
+                f"{item.path}: image id {iid} collides: the stored image with this id has "
+                f"sha256 {stored}, these bytes {item.sha256.hex()}; not stored",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if item.origin != SERVER and owner is not None and owner[1] == SERVER and owner[0] != iid:
+            return (
+                f"{item.path}: a server job indexed a file under this path; a streamed "
+                "image cannot take it (send it under another name)",
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+        return None
 
     def delete(
         self, name: str, image_ids: list[int], paths: list[str], prefix: str

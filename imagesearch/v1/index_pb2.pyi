@@ -94,16 +94,18 @@ class IndexServiceUpsertRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ...) -> None: ...
 
 class UpsertResult(_message.Message):
-    __slots__ = ("image_id", "outcome", "path_added", "error")
+    __slots__ = ("image_id", "outcome", "path_added", "error", "code")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     PATH_ADDED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     outcome: UpsertOutcome
     path_added: bool
     error: str
-    def __init__(self, image_id: _Optional[int] = ..., outcome: _Optional[_Union[UpsertOutcome, str]] = ..., path_added: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    code: int
+    def __init__(self, image_id: _Optional[int] = ..., outcome: _Optional[_Union[UpsertOutcome, str]] = ..., path_added: _Optional[bool] = ..., error: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
 class IndexServiceUpsertResponse(_message.Message):
     __slots__ = ("results", "indexed", "duplicates")

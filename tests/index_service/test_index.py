@@ -665,3 +665,43 @@ def test_tables_from_before_path_origins_get_the_column(
     upgraded.dispose()
     if backend == "mariadb":
         drop_sql_tables(url, prefix)
+
+
+def test_an_id_collision_never_merges_two_images(index: index_pb2_grpc.IndexServiceStub) -> None:
+    """Ids are the first 8 bytes of SHA-256: bytes whose digest shares them
+    with a stored image's (crafted here) are refused, not taken as a duplicate."""
+    upsert(index, [item(1, path="/a.jpg")])
+    twin = index_pb2.UpsertItem()
+    twin.CopyFrom(item(2, path="/b.jpg"))
+    twin.sha256 = digest(1)[:8] + digest(2)[8:]
+    reply = upsert(index, [twin, item(3, path="/c.jpg")])
+    refused, fine = reply.results
+    assert refused.outcome == index_pb2.UPSERT_OUTCOME_REFUSED
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert digest(1).hex() in refused.error and twin.sha256.hex() in refused.error
+    assert fine.outcome == index_pb2.UPSERT_OUTCOME_INDEXED and reply.indexed == 1
+    (hit,) = search(index, vector(1), top_k=1)
+    assert list(hit.paths) == ["/a.jpg"]  # /b.jpg was not attached to image 1
+    assert count(index) == 2
+
+
+def test_a_bad_path_fails_its_item_not_the_batch(index: index_pb2_grpc.IndexServiceStub) -> None:
+    long = "/" + "x" * 760 + ".jpg"
+    reply = upsert(index, [item(1, path=long), item(2, path="/ok.jpg")])
+    bad, good = reply.results
+    assert bad.outcome == index_pb2.UPSERT_OUTCOME_REFUSED
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "characters" in bad.error
+    assert good.outcome == index_pb2.UPSERT_OUTCOME_INDEXED
+    assert count(index) == 1
+
+
+def test_prefix_filters_are_case_sensitive(index: index_pb2_grpc.IndexServiceStub) -> None:
+    upsert(index, [item(1, path="/Photos/a.jpg"), item(2, path="/photos/b.jpg")])
+    hits = search(index, vector(2), top_k=5, path_prefix="/Photos/")
+    assert [h.path for h in hits] == ["/Photos/a.jpg"]
+    gone = index.Delete(
+        index_pb2.IndexServiceDeleteRequest(collection="photos", path_prefix="/Photos/"),
+        timeout=30,
+    )
+    assert gone.deleted == 1
+    assert [h.path for h in search(index, vector(2), top_k=5)] == ["/photos/b.jpg"]
