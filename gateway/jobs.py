@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from gateway.budget import ByteBudget
 from gateway.deadline import Deadline
+from gateway.jobfiles import display_path, read_file_list, write_atomic, write_file_list
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, walk_images
 from gateway.settings import GatewaySettings
@@ -125,6 +126,9 @@ def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
 
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+# How long CancelJob waits for a runner to finish its batches in flight
+# before answering that it is still stopping.
+CANCEL_WAIT_S = 10.0
 
 
 def _make_token(job: JobState) -> str:
@@ -141,6 +145,11 @@ def _parse_token(token: str) -> tuple[int, str] | None:
         raise errors.invalid_argument(
             f"page_token {token!r} is not one ListJobs gave; start again without it"
         ) from None
+
+
+def _copy(job: JobState) -> JobState:
+    """A snapshot of ``job`` for callers (taken with the lock held)."""
+    return JobState(**{**asdict(job), "errors": list(job.errors)})
 
 
 def _now_ms() -> int:
@@ -179,20 +188,37 @@ class JobManager:
         return self.dir / f"{job_id}.files"
 
     def _save(self, job: JobState) -> None:
-        """Atomic write (tmp + rename); call with the lock held."""
-        tmp = self._state_path(job.job_id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(job)))
-        os.replace(tmp, self._state_path(job.job_id))
+        """Atomic, durable write (jobfiles.write_atomic); call with the lock held."""
+        write_atomic(self._state_path(job.job_id), json.dumps(asdict(job)).encode())
 
     def _load(self) -> None:
         for path in sorted(self.dir.glob("*.json")):
             try:
                 job = JobState(**json.loads(path.read_text()))
-            except (ValueError, TypeError) as exc:
-                logs.event(log, "job.unreadable", logging.WARNING, file=str(path), error=str(exc))
-                continue
+            except (ValueError, TypeError, OSError) as exc:
+                job = self._damaged(path, exc)
             self._jobs[job.job_id] = job
         self.expire()
+
+    def _damaged(self, path: Path, exc: Exception) -> JobState:
+        """A state file that cannot be read: kept aside as ``.damaged`` and
+        reported as a FAILED job, never skipped silently."""
+        logs.event(log, "job.damaged", logging.ERROR, file=str(path), error=str(exc))
+        os.replace(path, path.with_suffix(".damaged"))
+        job = JobState(
+            job_id=path.stem,
+            collection="",
+            folder="",
+            recursive=False,
+            state=FAILED,
+            message=f"the job's state file was damaged ({type(exc).__name__}: {exc}); it is "
+            f"kept as {path.stem}.damaged. Start the job again: files already indexed "
+            "count as duplicates",
+            created_at_ms=_now_ms(),
+        )
+        with self._lock:
+            self._update(job)
+        return job
 
     def resume_interrupted(self) -> None:
         """Jobs a previous gateway left running: resume them, or mark them failed."""
@@ -202,7 +228,8 @@ class JobManager:
                     logs.event(
                         log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total
                     )
-                    self._launch(job)
+                    with self._lock:
+                        self._launch(job)
                 else:
                     with self._lock:
                         self._update(
@@ -236,20 +263,22 @@ class JobManager:
             batch_size=self.settings.embed_batch,
             created_at_ms=_now_ms(),
         )
-        files = [str(p) for p in walk_images(real, recursive, self.roots)]
-        self._files_path(job_id).write_text("\n".join(files) + ("\n" if files else ""))
+        total = write_file_list(
+            self._files_path(job_id), (str(p) for p in walk_images(real, recursive, self.roots))
+        )
         with self._lock:
             self._jobs[job_id] = job
-            self._update(job, total=len(files))
+            self._update(job, total=total)
         logs.event(
             log,
             "job.started",
             job_id=job_id,
             collection=collection,
             folder=str(real),
-            files=len(files),
+            files=total,
         )
-        self._launch(job)
+        with self._lock:
+            self._launch(job)
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobState:
@@ -257,7 +286,7 @@ class JobManager:
             job = self._jobs.get(job_id)
             if job is None:
                 raise errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
-            return JobState(**{**asdict(job), "errors": list(job.errors)})
+            return _copy(job)
 
     def list_jobs(
         self, collection: str = "", page_size: int = DEFAULT_PAGE, page_token: str = ""
@@ -298,36 +327,55 @@ class JobManager:
             logs.event(log, "jobs.expired", count=len(old))
         return len(old)
 
-    def cancel(self, job_id: str) -> JobState:
-        job = self.get(job_id)
-        if job.terminal:
-            return job
-        event = self._cancel.get(job_id)
-        if event is not None:
-            event.set()
+    def _runner(self, job_id: str) -> threading.Thread | None:
+        """The job's live runner thread, if any; call with the lock held."""
         thread = self._threads.get(job_id)
-        if thread is not None:
-            thread.join(timeout=self.settings.job_batch_timeout_s)
+        return thread if thread is not None and thread.is_alive() else None
+
+    def cancel(self, job_id: str) -> JobState:
+        """Asks the runner to stop after its batches in flight and waits up to
+        CANCEL_WAIT_S for it. A job whose runner is still finishing stays
+        RUNNING, says so, and ends CANCELED by itself."""
+        self.get(job_id)  # NOT_FOUND for an unknown job
         with self._lock:
             real = self._jobs[job_id]
+            if real.terminal:
+                return self.get(job_id)
+            event = self._cancel.get(job_id)
+            if event is not None:
+                event.set()
+            thread = self._runner(job_id)
+        if thread is not None:
+            thread.join(timeout=CANCEL_WAIT_S)
+        with self._lock:
             if not real.terminal:
-                self._update(real, state=CANCELED, message="canceled; ResumeJob continues it")
+                if self._runner(job_id) is None:
+                    self._update(real, state=CANCELED, message="canceled; ResumeJob continues it")
+                else:
+                    self._update(
+                        real, message="cancel requested: stopping after the batches in flight"
+                    )
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobState:
-        job = self.get(job_id)
-        if job.state == SUCCEEDED:
-            return job
-        if (
-            job.state in (PENDING, RUNNING)
-            and job_id in self._threads
-            and self._threads[job_id].is_alive()
-        ):
-            return job
-        with self._lock:
-            real = self._jobs[job_id]
-            self._update(real, state=PENDING, message="resumed")
-        self._launch(self._jobs[job_id])
+        """Starts a runner for a job that has none. A job with a live runner
+        is left alone (at most one runner per job) and the answer says so."""
+        self.get(job_id)
+        while True:
+            with self._lock:
+                real = self._jobs[job_id]
+                if real.state == SUCCEEDED:
+                    break
+                thread = self._runner(job_id)
+                if thread is None:
+                    self._update(real, state=PENDING, message="resumed")
+                    self._launch(real)
+                    break
+                if not real.terminal:  # running (or waiting for a slot): nothing to do
+                    job = _copy(real)
+                    job.message = "already running; nothing to resume"
+                    return job
+            thread.join(timeout=5)  # a runner that has just finished: let it exit
         return self.get(job_id)
 
     def watch(
@@ -360,6 +408,7 @@ class JobManager:
     # -- running ---------------------------------------------------------
 
     def _launch(self, job: JobState) -> None:
+        """Starts the job's runner; call with the lock held, after checking it has none."""
         cancel = threading.Event()
         self._cancel[job.job_id] = cancel
         thread = threading.Thread(
@@ -369,7 +418,14 @@ class JobManager:
         thread.start()
 
     def _run(self, job_id: str, cancel: threading.Event) -> None:
-        with self._slots:
+        while not self._slots.acquire(timeout=0.5):  # a slot, unless canceled meanwhile
+            if cancel.is_set():
+                with self._lock:
+                    job = self._jobs[job_id]
+                    if not job.terminal and not self._closed:
+                        self._update(job, state=CANCELED, message="canceled before it started")
+                return
+        try:
             JOBS_RUNNING.inc()
             try:
                 self._execute(job_id, cancel)
@@ -389,10 +445,18 @@ class JobManager:
                     self._update(self._jobs[job_id], state=FAILED, message=f"internal error: {exc}")
             finally:
                 JOBS_RUNNING.dec()
+        finally:
+            self._slots.release()
 
     def _execute(self, job_id: str, cancel: threading.Event) -> None:
         job = self._jobs[job_id]
-        files = [line for line in self._files_path(job_id).read_text().splitlines() if line]
+        try:
+            files = read_file_list(self._files_path(job_id))
+        except (OSError, ValueError) as exc:
+            raise errors.ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the job's file list cannot be read ({exc}); start the job again",
+            ) from None
         size = job.batch_size
         ahead = set(job.batches_ahead)
         todo = [
@@ -504,15 +568,20 @@ class JobManager:
                 backoff.wait(cancel, exc.message)
 
     def _read(self, path: str) -> Source:
+        """The file's bytes under its display name (``path`` itself unless it
+        is not valid UTF-8; jobfiles.display_path), or a per-file error."""
+        name = display_path(path)
         try:
-            data = self.roots.read(path, lambda size: self.ingestor.limit.check(path, size))
-            return Source(path, data)
+            data = self.roots.read(path, lambda size: self.ingestor.limit.check(name, size))
+            return Source(name, data)
         except errors.ServiceError as exc:
-            return Source.failed(exc, path)
+            return Source.failed(
+                errors.ServiceError(exc.code, exc.message.replace(path, name)), name
+            )
         except OSError as exc:
             return Source(
-                path,
-                error=f"{path}: cannot read ({exc.strerror or exc})",
+                name,
+                error=f"{name}: cannot read ({exc.strerror or exc})",
                 code=grpc.StatusCode.NOT_FOUND,
             )
 

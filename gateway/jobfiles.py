@@ -1,0 +1,79 @@
+"""How a job's files are kept on disk: durably, and without a name able to
+split or shift the list.
+
+- The file list is JSON lines after a header line: one JSON string per file,
+  ASCII-escaped, so newlines, ``\\u2028`` and names that are not UTF-8 (held
+  by Python as surrogate escapes) all come back exactly. Lists written by
+  older versions (one name per line, no header) are still read.
+- State files are replaced atomically, with the file and its folder fsynced.
+- ``display_path`` is what a name looks like to clients and the index:
+  itself when it is valid UTF-8, else its bytes with ``\\xNN`` escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+HEADER = {"format": "imagesearch-job-files", "version": 1}
+
+
+def display_path(path: str) -> str:
+    """``path`` as a valid UTF-8 string: undecodable bytes become ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replaces ``path`` with ``data``: written to a temporary file, fsynced,
+    renamed over it, and the folder fsynced so the rename survives a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+            out.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_file_list(path: Path, files: Iterable[str]) -> int:
+    """Writes the list; returns how many files it holds."""
+    lines = [json.dumps(HEADER)]
+    lines += [json.dumps(f) for f in files]  # ensure_ascii: surrogates survive as \udcNN
+    write_atomic(path, ("\n".join(lines) + "\n").encode("ascii"))
+    return len(lines) - 1
+
+
+def read_file_list(path: Path) -> list[str]:
+    """The names ``write_file_list`` wrote (or an older version's plain list)."""
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    try:
+        header = json.loads(lines[0]) if lines and lines[0] else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != HEADER["format"]:
+        return [line for line in lines if line]  # an older version's list
+    files: list[str] = []
+    for number, line in enumerate(lines[1:], 2):
+        if not line:
+            continue
+        name = json.loads(line)
+        if not isinstance(name, str):
+            raise ValueError(f"{path} line {number} is not a file name")
+        files.append(name)
+    return files
