@@ -29,6 +29,27 @@ class Service:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    started: float = 0.0  # when the current process was started (monotonic)
+    restarts: int = 0  # restarts in a row without a quiet RESTART_RESET_S
+    due: float | None = None  # when a dead process is started again
+
+
+# A dead service is started again after 1 s, doubling up to 30 s while it keeps dying.
+RESTART_MIN_S, RESTART_MAX_S, RESTART_RESET_S = 1.0, 30.0, 60.0
+
+
+def spawn(svc: Service, data: Path) -> None:
+    """Starts (or starts again) the service's process, appending to its log."""
+    assert svc.log is not None
+    with svc.log.open("ab") as out:
+        svc.proc = subprocess.Popen(
+            [sys.executable, "-m", svc.module],
+            env=svc.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(data.parent),
+        )
+    svc.started = time.monotonic()
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -106,14 +127,7 @@ def run(
     print(f"imgsearch up: data in {data}, logs in {logs}", flush=True)
     for svc in services:
         svc.log = logs / f"{svc.name}.log"
-        with svc.log.open("ab") as out:
-            svc.proc = subprocess.Popen(
-                [sys.executable, "-m", svc.module],
-                env=svc.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(data.parent),
-            )
+        spawn(svc, data)
     code = 0
     try:
         started = time.monotonic()
@@ -166,19 +180,36 @@ def run(
             f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
             flush=True,
         )
+        # Supervise: a service that dies is started again, with a pause that
+        # doubles while it keeps dying (up to RESTART_MAX_S) and resets once
+        # it has run for RESTART_RESET_S; the others keep serving. Only
+        # Ctrl-C or SIGTERM stops everything.
         while not stop.is_set():
             for svc in services:
                 assert svc.proc is not None
-                if svc.proc.poll() is not None:
+                if svc.proc.poll() is None:
+                    if svc.restarts and time.monotonic() - svc.started > RESTART_RESET_S:
+                        svc.restarts = 0
+                    continue
+                if svc.due is None:
+                    pause = min(RESTART_MIN_S * 2**svc.restarts, RESTART_MAX_S)
+                    svc.due = time.monotonic() + pause
                     print(
-                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode}; stopping "
-                        f"the others. Last lines of {svc.log}:\n{tail(svc.log) if svc.log else ''}",
+                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode}; "
+                        f"restarting it in {pause:.0f}s (the others keep serving). Last lines "
+                        f"of {svc.log}:\n{tail(svc.log) if svc.log else ''}",
                         file=sys.stderr,
                         flush=True,
                     )
-                    code = 1
-                    stop.set()
-            stop.wait(1.0)
+                elif time.monotonic() >= svc.due:
+                    svc.due = None
+                    svc.restarts += 1
+                    spawn(svc, data)
+                    print(
+                        f"imgsearch up: {svc.name} restarted (pid {svc.proc.pid})",
+                        flush=True,
+                    )
+            stop.wait(0.5)
         return code
     finally:
         shutdown(services)

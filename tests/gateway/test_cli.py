@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,11 +125,30 @@ def listening(ports: list[int]) -> dict[int, set[str]]:
     return found
 
 
-def spawn_up(tmp_path: Path, ports: list[int], *flags: str) -> subprocess.Popen[str]:
+def child_pid(parent: int, module: str) -> int | None:
+    """The pid of ``parent``'s child running ``python -m module``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and module.encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def spawn_up(
+    tmp_path: Path, ports: list[int], *flags: str, **settings: str
+) -> subprocess.Popen[str]:
     """``imgsearch up`` as a user runs it, without ResNet50 weights (the fallback)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDER_", "INDEX_", "GATEWAY_"))
     }
+    env.update(settings)
     env["TORCH_HOME"] = str(tmp_path / "torch")  # no ResNet50 weights: the fallback path
     with (tmp_path / "up.out").open("w") as out:
         return subprocess.Popen(
@@ -167,7 +187,8 @@ def stop_up(
 
 def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
-    proc = spawn_up(tmp_path, ports)
+    # Small job batches, one at a time: the faults below land mid-job.
+    proc = spawn_up(tmp_path, ports, GATEWAY_EMBED_BATCH="4", GATEWAY_JOB_CONCURRENCY="1")
     try:
         stack_env = {"IMGSEARCH_GATEWAY": f"127.0.0.1:{ports[0]}"}
 
@@ -193,6 +214,28 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         assert "bundled ImageNet weights instead" in text  # says so plainly
         # Safe by default: every port listens on loopback only.
         assert listening(ports) == {port: {"127.0.0.1"} for port in ports}
+
+        # Supervised: kill -9 the index, then the embedder, during a server
+        # job; each is started again, and the job finishes by itself.
+        photos = shutil.copytree(CLOTHING, tmp_path / "photos")  # under up's allowed roots
+        with Client(f"127.0.0.1:{ports[0]}") as client:
+            job = client.start_job(str(photos), collection="faults")
+            at_kill = []
+            for module in ("index_service", "embedder_service"):
+                wait_until(lambda: client.get_job(job.job_id).done > 0, 300)
+                victim = child_pid(proc.pid, module)
+                assert victim is not None
+                os.kill(victim, signal.SIGKILL)
+                at_kill.append(client.get_job(job.job_id).done)
+                wait_until(lambda m=module, v=victim: child_pid(proc.pid, m) not in (None, v), 60)
+            assert at_kill[0] < 64, at_kill  # the index died mid-job
+            *_, last = client.watch_job(job.job_id)
+            assert last.state == JobState.SUCCEEDED, last.message
+            assert last.done == last.total == 64
+            assert last.indexed + last.duplicates + last.failed == 64 and last.failed == 0
+            assert client.count(collection="faults").count == 64
+        text = (tmp_path / "up.out").read_text()
+        assert "index restarted" in text and "embedder restarted" in text, text
     finally:
         stop_up(proc, tmp_path, ports)
 
