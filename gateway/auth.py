@@ -47,7 +47,8 @@ METHOD_ROLES: dict[str, Role] = {
     "ResumeJob": Role.WRITE,
     "Delete": Role.ADMIN,
     "DropCollection": Role.ADMIN,
-    # To come with their RPCs: GetThumbnail and GetImage read, Reconcile admin.
+    "Reconcile": Role.ADMIN,
+    # To come with their RPCs: GetThumbnail and GetImage read.
 }
 
 _PREFIX = f"/{SERVICE.full_name}/"

@@ -19,6 +19,7 @@ from gateway.deadline import Deadline
 from gateway.jobs import JobManager, JobState
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
+from gateway.repair import reconcile
 from gateway.settings import GatewaySettings
 from imagesearch import errors
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
@@ -402,6 +403,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         forwarded = convert(request, index_pb2.IndexServiceDropCollectionRequest)
         response = self.backends.index_call("DropCollection", forwarded, Deadline.of(context))
         return convert(response, gateway_pb2.DropCollectionResponse)
+
+    def Reconcile(
+        self, request: gateway_pb2.ReconcileRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ReconcileResponse:
+        return reconcile(
+            self.backends,
+            self.ingestor,
+            self.roots,
+            request.collection,
+            Deadline.of(context),
+            self.settings.max_errors_kept,
+        )
 
     def ListCollections(
         self, request: gateway_pb2.ListCollectionsRequest, context: grpc.ServicerContext

@@ -223,6 +223,18 @@ class Deleted:
 
 
 @dataclass(frozen=True)
+class Reconciled:
+    """What Reconcile found and did (see gateway.proto ReconcileResponse)."""
+
+    marked_ready: int
+    orphan_vectors_deleted: int
+    missing_vectors: int
+    reembedded: int
+    unrepaired: int
+    unrepaired_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Collection:
     name: str
     model: str
@@ -612,6 +624,20 @@ class Client:
         """Drops every image of ``collection``; False if it did not exist."""
         request = gateway_pb2.DropCollectionRequest(collection=collection)
         return bool(self._call(self._stub.DropCollection, request, timeout).dropped)
+
+    def reconcile(self, *, collection: str = "", timeout: float | None = None) -> Reconciled:
+        """Repairs storage (admin role): ``collection``, or every one when empty."""
+        reply = self._call(
+            self._stub.Reconcile, gateway_pb2.ReconcileRequest(collection=collection), timeout
+        )
+        return Reconciled(
+            reply.marked_ready,
+            reply.orphan_vectors_deleted,
+            reply.missing_vectors,
+            reply.reembedded,
+            reply.unrepaired,
+            tuple(reply.unrepaired_paths),
+        )
 
     def list_collections(self, *, timeout: float | None = None) -> list[Collection]:
         reply = self._call(

@@ -8,6 +8,7 @@ message says why), 2 bad usage, 130 interrupted (a job keeps running).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -298,6 +299,20 @@ def cmd_drop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        done = c.reconcile(collection="" if args.all else args.collection)
+    text = (
+        f"marked ready {done.marked_ready}, orphan vectors deleted {done.orphan_vectors_deleted}, "
+        f"missing vectors {done.missing_vectors}, re-embedded {done.reembedded}, "
+        f"still unrepaired {done.unrepaired}"
+    )
+    if done.unrepaired_paths:
+        text += " (index these again:)\n" + "\n".join(done.unrepaired_paths)
+    emit(args, dataclasses.asdict(done), text)
+    return 0 if done.unrepaired == 0 else 1
+
+
 def cmd_collections(args: argparse.Namespace) -> int:
     with client(args) as c:
         collections = c.list_collections()
@@ -484,6 +499,14 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("collections", parents=[common], help="list collections").set_defaults(
         func=cmd_collections
     )
+    rc = sub.add_parser(
+        "reconcile",
+        parents=[common],
+        help="find and repair what a crash or lost data left behind (admin); exit 1 when "
+        "some images still need indexing again",
+    )
+    rc.add_argument("--all", action="store_true", help="every collection, not only --collection")
+    rc.set_defaults(func=cmd_reconcile)
 
     jb = sub.add_parser("jobs", parents=[common], help="server-side jobs")
     jb.add_argument(

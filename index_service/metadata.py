@@ -425,6 +425,13 @@ class MetadataStore:
         return gone
 
     def mark_ready(self, name: str, ids: Sequence[int]) -> None:
+        self._set_status(name, ids, READY)
+
+    def mark_pending(self, name: str, ids: Sequence[int]) -> None:
+        """Rows whose vector was lost: searches skip them, re-indexing repairs them."""
+        self._set_status(name, ids, PENDING)
+
+    def _set_status(self, name: str, ids: Sequence[int], status: str) -> None:
         img = self.images
         ts = now_ms()
         with self._write(name) as conn:
@@ -432,7 +439,7 @@ class MetadataStore:
                 conn.execute(
                     update(img)
                     .where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
-                    .values(status=READY, updated_at_ms=ts)
+                    .values(status=status, updated_at_ms=ts)
                 )
 
     def records(

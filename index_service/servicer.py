@@ -13,8 +13,9 @@ from index_service.store import IndexStore, Item
 STATUS = {READY: index_pb2.IMAGE_STATUS_READY}
 
 
-def record(row: ImageRow) -> index_pb2.ImageRecord:
+def record(row: ImageRow, collection: str = "") -> index_pb2.ImageRecord:
     return index_pb2.ImageRecord(
+        collection=collection,
         image_id=row.image_id,
         path=row.paths[0] if row.paths else "",
         paths=row.paths,
@@ -182,5 +183,6 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
         return index_pb2.IndexServiceReconcileResponse(
             marked_ready=report.marked_ready,
             orphan_vectors_deleted=report.orphan_vectors_deleted,
-            needs_reembedding=[record(r) for _, r in report.needs_reembedding],
+            needs_reembedding=[record(r, name) for name, r in report.needs_reembedding],
+            missing_vectors=report.missing_vectors,
         )

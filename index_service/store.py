@@ -72,6 +72,7 @@ class Hit:
 class ReconcileReport:
     marked_ready: int = 0
     orphan_vectors_deleted: int = 0
+    missing_vectors: int = 0  # ready rows whose vector was gone (set back to pending)
     needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
 
 
@@ -408,15 +409,27 @@ class IndexStore:
                         (row.name, r) for r in self.meta.pending_rows(row.name, lacking)
                     ]
                 known = self.meta.all_ids(row.name)
-                orphans = [i for i in self.vectors.all_ids(row.name) if i not in known]
+                stored = set(self.vectors.all_ids(row.name))
+                orphans = [i for i in stored if i not in known]
                 self.vectors.delete(row.name, orphans)
                 report.orphan_vectors_deleted += len(orphans)
+                # Ready rows whose vector is gone (Milvus data lost): pending
+                # again, so that indexing the file again repairs them instead
+                # of being skipped as a duplicate.
+                lost = [i for i in self.meta.ids_by_status(row.name, READY) if i not in stored]
+                if lost:
+                    self.meta.mark_pending(row.name, lost)
+                    report.missing_vectors += len(lost)
+                    report.needs_reembedding += [
+                        (row.name, r) for r in self.meta.pending_rows(row.name, lost)
+                    ]
         logs.event(
             log,
             "reconcile.done",
             collection=name or "*",
             marked_ready=report.marked_ready,
             orphans_deleted=report.orphan_vectors_deleted,
+            missing_vectors=report.missing_vectors,
             needs_reembedding=len(report.needs_reembedding),
         )
         return report

@@ -308,3 +308,25 @@ class ListCollectionsResponse(_message.Message):
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[_common_pb2.CollectionInfo]
     def __init__(self, collections: _Optional[_Iterable[_Union[_common_pb2.CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ReconcileResponse(_message.Message):
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "missing_vectors", "reembedded", "unrepaired_paths", "unrepaired")
+    MARKED_READY_FIELD_NUMBER: _ClassVar[int]
+    ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    UNREPAIRED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    UNREPAIRED_FIELD_NUMBER: _ClassVar[int]
+    marked_ready: int
+    orphan_vectors_deleted: int
+    missing_vectors: int
+    reembedded: int
+    unrepaired_paths: _containers.RepeatedScalarFieldContainer[str]
+    unrepaired: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ...) -> None: ...

@@ -94,6 +94,11 @@ class GatewayServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/imagesearch.v1.GatewayService/Reconcile',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -176,6 +181,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Finds and repairs what a crash or lost data left behind (admin): pending
+        rows, vectors without rows, rows whose vector is gone. Images whose file
+        the gateway can read (with the same bytes) are embedded again here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +252,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListCollections,
                     request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -564,6 +583,33 @@ class GatewayService:
             '/imagesearch.v1.GatewayService/ListCollections',
             imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.GatewayService/Reconcile',
+            imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

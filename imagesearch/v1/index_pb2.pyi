@@ -38,7 +38,7 @@ UPSERT_OUTCOME_DUPLICATE: UpsertOutcome
 UPSERT_OUTCOME_REFUSED: UpsertOutcome
 
 class ImageRecord(_message.Message):
-    __slots__ = ("image_id", "path", "paths", "size", "width", "height", "sha256", "model", "status", "created_at_ms", "updated_at_ms")
+    __slots__ = ("image_id", "path", "paths", "size", "width", "height", "sha256", "model", "status", "created_at_ms", "updated_at_ms", "collection")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class ImageRecord(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     path: str
     paths: _containers.RepeatedScalarFieldContainer[str]
@@ -61,7 +62,8 @@ class ImageRecord(_message.Message):
     status: ImageStatus
     created_at_ms: int
     updated_at_ms: int
-    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    collection: str
+    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
     __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin")
@@ -192,14 +194,16 @@ class IndexServiceReconcileRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class IndexServiceReconcileResponse(_message.Message):
-    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding")
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding", "missing_vectors")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
     NEEDS_REEMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
     marked_ready: int
     orphan_vectors_deleted: int
     needs_reembedding: _containers.RepeatedCompositeFieldContainer[ImageRecord]
-    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
+    missing_vectors: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., missing_vectors: _Optional[int] = ...) -> None: ...
 
 class IndexServiceCountRequest(_message.Message):
     __slots__ = ("collection",)
