@@ -14,13 +14,14 @@ from index_service.servicer import IndexServicer
 from index_service.settings import IndexSettings
 from index_service.store import IndexStore
 from index_service.vectors import VectorStore
+from index_service.writer import WriterLock
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
-def build_store(settings: IndexSettings) -> IndexStore:
+def build_store(settings: IndexSettings, writer: WriterLock | None = None) -> IndexStore:
     return IndexStore(
         MetadataStore(
             settings.database_url,
@@ -30,6 +31,7 @@ def build_store(settings: IndexSettings) -> IndexStore:
             tls=settings.database_tls(),
         ),
         VectorStore(settings),
+        writer,
     )
 
 
@@ -37,7 +39,12 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
     """Serves at once: health answers (liveness SERVING, the IndexService
     NOT_SERVING) while the start-up Reconcile runs in the background, however
     large the collections; calls wait for it, then it turns SERVING."""
-    store = store or build_store(settings)
+    writer = WriterLock(settings.database_url, settings.table_prefix)
+    try:
+        writer.acquire()  # StoreLocked: another index writes here; fatal
+    except errors.ServiceError:  # the database is away: taken before the first write
+        logs.event(log, "writer_lock.deferred", logging.WARNING, database=writer.safe_url)
+    store = store or build_store(settings, writer)
     ready = Readiness("the index is still reconciling its stores at start-up")
     servicer = IndexServicer(
         store, settings.max_items_per_upsert, settings.max_paths_per_hit, ready
@@ -62,6 +69,7 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
     threading.Thread(target=reconcile_then_serve, name="start-up-reconcile", daemon=True).start()
     running.on_stop.append(store.vectors.close)
     running.on_stop.append(store.meta.dispose)
+    running.on_stop.append(writer.release)
     logs.event(
         log,
         "serving",

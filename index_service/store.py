@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,6 +33,7 @@ from index_service.metadata import (
     NewImage,
 )
 from index_service.vectors import MAX_TOPK, VectorStore
+from index_service.writer import StoreLocked, WriterLock
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,26 @@ def score_of(metric: str, raw: float) -> tuple[float, float]:
 
 
 class IndexStore:
-    def __init__(self, meta: MetadataStore, vectors: VectorStore) -> None:
+    def __init__(
+        self, meta: MetadataStore, vectors: VectorStore, writer: WriterLock | None = None
+    ) -> None:
         self.meta = meta
         self.vectors = vectors
         self.metric = vectors.metric
-        self._write = threading.Lock()  # one writer: keeps the two stores in step
+        self.writer = writer  # one index per store (index_service.writer)
+        self._write = threading.Lock()  # one writer thread: keeps the two stores in step
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Holds the write lock, with the store's writer lock taken first
+        (taken here when the database was away at start)."""
+        with self._write:
+            if self.writer is not None and not self.writer.held:
+                try:
+                    self.writer.acquire()
+                except StoreLocked as exc:
+                    raise errors.failed_precondition(str(exc)) from None
+            yield
 
     # -- helpers ---------------------------------------------------------
 
@@ -151,7 +169,7 @@ class IndexStore:
             vectors.append(unpack_vector(item.vector, dim, what))
             image_ids.append(ids.image_id_from_sha256(item.sha256))
 
-        with self._write:
+        with self._writing():
             row = self.meta.get_collection(name)
             if row is None:
                 # SQL is the system of record: a Milvus collection it does not
@@ -262,7 +280,7 @@ class IndexStore:
                 "Delete needs image_ids, paths or path_prefix; to remove everything use "
                 "DropCollection"
             )
-        with self._write:
+        with self._writing():
             gone: list[int] = []
             removed = 0
             if image_ids:
@@ -277,7 +295,7 @@ class IndexStore:
 
     def drop(self, name: str) -> bool:
         names.collection(name)
-        with self._write:
+        with self._writing():
             existed = self.meta.drop_collection(name)
             in_milvus = self.vectors.exists(name)
             if in_milvus:
@@ -396,7 +414,7 @@ class IndexStore:
     def reconcile(self, name: str = "") -> ReconcileReport:
         report = ReconcileReport()
         targets = [self.collection(name)] if name else self.meta.list_collections()
-        with self._write:
+        with self._writing():
             for row in targets:
                 self.vectors.ensure(row.name, row.dim)
                 pending = self.meta.ids_by_status(row.name, PENDING)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 from imagesearch import ids
 from imagesearch.v1 import index_pb2, index_pb2_grpc
 from tests.conftest import (
+    ROOT,
     Server,
     TcpProxy,
     channel,
@@ -705,3 +709,52 @@ def test_prefix_filters_are_case_sensitive(index: index_pb2_grpc.IndexServiceStu
     )
     assert gone.deleted == 1
     assert [h.path for h in search(index, vector(2), top_k=5)] == ["/photos/b.jpg"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_a_second_index_on_the_same_store_refuses_to_start(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from index_service.app import start
+    from index_service.writer import StoreLocked
+
+    url = (
+        request.getfixturevalue("mariadb_url")
+        if backend == "mariadb"
+        else f"sqlite:///{tmp_path / 'shared.db'}"
+    )
+    prefix, other_prefix = unique_prefix(), unique_prefix()
+    first = start_index(tmp_path / "a", database_url=url, table_prefix=prefix)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(first.port))
+        upsert(stub, [item(1), item(2)])
+        with pytest.raises(StoreLocked) as info:
+            start(index_settings(tmp_path / "b", database_url=url, table_prefix=prefix))
+        assert "another index already writes" in str(info.value)
+        if backend == "sqlite":  # as a process: exit 3, saying who holds it
+            env = {k: v for k, v in os.environ.items() if not k.startswith("INDEX_")}
+            env.update(
+                INDEX_DATABASE_URL=url,
+                INDEX_TABLE_PREFIX=prefix,
+                INDEX_MILVUS_URI=str(tmp_path / "c" / "milvus.db"),
+                INDEX_PORT="0",
+            )
+            done = subprocess.run(
+                [sys.executable, "-m", "index_service"], capture_output=True, text=True,
+                env=env, cwd=ROOT, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 3, done.stderr
+            assert f"pid {os.getpid()}" in done.stderr
+        # Another prefix on the same database is another store.
+        neighbour = start_index(tmp_path / "d", database_url=url, table_prefix=other_prefix)
+        neighbour.running.stop(1)
+        assert count(stub) == 2  # the first keeps serving its rows
+    finally:
+        first.running.stop(1)
+    # Stopped, it lets the next one in.
+    again = start_index(tmp_path / "a", database_url=url, table_prefix=prefix)
+    assert count(index_pb2_grpc.IndexServiceStub(channel(again.port))) == 2
+    again.running.stop(1)
+    if backend == "mariadb":
+        drop_sql_tables(url, prefix)
+        drop_sql_tables(url, other_prefix)
