@@ -1,6 +1,7 @@
 """Fault campaign: one fault in the middle of a server-side job, for each of
 kill -9 of the index, of the embedder and of the gateway (restarted by
-`imgsearch up`), a Milvus server restart and a MariaDB restart.
+`imgsearch up`), a Milvus server restart and a MariaDB restart, against a
+baseline job with no fault in the same run.
 
 The stack runs as users run it (`imgsearch up`) on a real Milvus server
 (PyPI milvus==2.3.5) and the MariaDB on 127.0.0.1:3306, over photos
@@ -36,7 +37,8 @@ from imagesearch.client import Client, ImageSearchError, Job
 from tools.milvus_server import PORTS, URI, wait_listening
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
-FAULTS = ("index", "embedder", "gateway", "milvus", "mariadb")
+# "none" is the baseline: the same job, the same moment, no fault.
+FAULTS = ("none", "index", "embedder", "gateway", "milvus", "mariadb")
 
 
 def make_small_photos(n: int) -> Path:
@@ -224,6 +226,7 @@ def main() -> int:
             time.sleep(1)
 
         injectors: dict[str, Callable[[], None]] = {
+            "none": lambda: None,
             "index": lambda: os.kill(child_pid(up.pid, "index_service") or 0, signal.SIGKILL),
             "embedder": lambda: os.kill(child_pid(up.pid, "embedder_service") or 0, signal.SIGKILL),
             "gateway": lambda: os.kill(child_pid(up.pid, "gateway") or 0, signal.SIGKILL),

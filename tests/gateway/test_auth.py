@@ -20,7 +20,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway.auth import METHOD_ROLES, SERVICE, Role, required_role
 from imagesearch.client import Client, ImageSearchError
 from imagesearch.server import REQUEST_ID_HEADER
-from tests.conftest import CLOTHING, ROOT, VENV_BIN, Server, start_gateway, start_index
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    VENV_BIN,
+    Server,
+    start_gateway,
+    start_index,
+    wait_until,
+)
 
 
 def test_every_gateway_method_has_a_role() -> None:
@@ -209,3 +217,49 @@ def test_reflection_can_be_closed(embedder: Server, tmp_path: Path) -> None:
     finally:
         gateway.running.stop(1)
         index.running.stop(1)
+
+
+def test_sighup_reloads_the_tokens_of_a_running_gateway(tmp_path: Path) -> None:
+    """The real signal, on a gateway process (ListJobs needs no backend)."""
+    import signal
+
+    from tests.conftest import free_port, wait_port
+
+    old, new = secrets.token_hex(16), secrets.token_hex(16)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{old}\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_TOKENS_FILE=str(tokens),
+        GATEWAY_PORT=str(port),
+        GATEWAY_HOST="127.0.0.1",
+        GATEWAY_DATA_DIR=str(tmp_path / "gw"),
+        GATEWAY_EMBEDDER_ADDR="127.0.0.1:1",
+        GATEWAY_INDEX_ADDR="127.0.0.1:1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_port("127.0.0.1", port, 60)
+        with Client(f"127.0.0.1:{port}", token=old) as before:
+            assert before.list_jobs() == []
+        tokens.write_text(f"read:{new}\n")
+        proc.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            try:
+                with Client(f"127.0.0.1:{port}", token=new, retries=1) as after:
+                    return after.list_jobs() == []
+            except ImageSearchError:
+                return False
+
+        wait_until(reloaded, 30)
+        with Client(f"127.0.0.1:{port}", token=old) as stale:
+            assert code_of(stale.list_jobs) == grpc.StatusCode.UNAUTHENTICATED
+        assert proc.poll() is None  # SIGHUP reloads; it does not stop the gateway
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
