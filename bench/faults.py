@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CLOTHING, OUT, free_port, machine
 from imagesearch.client import Client, ImageSearchError, Job
 from tools.milvus_server import PORTS, URI, wait_listening
+from tools.procs import child_pid
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
 # "none" is the baseline: the same job, the same moment, no fault.
@@ -111,24 +112,18 @@ def mariadb(action: str) -> None:
         wait_listening(3306, 60)
 
 
+def kill_child(up: subprocess.Popen[bytes], module: str) -> None:
+    """kill -9 of one service that `imgsearch up` runs."""
+    pid = child_pid(up.pid, module)
+    if pid is None:
+        raise RuntimeError(f"imgsearch up runs no {module} now")
+    os.kill(pid, signal.SIGKILL)
+
+
 def restart_mariadb() -> None:
     mariadb("stop")
     time.sleep(5)
     mariadb("start")
-
-
-def child_pid(parent: int, module: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and module.encode() in cmdline:
-            return int(entry.name)
-    return None
 
 
 def poll_job(client: Client, job_id: str, timeout: float) -> Job | None:
@@ -227,9 +222,9 @@ def main() -> int:
 
         injectors: dict[str, Callable[[], None]] = {
             "none": lambda: None,
-            "index": lambda: os.kill(child_pid(up.pid, "index_service") or 0, signal.SIGKILL),
-            "embedder": lambda: os.kill(child_pid(up.pid, "embedder_service") or 0, signal.SIGKILL),
-            "gateway": lambda: os.kill(child_pid(up.pid, "gateway") or 0, signal.SIGKILL),
+            "index": lambda: kill_child(up, "index_service"),
+            "embedder": lambda: kill_child(up, "embedder_service"),
+            "gateway": lambda: kill_child(up, "gateway"),
             "milvus": milvus.restart,
             "mariadb": restart_mariadb,
         }

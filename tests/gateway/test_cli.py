@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_port,
     wait_until,
 )
+from tools.procs import child_pid
 
 
 def imgsearch(
@@ -123,22 +124,6 @@ def listening(ports: list[int]) -> dict[int, set[str]]:
                 ip = ip.ipv4_mapped
             found.setdefault(int(port_hex, 16), set()).add(str(ip))
     return found
-
-
-def child_pid(parent: int, module: str) -> int | None:
-    """The pid of ``parent``'s child running ``python -m module``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and module.encode() in cmdline:
-            return int(entry.name)
-    return None
 
 
 def spawn_up(
