@@ -36,6 +36,8 @@ def start(settings: GatewaySettings) -> RunningServer:
         **settings.server_options(),
         serving=False,
         live=True,
+        max_send_bytes=max(settings.max_message_mb * 1024 * 1024, settings.max_image_bytes)
+        + 1024 * 1024,  # GetImage answers hold a whole image
         authorize=tokens.authorize if tokens is not None else None,
     )
     if tokens is not None:

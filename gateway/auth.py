@@ -41,6 +41,7 @@ METHOD_ROLES: dict[str, Role] = {
     "GetJob": Role.READ,
     "ListJobs": Role.READ,
     "WatchJob": Role.READ,
+    "GetImage": Role.READ,
     "IndexImages": Role.WRITE,
     "StartIndexJob": Role.WRITE,
     "CancelJob": Role.WRITE,
@@ -48,7 +49,7 @@ METHOD_ROLES: dict[str, Role] = {
     "Delete": Role.ADMIN,
     "DropCollection": Role.ADMIN,
     "Reconcile": Role.ADMIN,
-    # To come with their RPCs: GetThumbnail and GetImage read.
+    # To come with its RPC: GetThumbnail read.
 }
 
 _PREFIX = f"/{SERVICE.full_name}/"

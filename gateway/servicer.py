@@ -21,7 +21,7 @@ from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
 from gateway.settings import GatewaySettings
-from imagesearch import errors
+from imagesearch import errors, ids
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
 
 M = TypeVar("M", bound=Message)
@@ -403,6 +403,40 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         forwarded = convert(request, index_pb2.IndexServiceDropCollectionRequest)
         response = self.backends.index_call("DropCollection", forwarded, Deadline.of(context))
         return convert(response, gateway_pb2.DropCollectionResponse)
+
+    def GetImage(
+        self, request: gateway_pb2.GetImageRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetImageResponse:
+        """Only a file a server job found, under the roots, with the indexed bytes."""
+        collection = self._collection(request.collection)
+        path = request.path
+        if not path:
+            raise errors.invalid_argument("GetImage needs the path of an indexed image")
+        nothing = errors.not_found(
+            f"{path}: no image that a server job indexed is stored under this path in "
+            f"{collection!r}"
+        )
+        reply = self.backends.index_call(
+            "Get",
+            index_pb2.IndexServiceGetRequest(collection=collection, paths=[path]),
+            Deadline.of(context),
+        )
+        record = next((r for r in reply.records if path in r.server_paths), None)
+        if record is None:
+            raise nothing
+        try:
+            data = self.roots.read(path, lambda size: self.ingestor.limit.check(path, size))
+        except OSError:
+            raise errors.not_found(f"{path}: the file is gone from the gateway's machine") from None
+        except errors.ServiceError as exc:
+            if exc.code == grpc.StatusCode.PERMISSION_DENIED:  # the roots changed since
+                raise nothing from None
+            raise
+        if ids.sha256(data).hex() != record.sha256:
+            raise errors.failed_precondition(
+                f"{path}: the file has changed since it was indexed; index it again"
+            )
+        return gateway_pb2.GetImageResponse(data=data, image_id=record.image_id, path=path)
 
     def Reconcile(
         self, request: gateway_pb2.ReconcileRequest, context: grpc.ServicerContext

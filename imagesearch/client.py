@@ -625,6 +625,12 @@ class Client:
         request = gateway_pb2.DropCollectionRequest(collection=collection)
         return bool(self._call(self._stub.DropCollection, request, timeout).dropped)
 
+    def get_image(self, path: str, *, collection: str = "", timeout: float | None = None) -> bytes:
+        """The bytes of an indexed image at a path a server job found (NOT_FOUND
+        for any other path, FAILED_PRECONDITION when the file changed since)."""
+        request = gateway_pb2.GetImageRequest(collection=collection, path=path)
+        return bytes(self._call(self._stub.GetImage, request, timeout).data)
+
     def reconcile(self, *, collection: str = "", timeout: float | None = None) -> Reconciled:
         """Repairs storage (admin role): ``collection``, or every one when empty."""
         reply = self._call(

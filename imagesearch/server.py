@@ -222,6 +222,7 @@ def start_server(
     port: int = 0,
     max_workers: int = 16,
     max_message_bytes: int = 64 * 1024 * 1024,
+    max_send_bytes: int | None = None,
     serving: bool = True,
     live: bool | None = None,
     tls: ServerTls | None = None,
@@ -235,13 +236,14 @@ def start_server(
     ``lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)``.
     ``tls``: serve TLS (mTLS when it names a client CA) instead of plaintext.
     ``health_port``: also serve health alone, in plaintext, on that port.
+    ``max_send_bytes``: the largest answer, when it differs from the largest request.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[ServiceInterceptor(authorize)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )

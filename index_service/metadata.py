@@ -90,6 +90,7 @@ class ImageRow:
     created_at_ms: int
     updated_at_ms: int
     paths: list[str] = field(default_factory=list)
+    server_paths: list[str] = field(default_factory=list)  # found by server jobs
 
 
 def row_bytes(row: ImageRow) -> int:
@@ -484,7 +485,7 @@ class MetadataStore:
                 # every ready row of the collection instead of the few ids asked.
                 cond = and_(img.c.collection == name, img.c.image_id.in_(chunk))
                 query = (
-                    select(img, pt.c.path)
+                    select(img, pt.c.path, pt.c.origin)
                     .select_from(
                         img.outerjoin(
                             pt,
@@ -514,6 +515,8 @@ class MetadataStore:
                         )
                     if r.path is not None:
                         row.paths.append(r.path)
+                        if r.origin == SERVER:
+                            row.server_paths.append(r.path)
         return out
 
     def ids_for_paths(self, name: str, paths: Sequence[str]) -> list[int]:

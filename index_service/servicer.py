@@ -19,6 +19,7 @@ def record(row: ImageRow, collection: str = "") -> index_pb2.ImageRecord:
         image_id=row.image_id,
         path=row.paths[0] if row.paths else "",
         paths=row.paths,
+        server_paths=row.server_paths,
         size=row.size,
         width=row.width,
         height=row.height,

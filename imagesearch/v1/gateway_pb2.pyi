@@ -309,6 +309,24 @@ class ListCollectionsResponse(_message.Message):
     collections: _containers.RepeatedCompositeFieldContainer[_common_pb2.CollectionInfo]
     def __init__(self, collections: _Optional[_Iterable[_Union[_common_pb2.CollectionInfo, _Mapping]]] = ...) -> None: ...
 
+class GetImageRequest(_message.Message):
+    __slots__ = ("collection", "path")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    path: str
+    def __init__(self, collection: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class GetImageResponse(_message.Message):
+    __slots__ = ("data", "image_id", "path")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    image_id: int
+    path: str
+    def __init__(self, data: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
 class ReconcileRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,11 @@ class GatewayServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/imagesearch.v1.GatewayService/GetImage',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -190,6 +195,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImage(self, request, context):
+        """The bytes of an indexed image's file, only at a path a server job found,
+        still under the allowed roots and still holding the indexed bytes:
+        never a file by a name a client chose, never any other file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +271,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -610,6 +629,33 @@ class GatewayService:
             '/imagesearch.v1.GatewayService/Reconcile',
             imagesearch_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.GatewayService/GetImage',
+            imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,7 @@ UPSERT_OUTCOME_DUPLICATE: UpsertOutcome
 UPSERT_OUTCOME_REFUSED: UpsertOutcome
 
 class ImageRecord(_message.Message):
-    __slots__ = ("image_id", "path", "paths", "size", "width", "height", "sha256", "model", "status", "created_at_ms", "updated_at_ms", "collection")
+    __slots__ = ("image_id", "path", "paths", "size", "width", "height", "sha256", "model", "status", "created_at_ms", "updated_at_ms", "collection", "server_paths")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class ImageRecord(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PATHS_FIELD_NUMBER: _ClassVar[int]
     image_id: int
     path: str
     paths: _containers.RepeatedScalarFieldContainer[str]
@@ -63,7 +64,8 @@ class ImageRecord(_message.Message):
     created_at_ms: int
     updated_at_ms: int
     collection: str
-    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., collection: _Optional[str] = ...) -> None: ...
+    server_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., collection: _Optional[str] = ..., server_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
     __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin")

@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import grpc
+import numpy as np
+from PIL import Image
 
-from imagesearch.client import Client, JobState
+from imagesearch.client import Client, ImageSearchError, JobState
 from tests.conftest import CLOTHING, Stack, clothing_images
 
 
@@ -65,3 +67,30 @@ def test_a_server_job_takes_back_a_path_a_stream_claimed_first(stack: Stack) -> 
         # The streamed image lost its only name, so it is gone.
         assert client.count(collection="back").count == 3
         assert client.search(collection="back", image=other, top_k=1)[0].score < 0.99
+
+
+def test_get_image_serves_only_files_a_server_job_found(stack: Stack) -> None:
+    folder, files, other = photos(stack)
+    big = folder / "big.jpg"  # larger than gRPC's default 4 MB message
+    noise = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, quality=95)
+    assert big.stat().st_size > 4 * 1024 * 1024
+    with Client(stack.gateway.addr) as client:
+        run_job(client, folder, "serve")
+        client.index_images([("upload/mine.jpg", other)], collection="serve")
+        assert client.get_image(str(files[1]), collection="serve") == files[1].read_bytes()
+        assert client.get_image(str(big.resolve()), collection="serve") == big.read_bytes()
+
+        def code(path: str) -> grpc.StatusCode:
+            try:
+                client.get_image(path, collection="serve")
+            except ImageSearchError as exc:
+                return exc.code
+            raise AssertionError(f"{path} was served")
+
+        # A streamed name, a file never indexed, a path outside the roots.
+        for path in ("upload/mine.jpg", str(folder / "nope.jpg"), "/etc/passwd"):
+            assert code(path) == grpc.StatusCode.NOT_FOUND, path
+        # A file changed since it was indexed is not passed off as the image.
+        files[2].write_bytes(other)
+        assert code(str(files[2])) == grpc.StatusCode.FAILED_PRECONDITION
