@@ -6,8 +6,6 @@ split or shift the list.
   by Python as surrogate escapes) all come back exactly. Lists written by
   older versions (one name per line, no header) are still read.
 - State files are replaced atomically, with the file and its folder fsynced.
-- ``display_path`` is what a name looks like to clients and the index:
-  itself when it is valid UTF-8, else its bytes with ``\\xNN`` escapes.
 """
 
 from __future__ import annotations
@@ -18,16 +16,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 HEADER = {"format": "imagesearch-job-files", "version": 1}
-
-
-def display_path(path: str) -> str:
-    """``path`` as a valid UTF-8 string: undecodable bytes become ``\\xNN``."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        raw = path.encode("utf-8", "surrogateescape")
-        return raw.decode("utf-8", "backslashreplace")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

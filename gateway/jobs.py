@@ -29,9 +29,9 @@ from prometheus_client import Counter, Gauge
 
 from gateway.budget import ByteBudget
 from gateway.deadline import Deadline
-from gateway.jobfiles import display_path, read_file_list, write_atomic, write_file_list
+from gateway.jobfiles import read_file_list, write_atomic, write_file_list
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
-from gateway.paths import AllowedRoots, walk_images
+from gateway.paths import AllowedRoots, display_path, walk_images
 from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
 from imagesearch.batching import byte_groups
@@ -575,9 +575,7 @@ class JobManager:
             data = self.roots.read(path, lambda size: self.ingestor.limit.check(name, size))
             return Source(name, data)
         except errors.ServiceError as exc:
-            return Source.failed(
-                errors.ServiceError(exc.code, exc.message.replace(path, name)), name
-            )
+            return Source.failed(exc, name)
         except OSError as exc:
             return Source(
                 name,

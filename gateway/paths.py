@@ -6,7 +6,9 @@ first and then checking where the opened file really is (the kernel's name
 for the descriptor), so swapping a folder for a symlink between the check and
 the read cannot lead out of a root either.
 
-Messages to clients never show the roots themselves (the log does).
+Messages to clients never show the roots themselves (the log does), and
+name files by ``display_path``: a name that is not valid UTF-8 (legal on
+Linux) cannot go into a protobuf string as it is.
 """
 
 from __future__ import annotations
@@ -60,16 +62,26 @@ class AllowedRoots:
             except OSError:  # no /proc: the name, resolved now
                 opened = Path(path).resolve()
             if not self.contains(opened):
-                raise errors.permission_denied(f"{path} {OUTSIDE}")
+                raise errors.permission_denied(f"{display_path(path)} {OUTSIDE}")
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise errors.invalid_argument(f"{path} is not a regular file")
+                raise errors.invalid_argument(f"{display_path(path)} is not a regular file")
             check_size(info.st_size)
             os.set_blocking(fd, True)
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
         finally:
             os.close(fd)
+
+
+def display_path(path: str) -> str:
+    """``path`` as a valid UTF-8 string: undecodable bytes become ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def walk_images(folder: Path, recursive: bool, roots: AllowedRoots) -> Iterator[Path]:

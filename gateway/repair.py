@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from functools import partial
 
+from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.deadline import Deadline
 from gateway.orchestrator import Ingestor, Outcome, Source
@@ -26,8 +28,11 @@ def reconcile(
     collection: str,
     deadline: Deadline,
     keep: int,
+    budget: ByteBudget,
 ) -> gateway_pb2.ReconcileResponse:
-    """``keep``: how many unrepaired paths the answer lists (all are counted)."""
+    """``keep``: how many unrepaired paths the answer lists (all are counted).
+    ``budget``: files are read while they fit it (the stored sizes), like a
+    stream's or a job's batches."""
     found = backends.index_call(
         "Reconcile", index_pb2.IndexServiceReconcileRequest(collection=collection), deadline
     )
@@ -47,18 +52,24 @@ def reconcile(
 
     for name, records in by_collection.items():
         for group in _groups(records, BATCH):
-            sources: list[Source] = []
-            origins: list[index_pb2.ImageRecord] = []
-            for record in group:
-                source = _readable(record, roots, ingestor)
-                if source is None:
-                    unrepaired(record)
-                else:
-                    sources.append(source)
-                    origins.append(record)
-            if not sources:
-                continue
-            results = ingestor.ingest(name, sources, deadline, index_pb2.PATH_ORIGIN_SERVER)
+            taken = budget.acquire(sum(r.size for r in group))
+            try:
+                sources: list[Source] = []
+                origins: list[index_pb2.ImageRecord] = []
+                for record in group:
+                    source = _readable(record, roots, ingestor)
+                    if source is None:
+                        unrepaired(record)
+                    else:
+                        sources.append(source)
+                        origins.append(record)
+                results = (
+                    ingestor.ingest(name, sources, deadline, index_pb2.PATH_ORIGIN_SERVER)
+                    if sources
+                    else []
+                )
+            finally:
+                budget.release(taken)
             for record, result in zip(origins, results, strict=True):
                 if result.outcome is Outcome.FAILED:
                     unrepaired(record)
@@ -73,12 +84,8 @@ def _readable(
     """The first of the record's paths the gateway may read and that still
     holds the stored bytes (same sha256)."""
     for path in record.paths or [record.path]:
-
-        def check(size: int, path: str = path) -> None:
-            ingestor.limit.check(path, size)
-
         try:
-            data = roots.read(path, check)
+            data = roots.read(path, partial(ingestor.limit.check, path))
         except (errors.ServiceError, OSError):
             continue
         if ids.sha256(data).hex() == record.sha256:

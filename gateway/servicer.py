@@ -448,6 +448,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             request.collection,
             Deadline.of(context),
             self.settings.max_errors_kept,
+            ByteBudget(self.settings.max_inflight_bytes, self.inflight),
         )
 
     def ListCollections(

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagesearch.settings import ServerSettings, SettingsError, server_field
+from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
 from imagesearch.tls import ClientTls
 
 
@@ -174,14 +174,9 @@ class GatewaySettings(ServerSettings):
         return self.max_total_inflight_mb * 1024 * 1024
 
     def validate(self) -> None:
-        if bool(self.backend_tls_cert) != bool(self.backend_tls_key):
-            raise SettingsError(
-                "GATEWAY_BACKEND_TLS_CERT and GATEWAY_BACKEND_TLS_KEY go together: set both"
-            )
-        if self.backend_tls_cert and not self.backend_tls_ca:
-            raise SettingsError(
-                "GATEWAY_BACKEND_TLS_CERT (mTLS) needs GATEWAY_BACKEND_TLS_CA to verify the backends"
-            )
+        check_client_tls(
+            "GATEWAY_BACKEND_TLS", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key
+        )
         if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
         if not 1 <= self.default_top_k <= 1000:

@@ -39,6 +39,14 @@ def service_config(
     return json.dumps(config)
 
 
+def plain_channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel without a service config (one-off calls: health checks,
+    start-up probes), over TLS when ``credentials`` are given."""
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials)
+    return grpc.insecure_channel(target)
+
+
 def make_channel(
     target: str,
     services: Sequence[str],

@@ -8,6 +8,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagesearch.channels import plain_channel
+
 
 def check(
     port: int,
@@ -17,13 +19,7 @@ def check(
     host: str = "127.0.0.1",
 ) -> bool:
     """``credentials``: over TLS (the port of a service with a certificate)."""
-    target = f"{host}:{port}"
-    channel = (
-        grpc.secure_channel(target, credentials)
-        if credentials is not None
-        else grpc.insecure_channel(target)
-    )
-    with channel:
+    with plain_channel(f"{host}:{port}", credentials) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

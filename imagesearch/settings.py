@@ -69,12 +69,25 @@ class ServerSettings:
 
     def check_server(self, prefix: str) -> None:
         """Refuses TLS settings that cannot work together."""
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise SettingsError(f"{prefix}TLS_CERT and {prefix}TLS_KEY go together: set both")
+        check_cert_key(f"{prefix}TLS", self.tls_cert, self.tls_key)
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError(
                 f"{prefix}TLS_CLIENT_CA (mTLS) needs {prefix}TLS_CERT and {prefix}TLS_KEY"
             )
+
+
+def check_cert_key(stem: str, cert: str, key: str) -> None:
+    """``{stem}_CERT`` and ``{stem}_KEY`` are set together or not at all."""
+    if bool(cert) != bool(key):
+        raise SettingsError(f"{stem}_CERT and {stem}_KEY go together: set both")
+
+
+def check_client_tls(stem: str, ca: str, cert: str, key: str) -> None:
+    """A client's TLS settings: a certificate of its own (mTLS) comes with its
+    key and with ``{stem}_CA``, which verifies the server."""
+    check_cert_key(stem, cert, key)
+    if cert and not ca:
+        raise SettingsError(f"{stem}_CERT (mTLS) needs {stem}_CA to verify the server")
 
 
 def server_field(name: str, default: Any, help: str | None = None) -> Any:

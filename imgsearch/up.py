@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from imagesearch.channels import plain_channel
 from imagesearch.healthcheck import check as healthy
 from imagesearch.tls import ClientTls, LocalPki, local_pki
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
@@ -101,11 +102,13 @@ def run(
         GATEWAY_EMBEDDER_ADDR=f"{dial}:{embedder_port}",
         GATEWAY_INDEX_ADDR=f"{dial}:{index_port}",
     )
-    credentials = None
+    # How up itself calls the services: with the gateway's client certificate under TLS.
+    credentials: grpc.ChannelCredentials | None = None
     if tls:
         pki, made = local_pki(data / "tls", [host])
         env.update(tls_env(pki))
-        credentials = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+        client = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+        credentials = client.credentials()
         print(
             f"imgsearch up: TLS on every port ({'made a local CA' if made else 'local CA'} "
             f"in {pki.folder}); clients trust {pki.ca}: imgsearch --ca {pki.ca} "
@@ -128,7 +131,6 @@ def run(
     for svc in services:
         svc.log = logs / f"{svc.name}.log"
         spawn(svc, data)
-    code = 0
     try:
         started = time.monotonic()
         deadline = started + startup_timeout
@@ -157,7 +159,7 @@ def run(
                 if svc is waiting[0] and healthy(
                     svc.port,
                     f"imagesearch.v1.{svc.service}",
-                    credentials=credentials.credentials() if credentials else None,
+                    credentials=credentials,
                     host=dial,
                 ):
                     print(f"imgsearch up: {svc.name:8s} SERVING on {host}:{svc.port}", flush=True)
@@ -210,7 +212,7 @@ def run(
                         flush=True,
                     )
             stop.wait(0.5)
-        return code
+        return 0
     finally:
         shutdown(services)
 
@@ -228,11 +230,10 @@ def tls_env(pki: LocalPki) -> dict[str, str]:
     return env
 
 
-def describe_model(host: str, port: int, tls: ClientTls | None = None) -> None:
-    target = f"{host}:{port}"
-    with (
-        grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
-    ) as ch:
+def describe_model(
+    host: str, port: int, credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    with plain_channel(f"{host}:{port}", credentials) as ch:
         info = embedder_pb2_grpc.EmbedderServiceStub(ch).GetModelInfo(
             embedder_pb2.EmbedderServiceGetModelInfoRequest(), timeout=10
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesearch.settings import ServerSettings, SettingsError, server_field
+from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
 
 METRICS = ("IP", "COSINE", "L2")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
@@ -125,13 +125,15 @@ class IndexSettings(ServerSettings):
         return tls
 
     def validate(self) -> None:
-        for prefix in ("milvus", "database"):
-            cert, key = getattr(self, f"{prefix}_tls_cert"), getattr(self, f"{prefix}_tls_key")
-            name = f"INDEX_{prefix.upper()}_TLS"
-            if bool(cert) != bool(key):
-                raise SettingsError(f"{name}_CERT and {name}_KEY go together: set both")
-            if cert and not getattr(self, f"{prefix}_tls_ca"):
-                raise SettingsError(f"{name}_CERT needs {name}_CA")
+        check_client_tls(
+            "INDEX_MILVUS_TLS", self.milvus_tls_ca, self.milvus_tls_cert, self.milvus_tls_key
+        )
+        check_client_tls(
+            "INDEX_DATABASE_TLS",
+            self.database_tls_ca,
+            self.database_tls_cert,
+            self.database_tls_key,
+        )
         if self.database_tls_ca and not self.database_url.startswith("mysql"):
             raise SettingsError("INDEX_DATABASE_TLS_* applies to MySQL URLs only")
         if self.metric.upper() not in METRICS:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagesearch.channels import plain_channel
 from imagesearch.client import Client, ImageSearchError
 from imagesearch.tls import ClientTls, LocalPki, local_pki
 from tests.conftest import (
@@ -67,11 +68,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
 
 def health(port: int, credentials: grpc.ChannelCredentials | None) -> int:
     """The health status, or raises grpc.RpcError when the connection is refused."""
-    target = f"localhost:{port}"
-    channel = (
-        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
-    )
-    with channel:
+    with plain_channel(f"localhost:{port}", credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10
         )
