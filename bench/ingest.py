@@ -179,6 +179,20 @@ def camera(n: int, skip_baseline: bool, env: dict[str, str]) -> int:
     return 0 if ok else 1
 
 
+def thumbnails_ab(folder: Path, tmp: Path, env: dict[str, str]) -> int:
+    rates: dict[str, list[float]] = {"0": [], "256": []}
+    for run in range(2):
+        for px in rates:
+            seconds, _, indexed = ours(
+                folder, tmp / f"ab-{px}-{run}", {**env, "GATEWAY_THUMBNAIL_PX": px}
+            )
+            rates[px].append(indexed / seconds)
+            print(f"GATEWAY_THUMBNAIL_PX={px:>3} run {run + 1}: {indexed / seconds:6.2f} img/s")
+    off, on = max(rates["0"]), max(rates["256"])
+    print(f"best of two: without {off:.2f} img/s, with thumbnails {on:.2f} img/s: x{on / off:.2f}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,6 +207,12 @@ def main() -> int:
     )
     p.add_argument("--dtype", default="", help="EMBEDDER_DTYPE for our side (default: auto)")
     p.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for our services")
+    p.add_argument(
+        "--thumbnails-ab",
+        action="store_true",
+        help="our side only, without thumbnails (GATEWAY_THUMBNAIL_PX=0) and with, alternately "
+        "(twice each): what making and storing thumbnails costs",
+    )
     args = p.parse_args()
     env = {"EMBEDDER_MODEL": "resnet50", "EMBEDDER_WEIGHTS": "random"}
     if args.compile:
@@ -211,6 +231,11 @@ def main() -> int:
     )
     print("model:   ResNet50, RANDOM weights on both sides (speed only; vectors are meaningless)")
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
+    if args.thumbnails_ab:
+        try:
+            return thumbnails_ab(folder, tmp, env)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     try:
         base_rate = None
         if not args.skip_baseline:

@@ -53,6 +53,7 @@ class Result:
     width: int = 0
     height: int = 0
     error: DecodeError | None = None
+    thumbnail: bytes = b""
 
 
 def _resolve(fut: Future[Result], result: Result) -> None:
@@ -95,8 +96,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[tuple[str, bytes]]) -> list[Future[Result]]:
-        """Queues images; each future resolves to a vector or a per-image error."""
+    def submit(
+        self, images: Sequence[tuple[str, bytes]], thumbnail_px: int = 0
+    ) -> list[Future[Result]]:
+        """Queues images; each future resolves to a vector or a per-image error
+        (and a JPEG thumbnail with ``thumbnail_px``)."""
         with self._lock:
             if self._closed:
                 raise errors.unavailable("the embedder is shutting down; retry on another replica")
@@ -112,7 +116,7 @@ class Batcher:
         for name, data in images:
             fut: Future[Result] = Future()
             fut.add_done_callback(self._release)
-            self._pool.submit(self._decode, name, data, fut)
+            self._pool.submit(self._decode, name, data, fut, thumbnail_px)
             futures.append(fut)
         return futures
 
@@ -131,18 +135,18 @@ class Batcher:
             self._in_flight -= 1
             QUEUE_DEPTH.set(self._in_flight)
 
-    def _decode(self, name: str, data: bytes, fut: Future[Result]) -> None:
+    def _decode(self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int) -> None:
         try:
-            self._decode_one(name, data, fut)
+            self._decode_one(name, data, fut, thumbnail_px)
         finally:
             with self._lock:
                 self._decoding -= 1
 
-    def _decode_one(self, name: str, data: bytes, fut: Future[Result]) -> None:
+    def _decode_one(self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int) -> None:
         if fut.cancelled():
             return
         try:
-            decoded = self._decoder.decode(data, name)
+            decoded = self._decoder.decode(data, name, thumbnail_px)
         except DecodeError as exc:
             _resolve(fut, Result(None, error=exc))
             return
@@ -212,7 +216,8 @@ class Batcher:
             )
             self.embedded += len(batch)
             for it, vec in zip(batch, vectors, strict=True):
-                _resolve(it.future, Result(vec, it.decoded.width, it.decoded.height))
+                d = it.decoded
+                _resolve(it.future, Result(vec, d.width, d.height, thumbnail=d.thumbnail))
 
     def close(self) -> None:
         """Finishes queued work, then stops the model thread."""

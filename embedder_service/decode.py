@@ -41,6 +41,20 @@ class Decoded:
     pixels: np.ndarray  # (size, size, 3) uint8
     width: int  # after EXIF orientation
     height: int
+    thumbnail: bytes = b""  # JPEG, when asked for
+
+
+MAX_THUMBNAIL_PX = 1024
+THUMBNAIL_QUALITY = 80
+
+
+def thumbnail_jpeg(img: Image.Image, px: int) -> bytes:
+    """A JPEG of ``img`` (RGB) whose longer side is ``px`` at most."""
+    small = img.copy()
+    small.thumbnail((px, px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=THUMBNAIL_QUALITY)
+    return out.getvalue()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -78,12 +92,13 @@ class Decoder:
         # formats that decode several frames or sub-images.
         Image.MAX_IMAGE_PIXELS = max_pixels
 
-    def decode(self, data: bytes, name: str) -> Decoded:
+    def decode(self, data: bytes, name: str, thumbnail_px: int = 0) -> Decoded:
+        """``thumbnail_px``: also make a JPEG thumbnail that size (0: none)."""
         label = name or "image"
         if not data:
             raise DecodeError(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: empty file (0 bytes)")
         try:
-            return self._decode(data, label)
+            return self._decode(data, label, min(max(thumbnail_px, 0), MAX_THUMBNAIL_PX))
         except DecodeError:
             raise
         except ServiceError as exc:  # the pixel budget
@@ -116,7 +131,7 @@ class Decoder:
                 f"{label}: corrupt or truncated image ({type(exc).__name__}: {exc})",
             ) from None
 
-    def _decode(self, data: bytes, label: str) -> Decoded:
+    def _decode(self, data: bytes, label: str, thumbnail_px: int) -> Decoded:
         img: Image.Image = Image.open(io.BytesIO(data))
         width, height = img.size
         if width <= 0 or height <= 0:
@@ -131,8 +146,10 @@ class Decoder:
                 "downscale it first",
             )
         if img.format == "JPEG":
-            # Decode at 1/2, 1/4 or 1/8 scale when that still covers the resize.
-            img.draft(img.mode, (self.resize, self.resize))
+            # Decode at 1/2, 1/4 or 1/8 scale when that still covers the
+            # resize (and the thumbnail).
+            side = max(self.resize, thumbnail_px)
+            img.draft(img.mode, (side, side))
         decoded_w, decoded_h = img.size
         with self.budget.hold(decoded_w * decoded_h, label):
             img.load()
@@ -146,7 +163,8 @@ class Decoder:
             # Report the full-resolution size after orientation (draft mode may
             # have decoded the pixels smaller).
             out_w, out_h = (height, width) if _swaps_axes(img, width, height) else (width, height)
-            return Decoded(self._resize_crop(rgb), out_w, out_h)
+            thumbnail = thumbnail_jpeg(rgb, thumbnail_px) if thumbnail_px else b""
+            return Decoded(self._resize_crop(rgb), out_w, out_h, thumbnail)
 
     def _resize_crop(self, img: Image.Image) -> np.ndarray:
         w, h = img.size

@@ -21,7 +21,13 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from embedder_service.budget import PixelBudget
-from embedder_service.decode import Decoded, DecodeError, Decoder
+from embedder_service.decode import (
+    MAX_THUMBNAIL_PX,
+    Decoded,
+    DecodeError,
+    Decoder,
+    thumbnail_jpeg,
+)
 from imagesearch.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -53,24 +59,31 @@ class TorchJpegDecoder(Decoder):
         super().__init__(max_pixels, resize, crop, budget)
         self.device = device
 
-    def decode(self, data: bytes, name: str) -> Decoded:
+    def decode(self, data: bytes, name: str, thumbnail_px: int = 0) -> Decoded:
         if not data.startswith(JPEG_MAGIC):
-            return super().decode(data, name)
+            return super().decode(data, name, thumbnail_px)
         try:
             header = Image.open(io.BytesIO(data))  # reads the header only
             width, height = header.size
             sideways = header.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
         except Exception:
-            return super().decode(data, name)  # PIL says what is wrong with it
+            return super().decode(data, name, thumbnail_px)  # PIL says what is wrong
         if not (0 < width * height <= self.max_pixels):
-            return super().decode(data, name)  # refuses it with the usual message
+            return super().decode(data, name, thumbnail_px)  # refused with the usual message
         try:
             with self.budget.hold(width * height, name):
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 image = decode_jpeg(
                     raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
                 )
-                pixels = self._resize_crop_tensor(image)
+                resized = F.resize(image, [self.resize], antialias=True)
+                pixels = self._crop_tensor(resized)
+                thumbnail = b""
+                if thumbnail_px:
+                    # From the resized image (shorter side ``resize``): a
+                    # thumbnail larger than that is a little soft.
+                    rgb = Image.fromarray(resized.permute(1, 2, 0).contiguous().cpu().numpy())
+                    thumbnail = thumbnail_jpeg(rgb, min(thumbnail_px, MAX_THUMBNAIL_PX))
         except ServiceError as exc:  # the decode budget is full
             raise DecodeError(exc.code, exc.message) from None
         except Exception as exc:  # CMYK, corrupt, truncated, ...: PIL decides
@@ -78,14 +91,13 @@ class TorchJpegDecoder(Decoder):
                 "decode.torch_fallback",
                 extra={"fields": {"image": name, "error": f"{type(exc).__name__}: {exc}"}},
             )
-            return super().decode(data, name)
+            return super().decode(data, name, thumbnail_px)
         out_w, out_h = (height, width) if sideways else (width, height)
-        return Decoded(pixels, out_w, out_h)
+        return Decoded(pixels, out_w, out_h, thumbnail)
 
-    def _resize_crop_tensor(self, image: torch.Tensor) -> np.ndarray:
-        """(3, H, W) uint8 on the device -> (crop, crop, 3) uint8 on the CPU,
-        as ``Decoder`` does it: shorter side to ``resize``, then a center crop."""
-        image = F.resize(image, [self.resize], antialias=True)
+    def _crop_tensor(self, image: torch.Tensor) -> np.ndarray:
+        """(3, H, W) uint8 on the device, shorter side already ``resize`` ->
+        (crop, crop, 3) uint8 on the CPU, center-cropped as ``Decoder`` does it."""
         height, width = image.shape[-2:]
         top, left = (height - self.crop) // 2, (width - self.crop) // 2  # as Decoder rounds
         image = F.crop(image, top, left, self.crop, self.crop)

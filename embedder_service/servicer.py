@@ -52,7 +52,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 )
             else:
                 accepted.append((i, name, image.data))
-        futures = self.batcher.submit([(name, data) for _, name, data in accepted])
+        futures = self.batcher.submit(
+            [(name, data) for _, name, data in accepted], request.thumbnail_px
+        )
 
         # A caller that cancels or runs out of time takes its queued images along.
         def drop_queued() -> None:
@@ -78,6 +80,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     vector=result.vector.astype("<f4").tobytes(),
                     width=result.width,
                     height=result.height,
+                    thumbnail=result.thumbnail,
                 )
         return embedder_pb2.EmbedderServiceEmbedResponse(
             embeddings=[e for e in embeddings if e is not None], model_id=self.info.model_id

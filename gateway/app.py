@@ -25,7 +25,7 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_na
 def start(settings: GatewaySettings) -> RunningServer:
     roots = AllowedRoots(settings.roots)
     backends = Backends(settings)
-    ingestor = Ingestor(backends, ImageLimit(settings.max_image_bytes))
+    ingestor = Ingestor(backends, ImageLimit(settings.max_image_bytes), settings.thumbnail_px)
     inflight = ByteBudget(settings.max_total_inflight_bytes)  # all streams and jobs
     jobs = JobManager(settings, ingestor, roots, inflight)
     servicer = GatewayServicer(settings, backends, ingestor, jobs, roots, inflight)

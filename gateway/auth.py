@@ -42,6 +42,7 @@ METHOD_ROLES: dict[str, Role] = {
     "ListJobs": Role.READ,
     "WatchJob": Role.READ,
     "GetImage": Role.READ,
+    "GetThumbnail": Role.READ,
     "IndexImages": Role.WRITE,
     "StartIndexJob": Role.WRITE,
     "CancelJob": Role.WRITE,

@@ -65,6 +65,7 @@ class Embedded:
     height: int
     error: str
     error_code: grpc.StatusCode
+    thumbnail: bytes = b""  # JPEG, when asked for
 
 
 def _transport_error(detail: str) -> bool:
@@ -224,11 +225,12 @@ class Backends:
         return self._embed_message_limit
 
     def embed(
-        self, images: Sequence[tuple[str, bytes]], deadline: Deadline
+        self, images: Sequence[tuple[str, bytes]], deadline: Deadline, thumbnail_px: int = 0
     ) -> tuple[str, list[Embedded]]:
         """(model_id, one result per image in order). The images go in as many
         Embed calls as the embedder's message limit needs; an image too large
-        for any call is a per-image error naming the limit."""
+        for any call is a per-image error naming the limit. ``thumbnail_px``:
+        also get a JPEG thumbnail of each image that size (0: none)."""
         if not images:
             return "", []
         limit = self.embed_message_limit(deadline)
@@ -260,7 +262,8 @@ class Backends:
             if not group:
                 continue
             request = embedder_pb2.EmbedderServiceEmbedRequest(
-                images=[embedder_pb2.Image(name=images[i][0], data=images[i][1]) for i in group]
+                images=[embedder_pb2.Image(name=images[i][0], data=images[i][1]) for i in group],
+                thumbnail_px=thumbnail_px,
             )
             response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
             model_id = response.model_id
@@ -272,6 +275,7 @@ class Backends:
                     e.height,
                     e.error,
                     errors.code_from_number(e.error_code),
+                    e.thumbnail,
                 )
         return model_id, [r for r in results if r is not None]
 

@@ -61,9 +61,10 @@ class ImageLimit:
 
 
 class Ingestor:
-    def __init__(self, backends: Backends, limit: ImageLimit) -> None:
+    def __init__(self, backends: Backends, limit: ImageLimit, thumbnail_px: int = 0) -> None:
         self.backends = backends
         self.limit = limit
+        self.thumbnail_px = thumbnail_px
 
     def ingest(
         self,
@@ -71,11 +72,13 @@ class Ingestor:
         sources: Sequence[Source],
         deadline: Deadline,
         origin: index_pb2.PathOrigin = index_pb2.PATH_ORIGIN_STREAM,
+        again: bool = False,
     ) -> list[Result]:
         """One result per source, in order. Per-file problems become FAILED
         results; a backend outage raises (UNAVAILABLE) so the caller can retry.
         ``origin``: PATH_ORIGIN_SERVER for files a server job found, whose
-        paths a stream can then never take."""
+        paths a stream can then never take. ``again``: embed even images
+        stored under the same name (to make a missing thumbnail)."""
         results: list[Result | None] = [None] * len(sources)
         digests: dict[int, bytes] = {}
         for i, src in enumerate(sources):
@@ -94,14 +97,14 @@ class Ingestor:
         todo: list[int] = []
         for i, iid in image_ids.items():
             record = known.get(iid)
-            if record is not None and sources[i].name in record.paths:
+            if not again and record is not None and sources[i].name in record.paths:
                 results[i] = Result(sources[i].name, Outcome.DUPLICATE, iid)
             else:
                 todo.append(i)
 
         if todo:
             model_id, embedded = self.backends.embed(
-                [(sources[i].name, sources[i].data) for i in todo], deadline
+                [(sources[i].name, sources[i].data) for i in todo], deadline, self.thumbnail_px
             )
             items: list[index_pb2.UpsertItem] = []
             positions: list[int] = []
@@ -122,6 +125,7 @@ class Ingestor:
                         height=emb.height,
                         vector=emb.vector,
                         origin=origin,
+                        thumbnail=emb.thumbnail,
                     )
                 )
                 positions.append(i)

@@ -2,12 +2,14 @@
 (pending rows whose vector is there, vectors without rows, ready rows whose
 vector is gone set back to pending); the gateway then embeds again every
 image left without a vector whose file it can read under the allowed roots
-with the very bytes that were stored. The rest is listed for the caller."""
+with the very bytes that were stored. The rest is listed for the caller.
+With ``backfill_thumbnails`` it also embeds again, from their files, images
+stored before thumbnails existed (up to THUMBNAILS_PER_CALL per call)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from gateway.budget import ByteBudget
@@ -19,13 +21,14 @@ from imagesearch import errors, ids
 from imagesearch.v1 import gateway_pb2, index_pb2
 
 BATCH = 16  # images read and embedded together
+THUMBNAILS_PER_CALL = 1000  # images given a thumbnail per Reconcile call
 
 
 def reconcile(
     backends: Backends,
     ingestor: Ingestor,
     roots: AllowedRoots,
-    collection: str,
+    request: gateway_pb2.ReconcileRequest,
     deadline: Deadline,
     keep: int,
     budget: ByteBudget,
@@ -33,25 +36,56 @@ def reconcile(
     """``keep``: how many unrepaired paths the answer lists (all are counted).
     ``budget``: files are read while they fit it (the stored sizes), like a
     stream's or a job's batches."""
+    collection = request.collection
     found = backends.index_call(
-        "Reconcile", index_pb2.IndexServiceReconcileRequest(collection=collection), deadline
+        "Reconcile",
+        index_pb2.IndexServiceReconcileRequest(
+            collection=collection,
+            thumbnails_limit=THUMBNAILS_PER_CALL if request.backfill_thumbnails else 0,
+        ),
+        deadline,
     )
     answer = gateway_pb2.ReconcileResponse(
         marked_ready=found.marked_ready,
         orphan_vectors_deleted=found.orphan_vectors_deleted,
         missing_vectors=found.missing_vectors,
+        thumbnails_missing=found.thumbnails_missing,
     )
-    by_collection: dict[str, list[index_pb2.ImageRecord]] = defaultdict(list)
-    for record in found.needs_reembedding:
-        by_collection[record.collection or collection].append(record)
 
     def unrepaired(record: index_pb2.ImageRecord) -> None:
         answer.unrepaired += 1
         if len(answer.unrepaired_paths) < keep:
             answer.unrepaired_paths.append(record.path or f"image {record.image_id}")
 
-    for name, records in by_collection.items():
-        for group in _groups(records, BATCH):
+    answer.reembedded = _embed_again(
+        found.needs_reembedding, collection, roots, ingestor, deadline, budget, unrepaired
+    )
+    if request.backfill_thumbnails and ingestor.thumbnail_px:
+        answer.thumbnails_made = _embed_again(
+            found.needs_thumbnail, collection, roots, ingestor, deadline, budget, None
+        )
+        answer.thumbnails_missing -= answer.thumbnails_made
+    return answer
+
+
+def _embed_again(
+    records: Sequence[index_pb2.ImageRecord],
+    collection: str,
+    roots: AllowedRoots,
+    ingestor: Ingestor,
+    deadline: Deadline,
+    budget: ByteBudget,
+    unrepaired: Callable[[index_pb2.ImageRecord], None] | None,
+) -> int:
+    """Embeds (and upserts) again the records whose file is readable with the
+    stored bytes; returns how many went through. ``unrepaired`` hears of the rest."""
+    by_collection: dict[str, list[index_pb2.ImageRecord]] = defaultdict(list)
+    for record in records:
+        by_collection[record.collection or collection].append(record)
+    done = 0
+    for name, items in by_collection.items():
+        for start in range(0, len(items), BATCH):
+            group = items[start : start + BATCH]
             taken = budget.acquire(sum(r.size for r in group))
             try:
                 sources: list[Source] = []
@@ -59,12 +93,15 @@ def reconcile(
                 for record in group:
                     source = _readable(record, roots, ingestor)
                     if source is None:
-                        unrepaired(record)
+                        if unrepaired is not None:
+                            unrepaired(record)
                     else:
                         sources.append(source)
                         origins.append(record)
                 results = (
-                    ingestor.ingest(name, sources, deadline, index_pb2.PATH_ORIGIN_SERVER)
+                    ingestor.ingest(
+                        name, sources, deadline, index_pb2.PATH_ORIGIN_SERVER, again=True
+                    )
                     if sources
                     else []
                 )
@@ -72,10 +109,11 @@ def reconcile(
                 budget.release(taken)
             for record, result in zip(origins, results, strict=True):
                 if result.outcome is Outcome.FAILED:
-                    unrepaired(record)
+                    if unrepaired is not None:
+                        unrepaired(record)
                 else:
-                    answer.reembedded += 1
-    return answer
+                    done += 1
+    return done
 
 
 def _readable(
@@ -91,10 +129,3 @@ def _readable(
         if ids.sha256(data).hex() == record.sha256:
             return Source(path, data)
     return None
-
-
-def _groups(
-    items: Sequence[index_pb2.ImageRecord], size: int
-) -> Iterator[list[index_pb2.ImageRecord]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

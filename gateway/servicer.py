@@ -438,6 +438,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         return gateway_pb2.GetImageResponse(data=data, image_id=record.image_id, path=path)
 
+    def GetThumbnail(
+        self, request: gateway_pb2.GetThumbnailRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetThumbnailResponse:
+        collection = self._collection(request.collection)
+        reply = self.backends.index_call(
+            "GetThumbnails",
+            index_pb2.IndexServiceGetThumbnailsRequest(
+                collection=collection, image_ids=[request.image_id]
+            ),
+            Deadline.of(context),
+        )
+        if not reply.thumbnails:
+            raise errors.not_found(
+                f"image {request.image_id} has no thumbnail in {collection!r}: it is not stored, "
+                "or was indexed before thumbnails (Reconcile with backfill_thumbnails)"
+            )
+        return gateway_pb2.GetThumbnailResponse(
+            data=reply.thumbnails[0].data, content_type="image/jpeg"
+        )
+
     def Reconcile(
         self, request: gateway_pb2.ReconcileRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ReconcileResponse:
@@ -445,7 +465,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             self.backends,
             self.ingestor,
             self.roots,
-            request.collection,
+            request,
             Deadline.of(context),
             self.settings.max_errors_kept,
             ByteBudget(self.settings.max_inflight_bytes, self.inflight),

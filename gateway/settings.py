@@ -43,6 +43,13 @@ class GatewaySettings(ServerSettings):
     )
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
+    thumbnail_px: int = field(
+        default=256,
+        metadata={
+            "help": "longer side of the JPEG thumbnail stored with every indexed image "
+            "(GetThumbnail; about 10 KB each); 0: none"
+        },
+    )
     max_inflight_mb: int = field(
         default=64,
         metadata={

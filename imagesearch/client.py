@@ -16,6 +16,7 @@ needs only grpcio and the generated stubs (no torch, Milvus or SQL).
 
 from __future__ import annotations
 
+import copy
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -232,6 +233,8 @@ class Reconciled:
     reembedded: int
     unrepaired: int
     unrepaired_paths: tuple[str, ...]
+    thumbnails_made: int = 0
+    thumbnails_missing: int = 0  # ready images still without one
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,22 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+
+    def as_caller(self, authorization: str | None) -> Client:
+        """This client (the same connection) sending ``authorization`` (a whole
+        header value, e.g. ``Bearer TOKEN``) instead of its own token: how a
+        proxy such as the HTTP face forwards its caller's credentials. Close
+        only the original."""
+        if not authorization:
+            return self
+        if not authorization.isascii() or not authorization.isprintable():
+            raise ImageSearchError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the Authorization header must be printable ASCII (Bearer TOKEN)",
+            )
+        view = copy.copy(self)
+        view._metadata = (("authorization", authorization),)
+        return view
 
     def __enter__(self) -> Client:
         return self
@@ -631,11 +650,24 @@ class Client:
         request = gateway_pb2.GetImageRequest(collection=collection, path=path)
         return bytes(self._call(self._stub.GetImage, request, timeout).data)
 
-    def reconcile(self, *, collection: str = "", timeout: float | None = None) -> Reconciled:
-        """Repairs storage (admin role): ``collection``, or every one when empty."""
-        reply = self._call(
-            self._stub.Reconcile, gateway_pb2.ReconcileRequest(collection=collection), timeout
+    def get_thumbnail(
+        self, image_id: int, *, collection: str = "", timeout: float | None = None
+    ) -> bytes:
+        """The JPEG thumbnail of a stored image (NOT_FOUND: not stored, or
+        stored before thumbnails; ``reconcile(thumbnails=True)`` makes them)."""
+        request = gateway_pb2.GetThumbnailRequest(collection=collection, image_id=image_id)
+        return bytes(self._call(self._stub.GetThumbnail, request, timeout).data)
+
+    def reconcile(
+        self, *, collection: str = "", thumbnails: bool = False, timeout: float | None = None
+    ) -> Reconciled:
+        """Repairs storage (admin role): ``collection``, or every one when empty.
+        ``thumbnails``: also make thumbnails, from their files, for images
+        stored without one (a thousand per call)."""
+        request = gateway_pb2.ReconcileRequest(
+            collection=collection, backfill_thumbnails=thumbnails
         )
+        reply = self._call(self._stub.Reconcile, request, timeout)
         return Reconciled(
             reply.marked_ready,
             reply.orphan_vectors_deleted,
@@ -643,6 +675,8 @@ class Client:
             reply.reembedded,
             reply.unrepaired,
             tuple(reply.unrepaired_paths),
+            reply.thumbnails_made,
+            reply.thumbnails_missing,
         )
 
     def list_collections(self, *, timeout: float | None = None) -> list[Collection]:

@@ -300,13 +300,25 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    name = "" if args.all else args.collection
     with client(args) as c:
-        done = c.reconcile(collection="" if args.all else args.collection)
+        done = c.reconcile(collection=name, thumbnails=args.thumbnails)
+        made = done.thumbnails_made
+        # A thousand thumbnails per call: call again while that makes progress.
+        while args.thumbnails and done.thumbnails_made and done.thumbnails_missing:
+            done = c.reconcile(collection=name, thumbnails=True)
+            made += done.thumbnails_made
+        done = dataclasses.replace(done, thumbnails_made=made)
     text = (
         f"marked ready {done.marked_ready}, orphan vectors deleted {done.orphan_vectors_deleted}, "
         f"missing vectors {done.missing_vectors}, re-embedded {done.reembedded}, "
         f"still unrepaired {done.unrepaired}"
     )
+    if args.thumbnails:
+        text += (
+            f"; thumbnails made {done.thumbnails_made}, still without one "
+            f"{done.thumbnails_missing} (images streamed, or whose file is gone)"
+        )
     if done.unrepaired_paths:
         text += " (index these again:)\n" + "\n".join(done.unrepaired_paths)
     emit(args, dataclasses.asdict(done), text)
@@ -369,6 +381,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port(args.index_port, "INDEX_PORT", 50053),
         host=args.host,
         tls=args.tls,
+        web_port=None if args.no_web else port(args.web_port, "WEB_PORT", 8080),
     )
 
 
@@ -423,7 +436,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser(
-        "up", parents=[common], help="run the three services on the embedded defaults"
+        "up",
+        parents=[common],
+        help="run the three services and the web face on the embedded defaults",
     )
     up.add_argument(
         "--data-dir", default="./data", help="Milvus Lite, SQLite, jobs and logs (default ./data)"
@@ -456,6 +471,8 @@ def parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=cmd_certs)
     up.add_argument("--embedder-port", type=int)
     up.add_argument("--index-port", type=int)
+    up.add_argument("--web-port", type=int, help="the HTTP face and page (env WEB_PORT; 8080)")
+    up.add_argument("--no-web", action="store_true", help="do not start the HTTP face")
     up.set_defaults(func=cmd_up)
 
     ix = sub.add_parser("index", parents=[common], help="index files or folders")
@@ -506,6 +523,11 @@ def parser() -> argparse.ArgumentParser:
         "some images still need indexing again",
     )
     rc.add_argument("--all", action="store_true", help="every collection, not only --collection")
+    rc.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="also make thumbnails for images indexed before they existed, from their files",
+    )
     rc.set_defaults(func=cmd_reconcile)
 
     jb = sub.add_parser("jobs", parents=[common], help="server-side jobs")

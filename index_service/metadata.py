@@ -7,6 +7,8 @@ Tables (names carry INDEX_TABLE_PREFIX):
                status ('pending' until the vector is in Milvus, then 'ready'),
                created_at_ms, updated_at_ms
   image_paths  (collection, path) -> image_id; one image may have many paths
+  thumbnails   (collection, image_id) -> data (a small JPEG the embedder made),
+               deleted with the image's row
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Connection,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -39,6 +42,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
@@ -182,6 +186,15 @@ class MetadataStore:
             Index(f"{p}ix_paths_image", "collection", "image_id"),
             **opts,
         )
+        self.thumbnails = Table(
+            f"{p}thumbnails",
+            md,
+            Column("collection", String(64), primary_key=True),
+            Column("image_id", BigInteger, primary_key=True, autoincrement=False),
+            # BLOB is 64 KiB on MySQL; a thumbnail may be larger (up to 1024 px).
+            Column("data", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
+            **opts,
+        )
         self.md = md
         self._created = False
         self._collections: dict[str, CollectionRow] = {}
@@ -295,6 +308,7 @@ class MetadataStore:
         self._collections.pop(name, None)
         with self._write(name) as conn:
             conn.execute(delete(self.paths).where(self.paths.c.collection == name))
+            conn.execute(delete(self.thumbnails).where(self.thumbnails.c.collection == name))
             conn.execute(delete(self.images).where(self.images.c.collection == name))
             result = conn.execute(delete(self.collections).where(self.collections.c.name == name))
         return bool(result.rowcount)
@@ -422,6 +436,7 @@ class MetadataStore:
                 conn.execute(
                     delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(orphans)))
                 )
+                self._delete_thumbnails(conn, name, orphans)
                 gone += orphans
         return gone
 
@@ -569,7 +584,72 @@ class MetadataStore:
                 conn.execute(
                     delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
                 )
+                self._delete_thumbnails(conn, name, chunk)
         return existed
+
+    # -- thumbnails ------------------------------------------------------
+
+    def _delete_thumbnails(self, conn: Connection, name: str, ids: Sequence[int]) -> None:
+        th = self.thumbnails
+        conn.execute(delete(th).where(and_(th.c.collection == name, th.c.image_id.in_(ids))))
+
+    def put_thumbnails(self, name: str, items: Mapping[int, bytes]) -> int:
+        """Stores the thumbnails of images that have none yet (a thumbnail
+        never changes: the image id is the content); returns how many."""
+        th = self.thumbnails
+        added = 0
+        with self._tx() as conn:
+            for chunk in _chunks(sorted(i for i, data in items.items() if data)):
+                have = {
+                    r.image_id
+                    for r in conn.execute(
+                        select(th.c.image_id).where(
+                            and_(th.c.collection == name, th.c.image_id.in_(chunk))
+                        )
+                    )
+                }
+                rows = [
+                    {"collection": name, "image_id": i, "data": items[i]}
+                    for i in chunk
+                    if i not in have
+                ]
+                if rows:
+                    conn.execute(insert(th), rows)
+                    added += len(rows)
+        return added
+
+    def get_thumbnails(self, name: str, ids: Sequence[int]) -> dict[int, bytes]:
+        th = self.thumbnails
+        found: dict[int, bytes] = {}
+        with self._tx() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for r in conn.execute(
+                    select(th.c.image_id, th.c.data).where(
+                        and_(th.c.collection == name, th.c.image_id.in_(chunk))
+                    )
+                ):
+                    found[r.image_id] = bytes(r.data)
+        return found
+
+    def ready_without_thumbnail(self, name: str, limit: int) -> tuple[int, list[int]]:
+        """(how many ready images have no thumbnail, the first ``limit`` ids)."""
+        img, th = self.images, self.thumbnails
+        lacking = (
+            select(img.c.image_id)
+            .select_from(
+                img.outerjoin(
+                    th, and_(th.c.collection == img.c.collection, th.c.image_id == img.c.image_id)
+                )
+            )
+            .where(and_(img.c.collection == name, img.c.status == READY, th.c.image_id.is_(None)))
+        )
+        with self._tx() as conn:
+            total = conn.execute(select(func.count()).select_from(lacking.subquery())).scalar_one()
+            first = [
+                r.image_id
+                for r in conn.execute(lacking.order_by(img.c.image_id).limit(max(limit, 0)))
+            ]
+        return int(total), first if limit > 0 else []
 
     def delete_paths(
         self, name: str, paths: Sequence[str] = (), prefix: str | None = None

@@ -11,6 +11,7 @@ from index_service.metadata import READY, SERVER, STREAM, ImageRow
 from index_service.store import IndexStore, Item
 
 STATUS = {READY: index_pb2.IMAGE_STATUS_READY}
+MAX_THUMBNAILS_LISTED = 1000  # ids per GetThumbnails; images listed per Reconcile
 
 
 def record(row: ImageRow, collection: str = "") -> index_pb2.ImageRecord:
@@ -63,6 +64,7 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                 it.height,
                 it.vector,
                 SERVER if it.origin == index_pb2.PATH_ORIGIN_SERVER else STREAM,
+                it.thumbnail,
             )
             for it in request.items
         ]
@@ -180,10 +182,27 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
         self, request: index_pb2.IndexServiceReconcileRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceReconcileResponse:
         self.ready.wait(context)
-        report = self.store.reconcile(request.collection)
+        report = self.store.reconcile(
+            request.collection, min(max(request.thumbnails_limit, 0), MAX_THUMBNAILS_LISTED)
+        )
         return index_pb2.IndexServiceReconcileResponse(
             marked_ready=report.marked_ready,
             orphan_vectors_deleted=report.orphan_vectors_deleted,
             needs_reembedding=[record(r, name) for name, r in report.needs_reembedding],
             missing_vectors=report.missing_vectors,
+            needs_thumbnail=[record(r, name) for name, r in report.needs_thumbnail],
+            thumbnails_missing=report.thumbnails_missing,
+        )
+
+    def GetThumbnails(
+        self, request: index_pb2.IndexServiceGetThumbnailsRequest, context: grpc.ServicerContext
+    ) -> index_pb2.IndexServiceGetThumbnailsResponse:
+        self.ready.wait(context)
+        if len(request.image_ids) > MAX_THUMBNAILS_LISTED:
+            raise errors.invalid_argument(
+                f"{len(request.image_ids)} ids in one GetThumbnails, limit {MAX_THUMBNAILS_LISTED}"
+            )
+        found = self.store.thumbnails(request.collection, list(request.image_ids))
+        return index_pb2.IndexServiceGetThumbnailsResponse(
+            thumbnails=[index_pb2.Thumbnail(image_id=i, data=d) for i, d in found.items()]
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -52,6 +52,7 @@ class Item:
     height: int
     vector: bytes
     origin: str = STREAM  # SERVER: a file a server job found; STREAM: a client's name
+    thumbnail: bytes = b""  # JPEG; kept if the image has none yet
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class ReconcileReport:
     orphan_vectors_deleted: int = 0
     missing_vectors: int = 0  # ready rows whose vector was gone (set back to pending)
     needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
+    needs_thumbnail: list[tuple[str, ImageRow]] = field(default_factory=list)
+    thumbnails_missing: int = 0
 
 
 def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
@@ -234,6 +237,13 @@ class IndexStore:
                 list(moved_paths.items()),
                 origins,
             )
+            thumbnails = {
+                res.image_id: item.thumbnail
+                for item, res in zip(items, results, strict=True)
+                if item.thumbnail and not res.refused and res.image_id not in orphaned
+            }
+            if thumbnails:
+                self.meta.put_thumbnails(name, thumbnails)
             if to_embed:
                 keys = list(to_embed)
                 self.vectors.upsert(name, keys, np.stack([to_embed[k] for k in keys]))
@@ -411,7 +421,13 @@ class IndexStore:
 
     # -- repair ----------------------------------------------------------
 
-    def reconcile(self, name: str = "") -> ReconcileReport:
+    def thumbnails(self, name: str, image_ids: Sequence[int]) -> dict[int, bytes]:
+        self.collection(name)
+        return self.meta.get_thumbnails(name, image_ids)
+
+    def reconcile(self, name: str = "", thumbnails_limit: int = 0) -> ReconcileReport:
+        """``thumbnails_limit``: also list (up to that many) ready images
+        without a thumbnail, for the gateway to make them."""
         report = ReconcileReport()
         targets = [self.collection(name)] if name else self.meta.list_collections()
         with self._writing():
@@ -441,6 +457,12 @@ class IndexStore:
                     report.needs_reembedding += [
                         (row.name, r) for r in self.meta.pending_rows(row.name, lost)
                     ]
+                if thumbnails_limit > 0:
+                    room = thumbnails_limit - len(report.needs_thumbnail)
+                    missing, first = self.meta.ready_without_thumbnail(row.name, room)
+                    report.thumbnails_missing += missing
+                    rows = self.meta.records(row.name, first, ready_only=True)
+                    report.needs_thumbnail += [(row.name, rows[i]) for i in first if i in rows]
         logs.event(
             log,
             "reconcile.done",

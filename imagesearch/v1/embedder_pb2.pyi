@@ -15,26 +15,30 @@ class Image(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EmbedderServiceEmbedRequest(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "thumbnail_px")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_PX_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+    thumbnail_px: int
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., thumbnail_px: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("name", "vector", "error", "error_code", "width", "height")
+    __slots__ = ("name", "vector", "error", "error_code", "width", "height", "thumbnail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     vector: bytes
     error: str
     error_code: int
     width: int
     height: int
-    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
 class EmbedderServiceEmbedResponse(_message.Message):
     __slots__ = ("embeddings", "model_id")

@@ -328,23 +328,45 @@ class GetImageResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("collection",)
+    __slots__ = ("collection", "backfill_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    BACKFILL_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+    backfill_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., backfill_thumbnails: _Optional[bool] = ...) -> None: ...
+
+class GetThumbnailRequest(_message.Message):
+    __slots__ = ("collection", "image_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image_id: int
+    def __init__(self, collection: _Optional[str] = ..., image_id: _Optional[int] = ...) -> None: ...
+
+class GetThumbnailResponse(_message.Message):
+    __slots__ = ("data", "content_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    content_type: str
+    def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
-    __slots__ = ("marked_ready", "orphan_vectors_deleted", "missing_vectors", "reembedded", "unrepaired_paths", "unrepaired")
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "missing_vectors", "reembedded", "unrepaired_paths", "unrepaired", "thumbnails_made", "thumbnails_missing")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
     MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
     REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
     UNREPAIRED_PATHS_FIELD_NUMBER: _ClassVar[int]
     UNREPAIRED_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_MADE_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_MISSING_FIELD_NUMBER: _ClassVar[int]
     marked_ready: int
     orphan_vectors_deleted: int
     missing_vectors: int
     reembedded: int
     unrepaired_paths: _containers.RepeatedScalarFieldContainer[str]
     unrepaired: int
-    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ...) -> None: ...
+    thumbnails_made: int
+    thumbnails_missing: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ..., thumbnails_made: _Optional[int] = ..., thumbnails_missing: _Optional[int] = ...) -> None: ...

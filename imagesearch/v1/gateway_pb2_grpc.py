@@ -104,6 +104,11 @@ class GatewayServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.FromString,
                 _registered_method=True)
+        self.GetThumbnail = channel.unary_unary(
+                '/imagesearch.v1.GatewayService/GetThumbnail',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -204,6 +209,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetThumbnail(self, request, context):
+        """A small JPEG of a stored image (its longer side GATEWAY_THUMBNAIL_PX at
+        most), made by the embedder when the image was indexed. NOT_FOUND when
+        the image is not stored or has no thumbnail (indexed before thumbnails
+        existed: Reconcile with backfill_thumbnails makes them from server files).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +291,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetImage,
                     request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.SerializeToString,
+            ),
+            'GetThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnail,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -656,6 +676,33 @@ class GatewayService:
             '/imagesearch.v1.GatewayService/GetImage',
             imagesearch_dot_v1_dot_gateway__pb2.GetImageRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.GetImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.GatewayService/GetThumbnail',
+            imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class ImageRecord(_message.Message):
     def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., collection: _Optional[str] = ..., server_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
-    __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin")
+    __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin", "thumbnail")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class UpsertItem(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     sha256: bytes
     path: str
     size: int
@@ -83,7 +84,8 @@ class UpsertItem(_message.Message):
     height: int
     vector: bytes
     origin: PathOrigin
-    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ..., origin: _Optional[_Union[PathOrigin, str]] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ..., origin: _Optional[_Union[PathOrigin, str]] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
 class IndexServiceUpsertRequest(_message.Message):
     __slots__ = ("collection", "model", "dim", "items")
@@ -190,22 +192,28 @@ class IndexServiceGetResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
 
 class IndexServiceReconcileRequest(_message.Message):
-    __slots__ = ("collection",)
+    __slots__ = ("collection", "thumbnails_limit")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+    thumbnails_limit: int
+    def __init__(self, collection: _Optional[str] = ..., thumbnails_limit: _Optional[int] = ...) -> None: ...
 
 class IndexServiceReconcileResponse(_message.Message):
-    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding", "missing_vectors")
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding", "missing_vectors", "needs_thumbnail", "thumbnails_missing")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
     NEEDS_REEMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_MISSING_FIELD_NUMBER: _ClassVar[int]
     marked_ready: int
     orphan_vectors_deleted: int
     needs_reembedding: _containers.RepeatedCompositeFieldContainer[ImageRecord]
     missing_vectors: int
-    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., missing_vectors: _Optional[int] = ...) -> None: ...
+    needs_thumbnail: _containers.RepeatedCompositeFieldContainer[ImageRecord]
+    thumbnails_missing: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., missing_vectors: _Optional[int] = ..., needs_thumbnail: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., thumbnails_missing: _Optional[int] = ...) -> None: ...
 
 class IndexServiceCountRequest(_message.Message):
     __slots__ = ("collection",)
@@ -262,3 +270,25 @@ class IndexServiceListCollectionsResponse(_message.Message):
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[_common_pb2.CollectionInfo]
     def __init__(self, collections: _Optional[_Iterable[_Union[_common_pb2.CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class IndexServiceGetThumbnailsRequest(_message.Message):
+    __slots__ = ("collection", "image_ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    image_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, collection: _Optional[str] = ..., image_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Thumbnail(_message.Message):
+    __slots__ = ("image_id", "data")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    image_id: int
+    data: bytes
+    def __init__(self, image_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class IndexServiceGetThumbnailsResponse(_message.Message):
+    __slots__ = ("thumbnails",)
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    thumbnails: _containers.RepeatedCompositeFieldContainer[Thumbnail]
+    def __init__(self, thumbnails: _Optional[_Iterable[_Union[Thumbnail, _Mapping]]] = ...) -> None: ...

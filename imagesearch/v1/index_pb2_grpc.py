@@ -76,6 +76,11 @@ class IndexServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.FromString,
                 _registered_method=True)
+        self.GetThumbnails = channel.unary_unary(
+                '/imagesearch.v1.IndexService/GetThumbnails',
+                request_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -131,6 +136,13 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetThumbnails(self, request, context):
+        """Stored thumbnails (JPEG) of images; ids without one are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +185,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.SerializeToString,
+            ),
+            'GetThumbnails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnails,
+                    request_deserializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +410,33 @@ class IndexService:
             '/imagesearch.v1.IndexService/Reconcile',
             imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileRequest.SerializeToString,
             imagesearch_dot_v1_dot_index__pb2.IndexServiceReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.IndexService/GetThumbnails',
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsRequest.SerializeToString,
+            imagesearch_dot_v1_dot_index__pb2.IndexServiceGetThumbnailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -758,3 +758,57 @@ def test_a_second_index_on_the_same_store_refuses_to_start(
     if backend == "mariadb":
         drop_sql_tables(url, prefix)
         drop_sql_tables(url, other_prefix)
+
+
+def thumbnails(stub: index_pb2_grpc.IndexServiceStub, ids: list[int]) -> dict[int, bytes]:
+    reply = stub.GetThumbnails(
+        index_pb2.IndexServiceGetThumbnailsRequest(collection="photos", image_ids=ids), timeout=30
+    )
+    return {t.image_id: t.data for t in reply.thumbnails}
+
+
+def test_thumbnails_are_kept_with_their_rows(index: index_pb2_grpc.IndexServiceStub) -> None:
+    """Stored with the row (first one wins: an id is its content), filled in
+    by a later duplicate when missing, listed by Reconcile when missing,
+    deleted with the row. 100 KB is over MySQL's 64 KiB BLOB."""
+    big = os.urandom(100 * 1024)
+    with_thumb = [index_pb2.UpsertItem(**{**_fields(item(n)), "thumbnail": big}) for n in range(3)]
+    without = [item(n) for n in range(3, 6)]
+    results = upsert(index, with_thumb + without).results
+    ids_ = [r.image_id for r in results]
+    assert thumbnails(index, ids_) == {i: big for i in ids_[:3]}
+
+    reconciled = index.Reconcile(
+        index_pb2.IndexServiceReconcileRequest(collection="photos", thumbnails_limit=2), timeout=60
+    )
+    assert reconciled.thumbnails_missing == 3
+    assert len(reconciled.needs_thumbnail) == 2
+    assert {r.image_id for r in reconciled.needs_thumbnail} <= set(ids_[3:])
+    assert all(r.paths and r.sha256 for r in reconciled.needs_thumbnail)
+
+    # A duplicate brings the missing one; a thumbnail never changes once stored.
+    late = index_pb2.UpsertItem(**{**_fields(item(3)), "thumbnail": b"late"})
+    other = index_pb2.UpsertItem(**{**_fields(item(0)), "thumbnail": b"other"})
+    upsert(index, [late, other])
+    found = thumbnails(index, ids_)
+    assert found[ids_[3]] == b"late" and found[ids_[0]] == big
+
+    index.Delete(
+        index_pb2.IndexServiceDeleteRequest(collection="photos", image_ids=ids_[:1]), timeout=30
+    )
+    index.Delete(
+        index_pb2.IndexServiceDeleteRequest(collection="photos", paths=[item(3).path]), timeout=30
+    )
+    assert set(thumbnails(index, ids_)) == {ids_[1], ids_[2]}
+    # Indexed again without a thumbnail: the old one is gone for good.
+    upsert(index, [item(0), item(3)])
+    assert set(thumbnails(index, ids_)) == {ids_[1], ids_[2]}
+    index.DropCollection(
+        index_pb2.IndexServiceDropCollectionRequest(collection="photos"), timeout=60
+    )
+    upsert(index, [item(1)])
+    assert thumbnails(index, ids_) == {}
+
+
+def _fields(msg: index_pb2.UpsertItem) -> dict[str, Any]:
+    return {f.name: v for f, v in msg.ListFields()}
