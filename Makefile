@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } \
 	  || echo "note: docker-compose is not installed; the compose tests will be skipped"
+	@# Chromium (Debian's) for the page test, driven by Playwright (whose own browser download needs the internet).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium is not installed; the browser test of the page will be skipped"
 	touch $(STAMP)
 
 # The buf CLI (npm @bufbuild/buf, version pinned in tools/buf/package.json)

@@ -9,11 +9,17 @@ from gateway.settings import GatewaySettings
 from imagesearch.settings import settings_table
 from index_service.settings import IndexSettings
 from tests.conftest import ROOT
+from web_service.settings import WebSettings
 
 
 @pytest.mark.parametrize(
     "cls, prefix",
-    [(EmbedderSettings, "EMBEDDER_"), (IndexSettings, "INDEX_"), (GatewaySettings, "GATEWAY_")],
+    [
+        (EmbedderSettings, "EMBEDDER_"),
+        (IndexSettings, "INDEX_"),
+        (GatewaySettings, "GATEWAY_"),
+        (WebSettings, "WEB_"),
+    ],
 )
 def test_every_setting_is_documented_with_its_default(cls: type, prefix: str) -> None:
     readme = (ROOT / "README.md").read_text()

@@ -13,11 +13,13 @@ from embedder_service.settings import EmbedderSettings  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
 from imagesearch.settings import settings_table  # noqa: E402
 from index_service.settings import IndexSettings  # noqa: E402
+from web_service.settings import WebSettings  # noqa: E402
 
 SECTIONS = [
     ("Embedder (`python -m embedder_service`)", EmbedderSettings, "EMBEDDER_"),
     ("Index (`python -m index_service`)", IndexSettings, "INDEX_"),
     ("Gateway (`python -m gateway`)", GatewaySettings, "GATEWAY_"),
+    ("Web face (`python -m web_service`)", WebSettings, "WEB_"),
 ]
 START = "\n**Embedder (`python -m embedder_service`)**"
 END = "\n## Pointing at a real Milvus"

@@ -1,0 +1,73 @@
+"""The HTTP face on a real uvicorn server (ephemeral port, in a thread) in
+front of a real gateway, index and embedder."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from tests.conftest import CLOTHING, Server, Stack, clothing_images
+from web_service.app import create_app, gateway_client
+from web_service.settings import WebSettings
+
+
+@dataclass
+class Web:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_web(gateway: Server, **overrides: object) -> Web:
+    values: dict[str, object] = {"timeout_s": 120.0, **overrides}
+    settings = WebSettings(host="127.0.0.1", port=0, gateway_addr=gateway.addr, **values)  # type: ignore[arg-type]
+    app = create_app(settings, gateway_client(settings))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        time.sleep(0.05)
+    return Web(f"http://127.0.0.1:{port}", server, thread)
+
+
+@pytest.fixture
+def web(stack: Stack) -> Iterator[Web]:
+    running = start_web(stack.gateway)
+    yield running
+    running.stop()
+
+
+def photo_folder(tmp: Path, count: int, skip: int = 0) -> tuple[Path, list[Path]]:
+    """``count`` clothing photos (one or two of each class) copied to a folder
+    under the gateway's allowed roots."""
+    folder = tmp / "photos"
+    folder.mkdir(exist_ok=True)
+    by_class: dict[str, list[str]] = {}
+    for name, label in clothing_images():
+        by_class.setdefault(label, []).append(name)
+    names = [n for group in zip(*by_class.values(), strict=False) for n in group][skip:]
+    copied = []
+    for name in names[:count]:
+        target = folder / name.replace("/", "_")
+        shutil.copy(CLOTHING / name, target)
+        copied.append(target.resolve())
+    return folder.resolve(), copied

@@ -1,0 +1,134 @@
+"""The page at / in a real browser: Playwright driving Debian's Chromium
+(Playwright's own browser download needs the internet). Screenshots go to
+the test's tmp dir."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+from tests.web.conftest import Web, photo_folder
+
+CHROMIUM = os.environ.get("CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium here (make install puts Debian's chromium in when root and apt exist; "
+    "or set CHROMIUM to a Chromium/Chrome executable)",
+)
+
+DROP = """async ([b64, name, type, how]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], name, { type }));
+  if (how === "drop") {
+    const zone = document.getElementById("drop-zone");
+    zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true, cancelable: true }));
+    zone.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+  } else {
+    document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+  }
+}"""
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], timeout=60_000
+        )
+        yield browser
+        browser.close()
+
+
+def give(page, path: Path, how: str, name: str | None = None, type: str = "image/jpeg") -> None:
+    b64 = base64.b64encode(path.read_bytes()).decode()
+    page.evaluate(DROP, [b64, name or path.name, type, how])
+
+
+def test_the_page_indexes_searches_and_reports_errors(
+    browser, web: Web, stack: Stack, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    folder, photos = photo_folder(stack.tmp, 12)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(web.url + "/")
+    expect(page.locator("#count")).to_have_text("empty")
+
+    # Index a server folder: the bar reaches 100%.
+    page.fill("#folder", str(folder))
+    page.click("#start-job")
+    expect(page.locator("#job-text")).to_have_attribute("data-state", "succeeded", timeout=300_000)
+    bar = page.locator("#job-bar")
+    assert bar.evaluate("b => [b.value, b.max]") == [12, 12]
+    expect(page.locator("#job-text")).to_contain_text("12 / 12 files (100%)")
+    expect(page.locator("#count")).to_have_text("12 images")
+    page.screenshot(path=str(tmp_path / "indexed.png"), full_page=True)
+
+    # Drop a query image: 5 thumbnails, the image itself first.
+    page.select_option("#topk", "5")
+    give(page, photos[4], "drop", name="query.jpg")
+    hits = page.locator("#results .hit")
+    expect(hits).to_have_count(5, timeout=60_000)
+    expect(hits.first).to_have_attribute("data-path", str(photos[4]))
+    expect(hits.first.locator(".score")).to_contain_text("#1 · score 1.000")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img.thumb')]"
+        ".every((img) => img.complete && img.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    assert page.locator("#results img.thumb").count() == 5
+    page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+
+    # Paste works too, and so does the file picker.
+    give(page, photos[7], "paste", name="pasted.jpg")
+    expect(hits.first).to_have_attribute("data-path", str(photos[7]), timeout=60_000)
+    page.set_input_files("#file-input", str(photos[9]))
+    expect(hits.first).to_have_attribute("data-path", str(photos[9]), timeout=60_000)
+
+    # Not an image: a clear message, whether the browser or the server finds out.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just some text")
+    give(page, notes, "drop", type="text/plain")
+    expect(page.locator("#message")).to_contain_text("notes.txt is not an image")
+    fake = tmp_path / "fake.jpg"
+    fake.write_bytes(b"not a jpeg at all")
+    page.set_input_files("#file-input", str(fake))
+    expect(page.locator("#message")).to_contain_text("Search failed: 400")
+    expect(page.locator("#message")).to_contain_text("not an image")
+    page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+    # A folder outside the allowed roots: the gateway's sentence, shown.
+    page.fill("#folder", "/etc")
+    page.click("#start-job")
+    expect(page.locator("#message")).to_contain_text("403")
+
+    # Delete by prefix (confirmed), then drop (confirmed).
+    page.fill("#prefix", str(photos[0]))
+    page.click("#delete-prefix")
+    expect(page.locator("#message")).to_contain_text("Deleted 1 images")
+    expect(page.locator("#count")).to_have_text("11 images")
+    page.click("#drop-collection")
+    expect(page.locator("#message")).to_contain_text("Dropped images")
+    expect(page.locator("#count")).to_have_text("empty")
+    assert problems == []
+
+    # Usable on a phone: nothing wider than the screen.
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone.goto(web.url + "/")
+    expect(phone.locator("#drop-zone")).to_be_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.screenshot(path=str(tmp_path / "phone.png"), full_page=True)

@@ -1,0 +1,226 @@
+"""The /v1 JSON API: the Gateway's calls over HTTP (OpenAPI at /openapi.json,
+pages at /docs). Errors are ``{"detail", "code"}`` with the status from
+``web_service.errors``; job progress streams as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from fastapi.responses import Response, StreamingResponse
+
+from imagesearch.client import Client, ImageSearchError
+from imagesearch.naming import COLLECTION_PATTERN, COLLECTION_RULE, OPTIONAL_COLLECTION_PATTERN
+from web_service.deps import caller, content_type, read_upload
+from web_service.errors import error_body
+from web_service.models import (
+    CollectionOut,
+    CollectionsOut,
+    CountOut,
+    DeletedOut,
+    DeleteIn,
+    DroppedOut,
+    HitOut,
+    IndexOut,
+    JobOut,
+    JobsOut,
+    SearchOut,
+    StartJobIn,
+)
+
+router = APIRouter(prefix="/v1")
+
+Caller = Annotated[Client, Depends(caller)]
+Name = Annotated[
+    str, Path(pattern=COLLECTION_PATTERN, description=f"collection name: {COLLECTION_RULE}")
+]
+JobId = Annotated[str, Path(min_length=1, max_length=128)]
+MAX_FILES = 256  # files in one upload call
+WATCH_STREAM_S = 300.0  # each WatchJob stream behind an event stream
+
+
+def _image_id(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImageSearchError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"image id {raw[:40]!r} is not an integer"
+        ) from None
+    if not -(2**63) <= value < 2**63:
+        raise ImageSearchError(grpc.StatusCode.INVALID_ARGUMENT, "image ids are signed 64-bit")
+    return value
+
+
+@router.get("/collections", tags=["collections"])
+def collections(client: Caller) -> CollectionsOut:
+    return CollectionsOut(collections=[CollectionOut.of(x) for x in client.list_collections()])
+
+
+@router.get("/collections/{collection}/count", tags=["collections"])
+def count(collection: Name, client: Caller) -> CountOut:
+    n = client.count(collection=collection)
+    return CountOut(collection=collection, count=n.count, pending=n.pending)
+
+
+@router.delete("/collections/{collection}", tags=["collections"], summary="Drop a collection")
+def drop(collection: Name, client: Caller) -> DroppedOut:
+    return DroppedOut(dropped=client.drop_collection(collection))
+
+
+@router.post(
+    "/collections/{collection}/delete",
+    tags=["collections"],
+    summary="Delete images by ids, exact paths or a path prefix",
+)
+def delete(collection: Name, body: DeleteIn, client: Caller) -> DeletedOut:
+    if not (body.image_ids or body.paths or body.path_prefix):
+        raise ImageSearchError(
+            grpc.StatusCode.INVALID_ARGUMENT, "say what to delete: image_ids, paths or path_prefix"
+        )
+    done = client.delete(
+        collection=collection,
+        image_ids=[_image_id(i) for i in body.image_ids],
+        paths=body.paths,
+        path_prefix=body.path_prefix,
+    )
+    return DeletedOut(deleted=done.images, paths_removed=done.paths)
+
+
+@router.post(
+    "/collections/{collection}/search",
+    tags=["search"],
+    summary="Similar images to an uploaded image or a stored one, best first",
+)
+def search(
+    collection: Name,
+    client: Caller,
+    image: Annotated[UploadFile | None, File(description="the query image")] = None,
+    image_id: Annotated[str | None, Form(max_length=24, description="or a stored image")] = None,
+    top_k: Annotated[int, Form(ge=1, le=1000)] = 10,
+    min_score: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    path_prefix: Annotated[str, Form(max_length=4096)] = "",
+) -> SearchOut:
+    if (image is None) == (image_id is None):
+        raise ImageSearchError(
+            grpc.StatusCode.INVALID_ARGUMENT, "send exactly one of: an image file, an image_id"
+        )
+    hits = client.search(
+        image=read_upload(image) if image is not None else None,
+        image_id=_image_id(image_id) if image_id is not None else None,
+        collection=collection,
+        top_k=top_k,
+        min_score=min_score,
+        path_prefix=path_prefix,
+    )
+    return SearchOut(collection=collection, hits=[HitOut.of(h, collection) for h in hits])
+
+
+@router.post(
+    "/collections/{collection}/images",
+    tags=["indexing"],
+    summary="Index uploaded images (named by the client: never served back by /file)",
+)
+def index_images(
+    collection: Name,
+    client: Caller,
+    files: Annotated[list[UploadFile], File(description="images")],
+) -> IndexOut:
+    if len(files) > MAX_FILES:
+        raise ImageSearchError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{len(files)} files in one call, limit {MAX_FILES}"
+        )
+    images = [(f.filename or f"upload #{n}", read_upload(f)) for n, f in enumerate(files)]
+    report = client.index_images(images, collection=collection, return_images=True)
+    return IndexOut.of(report)
+
+
+@router.get(
+    "/collections/{collection}/images/{image_id}/thumbnail",
+    tags=["images"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def thumbnail(
+    collection: Name, image_id: Annotated[str, Path(max_length=24)], client: Caller
+) -> Response:
+    data = client.get_thumbnail(_image_id(image_id), collection=collection)
+    # An id is its image's content: the thumbnail never changes.
+    return Response(
+        data,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )
+
+
+@router.get(
+    "/collections/{collection}/file",
+    tags=["images"],
+    summary="The bytes of an image a server job indexed, by its path",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def file(
+    collection: Name,
+    client: Caller,
+    path: Annotated[str, Query(min_length=1, max_length=4096)],
+) -> Response:
+    data = client.get_image(path, collection=collection)
+    return Response(data, media_type=content_type(data))
+
+
+@router.post("/jobs", tags=["jobs"], summary="Index a folder on the server")
+def start_job(body: StartJobIn, client: Caller) -> JobOut:
+    job = client.start_job(body.folder, collection=body.collection, recursive=body.recursive)
+    return JobOut.of(job)
+
+
+@router.get("/jobs", tags=["jobs"], summary="Jobs, newest first (without their file errors)")
+def list_jobs(
+    client: Caller,
+    collection: Annotated[str, Query(pattern=OPTIONAL_COLLECTION_PATTERN)] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobsOut:
+    jobs = client.list_jobs(collection=collection, page_size=min(limit, 1000), limit=limit)
+    return JobsOut(jobs=[JobOut.of(j) for j in jobs])
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def get_job(job_id: JobId, client: Caller) -> JobOut:
+    return JobOut.of(client.get_job(job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(job_id: JobId, client: Caller) -> JobOut:
+    return JobOut.of(client.cancel_job(job_id))
+
+
+@router.post("/jobs/{job_id}/resume", tags=["jobs"])
+def resume_job(job_id: JobId, client: Caller) -> JobOut:
+    return JobOut.of(client.resume_job(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    tags=["jobs"],
+    summary="The job now and at every change, as Server-Sent Events (event: job), until it ends",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(job_id: JobId, client: Caller) -> StreamingResponse:
+    client.get_job(job_id)  # NOT_FOUND and refusals answer with their status, before the stream
+
+    def events() -> Iterator[str]:
+        try:
+            for job in client.watch_job(job_id, stream_s=WATCH_STREAM_S):
+                yield f"event: job\ndata: {JobOut.of(job).model_dump_json()}\n\n"
+        except ImageSearchError as exc:  # the stream has begun: say it in the stream
+            yield f"event: error\ndata: {json.dumps(error_body(exc.code.name, exc.message))}\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

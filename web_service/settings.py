@@ -1,0 +1,58 @@
+"""Web settings: env ``WEB_*``, flags ``--name`` override."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imagesearch.settings import SettingsError, check_cert_key
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "HTTP port"})
+    gateway_addr: str = field(
+        default="localhost:50051", metadata={"help": "the gateway this face calls"}
+    )
+    gateway_ca: str = field(
+        default="",
+        metadata={
+            "help": "PEM CA of the gateway's certificate: call it over TLS (empty: plaintext)"
+        },
+    )
+    gateway_tls: bool = field(
+        default=False,
+        metadata={"help": "call the gateway over TLS trusting the system's CAs"},
+    )
+    tls_cert: str = field(
+        default="", metadata={"help": "PEM certificate (chain): serve HTTPS (empty: HTTP)"}
+    )
+    tls_key: str = field(default="", metadata={"help": "PEM private key of TLS_CERT"})
+    max_upload_mb: int = field(
+        default=64,
+        metadata={"help": "largest request body (uploads); more is refused with 413"},
+    )
+    collection: str = field(
+        default="images",
+        metadata={
+            "help": "collection of seed 001's API when a request has no table_name (the "
+            "gateway's default is images too)"
+        },
+    )
+    timeout_s: float = field(default=60.0, metadata={"help": "deadline of each gateway call"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    def validate(self) -> None:
+        check_cert_key("WEB_TLS", self.tls_cert, self.tls_key)
+        if not 0 <= self.port < 65536:
+            raise SettingsError(f"WEB_PORT={self.port} is not a port number")
+        if self.max_upload_mb <= 0:
+            raise SettingsError("WEB_MAX_UPLOAD_MB must be at least 1")
+        if not self.collection:
+            raise SettingsError("WEB_COLLECTION must name a collection")
+        if self.timeout_s <= 0:
+            raise SettingsError("WEB_TIMEOUT_S must be positive")
