@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One Dockerfile, three images: docker build --target embedder|index|gateway .
+# One Dockerfile, four images: docker build --target embedder|index|gateway|web .
 # Dependencies are installed before the code is copied, so code changes
 # rebuild only the last small layers. Every image runs as a non-root user and
 # checks its own gRPC health.
@@ -70,3 +70,18 @@ EXPOSE 50051 9101
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "imagesearch.healthcheck", "50051", "imagesearch.v1.GatewayService"]
 CMD ["python", "-m", "gateway"]
+
+# The HTTP face: FastAPI + uvicorn, a client of the gateway; no torch,
+# pymilvus or SQLAlchemy either.
+FROM base AS web
+RUN python deploy/install_deps.py web
+COPY protos protos
+COPY imagesearch imagesearch
+COPY web_service web_service
+RUN pip install --no-deps .
+USER app
+ENV WEB_HOST=0.0.0.0 WEB_PORT=8080 WEB_GATEWAY_ADDR=gateway:50051
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-m", "web_service.healthcheck"]
+CMD ["python", "-m", "web_service"]

@@ -1,15 +1,18 @@
-"""``imgsearch up``: the three services as separate processes on the embedded
-defaults (Milvus Lite and SQLite under the data folder); waits for their
-health, prints the endpoints, stops them all on Ctrl-C or SIGTERM."""
+"""``imgsearch up``: the three services and the HTTP face as separate
+processes on the embedded defaults (Milvus Lite and SQLite under the data
+folder); waits for their health, prints the endpoints, stops them all on
+Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 class Service:
     name: str
     module: str
-    service: str  # the gRPC service whose health says "ready"
+    service: str  # the gRPC service whose health says "ready" ("": HTTP /healthz)
     port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
@@ -68,10 +71,12 @@ def run(
     host: str = "127.0.0.1",
     startup_timeout: float = 600,
     tls: bool = False,
+    web_port: int | None = 8080,
 ) -> int:
-    """``host``: where all three services (and their metrics) listen;
-    loopback unless told otherwise. ``tls``: every port over TLS, the
-    gateway's calls to the embedder and index over mTLS."""
+    """``host``: where all services (and their metrics) listen; loopback
+    unless told otherwise. ``tls``: every port over TLS (HTTPS for the web
+    face), the gateway's calls to the embedder and index over mTLS.
+    ``web_port``: the HTTP face's port (None: no web face)."""
     # Where the services are dialled: loopback when they listen everywhere,
     # else the one address they listen on.
     dial = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
@@ -101,14 +106,19 @@ def run(
         GATEWAY_PORT=str(gateway_port),
         GATEWAY_EMBEDDER_ADDR=f"{dial}:{embedder_port}",
         GATEWAY_INDEX_ADDR=f"{dial}:{index_port}",
+        WEB_HOST=host,
+        WEB_PORT=str(web_port or 0),
+        WEB_GATEWAY_ADDR=f"{dial}:{gateway_port}",
     )
     # How up itself calls the services: with the gateway's client certificate under TLS.
     credentials: grpc.ChannelCredentials | None = None
+    https: ssl.SSLContext | None = None
     if tls:
         pki, made = local_pki(data / "tls", [host])
         env.update(tls_env(pki))
         client = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
         credentials = client.credentials()
+        https = ssl.create_default_context(cafile=str(pki.ca))
         print(
             f"imgsearch up: TLS on every port ({'made a local CA' if made else 'local CA'} "
             f"in {pki.folder}); clients trust {pki.ca}: imgsearch --ca {pki.ca} "
@@ -120,6 +130,9 @@ def run(
         Service("index", "index_service", "IndexService", index_port, env),
         Service("gateway", "gateway", "GatewayService", gateway_port, env),
     ]
+    if web_port is not None:
+        services.append(Service("web", "web_service", "", web_port, env))
+    scheme = "https" if tls else "http"
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -155,14 +168,23 @@ def run(
                         flush=True,
                     )
                     return 1
-                # Announced in dependency order: the gateway last.
-                if svc is waiting[0] and healthy(
-                    svc.port,
-                    f"imagesearch.v1.{svc.service}",
-                    credentials=credentials,
-                    host=dial,
+                # Announced in dependency order: the gateway, then the web face, last.
+                if svc is waiting[0] and (
+                    web_healthy(f"{scheme}://{dial}:{svc.port}/healthz", https)
+                    if not svc.service
+                    else healthy(
+                        svc.port,
+                        f"imagesearch.v1.{svc.service}",
+                        credentials=credentials,
+                        host=dial,
+                    )
                 ):
-                    print(f"imgsearch up: {svc.name:8s} SERVING on {host}:{svc.port}", flush=True)
+                    where = (
+                        f"{scheme}://{dial}:{svc.port}/"
+                        if not svc.service
+                        else f"{host}:{svc.port}"
+                    )
+                    print(f"imgsearch up: {svc.name:8s} SERVING on {where}", flush=True)
                     waiting.remove(svc)
             if time.monotonic() > deadline:
                 print(
@@ -176,9 +198,10 @@ def run(
         if stop.is_set():
             return 0
         describe_model(dial, embedder_port, credentials)
+        page = f", web page at {scheme}://{dial}:{web_port}/" if web_port is not None else ""
         print(
             f"imgsearch up: ready. Gateway at {host}:{gateway_port}"
-            f"{' (TLS)' if tls else ''}. "
+            f"{' (TLS)' if tls else ''}{page}. "
             f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
             flush=True,
         )
@@ -217,8 +240,17 @@ def run(
         shutdown(services)
 
 
+def web_healthy(url: str, context: ssl.SSLContext | None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3, context=context) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def tls_env(pki: LocalPki) -> dict[str, str]:
-    """Settings for TLS on all three ports, mTLS from the gateway inward."""
+    """Settings for TLS on every port, mTLS from the gateway inward; the web
+    face serves HTTPS and verifies the gateway."""
     env = {}
     for prefix in ("EMBEDDER_", "INDEX_", "GATEWAY_"):
         env[f"{prefix}TLS_CERT"] = str(pki.server_cert)
@@ -227,6 +259,9 @@ def tls_env(pki: LocalPki) -> dict[str, str]:
     env["GATEWAY_BACKEND_TLS_CA"] = str(pki.ca)
     env["GATEWAY_BACKEND_TLS_CERT"] = str(pki.client_cert)
     env["GATEWAY_BACKEND_TLS_KEY"] = str(pki.client_key)
+    env["WEB_TLS_CERT"] = str(pki.server_cert)
+    env["WEB_TLS_KEY"] = str(pki.server_key)
+    env["WEB_GATEWAY_CA"] = str(pki.ca)
     return env
 
 

@@ -59,7 +59,16 @@ def merge(base: Any, override: Any) -> Any:
 def test_base_compose_is_valid_and_complete() -> None:
     cfg = config(ROOT / "docker-compose.yml")
     services = cfg["services"]
-    assert set(services) == {"etcd", "minio", "milvus", "mysql", "embedder", "index", "gateway"}
+    assert set(services) == {
+        "etcd",
+        "minio",
+        "milvus",
+        "mysql",
+        "embedder",
+        "index",
+        "gateway",
+        "web",
+    }
     for name, svc in services.items():
         assert "healthcheck" in svc, f"{name} has no health check"
     embedder = services["embedder"]
@@ -69,15 +78,15 @@ def test_base_compose_is_valid_and_complete() -> None:
     assert "imagesearch.healthcheck" in " ".join(embedder["healthcheck"]["test"])
     gateway = services["gateway"]
     assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
-    # Published on loopback by default. docker-compose v1 prints a port with a
-    # host address in the short form, HOST:PUBLISHED:TARGET/PROTO; v2 as a mapping.
-    (published,) = gateway["ports"]
-    if isinstance(published, str):
-        host, outside, inside = published.split("/")[0].split(":")
-    else:
-        host, outside, inside = published["host_ip"], published["published"], published["target"]
-    assert (host, str(outside), str(inside)) == ("127.0.0.1", "50051", "50051")
+    # Published on loopback by default.
+    assert published_ports(gateway) == [("127.0.0.1", "50051", "50051")]
+    assert published_ports(services["web"]) == [("127.0.0.1", "8080", "8080")]
+    assert services["web"]["environment"]["WEB_GATEWAY_ADDR"] == "gateway:50051"
+    assert "web_service.healthcheck" in " ".join(services["web"]["healthcheck"]["test"])
+    # Only the gateway and the web face are published.
+    assert {n for n, svc in services.items() if svc.get("ports")} == {"gateway", "web"}
     for svc, deps in {
+        "web": ["gateway"],
         "gateway": ["embedder", "index"],
         "index": ["milvus", "mysql"],
         "milvus": ["etcd", "minio"],
@@ -86,6 +95,23 @@ def test_base_compose_is_valid_and_complete() -> None:
             assert services[svc]["depends_on"][dep]["condition"] == "service_healthy", (svc, dep)
     assert services["index"]["environment"]["INDEX_MILVUS_URI"] == "http://milvus:19530"
     assert services["index"]["environment"]["INDEX_DATABASE_URL"].startswith("mysql+pymysql://")
+
+
+def published_ports(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host, published, target) of each port. docker-compose v1 prints a port with
+    a host address in the short form, HOST:PUBLISHED:TARGET/PROTO; v2 as a mapping."""
+    out = []
+    for published in svc.get("ports", []):
+        if isinstance(published, str):
+            host, outside, inside = published.split("/")[0].split(":")
+        else:
+            host, outside, inside = (
+                published["host_ip"],
+                published["published"],
+                published["target"],
+            )
+        out.append((host, str(outside), str(inside)))
+    return out
 
 
 def test_secrets_come_from_an_uncommitted_env_file() -> None:
@@ -113,7 +139,7 @@ def test_cpu_override_removes_the_gpu(tmp_path: Path) -> None:
 
 def test_our_services_have_memory_limits() -> None:
     services = config(ROOT / "docker-compose.yml")["services"]
-    for name in ("embedder", "index", "gateway"):
+    for name in ("embedder", "index", "gateway", "web"):
         assert services[name]["deploy"]["resources"]["limits"]["memory"], name
 
 
@@ -144,3 +170,5 @@ def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
         gateway
     )
     assert "certs/" in (ROOT / ".gitignore").read_text().split()
+    web = services["web"]["environment"]
+    assert web["WEB_TLS_CERT"].endswith("server.pem") and web["WEB_GATEWAY_CA"].endswith("ca.pem")

@@ -55,24 +55,27 @@ def test_embedder_gets_a_gpu_grpc_probes_hpa_and_headless_service() -> None:
     assert hpa["scaleTargetRef"]["name"] == "embedder"
     assert config["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder-headless:50052"
     assert d[("Service", "milvus")]["spec"]["type"] == "ExternalName"
-    for name in ("embedder", "index", "gateway"):
+    for name in ("embedder", "index", "gateway", "web"):
         spec = d[("Deployment", name)]["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
 
 
 def test_dockerfile_targets_run_as_non_root_with_health_checks() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    for target in ("embedder", "index", "gateway"):
-        stage = text.split(f"AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
-        assert (
-            "USER app" in stage and "HEALTHCHECK" in stage and "imagesearch.healthcheck" in stage
-        ), target
+    for target, check in (
+        ("embedder", "imagesearch.healthcheck"),
+        ("index", "imagesearch.healthcheck"),
+        ("gateway", "imagesearch.healthcheck"),
+        ("web", "web_service.healthcheck"),
+    ):
+        stage = (text + "\n").split(f"AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "USER app" in stage and "HEALTHCHECK" in stage and check in stage, target
     assert Path(ROOT / ".dockerignore").exists()
 
 
 # -- security -----------------------------------------------------------------
 
-OURS = ("embedder", "index", "gateway")
+OURS = ("embedder", "index", "gateway", "web")
 NAMESPACE = {"kubernetes.io/metadata.name": "imagesearch"}
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 
@@ -144,7 +147,7 @@ def allowed(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
 
 
 def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> None:
-    embedder, index, gateway = (pod(n) for n in OURS)
+    embedder, index, gateway, web = (pod(n) for n in OURS)
     intruder = Pod({"app": "intruder"})
     prometheus = Pod(
         {"app.kubernetes.io/name": "prometheus"}, {"kubernetes.io/metadata.name": "monitoring"}
@@ -153,13 +156,18 @@ def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> Non
     outside = Pod({}, external=True)
 
     assert allowed(gateway, embedder, 50052) and allowed(gateway, index, 50053)
-    for src in (intruder, embedder, index, prometheus):
+    for src in (intruder, embedder, index, prometheus, web):
         assert not allowed(src, embedder, 50052) or src == gateway
         assert not allowed(src, index, 50053)
     assert not allowed(index, embedder, 50052)
-    # The public face is open; nobody of ours talks to it.
+    # The public faces are open; of ours, only the web face talks to the gateway.
     assert allowed(intruder, gateway, 50051) and allowed(outside, gateway, 50051)
+    assert allowed(intruder, web, 8080) and allowed(outside, web, 8080)
+    assert allowed(web, gateway, 50051)
     assert not allowed(embedder, gateway, 50051)
+    assert not allowed(gateway, web, 8080)
+    assert not allowed(web, outside, 443) and not allowed(web, outside, 19530)
+    assert allowed(web, dns, 53, "UDP")
     # Egress: only the index leaves the cluster, only to Milvus and MySQL.
     assert allowed(index, outside, 19530) and allowed(index, outside, 3306)
     for src, port in ((index, 443), (embedder, 443), (gateway, 19530), (embedder, 19530)):
@@ -204,6 +212,11 @@ def test_pods_are_locked_down() -> None:
                 if key.startswith(prefix) and (key.endswith(("_CERT", "_KEY", "_CA", "_FILE"))):
                     mount = next(p for p in mounts if value.startswith(p + "/"))
                     assert "secret" in volumes[mounts[mount]["name"]], (key, value)
+            if name == "web":  # HTTP probes: ready with the gateway, alive on its own
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+                assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+                continue
             # Probes use the health-only port, which the container declares.
             health = int(config[f"{prefix}HEALTH_PORT"])
             assert {"name": "health", "containerPort": health} in container["ports"]

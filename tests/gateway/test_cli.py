@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import REGISTRY
@@ -131,7 +132,9 @@ def spawn_up(
 ) -> subprocess.Popen[str]:
     """``imgsearch up`` as a user runs it, without ResNet50 weights (the fallback)."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDER_", "INDEX_", "GATEWAY_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EMBEDDER_", "INDEX_", "GATEWAY_", "WEB_"))
     }
     env.update(settings)
     env["TORCH_HOME"] = str(tmp_path / "torch")  # no ResNet50 weights: the fallback path
@@ -148,6 +151,8 @@ def spawn_up(
                 str(ports[1]),
                 "--index-port",
                 str(ports[2]),
+                "--web-port",
+                str(ports[3]),
                 *flags,
             ],
             stdout=out,
@@ -171,7 +176,7 @@ def stop_up(
 
 
 def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]  # gateway, embedder, index, web
     # Small job batches, one at a time: the faults below land mid-job.
     proc = spawn_up(tmp_path, ports, GATEWAY_EMBED_BATCH="4", GATEWAY_JOB_CONCURRENCY="1")
     try:
@@ -196,6 +201,10 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         assert run("count").stdout.strip() == "64"
         text = (tmp_path / "up.out").read_text()
         assert "ready" in text, text
+        web = f"http://127.0.0.1:{ports[3]}/"
+        assert f"web page at {web}" in text, text
+        assert requests.post(f"{web}img/count", timeout=30).json() == 64
+        assert "<title>imagesearch</title>" in requests.get(web, timeout=30).text
         assert "bundled ImageNet weights instead" in text  # says so plainly
         # Safe by default: every port listens on loopback only.
         assert listening(ports) == {port: {"127.0.0.1"} for port in ports}
@@ -233,7 +242,7 @@ def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
     ports (mTLS to the embedder and index); plaintext gets nothing; the CLI
     and grpcurl work with the CA file. On one specific address (127.0.0.2),
     which up itself dials and names in the certificate."""
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     proc = spawn_up(tmp_path, ports, "--tls", "--host", HOST)
     ca = tmp_path / "data" / "tls" / "ca.pem"
     try:
@@ -268,6 +277,13 @@ def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
         )  # fmt: skip
         assert counted.returncode == 0, counted.stderr
         assert json.loads(counted.stdout)["count"] == str(len(list(folder.glob("*.jpg"))))
+        # The web face: HTTPS with the same CA, its calls to the gateway over TLS.
+        web = f"https://{HOST}:{ports[3]}"
+        assert requests.post(f"{web}/img/count", verify=str(ca), timeout=30).json() == len(
+            list(folder.glob("*.jpg"))
+        )
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://{HOST}:{ports[3]}/healthz", timeout=10)
         assert listening(ports) == {port: {HOST} for port in ports}
     finally:
         stop_up(proc, tmp_path, ports, HOST)
