@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -269,6 +270,32 @@ def image_requests(
                 more_chunks=n < len(parts) - 1,
                 return_images=return_images,
             )
+
+
+class WatchStop:
+    """Ends a ``Client.watch_job`` from another thread: ``set()`` cancels the
+    stream it is waiting on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._call: Any = None
+
+    def attach(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+            if self._set:
+                call.cancel()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            if self._call is not None:
+                self._call.cancel()
+
+    def is_set(self) -> bool:
+        with self._lock:
+            return self._set
 
 
 class Client:
@@ -570,22 +597,28 @@ class Client:
         stream_s: float = 600.0,
         reconnect_s: float = 300.0,
         on_reconnect: Callable[[ImageSearchError], None] | None = None,
+        stop: WatchStop | None = None,
     ) -> Iterator[Job]:
         """The job now and at every change, for as long as it runs.
 
         Each WatchJob stream lasts at most ``stream_s``; then, or when a stream
         is lost (the gateway restarting, a network blip), watching resumes
         with a new stream. Only a gateway unreachable for ``reconnect_s`` in a
-        row, or an error that is not about the connection, ends it."""
+        row, or an error that is not about the connection, ends it. ``stop``:
+        ``stop.set()`` from any thread ends the watch at once (its stream is
+        cancelled), e.g. when whoever was told has gone away."""
         last: Job | None = None
         failing_since: float | None = None
-        while True:
+        while stop is None or not stop.is_set():
             try:
-                for reply in self._stub.WatchJob(
+                call = self._stub.WatchJob(
                     gateway_pb2.WatchJobRequest(job_id=job_id),
                     timeout=stream_s,
                     metadata=self._metadata,
-                ):
+                )
+                if stop is not None:
+                    stop.attach(call)
+                for reply in call:
                     failing_since = None
                     job = Job.from_proto(reply.job)
                     if last is None or job != last:
@@ -594,6 +627,8 @@ class Client:
                     if job.state.terminal:
                         return
             except grpc.RpcError as exc:
+                if stop is not None and stop.is_set():
+                    return
                 error = _error(exc)
                 if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue  # the stream's time is up, not the job's

@@ -4,18 +4,16 @@ pages at /docs). Errors are ``{"detail", "code"}`` with the status from
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from imagesearch.client import Client, ImageSearchError
 from imagesearch.naming import COLLECTION_PATTERN, COLLECTION_RULE, OPTIONAL_COLLECTION_PATTERN
 from web_service.deps import caller, content_type, read_upload
-from web_service.errors import error_body
+from web_service.events import EventStreams
 from web_service.models import (
     CollectionOut,
     CollectionsOut,
@@ -39,7 +37,6 @@ Name = Annotated[
 ]
 JobId = Annotated[str, Path(min_length=1, max_length=128)]
 MAX_FILES = 256  # files in one upload call
-WATCH_STREAM_S = 300.0  # each WatchJob stream behind an event stream
 
 
 def _image_id(raw: str) -> int:
@@ -209,18 +206,12 @@ def resume_job(job_id: JobId, client: Caller) -> JobOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-def job_events(job_id: JobId, client: Caller) -> StreamingResponse:
+def job_events(job_id: JobId, request: Request, client: Caller) -> StreamingResponse:
+    streams: EventStreams = request.app.state.event_streams
+    streams.check()
     client.get_job(job_id)  # NOT_FOUND and refusals answer with their status, before the stream
-
-    def events() -> Iterator[str]:
-        try:
-            for job in client.watch_job(job_id, stream_s=WATCH_STREAM_S):
-                yield f"event: job\ndata: {JobOut.of(job).model_dump_json()}\n\n"
-        except ImageSearchError as exc:  # the stream has begun: say it in the stream
-            yield f"event: error\ndata: {json.dumps(error_body(exc.code.name, exc.message))}\n\n"
-
     return StreamingResponse(
-        events(),
+        streams.stream(client, job_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

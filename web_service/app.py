@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imagesearch.client import Client, ImageSearchError
 from web_service import api, seed_api
 from web_service.errors import error_body, on_gateway_error
+from web_service.events import EventStreams
 from web_service.limits import BodyLimit
 from web_service.models import HealthOut
 from web_service.settings import WebSettings
@@ -70,6 +71,7 @@ def create_app(settings: WebSettings, client: Client) -> FastAPI:
     )
     app.state.settings = settings
     app.state.client = client
+    app.state.event_streams = EventStreams(settings.max_event_streams)
     app.add_exception_handler(ImageSearchError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.include_router(seed_api.router)

@@ -32,6 +32,10 @@ class WebSettings:
         default=64,
         metadata={"help": "largest request body (uploads); more is refused with 413"},
     )
+    max_event_streams: int = field(
+        default=32,
+        metadata={"help": "job progress streams (Server-Sent Events) open at once; more get 429"},
+    )
     collection: str = field(
         default="images",
         metadata={
@@ -50,6 +54,8 @@ class WebSettings:
         check_cert_key("WEB_TLS", self.tls_cert, self.tls_key)
         if not 0 <= self.port < 65536:
             raise SettingsError(f"WEB_PORT={self.port} is not a port number")
+        if self.max_event_streams <= 0:
+            raise SettingsError("WEB_MAX_EVENT_STREAMS must be at least 1")
         if self.max_upload_mb <= 0:
             raise SettingsError("WEB_MAX_UPLOAD_MB must be at least 1")
         if not self.collection:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from tests.conftest import CLOTHING, Server, Stack, clothing_images
 from web_service.app import create_app, gateway_client
@@ -24,6 +25,7 @@ class Web:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    app: FastAPI
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -46,7 +48,7 @@ def start_web(gateway: Server, **overrides: object) -> Web:
         assert time.monotonic() < deadline, "uvicorn did not start"
         assert thread.is_alive(), "uvicorn stopped while starting"
         time.sleep(0.05)
-    return Web(f"http://127.0.0.1:{port}", server, thread)
+    return Web(f"http://127.0.0.1:{port}", server, thread, app)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import Server, Stack, start_gateway, start_index
+from tests.conftest import Server, Stack, free_port, start_gateway, start_index, wait_until
 from tests.web.conftest import Web, photo_folder, start_web
 
 
@@ -273,3 +273,44 @@ def test_the_page_and_its_headers(web: Web) -> None:
     started = time.monotonic()
     assert requests.get(f"{web.url}/readyz", timeout=30).json() == {"ready": True}
     assert time.monotonic() - started < 30
+
+
+def test_event_streams_are_capped_and_freed_when_the_browser_leaves(tmp_path: Path) -> None:
+    """Watchers wait in their own bounded pool: past WEB_MAX_EVENT_STREAMS a new
+    stream is 429 while other calls still answer; a watcher that goes away
+    frees its place (and its gateway stream) at once, mid-job."""
+    index = start_index(tmp_path / "index")
+    # A job that stays running: its embedder is not there, and jobs wait out outages.
+    gateway = start_gateway(
+        tmp_path, f"127.0.0.1:{free_port()}", index.addr, job_outage_s=600, backend_wait_s=2
+    )
+    web = start_web(gateway, max_event_streams=2)
+    try:
+        folder, _ = photo_folder(tmp_path, 4)
+        job = requests.post(f"{web.url}/v1/jobs", json={"folder": str(folder)}, timeout=30).json()
+        url = f"{web.url}/v1/jobs/{job['job_id']}/events"
+        watchers = [requests.get(url, stream=True, timeout=60) for _ in range(2)]
+        # (A line iterator that is dropped closes its connection: keep them.)
+        lines = [w.iter_lines(chunk_size=1, decode_unicode=True) for w in watchers]
+        for w, line in zip(watchers, lines, strict=True):
+            assert w.status_code == 200
+            assert next(line).startswith("event: job")
+        refused = requests.get(url, timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert "WEB_MAX_EVENT_STREAMS" in refused.json()["detail"]
+        assert requests.get(f"{web.url}/v1/jobs/{job['job_id']}", timeout=30).status_code == 200
+        watchers[0].close()  # the browser tab closes
+        assert wait_until(lambda: web.app.state.event_streams.open == 1, 30)
+        again = requests.get(url, stream=True, timeout=60)
+        assert again.status_code == 200
+        assert requests.get(f"{web.url}/v1/jobs/{job['job_id']}", timeout=30).json()["state"] in (
+            "pending",
+            "running",
+        ), "the job ended before the test could prove anything"
+        again.close()
+        watchers[1].close()
+        assert wait_until(lambda: web.app.state.event_streams.open == 0, 30)
+    finally:
+        web.stop()
+        gateway.running.stop(1)
+        index.running.stop(1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import ODD, Stack
 from tests.web.conftest import Web, photo_folder
 
 CHROMIUM = os.environ.get("CHROMIUM") or next(
@@ -61,6 +61,7 @@ def test_the_page_indexes_searches_and_reports_errors(
     from playwright.sync_api import expect
 
     folder, photos = photo_folder(stack.tmp, 12)
+    shutil.copy(ODD / "bmp_b_shortfile.bmp", folder / "truncated.bmp")  # fails alone
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(str(exc)))
@@ -73,8 +74,14 @@ def test_the_page_indexes_searches_and_reports_errors(
     page.click("#start-job")
     expect(page.locator("#job-text")).to_have_attribute("data-state", "succeeded", timeout=300_000)
     bar = page.locator("#job-bar")
-    assert bar.evaluate("b => [b.value, b.max]") == [12, 12]
-    expect(page.locator("#job-text")).to_contain_text("12 / 12 files (100%)")
+    assert bar.evaluate("b => [b.value, b.max]") == [13, 13]
+    expect(page.locator("#job-text")).to_contain_text("13 / 13 files (100%)")
+    expect(page.locator("#job-text")).to_contain_text("12 indexed, 0 duplicates, 1 failed")
+    # The file that failed, and why, under the bar.
+    expect(page.locator("#job-errors li")).to_have_count(1)
+    expect(page.locator("#job-errors li")).to_be_visible()
+    expect(page.locator("#job-errors li")).to_contain_text("truncated.bmp")
+    expect(page.locator("#message")).to_contain_text("1 file failing")
     expect(page.locator("#count")).to_have_text("12 images")
     page.screenshot(path=str(tmp_path / "indexed.png"), full_page=True)
 
@@ -119,7 +126,7 @@ def test_the_page_indexes_searches_and_reports_errors(
     # Delete by prefix (confirmed), then drop (confirmed).
     page.fill("#prefix", str(photos[0]))
     page.click("#delete-prefix")
-    expect(page.locator("#message")).to_contain_text("Deleted 1 images")
+    expect(page.locator("#message")).to_contain_text("Deleted 1 image (1 path)")
     expect(page.locator("#count")).to_have_text("11 images")
     page.click("#drop-collection")
     expect(page.locator("#message")).to_contain_text("Dropped images")

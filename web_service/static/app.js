@@ -7,6 +7,8 @@ const enc = encodeURIComponent;
 let thumbUrls = [];
 let watching = null; // AbortController of the job stream
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 function headers(extra = {}) {
   const token = $("token").value.trim();
   return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
@@ -60,7 +62,7 @@ async function refreshCollections() {
 async function refreshCount() {
   try {
     const { count, pending } = await call(`/v1/collections/${enc(collection())}/count`);
-    $("count").textContent = `${count} images${pending ? `, ${pending} pending` : ""}`;
+    $("count").textContent = plural(count, "image") + (pending ? `, ${pending} pending` : "");
   } catch (err) {
     $("count").textContent = err.message.startsWith("404") ? "empty" : "count unavailable";
   }
@@ -145,8 +147,8 @@ function showJob(job) {
   bar.value = job.state === "succeeded" && job.total === 0 ? 1 : job.done;
   const pct = job.total ? Math.floor((100 * job.done) / job.total) : job.terminal ? 100 : 0;
   bar.textContent = `${pct}%`;
-  $("job-text").textContent = `${job.state}: ${job.done} / ${job.total} files (${pct}%) · ` +
-    `${job.indexed} indexed, ${job.duplicates} duplicates, ${job.failed} failed` +
+  $("job-text").textContent = `${job.state}: ${job.done} / ${plural(job.total, "file")} (${pct}%) · ` +
+    `${job.indexed} indexed, ${plural(job.duplicates, "duplicate")}, ${job.failed} failed` +
     (job.message ? ` · ${job.message}` : "");
   $("job-text").dataset.state = job.state;
   $("cancel-job").hidden = job.terminal;
@@ -156,7 +158,10 @@ function showJob(job) {
 function showJobErrors(job) {
   const box = $("job-errors-box");
   box.hidden = !job.errors.length;
-  $("job-errors-title").textContent = `${job.failed} files failed`;
+  box.open = job.errors.length > 0 && job.errors.length <= 20;
+  const omitted = job.failed - job.errors.length;
+  $("job-errors-title").textContent = `${plural(job.failed, "file")} failed` +
+    (omitted > 0 ? ` (the first ${job.errors.length} listed)` : "");
   $("job-errors").replaceChildren(...job.errors.map((e) => {
     const li = document.createElement("li");
     li.textContent = `${e.path}: ${e.reason}`;
@@ -200,7 +205,7 @@ async function watch(jobId) {
     showJob(full);
     showJobErrors(full);
     if (full.state === "failed") say(`The job failed: ${full.message}`);
-    else if (full.failed) say(`Indexed with ${full.failed} files failing (listed under the bar).`, "info");
+    else if (full.failed) say(`Indexed, with ${plural(full.failed, "file")} failing (listed under the bar).`, "info");
     await refreshCollections();
   }
 }
@@ -240,7 +245,7 @@ async function deletePrefix(event) {
   if (!confirm(`Delete every image of "${collection()}" whose path starts with ${prefix}?`)) return;
   try {
     const done = await call(`/v1/collections/${enc(collection())}/delete`, { method: "POST", json: { path_prefix: prefix } });
-    say(`Deleted ${done.deleted} images (${done.paths_removed} paths).`, "info");
+    say(`Deleted ${plural(done.deleted, "image")} (${plural(done.paths_removed, "path")}).`, "info");
     await refreshCollections();
   } catch (err) {
     say(`Delete: ${err.message}`);
