@@ -54,6 +54,7 @@ class Result:
     height: int = 0
     error: DecodeError | None = None
     thumbnail: bytes = b""
+    rotated: tuple[np.ndarray, ...] = ()  # with rotations: 90, 180, 270 degrees
 
 
 def _resolve(fut: Future[Result], result: Result) -> None:
@@ -66,6 +67,18 @@ def _resolve(fut: Future[Result], result: Result) -> None:
 class _Item:
     decoded: Decoded
     future: Future[Result]
+    rotations: bool = False
+
+    @property
+    def views(self) -> int:
+        """Rows this image takes in a model batch."""
+        return 4 if self.rotations else 1
+
+    def pixels(self) -> list[np.ndarray]:
+        p = self.decoded.pixels
+        # Turning the center crop is turning the image, then cropping: the
+        # crop is square and centred, and resizing commutes with turning.
+        return [p, *(np.rot90(p, k) for k in (1, 2, 3))] if self.rotations else [p]
 
 
 class Batcher:
@@ -93,14 +106,16 @@ class Batcher:
         self._closed = False
         self.embedded = 0  # images run through the model
         self.canceled = 0  # images dropped before the model
+        self._carry: _Item | None = None  # taken from the queue, too big for the last batch
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
     def submit(
-        self, images: Sequence[tuple[str, bytes]], thumbnail_px: int = 0
+        self, images: Sequence[tuple[str, bytes]], thumbnail_px: int = 0, rotations: bool = False
     ) -> list[Future[Result]]:
         """Queues images; each future resolves to a vector or a per-image error
-        (and a JPEG thumbnail with ``thumbnail_px``)."""
+        (and a JPEG thumbnail with ``thumbnail_px``; the vectors of the image
+        turned by 90, 180 and 270 degrees with ``rotations``)."""
         with self._lock:
             if self._closed:
                 raise errors.unavailable("the embedder is shutting down; retry on another replica")
@@ -116,7 +131,7 @@ class Batcher:
         for name, data in images:
             fut: Future[Result] = Future()
             fut.add_done_callback(self._release)
-            self._pool.submit(self._decode, name, data, fut, thumbnail_px)
+            self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations)
             futures.append(fut)
         return futures
 
@@ -135,14 +150,18 @@ class Batcher:
             self._in_flight -= 1
             QUEUE_DEPTH.set(self._in_flight)
 
-    def _decode(self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int) -> None:
+    def _decode(
+        self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int, rotations: bool
+    ) -> None:
         try:
-            self._decode_one(name, data, fut, thumbnail_px)
+            self._decode_one(name, data, fut, thumbnail_px, rotations)
         finally:
             with self._lock:
                 self._decoding -= 1
 
-    def _decode_one(self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int) -> None:
+    def _decode_one(
+        self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int, rotations: bool
+    ) -> None:
         if fut.cancelled():
             return
         try:
@@ -160,11 +179,14 @@ class Batcher:
                 ),
             )
             return
-        self._ready.put(_Item(decoded, fut))
+        self._ready.put(_Item(decoded, fut, rotations))
 
     def _take_batch(self) -> list[_Item] | None:
-        """Up to max_batch images whose callers still wait (None: stop)."""
-        first = self._ready.get()
+        """Images whose callers still wait, up to max_batch model rows (an
+        image with rotations takes four); None: stop."""
+        first, self._carry = self._carry, None
+        if first is None:
+            first = self._ready.get()
         # Taking an image into a batch marks its future running: from then on
         # it can no longer be canceled, and ``canceled`` counts only drops.
         while first is not None and not first.future.set_running_or_notify_cancel():
@@ -172,8 +194,9 @@ class Batcher:
         if first is None:
             return None
         batch = [first]
+        rows = first.views
         started = time.monotonic()
-        while len(batch) < self.max_batch:
+        while rows < self.max_batch:
             wait = self.busy_wait_s if self._decoding > 0 else self.max_wait_s
             remaining = started + wait - time.monotonic()
             try:
@@ -187,8 +210,12 @@ class Batcher:
             if item is None:
                 self._ready.put(None)  # let the loop see the stop after this batch
                 break
+            if rows + item.views > self.max_batch:
+                self._carry = item  # first in the next batch
+                break
             if item.future.set_running_or_notify_cancel():
                 batch.append(item)
+                rows += item.views
         return batch
 
     def _run(self) -> None:
@@ -198,7 +225,7 @@ class Batcher:
                 return
             started = time.perf_counter()
             try:
-                vectors = self._embed(np.stack([it.decoded.pixels for it in batch]))
+                vectors = self._embed(np.stack([p for it in batch for p in it.pixels()]))
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
                 failure = errors.ServiceError(
@@ -209,15 +236,23 @@ class Batcher:
                         it.future.set_exception(failure)
                 continue
             seconds = time.perf_counter() - started
-            BATCH_SIZE.observe(len(batch))
+            BATCH_SIZE.observe(len(vectors))
             MODEL_SECONDS.observe(seconds)
             logs.event(
                 log, "model.batch", logging.DEBUG, size=len(batch), ms=round(seconds * 1000, 1)
             )
             self.embedded += len(batch)
-            for it, vec in zip(batch, vectors, strict=True):
+            row = 0
+            for it in batch:
                 d = it.decoded
-                _resolve(it.future, Result(vec, d.width, d.height, thumbnail=d.thumbnail))
+                views = vectors[row : row + it.views]
+                row += it.views
+                _resolve(
+                    it.future,
+                    Result(
+                        views[0], d.width, d.height, thumbnail=d.thumbnail, rotated=tuple(views[1:])
+                    ),
+                )
 
     def close(self) -> None:
         """Finishes queued work, then stops the model thread."""

@@ -53,7 +53,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             else:
                 accepted.append((i, name, image.data))
         futures = self.batcher.submit(
-            [(name, data) for _, name, data in accepted], request.thumbnail_px
+            [(name, data) for _, name, data in accepted], request.thumbnail_px, request.rotations
         )
 
         # A caller that cancels or runs out of time takes its queued images along.
@@ -81,6 +81,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     width=result.width,
                     height=result.height,
                     thumbnail=result.thumbnail,
+                    rotated_vectors=[v.astype("<f4").tobytes() for v in result.rotated],
                 )
         return embedder_pb2.EmbedderServiceEmbedResponse(
             embeddings=[e for e in embeddings if e is not None], model_id=self.info.model_id

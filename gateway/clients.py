@@ -66,6 +66,7 @@ class Embedded:
     error: str
     error_code: grpc.StatusCode
     thumbnail: bytes = b""  # JPEG, when asked for
+    rotated_vectors: tuple[bytes, ...] = ()  # 90, 180, 270 degrees, when asked for
 
 
 def _transport_error(detail: str) -> bool:
@@ -225,12 +226,17 @@ class Backends:
         return self._embed_message_limit
 
     def embed(
-        self, images: Sequence[tuple[str, bytes]], deadline: Deadline, thumbnail_px: int = 0
+        self,
+        images: Sequence[tuple[str, bytes]],
+        deadline: Deadline,
+        thumbnail_px: int = 0,
+        rotations: bool = False,
     ) -> tuple[str, list[Embedded]]:
         """(model_id, one result per image in order). The images go in as many
         Embed calls as the embedder's message limit needs; an image too large
         for any call is a per-image error naming the limit. ``thumbnail_px``:
-        also get a JPEG thumbnail of each image that size (0: none)."""
+        also get a JPEG thumbnail of each image that size (0: none).
+        ``rotations``: also the vectors of each image turned by 90, 180, 270."""
         if not images:
             return "", []
         limit = self.embed_message_limit(deadline)
@@ -264,6 +270,7 @@ class Backends:
             request = embedder_pb2.EmbedderServiceEmbedRequest(
                 images=[embedder_pb2.Image(name=images[i][0], data=images[i][1]) for i in group],
                 thumbnail_px=thumbnail_px,
+                rotations=rotations,
             )
             response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
             model_id = response.model_id
@@ -276,6 +283,7 @@ class Backends:
                     e.error,
                     errors.code_from_number(e.error_code),
                     e.thumbnail,
+                    tuple(e.rotated_vectors),
                 )
         return model_id, [r for r in results if r is not None]
 

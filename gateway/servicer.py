@@ -4,7 +4,7 @@ the job manager and the backends, and builds responses."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +103,20 @@ def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
     )
 
 
+def best_per_image(views: Sequence[index_pb2.IndexHits], top_k: int) -> list[index_pb2.IndexHit]:
+    """The hits of several views of one query (its rotations), each stored
+    image once with its best score, best first, at most ``top_k``."""
+    if len(views) == 1:
+        return list(views[0].hits)
+    best: dict[int, index_pb2.IndexHit] = {}
+    for view in views:
+        for hit in view.hits:
+            kept = best.get(hit.image_id)
+            if kept is None or hit.score > kept.score:
+                best[hit.image_id] = hit
+    return sorted(best.values(), key=lambda h: (-h.score, h.distance))[:top_k]
+
+
 def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
     return gateway_pb2.Hit(
         image_id=h.image_id,
@@ -189,9 +203,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         deadline = Deadline.of(context)
         model_id = ""
         vectors: list[bytes] = []
+        views = 4 if request.any_rotation else 1  # vectors per image query
         if images:
             model_id, embedded = self.backends.embed(
-                [(f"query #{p}", data) for p, data in images], deadline
+                [(f"query #{p}", data) for p, data in images],
+                deadline,
+                rotations=request.any_rotation,
             )
             for emb in embedded:
                 if emb.error:
@@ -200,7 +217,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         grpc.StatusCode.INVALID_ARGUMENT if code == grpc.StatusCode.OK else code,
                         emb.error,
                     )
-                vectors.append(emb.vector)
+                turned = list(emb.rotated_vectors) if request.any_rotation else []
+                if len(turned) != views - 1:
+                    raise errors.unavailable(
+                        "the embedder did not return the rotated query vectors (an older "
+                        "version?); retry without any_rotation or update it"
+                    )
+                vectors += [emb.vector, *turned]
         response = self.backends.index_call(
             "Search",
             index_pb2.IndexServiceSearchRequest(
@@ -214,10 +237,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             deadline,
         )
-        order = [p for p, _ in images] + [p for p, _ in stored]
-        by_position = dict(zip(order, response.results, strict=True))
+        found = list(response.results)
+        by_position: dict[int, list[index_pb2.IndexHit]] = {}
+        for n, (p, _) in enumerate(images):
+            by_position[p] = best_per_image(found[n * views : (n + 1) * views], top_k)
+        for n, (p, _) in enumerate(stored):
+            by_position[p] = list(found[len(images) * views + n].hits)
         results = [
-            gateway_pb2.QueryResult(hits=[hit_message(h) for h in by_position[p].hits])
+            gateway_pb2.QueryResult(hits=[hit_message(h) for h in by_position[p]])
             for p in range(len(queries))
         ]
         if single is not None:

@@ -427,15 +427,20 @@ class Client:
         top_k: int = 10,
         min_score: float = 0.0,
         path_prefix: str = "",
+        any_rotation: bool = False,
         timeout: float | None = None,
     ) -> list[Hit]:
-        """Hits for one query (image bytes, a stored image id, or a server path), best first."""
+        """Hits for one query (image bytes, a stored image id, or a server path),
+        best first. ``any_rotation``: match stored images turned by any right
+        angle from the query (one embedder batch of four views; each stored
+        image keeps its best score)."""
         Query(image, image_id, path).to_proto()  # exactly one of the three
         request = gateway_pb2.SearchRequest(
             collection=collection,
             top_k=top_k,
             min_score=min_score,
             path_prefix=path_prefix,
+            any_rotation=any_rotation,
             image=image,
             image_id=image_id,
             path=path,
@@ -451,6 +456,7 @@ class Client:
         top_k: int = 10,
         min_score: float = 0.0,
         path_prefix: str = "",
+        any_rotation: bool = False,
         timeout: float | None = None,
     ) -> list[list[Hit]]:
         """Hits for each query, in order, in one call."""
@@ -459,6 +465,7 @@ class Client:
             top_k=top_k,
             min_score=min_score,
             path_prefix=path_prefix,
+            any_rotation=any_rotation,
             queries=[q.to_proto() for q in queries],
         )
         reply = self._call(self._stub.Search, request, timeout)

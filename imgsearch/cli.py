@@ -213,6 +213,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             min_score=args.min_score,
             path_prefix=args.prefix,
+            any_rotation=args.any_rotation,
             **query,
         )
     hits: list[dict[str, Any]] = [
@@ -496,6 +497,12 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--top-k", "-k", type=int, default=10)
     se.add_argument("--min-score", type=float, default=0.0)
     se.add_argument("--prefix", default="", help="only hits whose path starts with this")
+    se.add_argument(
+        "--any-rotation",
+        action="store_true",
+        help="also match images stored turned by 90, 180 or 270 degrees (one embedder batch "
+        "of four views of the query)",
+    )
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its hits")
     se.set_defaults(func=cmd_search)
 

@@ -99,6 +99,7 @@ def search(
     top_k: Annotated[int, Form(ge=1, le=1000)] = 10,
     min_score: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     path_prefix: Annotated[str, Form(max_length=4096)] = "",
+    any_rotation: Annotated[bool, Form(description="match any right-angle rotation")] = False,
 ) -> SearchOut:
     if (image is None) == (image_id is None):
         raise ImageSearchError(
@@ -111,6 +112,7 @@ def search(
         top_k=top_k,
         min_score=min_score,
         path_prefix=path_prefix,
+        any_rotation=any_rotation,
     )
     return SearchOut(collection=collection, hits=[HitOut.of(h, collection) for h in hits])
 

@@ -15,15 +15,17 @@ class Image(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EmbedderServiceEmbedRequest(_message.Message):
-    __slots__ = ("images", "thumbnail_px")
+    __slots__ = ("images", "thumbnail_px", "rotations")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_PX_FIELD_NUMBER: _ClassVar[int]
+    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     thumbnail_px: int
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., thumbnail_px: _Optional[int] = ...) -> None: ...
+    rotations: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., thumbnail_px: _Optional[int] = ..., rotations: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("name", "vector", "error", "error_code", "width", "height", "thumbnail")
+    __slots__ = ("name", "vector", "error", "error_code", "width", "height", "thumbnail", "rotated_vectors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +33,7 @@ class Embedding(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_VECTORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     vector: bytes
     error: str
@@ -38,7 +41,8 @@ class Embedding(_message.Message):
     width: int
     height: int
     thumbnail: bytes
-    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
+    rotated_vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ..., rotated_vectors: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EmbedderServiceEmbedResponse(_message.Message):
     __slots__ = ("embeddings", "model_id")

@@ -34,7 +34,7 @@ class Query(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "image_id", "path", "top_k", "min_score", "path_prefix", "queries")
+    __slots__ = ("collection", "image", "image_id", "path", "top_k", "min_score", "path_prefix", "queries", "any_rotation")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class SearchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
+    ANY_ROTATION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     image_id: int
@@ -51,7 +52,8 @@ class SearchRequest(_message.Message):
     min_score: float
     path_prefix: str
     queries: _containers.RepeatedCompositeFieldContainer[Query]
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ...) -> None: ...
+    any_rotation: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., any_rotation: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths", "more_paths")

@@ -222,3 +222,94 @@ def test_decoded_pixels_in_flight_stay_within_the_budget() -> None:
         assert REGISTRY.get_sample_value("imagesearch_embedder_decode_pixels_in_flight") == 0
     finally:
         server.running.stop(1)
+
+
+def turned(data: bytes, k: int) -> bytes:
+    """The image turned by 90*k degrees counter-clockwise, as a PNG (lossless)."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    for _ in range(k):
+        img = img.transpose(Image.Transpose.ROTATE_90)
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_rotated_views_match_the_turned_images(embedder: Server) -> None:
+    """With ``rotations`` each image comes back with the vectors of its 90, 180
+    and 270 degree turns, from one batch: the same vectors (up to a pixel of
+    cropping) as the turned images embedded on their own."""
+    names = [p for p, _ in clothing_images()[:3]]
+    originals = [turned((CLOTHING / n).read_bytes(), 0) for n in names]
+    request = embedder_pb2.EmbedderServiceEmbedRequest(
+        images=[embedder_pb2.Image(name=n, data=d) for n, d in zip(names, originals, strict=True)],
+        rotations=True,
+    )
+    with_views = list(stub(embedder).Embed(request, timeout=300).embeddings)
+    plain = embed(embedder, list(zip(names, originals, strict=True)))
+    for name, data, e, p in zip(names, originals, with_views, plain, strict=True):
+        assert len(e.rotated_vectors) == 3, name
+        assert float(vec(e) @ vec(p)) > 0.9999  # the image as it is: the same vector
+        for k, raw in enumerate(e.rotated_vectors, start=1):
+            view = np.frombuffer(raw, dtype="<f4")
+            (alone,) = embed(embedder, [(f"{name} turned {k}", turned(data, k))])
+            assert float(view @ vec(alone)) > 0.98, (name, k)
+            assert float(view @ vec(e)) < 0.98, "a turned view must differ from the image"
+    # Without asking, no views.
+    assert all(len(p.rotated_vectors) == 0 for p in plain)
+
+
+def batch_sizes() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {
+        s.labels.get("le", ""): s.value
+        for m in REGISTRY.collect()
+        if m.name == "imagesearch_embedder_batch_size"
+        for s in m.samples
+        if s.name.endswith("_bucket")
+    }
+
+
+def batches_over(size: int) -> float:
+    buckets = batch_sizes()
+    return buckets["+Inf"] - buckets[f"{float(size)}"]
+
+
+def batches_total() -> float:
+    return batch_sizes()["+Inf"]
+
+
+def test_rotated_views_share_batches_without_passing_max_batch() -> None:
+    """An image with rotations takes four model rows: batches stay within
+    max_batch (4 here) and every caller gets its own vectors back, whether
+    calls with and without rotations come at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = start_embedder(max_batch=4, max_wait_ms=50.0)
+    before_over, before_total = batches_over(4), batches_total()
+    try:
+        names = [p for p, _ in clothing_images()[:5]]
+        images = [(n, (CLOTHING / n).read_bytes()) for n in names]
+        alone = [vec(e) for e in embed(server, images)]
+
+        def call(rotations: bool, part: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
+            request = embedder_pb2.EmbedderServiceEmbedRequest(
+                images=[embedder_pb2.Image(name=n, data=d) for n, d in part], rotations=rotations
+            )
+            return list(stub(server).Embed(request, timeout=300).embeddings)
+
+        with ThreadPoolExecutor(4) as pool:
+            turned_calls = [
+                pool.submit(call, True, images[:2]),
+                pool.submit(call, True, images[2:3]),
+            ]
+            plain_calls = [pool.submit(call, False, images[3:])]
+            got = [e for f in turned_calls + plain_calls for e in f.result()]
+        for e, expected in zip(got, alone, strict=True):
+            assert float(vec(e) @ expected) > 0.9999, e.name
+        assert [len(e.rotated_vectors) for e in got] == [3, 3, 3, 0, 0]
+        # (The histogram is process-wide; this test's batches are the ones since `before`.)
+        assert batches_over(4) == before_over, "a model batch passed max_batch"
+        assert batches_total() - before_total >= 4  # 3 rotated images + 3 plain: 4+ batches
+    finally:
+        server.running.stop(1)

@@ -84,6 +84,7 @@ async function search(file) {
   const form = new FormData();
   form.append("image", file, file.name || "pasted-image");
   form.append("top_k", $("topk").value);
+  if ($("any-rotation").checked) form.append("any_rotation", "true");
   $("results").replaceChildren();
   $("results").setAttribute("aria-busy", "true");
   try {
