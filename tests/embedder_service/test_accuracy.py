@@ -18,9 +18,11 @@ from embedder_service.model import ModelRunner, cpu_has_native_bf16
 from embedder_service.settings import EmbedderSettings
 from tests.conftest import CLOTHING, clothing_images
 
+MODELS = ("mobilenet_v2", "efficientnet_lite0")  # the ones with real weights here
 
-def vectors(**overrides: object) -> tuple[np.ndarray, ModelRunner]:
-    settings = EmbedderSettings(model="mobilenet_v2", weights="bundled", **overrides)  # type: ignore[arg-type]
+
+def vectors(model: str, **overrides: object) -> tuple[np.ndarray, ModelRunner]:
+    settings = EmbedderSettings(model=model, weights="bundled", **overrides)  # type: ignore[arg-type]
     runner = ModelRunner(settings)
     batcher = Batcher(
         runner.embed,
@@ -55,27 +57,34 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return cosine, overlap
 
 
-@pytest.fixture(scope="module")
-def reference() -> np.ndarray:
-    return vectors(dtype="float32", fuse_bn=False, channels_last=False, compile="false")[0]
+@pytest.fixture(scope="module", params=MODELS)
+def reference(request: pytest.FixtureRequest) -> tuple[str, np.ndarray]:
+    model = request.param
+    return model, vectors(
+        model, dtype="float32", fuse_bn=False, channels_last=False, compile="false"
+    )[0]
 
 
-def test_defaults_agree_with_plain_fp32(reference: np.ndarray) -> None:
-    fast, runner = vectors()  # every speed default
+def test_defaults_agree_with_plain_fp32(reference: tuple[str, np.ndarray]) -> None:
+    model, reference_vectors = reference
+    fast, runner = vectors(model)  # every speed default
     # The compiled path is what is checked here wherever it can run (CI has g++).
     assert runner.compiled or not shutil.which(os.environ.get("CXX", "g++"))
-    cosine, overlap = agreement(reference, fast)
-    print(f"defaults (compiled={runner.compiled}) vs eager fp32: min cosine {cosine:.6f}")
+    cosine, overlap = agreement(reference_vectors, fast)
+    print(f"{model} defaults (compiled={runner.compiled}) vs eager fp32: min cosine {cosine:.6f}")
     assert cosine >= 0.99 and overlap >= 0.9, (cosine, overlap)
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
-def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(reference: np.ndarray) -> None:
-    bf16, runner = vectors(dtype="bfloat16", compile="false")
+def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(
+    reference: tuple[str, np.ndarray],
+) -> None:
+    model, reference_vectors = reference
+    bf16, runner = vectors(model, dtype="bfloat16", compile="false")
     assert runner.dtype == torch.bfloat16
-    cosine, overlap = agreement(reference, bf16)
-    print(f"mobilenet_v2 bf16 vs fp32: min cosine {cosine:.4f}, top-10 overlap {overlap:.3f}")
-    auto = vectors(compile="false")[1].dtype
+    cosine, overlap = agreement(reference_vectors, bf16)
+    print(f"{model} bf16 vs fp32: min cosine {cosine:.4f}, top-10 overlap {overlap:.3f}")
+    auto = vectors(model, compile="false")[1].dtype
     if cosine < 0.99 or overlap < 0.9:
         assert auto == torch.float32, "auto picked bf16 for a model it makes inaccurate"
     else:

@@ -20,7 +20,42 @@ def test_bundled_weights_equal_the_reference_file() -> None:
     assert list(ours.state_dict) == list(reference)
     for key, tensor in reference.items():
         assert torch.equal(ours.state_dict[key], tensor), key
-    assert ours.digest == weights.BUNDLED_SHA256
+    assert ours.digest == weights.BUNDLES["mobilenet_v2"].sha256
+
+
+def test_bundled_efficientnet_lite0_classifies_imagenet_photos() -> None:
+    """The EfficientNet-Lite0 weights load by their own names into our module
+    (the head too), and the whole network names ImageNet classes of real
+    photos: a T-shirt is a 'jersey, T-shirt' (610), a leather shoe a 'Loafer'
+    (630). A wrong padding, epsilon or input scale would not."""
+    import numpy as np
+    from PIL import Image
+
+    from embedder_service.lite import MEAN, STD, EfficientNetLite0
+    from tests.conftest import CLOTHING
+
+    w = weights.bundled("efficientnet_lite0")
+    assert w.digest == weights.BUNDLES["efficientnet_lite0"].sha256 and w.state_dict is not None
+    net = EfficientNetLite0()
+    net.load_state_dict(w.state_dict, strict=True)
+    net.eval()
+    for name, label in (
+        ("T-Shirt/00003aeb-ace5-43bf-9a0c-dc31a03e9cd2.jpg", 610),
+        ("Shoes/00f6e504-7c27-438e-a5d7-bc65e557bb2b.jpg", 630),
+    ):
+        img = Image.open(CLOTHING / name).convert("RGB")
+        w_, h_ = img.size
+        scale = 256 / min(w_, h_)
+        img = img.resize((round(w_ * scale), round(h_ * scale)))
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        img = img.crop((left, top, left + 224, top + 224))
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float()
+        x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        with torch.no_grad():
+            probs = net(x).softmax(1)[0]
+        assert int(probs.argmax()) == label and float(probs[label]) > 0.5, name
+    # EMBEDDER_WEIGHTS=imagenet means these weights for this model (torchvision has none).
+    assert weights.imagenet("efficientnet_lite0").digest == w.digest
 
 
 def test_shared_reference_file_loads_as_a_weights_file() -> None:
@@ -48,7 +83,8 @@ def test_fallback_switches_to_bundled_and_says_so(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model, w = weights.resolve("resnet50", "imagenet", "bundled")
-    assert model == "mobilenet_v2" and w.source == "bundled" and w.pretrained
+    assert model == "efficientnet_lite0" and w.source == "bundled" and w.pretrained
+    assert w.digest == weights.BUNDLES["efficientnet_lite0"].sha256
     assert w.note.startswith("FALLBACK")
 
 
