@@ -14,8 +14,10 @@ it), for each model setting and query option:
         [--configs mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,...]
         [--weights bundled]
 
-Each config (EMBEDDER_MODEL/EMBEDDER_POOLING) starts its own services; every
-option (as it is, any_rotation) runs on the same collection.
+Each config (EMBEDDER_MODEL/EMBEDDER_POOLING[/CROP]; CROP sets
+EMBEDDER_IMAGE_SIZE, and EMBEDDER_RESIZE in the same 256:224 ratio) starts
+its own services; every option (as it is, any_rotation) runs on the same
+collection.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def main() -> int:
     p.add_argument(
         "--configs",
         default="mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,efficientnet_lite0/gem",
-        help="MODEL/POOLING pairs to compare",
+        help="MODEL/POOLING[/CROP] configs to compare",
     )
     p.add_argument("--weights", default="bundled")
     args = p.parse_args()
@@ -152,7 +154,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-quality-"))
     try:
         for config in args.configs.split(","):
-            model, pooling = config.split("/")
+            model, pooling, *crop = config.split("/")
             env = {
                 "EMBEDDER_MODEL": model,
                 "EMBEDDER_WEIGHTS": args.weights,
@@ -160,6 +162,9 @@ def main() -> int:
                 "EMBEDDER_COMPILE": "false",
                 "GATEWAY_MAX_QUERIES": "64",
             }
+            if crop:
+                env["EMBEDDER_IMAGE_SIZE"] = crop[0]
+                env["EMBEDDER_RESIZE"] = str(round(int(crop[0]) * 256 / 224))
             started = time.perf_counter()
             with services(tmp / config.replace("/", "-"), env) as ports:
                 client = Client(f"127.0.0.1:{ports['gateway']}", timeout=600)

@@ -97,6 +97,8 @@ def build_network(
     if weights.state_dict is None:
         torch.manual_seed(0)  # random init is reproducible across replicas
     pool: nn.Module = GeM(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+    if pooling == "gem" and gem_p != 3.0:
+        pooling = f"gem{gem_p:g}"  # another exponent, another vector space
     if model == "efficientnet_lite0":
         lite = EfficientNetLite0()
         _load(lite, weights, model)
@@ -165,11 +167,18 @@ class ModelInfo:
     dtype: str
     image_size: int
     note: str
+    resize: int = 256
 
     @property
     def model_id(self) -> str:
-        """Identity of the vector space: model, pooling and weights digest."""
-        return f"{self.model}/{self.pooling}/{self.weights_digest[:12]}"
+        """Identity of the vector space: model, pooling (with a GeM exponent
+        other than 3), weights digest and, when not the default 256 -> 224,
+        the preprocessing sizes (shorter side, crop): whatever changes the
+        vectors changes the id."""
+        base = f"{self.model}/{self.pooling}/{self.weights_digest[:12]}"
+        if (self.resize, self.image_size) != (256, 224):
+            base += f"/{self.resize}-{self.image_size}"
+        return base
 
 
 class CompileFailed(RuntimeError):
@@ -220,6 +229,7 @@ class ModelRunner:
             dtype=str(self.dtype).removeprefix("torch."),
             image_size=settings.image_size,
             note=weights.note,
+            resize=settings.resize,
         )
         logs.event(
             log,

@@ -95,3 +95,30 @@ def test_wrong_file_is_refused(tmp_path: Path) -> None:
         weights.from_file(str(bad))
     with pytest.raises(weights.WeightsUnavailable, match="no such file"):
         weights.from_file(str(tmp_path / "missing.pt"))
+
+
+def test_the_model_id_changes_with_the_vector_space() -> None:
+    """Model, pooling (GeM's exponent too), weights and preprocessing sizes
+    each give another id; the defaults keep the id collections already hold."""
+    from dataclasses import replace
+
+    from embedder_service.model import ModelInfo, build_network
+
+    base = ModelInfo(
+        "mobilenet_v2", 1280, "bundled", "2f518e773d4402dd", True, "avg", "cpu", "float32", 224, ""
+    )
+    assert base.model_id == "mobilenet_v2/avg/2f518e773d44"  # as before this setting existed
+    others = [
+        replace(base, model="efficientnet_lite0"),
+        replace(base, pooling="gem"),
+        replace(base, weights_digest="579344248a93e230"),
+        replace(base, image_size=320, resize=366),
+        replace(base, resize=288),
+        replace(base, device="cuda:0", dtype="float16"),  # the same space: the same id
+    ]
+    ids = [o.model_id for o in others]
+    assert len(set(ids[:-1])) == 5 and base.model_id not in ids[:-1]
+    assert ids[-1] == base.model_id
+    w = weights.Weights(None, "random", "random", False)
+    assert build_network("mobilenet_v2", w, "gem", 3.0)[1] == "gem"
+    assert build_network("mobilenet_v2", w, "gem", 4.0)[1] == "gem4"
