@@ -100,16 +100,26 @@ def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
 
 
 def ways_back(name: str, stored: str) -> str:
-    """What to do about a collection of another model's vectors (model ids are
-    ``model/pooling/weights-digest``): the two ways out, exactly."""
-    model, _, rest = stored.partition("/")
-    pooling, _, digest = rest.partition("/")
+    """What to do about a collection of another model's vectors: the two ways
+    out, exactly. Model ids are ``model/pooling/weights-digest``, then
+    ``/resize-crop`` when the preprocessing sizes are not the defaults; a GeM
+    exponent other than 3 shows in the pooling (``gem4``)."""
+    parts = stored.split("/")
+    model, pooling, digest = [*parts, "", ""][:3]
+    sizes = parts[3:]
+    settings = [f"EMBEDDER_MODEL={model}"]
+    if pooling.startswith("gem") and pooling != "gem":
+        settings += ["EMBEDDER_POOLING=gem", f"EMBEDDER_GEM_P={pooling.removeprefix('gem')}"]
+    else:
+        settings.append(f"EMBEDDER_POOLING={pooling or 'avg'}")
+    if sizes:
+        resize, _, crop = sizes[0].partition("-")
+        settings += [f"EMBEDDER_RESIZE={resize}", f"EMBEDDER_IMAGE_SIZE={crop}"]
     return (
-        f"Either run the embedder that built it (EMBEDDER_MODEL={model} "
-        f"EMBEDDER_POOLING={pooling or 'avg'}, with the weights whose sha256 starts "
-        f"{digest or '?'}: EMBEDDER_WEIGHTS=bundled if they were the bundled ones), or "
-        f"re-index it with this one: `imgsearch drop -c {name} --yes`, then index its "
-        "folders again (or index into a new collection)"
+        f"Either run the embedder that built it ({' '.join(settings)}, with the weights "
+        f"whose sha256 starts {digest or '?'}: EMBEDDER_WEIGHTS=bundled if they were the "
+        f"bundled ones), or re-index it with this one: `imgsearch drop -c {name} --yes`, "
+        "then index its folders again (or index into a new collection)"
     )
 
 

@@ -812,3 +812,19 @@ def test_thumbnails_are_kept_with_their_rows(index: index_pb2_grpc.IndexServiceS
 
 def _fields(msg: index_pb2.UpsertItem) -> dict[str, Any]:
     return {f.name: v for f, v in msg.ListFields()}
+
+
+def test_a_model_mismatch_names_every_setting_of_the_stored_model() -> None:
+    """The way back names exactly the settings that made the stored vectors,
+    whatever parts the model id has (GeM's exponent, preprocessing sizes)."""
+    from index_service.store import ways_back
+
+    plain = ways_back("shoes", "mobilenet_v2/avg/2f518e773d44")
+    assert "EMBEDDER_MODEL=mobilenet_v2 EMBEDDER_POOLING=avg," in plain
+    assert "sha256 starts 2f518e773d44:" in plain and "imgsearch drop -c shoes --yes" in plain
+    full = ways_back("shoes", "efficientnet_lite0/gem4/579344248a93/292-256")
+    assert (
+        "EMBEDDER_MODEL=efficientnet_lite0 EMBEDDER_POOLING=gem EMBEDDER_GEM_P=4 "
+        "EMBEDDER_RESIZE=292 EMBEDDER_IMAGE_SIZE=256," in full
+    )
+    assert "sha256 starts 579344248a93:" in full
