@@ -82,6 +82,15 @@ def originals() -> list[tuple[str, str]]:
         return [(row["path"], row["label"]) for row in csv.DictReader(f)]
 
 
+def edited_copies(names: list[str]) -> dict[str, list[bytes]]:
+    """Every edit of every photo (in ``names`` order), made once per run."""
+    upright = []
+    for name in names:
+        with Image.open(CLOTHING / name) as src:
+            upright.append(ImageOps.exif_transpose(src).convert("RGB"))
+    return {kind: [edit(img) for img in upright] for kind, edit in EDITS.items()}
+
+
 def average_precision(ranked: list[bool], relevant: int) -> float:
     hits, total = 0, 0.0
     for n, ok in enumerate(ranked, start=1):
@@ -91,19 +100,24 @@ def average_precision(ranked: list[bool], relevant: int) -> float:
     return total / relevant if relevant else 0.0
 
 
-def measure(client: Client, rows: list[tuple[str, str]], any_rotation: bool) -> dict[str, float]:
+def measure(
+    client: Client,
+    rows: list[tuple[str, str]],
+    copies: dict[str, list[bytes]],
+    any_rotation: bool,
+) -> dict[str, float]:
+    """``copies``: ``edited_copies`` of the photos of ``rows``."""
     label = dict(rows)
     names = [n for n, _ in rows]
     out: dict[str, float] = {}
     # Copies.
     ranks: dict[str, list[int]] = defaultdict(list)
-    for kind, edit in EDITS.items():
-        queries = []
-        for name in names:
-            with Image.open(CLOTHING / name) as src:
-                queries.append(Query(image=edit(ImageOps.exif_transpose(src).convert("RGB"))))
+    for kind, edited in copies.items():
         results = client.search_many(
-            queries, collection="quality", top_k=10, any_rotation=any_rotation
+            [Query(image=data) for data in edited],
+            collection="quality",
+            top_k=10,
+            any_rotation=any_rotation,
         )
         for name, hits in zip(names, results, strict=True):
             paths = [h.path for h in hits]
@@ -150,6 +164,7 @@ def main() -> int:
         f"weights {args.weights}; {len(rows)} originals, "
         f"{len(EDITS)} edits each ({len(rows) * len(EDITS)} copies)"
     )
+    copies = edited_copies([n for n, _ in rows])
     table: dict[str, dict[str, float]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-quality-"))
     try:
@@ -173,7 +188,7 @@ def main() -> int:
                 )
                 for any_rotation in (False, True):
                     column = f"{config}{' + any_rotation' if any_rotation else ''}"
-                    table[column] = measure(client, rows, any_rotation)
+                    table[column] = measure(client, rows, copies, any_rotation)
                     print(f"measured {column} ({time.perf_counter() - started:.0f} s)", flush=True)
                 client.close()
     finally:

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
-from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tempfile
-
-import grpc
-
 from bench.common import CLOTHING, machine, services
-from bench.quality import EDITS, average_precision, originals
+from bench.quality import EDITS, average_precision, edited_copies, originals
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 
@@ -96,11 +93,7 @@ def main() -> int:
     rows = originals()
     names, classes = [n for n, _ in rows], [c for _, c in rows]
     db_bytes = [(CLOTHING / n).read_bytes() for n in names]
-    copy_bytes = []
-    for edit in EDITS.values():
-        for n in names:
-            with Image.open(CLOTHING / n) as src:
-                copy_bytes.append(edit(ImageOps.exif_transpose(src).convert("RGB")))
+    copy_bytes = [data for edited in edited_copies(names).values() for data in edited]
     print(f"machine: {machine()}")
     vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as tmp:
