@@ -4,7 +4,8 @@ Refuses images over the pixel limit from their header, before decoding;
 decodes JPEGs at reduced size (draft mode) when they are much larger than
 needed; applies EXIF orientation; turns every mode into RGB (transparent
 pixels over white, 16-bit and float images rescaled); then resizes the shorter
-side and center-crops, as torchvision's ImageNet preprocessing does.
+side and center-crops, as torchvision's ImageNet preprocessing does, or, for
+a model that must see the whole image (tirg_css), squashes it to a square.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def thumbnail_jpeg(img: Image.Image, px: int) -> bytes:
     return out.getvalue()
 
 
+def squash(img: Image.Image, size: int) -> np.ndarray:
+    """The whole RGB image resized to size x size, aspect not kept (nothing at
+    the edges is cut off), as (size, size, 3) uint8."""
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float32)
@@ -83,10 +90,14 @@ class Decoder:
         resize: int = 256,
         crop: int = 224,
         budget: PixelBudget | None = None,
+        whole: bool = False,
     ) -> None:
+        """``whole``: squash the whole image to crop x crop instead of
+        resizing its shorter side to ``resize`` and cropping the centre."""
         self.max_pixels = max_pixels
         self.resize = resize
         self.crop = crop
+        self.whole = whole
         self.budget = budget or PixelBudget(max(max_pixels, 1))
         # Pillow's own bomb check (raises above 2x this) backs ours up for
         # formats that decode several frames or sub-images.
@@ -167,6 +178,8 @@ class Decoder:
             return Decoded(self._resize_crop(rgb), out_w, out_h, thumbnail)
 
     def _resize_crop(self, img: Image.Image) -> np.ndarray:
+        if self.whole:
+            return squash(img, self.crop)
         w, h = img.size
         scale = self.resize / min(w, h)
         new_w, new_h = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))

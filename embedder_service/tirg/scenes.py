@@ -1,0 +1,236 @@
+"""CSS-like scenes for composed retrieval (TIRG, seed 003), made in code.
+
+A scene is up to five flat shapes (square, circle, triangle) in eight colours
+and two sizes on a 3x3 grid, drawn on a light background. A modification
+turns a source scene into a target scene and says so in words: add an object
+("add a small red circle to the top-left"), remove one ("remove the blue
+square"), or change one's colour or size ("make the yellow triangle red",
+"make the yellow triangle large"). Everything is deterministic from a seed.
+
+Splits share no scene: an example belongs to the held-out split only when
+both its source and its target layouts hash there, to training only when both
+hash to training. Training also never sees modifications whose text names a
+colour and shape of ``UNSEEN`` together, so the held-out texts include
+object words in combinations the model never read (as CSS's test set does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from PIL import Image, ImageDraw
+
+SIZE = 128  # pixels, square
+SHAPES = ("square", "circle", "triangle")
+COLOURS = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 220),
+    "yellow": (240, 200, 20),
+    "purple": (148, 70, 189),
+    "cyan": (23, 190, 207),
+    "orange": (255, 127, 14),
+    "gray": (120, 120, 120),
+}
+SIZES = ("small", "large")
+CELLS = (
+    "top-left",
+    "top-center",
+    "top-right",
+    "middle-left",
+    "center",
+    "middle-right",
+    "bottom-left",
+    "bottom-center",
+    "bottom-right",
+)
+MAX_OBJECTS = 5
+BACKGROUND = (236, 236, 232)
+# Colour and shape pairs that training texts never name together.
+UNSEEN = frozenset({("red", "triangle"), ("cyan", "square")})
+HELD_OUT_BUCKETS = 5  # one layout in five is held out
+KINDS = ("add", "remove", "colour", "size")
+
+
+@dataclass(frozen=True, order=True)
+class Obj:
+    cell: int  # index into CELLS
+    shape: str
+    colour: str
+    size: str
+    dx: int = 0  # small offset within the cell, in pixels
+    dy: int = 0
+
+    def words(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+Scene = tuple[Obj, ...]  # sorted by cell, one object a cell at most
+
+
+def layout(scene: Scene) -> str:
+    """What a scene shows, offsets aside: equal layouts are the same scene."""
+    return ";".join(f"{o.cell}:{o.size}:{o.colour}:{o.shape}" for o in sorted(scene))
+
+
+@dataclass(frozen=True)
+class Example:
+    source: Scene
+    target: Scene
+    text: str
+    kind: str  # add, remove, colour, size
+    named: tuple[str, str]  # (colour, shape) the text ends up naming
+
+    @property
+    def unseen(self) -> bool:
+        return self.named in UNSEEN
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as a SIZE x SIZE RGB image."""
+    img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    cell = SIZE / 3
+    for o in scene:
+        row, col = divmod(o.cell, 3)
+        cx = (col + 0.5) * cell + o.dx
+        cy = (row + 0.5) * cell + o.dy
+        r = 17 if o.size == "large" else 9
+        box = (cx - r, cy - r, cx + r, cy + r)
+        fill = COLOURS[o.colour]
+        if o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    return img
+
+
+def _random_obj(rng: random.Random, cell: int) -> Obj:
+    return Obj(
+        cell,
+        rng.choice(SHAPES),
+        rng.choice(list(COLOURS)),
+        rng.choice(SIZES),
+        rng.randint(-3, 3),
+        rng.randint(-3, 3),
+    )
+
+
+def random_scene(rng: random.Random, low: int = 1, high: int = MAX_OBJECTS) -> Scene:
+    cells = rng.sample(range(9), rng.randint(low, high))
+    return tuple(sorted(_random_obj(rng, c) for c in cells))
+
+
+def describe(obj: Obj, scene: Scene) -> str:
+    """The shortest words that pick ``obj`` out of ``scene``: colour and
+    shape, with its size or then its place when another object shares them."""
+    same = [o for o in scene if o.words() == obj.words() and o != obj]
+    if not same:
+        return f"the {obj.words()}"
+    if all(o.size != obj.size for o in same):
+        return f"the {obj.size} {obj.words()}"
+    return f"the {obj.words()} in the {CELLS[obj.cell]}"
+
+
+def modify(rng: random.Random, source: Scene) -> Example:
+    """One modification of ``source``, its kind drawn among those possible."""
+    kinds = [
+        k
+        for k in KINDS
+        if not (k == "add" and len(source) >= MAX_OBJECTS)
+        and not (k == "remove" and len(source) < 2)
+    ]
+    kind = rng.choice(kinds)
+    if kind == "add":
+        free = [c for c in range(9) if c not in {o.cell for o in source}]
+        new = _random_obj(rng, rng.choice(free))
+        new = replace(new, dx=0, dy=0)
+        target = tuple(sorted((*source, new)))
+        place = "the center" if CELLS[new.cell] == "center" else f"the {CELLS[new.cell]}"
+        text = f"add a {new.size} {new.words()} to {place}"
+        return Example(source, target, text, kind, (new.colour, new.shape))
+    obj = rng.choice(source)
+    rest = tuple(o for o in source if o != obj)
+    if kind == "remove":
+        return Example(
+            source, rest, f"remove {describe(obj, source)}", kind, (obj.colour, obj.shape)
+        )
+    if kind == "colour":
+        colour = rng.choice([c for c in COLOURS if c != obj.colour])
+        changed = replace(obj, colour=colour)
+        text = f"make {describe(obj, source)} {colour}"
+        named = (colour, obj.shape)
+    else:
+        size = "small" if obj.size == "large" else "large"
+        changed = replace(obj, size=size)
+        text = f"make {describe(obj, source)} {size}"
+        named = (obj.colour, obj.shape)
+    return Example(source, tuple(sorted((*rest, changed))), text, kind, named)
+
+
+def held_out(scene: Scene) -> bool:
+    digest = hashlib.sha256(layout(scene).encode()).digest()
+    return digest[0] % HELD_OUT_BUCKETS == 0
+
+
+def examples(split: str, seed: int) -> Iterator[Example]:
+    """Endless examples of one split ("train" or "test"), the same for the
+    same seed; no scene of one split appears in the other."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: use train or test")
+    rng = random.Random(f"{split}:{seed}")
+    want_test = split == "test"
+    while True:
+        ex = modify(rng, random_scene(rng))
+        if held_out(ex.source) != want_test or held_out(ex.target) != want_test:
+            continue
+        if not want_test and ex.unseen:
+            continue
+        yield ex
+
+
+def take(split: str, seed: int, n: int) -> list[Example]:
+    it = examples(split, seed)
+    return [next(it) for _ in range(n)]
+
+
+WORDS = re.compile(r"[a-z]+")
+# Words a person may use for the generator's own (CSS speaks of cubes,
+# spheres and cylinders): read as the generator's word.
+SYNONYMS = {
+    "cube": "square",
+    "box": "square",
+    "sphere": "circle",
+    "ball": "circle",
+    "cylinder": "triangle",
+    "grey": "gray",
+    "big": "large",
+    "little": "small",
+    "tiny": "small",
+    "centre": "center",
+    "an": "a",
+    "at": "in",
+    "into": "to",
+    "on": "in",
+}
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words, synonyms read as the generator's words; "top-left"
+    is two words."""
+    return [SYNONYMS.get(w, w) for w in WORDS.findall(text.lower())]
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator writes, sorted; the model's vocabulary."""
+    words = {"add", "a", "to", "the", "remove", "make", "in"}
+    words |= set(SHAPES) | set(COLOURS) | set(SIZES)
+    for cell in CELLS:
+        words |= set(tokens(cell))
+    return sorted(words)

@@ -1,0 +1,122 @@
+"""Trains the composed-retrieval models on generated scenes.
+
+    python -m embedder_service.tirg.train            # all four, the shipped files
+    python -m embedder_service.tirg.train --kinds tirg --steps 200   # a quick try
+
+The defaults are the settings that produced the shipped checkpoints:
+``tirg_css.pt`` (the served TIRG model) and ``baselines_css.pt`` (image only,
+text only and concat, trained the same way, for bench/composed.py). Each
+step takes a batch of (source, text, target) and pulls the composed vector
+towards its target with a softmax over the batch's targets and sources: the
+query's own source is a negative, or TIRG learns to return the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedder_service.tirg.evaluate import evaluate, pixels
+from embedder_service.tirg.net import COMPOSERS, ComposedRetrieval
+from embedder_service.tirg.scenes import take
+
+HERE = Path(__file__).parent
+SERVED = HERE / "tirg_css.pt"
+BASELINES = HERE / "baselines_css.pt"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kinds", default=",".join(COMPOSERS), help="composers to train")
+    p.add_argument("--seed", type=int, default=17)
+    p.add_argument("--examples", type=int, default=40000, help="training examples")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--held-out", type=int, default=2000, help="held-out examples to report")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=HERE, help="folder for the checkpoints")
+    return p.parse_args(argv)
+
+
+def train(
+    kind: str, args: argparse.Namespace, data: tuple, device: torch.device
+) -> ComposedRetrieval:
+    src, tgt, texts = data
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    net = ComposedRetrieval(kind).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
+    )
+    started = time.monotonic()
+    net.train()
+    for step in range(args.steps):
+        idx = torch.tensor(rng.sample(range(len(texts)), args.batch))
+        s, t = src[idx].to(device), tgt[idx].to(device)
+        feats = net.image(torch.cat([s, t]))
+        x_src, x_tgt = feats[: args.batch], feats[args.batch :]
+        ids, lengths = net.vocab.encode([texts[i] for i in idx.tolist()])
+        q = net.compose(x_src, net.text(ids.to(device), lengths))
+        q = nn.functional.normalize(q, dim=1)
+        g = nn.functional.normalize(torch.cat([x_tgt, x_src]), dim=1)
+        logits = net.scale * q @ g.T
+        loss = nn.functional.cross_entropy(logits, torch.arange(args.batch, device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(
+                f"{kind} step {step}/{args.steps} loss {loss.item():.3f} "
+                f"{time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+    return net.cpu().eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    np.random.seed(args.seed)
+    started = time.monotonic()
+    examples = take("train", args.seed, args.examples)
+    data = (
+        pixels([ex.source for ex in examples]),
+        pixels([ex.target for ex in examples]),
+        [ex.text for ex in examples],
+    )
+    print(f"{len(examples)} training examples rendered in {time.monotonic() - started:.0f} s")
+    held_out = take("test", args.seed, args.held_out)
+    results: dict[str, dict[str, float]] = {}
+    baselines: dict[str, object] = {}
+    for kind in args.kinds.split(","):
+        t0 = time.monotonic()
+        net = train(kind, args, data, device)
+        scores, _ = evaluate(net, held_out)
+        results[kind] = {**scores, "train_s": round(time.monotonic() - t0)}
+        print(f"{kind}: {json.dumps(results[kind])}", flush=True)
+        if kind == "tirg":
+            torch.save(net.checkpoint(), args.out / SERVED.name)
+        else:
+            baselines[kind] = net.checkpoint()
+    if baselines:
+        torch.save(baselines, args.out / BASELINES.name)
+    print(json.dumps({"seed": args.seed, "steps": args.steps, "batch": args.batch, **results}))
+
+
+if __name__ == "__main__":
+    main()
