@@ -21,8 +21,11 @@ SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_
 
 
 def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
-    sizes = (settings.max_pixels, settings.resize, settings.image_size)
+    info = runner.info
+    sizes = (settings.max_pixels, info.resize, info.image_size)
     budget = PixelBudget(settings.decode_pixel_budget)
+    if info.whole:
+        return Decoder(*sizes, budget, whole=True)  # nvJPEG's path crops: PIL here
     if not settings.gpu_decode:
         return Decoder(*sizes, budget)
     if runner.device.type != "cuda":
@@ -54,7 +57,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
         decode_workers=decode_workers,
     )
     ready = Readiness("the embedder is still warming up its model")
-    servicer = EmbedderServicer(batcher, runner.info, settings, ready)
+    servicer = EmbedderServicer(batcher, runner.info, settings, ready, runner.text_problem)
     running = start_server(
         [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

@@ -68,6 +68,7 @@ class _Item:
     decoded: Decoded
     future: Future[Result]
     rotations: bool = False
+    text: str = ""  # composed with the image, for a composing model
 
     @property
     def views(self) -> int:
@@ -84,7 +85,7 @@ class _Item:
 class Batcher:
     def __init__(
         self,
-        embed: Callable[[np.ndarray], np.ndarray],
+        embed: Callable[[np.ndarray, Sequence[str]], np.ndarray],
         decoder: Decoder,
         *,
         max_batch: int,
@@ -111,11 +112,16 @@ class Batcher:
         self._thread.start()
 
     def submit(
-        self, images: Sequence[tuple[str, bytes]], thumbnail_px: int = 0, rotations: bool = False
+        self,
+        images: Sequence[tuple[str, bytes]],
+        thumbnail_px: int = 0,
+        rotations: bool = False,
+        texts: Sequence[str] = (),
     ) -> list[Future[Result]]:
         """Queues images; each future resolves to a vector or a per-image error
         (and a JPEG thumbnail with ``thumbnail_px``; the vectors of the image
-        turned by 90, 180 and 270 degrees with ``rotations``)."""
+        turned by 90, 180 and 270 degrees with ``rotations``). ``texts``: one
+        per image ('' for none), composed with it by a composing model."""
         with self._lock:
             if self._closed:
                 raise errors.unavailable("the embedder is shutting down; retry on another replica")
@@ -128,10 +134,11 @@ class Batcher:
             self._decoding += len(images)
             QUEUE_DEPTH.set(self._in_flight)
         futures: list[Future[Result]] = []
-        for name, data in images:
+        for i, (name, data) in enumerate(images):
             fut: Future[Result] = Future()
             fut.add_done_callback(self._release)
-            self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations)
+            text = texts[i] if texts else ""
+            self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations, text)
             futures.append(fut)
         return futures
 
@@ -151,16 +158,28 @@ class Batcher:
             QUEUE_DEPTH.set(self._in_flight)
 
     def _decode(
-        self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int, rotations: bool
+        self,
+        name: str,
+        data: bytes,
+        fut: Future[Result],
+        thumbnail_px: int,
+        rotations: bool,
+        text: str = "",
     ) -> None:
         try:
-            self._decode_one(name, data, fut, thumbnail_px, rotations)
+            self._decode_one(name, data, fut, thumbnail_px, rotations, text)
         finally:
             with self._lock:
                 self._decoding -= 1
 
     def _decode_one(
-        self, name: str, data: bytes, fut: Future[Result], thumbnail_px: int, rotations: bool
+        self,
+        name: str,
+        data: bytes,
+        fut: Future[Result],
+        thumbnail_px: int,
+        rotations: bool,
+        text: str,
     ) -> None:
         if fut.cancelled():
             return
@@ -179,7 +198,7 @@ class Batcher:
                 ),
             )
             return
-        self._ready.put(_Item(decoded, fut, rotations))
+        self._ready.put(_Item(decoded, fut, rotations, text))
 
     def _take_batch(self) -> list[_Item] | None:
         """Images whose callers still wait, up to max_batch model rows (an
@@ -225,7 +244,8 @@ class Batcher:
                 return
             started = time.perf_counter()
             try:
-                vectors = self._embed(np.stack([p for it in batch for p in it.pixels()]))
+                pixels = np.stack([p for it in batch for p in it.pixels()])
+                vectors = self._embed(pixels, [it.text for it in batch for _ in range(it.views)])
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
                 failure = errors.ServiceError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,10 @@ from torch.fx.experimental.optimization import fuse
 from embedder_service.lite import MEAN as lite_mean
 from embedder_service.lite import STD as lite_std
 from embedder_service.lite import EfficientNetLite0
-from embedder_service.settings import EmbedderSettings
+from embedder_service.settings import COMPOSED_MODELS, EmbedderSettings
+from embedder_service.tirg import checkpoint as composed_checkpoint
+from embedder_service.tirg.net import INPUT as COMPOSED_INPUT
+from embedder_service.tirg.net import ComposedRetrieval
 from embedder_service.weights import Weights, resolve
 from imagesearch import logs
 
@@ -137,8 +140,8 @@ def pick_device(setting: str) -> torch.device:
 
 # Models whose bf16 vectors drift too far from fp32 (cosine < 0.99 on real
 # photos; tests/embedder_service/test_accuracy.py measures it): depthwise
-# convolutions lose too much in bf16.
-BF16_UNSAFE = frozenset({"mobilenet_v2"})
+# convolutions lose too much in bf16. tirg_css is small: float32 costs little.
+BF16_UNSAFE = frozenset({"mobilenet_v2", "tirg_css"})
 
 
 def pick_dtype(setting: str, device: torch.device, model: str = "") -> torch.dtype:
@@ -168,6 +171,8 @@ class ModelInfo:
     image_size: int
     note: str
     resize: int = 256
+    composes: bool = False  # takes a text with an image (a composed query)
+    whole: bool = False  # sees the whole image squashed, not a centre crop
 
     @property
     def model_id(self) -> str:
@@ -199,24 +204,34 @@ class ModelRunner:
     """Runs batches of preprocessed uint8 images through the trunk."""
 
     def __init__(self, settings: EmbedderSettings) -> None:
-        model, weights = resolve(settings.model, settings.weights, settings.weights_fallback)
-        net, pooling = build_network(model, weights, settings.pooling, settings.gem_p)
+        net: nn.Module
+        self.composer: ComposedRetrieval | None = None
+        if settings.model in COMPOSED_MODELS:
+            # A network trained here on whole 64-px scenes: its own sizes, eager.
+            model = settings.model
+            self.composer, weights = composed_checkpoint.load(settings.weights)
+            net, pooling = self.composer, "flat"
+            size, resize = COMPOSED_INPUT, COMPOSED_INPUT
+        else:
+            model, weights = resolve(settings.model, settings.weights, settings.weights_fallback)
+            net, pooling = build_network(model, weights, settings.pooling, settings.gem_p)
+            size, resize = settings.image_size, settings.resize
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device, model)
         self.channels_last = settings.channels_last
         net = net.eval()
-        if settings.fuse_bn:
+        if settings.fuse_bn and self.composer is None:
             net = fuse(net)  # conv+BatchNorm folded: same results, less work
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.eager = net
         self.compile_mode = settings.compile
-        self.compiled = settings.compile != "false"
+        self.compiled = settings.compile != "false" and self.composer is None
         self.forward = compile_for_inference(net) if self.compiled else net
         self.max_batch = settings.max_batch
         with torch.inference_mode():
-            probe = torch.zeros(1, 3, settings.image_size, settings.image_size, dtype=torch.uint8)
+            probe = torch.zeros(1, 3, size, size, dtype=torch.uint8)
             dim = int(net(probe.to(self.device)).shape[1])
         self.info = ModelInfo(
             model=model,
@@ -227,9 +242,11 @@ class ModelRunner:
             pooling=pooling,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
-            image_size=settings.image_size,
+            image_size=size,
             note=weights.note,
-            resize=settings.resize,
+            resize=resize,
+            composes=self.composer is not None,
+            whole=self.composer is not None,
         )
         logs.event(
             log,
@@ -262,8 +279,15 @@ class ModelRunner:
             return n
         return next((b for b in self.buckets() if b >= n), n)
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm."""
+    def text_problem(self, text: str) -> str:
+        """Why ``text`` cannot go with an image here ('' when it can)."""
+        if self.composer is None:
+            return f"{self.info.model} cannot compose a text with an image"
+        return composed_checkpoint.text_problem(self.composer, text)
+
+    def embed(self, images: np.ndarray, texts: Sequence[str] = ()) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm. ``texts``:
+        one per image ('' for none), for a composing model only."""
         n = images.shape[0]
         batch = torch.from_numpy(images).permute(0, 3, 1, 2)  # NHWC view -> NCHW
         padded = self._bucket(n)
@@ -278,7 +302,10 @@ class ModelRunner:
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
         ):
-            out = self._run(batch)
+            if self.composer is not None and any(texts):
+                out = self.composer.embed(batch, list(texts))
+            else:
+                out = self._run(batch)
         out = torch.nn.functional.normalize(out[:n].float(), dim=1)
         return out.cpu().numpy()
 

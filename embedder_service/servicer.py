@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 
 import grpc
@@ -21,8 +22,12 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         info: ModelInfo,
         settings: EmbedderSettings,
         ready: Readiness | None = None,
+        text_problem: Callable[[str], str] | None = None,
     ) -> None:
+        """``text_problem``: why a text cannot go with an image ('' when it
+        can); only a composing model's embedder has one."""
         self.batcher = batcher
+        self.text_problem = text_problem
         self.info = info
         self.settings = settings
         # Set once the model is warm; Embed calls that come earlier wait for it.
@@ -38,12 +43,24 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 f"{count} images in one Embed call, limit {limit} "
                 "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
             )
+        if any(image.text for image in request.images) and not self.info.composes:
+            raise errors.failed_precondition(
+                f"model {self.info.model} cannot compose a text with an image; send no text, "
+                "or call an embedder that composes (EMBEDDER_MODEL=tirg_css)"
+            )
         self.ready.wait(context)
         embeddings: list[embedder_pb2.Embedding | None] = [None] * count
         accepted: list[tuple[int, str, bytes]] = []
         for i, image in enumerate(request.images):
             name = image.name or f"image #{i}"
-            if len(image.data) > self.settings.max_image_bytes:
+            problem = self.text_problem(image.text) if image.text and self.text_problem else ""
+            if problem:
+                embeddings[i] = embedder_pb2.Embedding(
+                    name=image.name,
+                    error=f"{name}: {problem}",
+                    error_code=errors.status_code_number(grpc.StatusCode.INVALID_ARGUMENT),
+                )
+            elif len(image.data) > self.settings.max_image_bytes:
                 embeddings[i] = embedder_pb2.Embedding(
                     name=image.name,
                     error=f"{name}: {len(image.data)} bytes, over the limit of "
@@ -53,7 +70,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             else:
                 accepted.append((i, name, image.data))
         futures = self.batcher.submit(
-            [(name, data) for _, name, data in accepted], request.thumbnail_px, request.rotations
+            [(name, data) for _, name, data in accepted],
+            request.thumbnail_px,
+            request.rotations,
+            [request.images[i].text for i, _, _ in accepted],
         )
 
         # A caller that cancels or runs out of time takes its queued images along.
@@ -110,4 +130,5 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             max_message_bytes=self.settings.max_message_mb * 1024 * 1024,
             max_image_bytes=self.settings.max_image_bytes,
             decode_pixel_budget=self.settings.decode_pixel_budget,
+            composes=i.composes,
         )

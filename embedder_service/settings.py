@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from imagesearch.cpus import available_cpus
 from imagesearch.settings import ServerSettings, SettingsError, server_field
 
-MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2", "efficientnet_lite0")
+# Models that compose a query image with a text (trained here, embedder_service/tirg).
+COMPOSED_MODELS = ("tirg_css",)
+MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2", "efficientnet_lite0", *COMPOSED_MODELS)
 
 
 @dataclass(frozen=True)
@@ -17,14 +19,19 @@ class EmbedderSettings(ServerSettings):
     max_message_mb: int = server_field("max_message_mb", 128)
     model: str = field(
         default="resnet50",
-        metadata={"help": "resnet50, resnet18, vgg16, mobilenet_v2 or efficientnet_lite0"},
+        metadata={
+            "help": "resnet50, resnet18, vgg16, mobilenet_v2, efficientnet_lite0, or tirg_css "
+            "(composed image+text queries on CSS-like scenes; whole images at 64 px, its "
+            "own sizes)"
+        },
     )
     weights: str = field(
         default="imagenet",
         metadata={
             "help": "imagenet (torchvision cache or download), bundled (the ImageNet weights "
             "a pinned package ships: mobilenet_v2, efficientnet_lite0), random (speed/shape "
-            "tests only), or a path to a state-dict file"
+            "tests only), or a path to a state-dict file. For tirg_css: imagenet or bundled "
+            "is the checkpoint trained here, or a file its training script wrote"
         },
     )
     weights_fallback: str = field(

@@ -14,14 +14,20 @@ The policy, in one place (README, "Deadlines and retries"):
   service config (imagesearch.channels: 3 attempts, backoff from 0.2 s) while
   the deadline allows; jobs retry whole batches through longer outages
   (GATEWAY_JOB_OUTAGE_S, gateway.jobs).
-- the gateway's own health reports its service SERVING only once both
-  backends have answered SERVING (``Backends.wait_serving``).
+- the gateway's own health reports its service SERVING only once the
+  default embedder and the index have answered SERVING
+  (``Backends.wait_serving``).
+
+Several embedders (GATEWAY_EMBEDDERS, one per model) may stand beside the
+default one: each collection is embedded by the embedder whose model id
+(GetModelInfo) is the collection's (``Backends.embedder_for``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,28 +146,68 @@ class Dependency:
         self.channel.close()
 
 
+@dataclass(frozen=True)
+class EmbedderModel:
+    """What an embedder's GetModelInfo said, as the gateway uses it."""
+
+    model: str  # resnet50, tirg_css, ...
+    model_id: str  # identity of its vector space
+    composes: bool  # takes a text with the image
+    max_message_bytes: int  # largest Embed request it accepts
+
+
+class Embedder:
+    """One embedder target (all replicas of one model) and its model, learned
+    from GetModelInfo once and again when its answers name another model."""
+
+    def __init__(self, key: str, addr: str, tls: ClientTls | None, server_name: str) -> None:
+        self.key = key  # its GATEWAY_EMBEDDERS name; "" for GATEWAY_EMBEDDER_ADDR
+        label = f"embedder for {key}" if key else "embedder"
+        self.dep = Dependency(label, addr, EMBEDDER_SERVICE, tls, server_name)
+        self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.dep.channel)
+        self.model: EmbedderModel | None = None
+
+    def serves(self, model: str) -> bool:
+        """Whether ``model`` (a name) is this embedder's."""
+        return model == self.key or (self.model is not None and model == self.model.model)
+
+
+# How long the gateway trusts what it learned of a collection's model; a
+# collection dropped and made again with another model by another gateway is
+# refused by the index meanwhile, never mixed.
+COLLECTION_MODEL_TTL_S = 30.0
+
+
 class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         tls, name = settings.backend_tls, settings.backend_tls_server_name
-        self.embedder_dep = Dependency(
-            "embedder", settings.embedder_addr, EMBEDDER_SERVICE, tls, name
-        )
+        self.default_embedder = Embedder("", settings.embedder_addr, tls, name)
+        self.embedders = [self.default_embedder] + [
+            Embedder(key, addr, tls, name) for key, addr in settings.embedder_routes.items()
+        ]
         self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, tls, name)
-        self.embedder = embedder_pb2_grpc.EmbedderServiceStub(self.embedder_dep.channel)
         self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
         self._closed = threading.Event()
-        self._embed_message_limit = 0  # learned from GetModelInfo
+        self._collection_models: dict[str, tuple[str, float]] = {}  # name -> (model id, when)
+        self._lock = threading.Lock()
+
+    @property
+    def embedder_dep(self) -> Dependency:
+        return self.default_embedder.dep
 
     def close(self) -> None:
         self._closed.set()
-        self.embedder_dep.close()
+        for e in self.embedders:
+            e.dep.close()
         self.index_dep.close()
 
     def wait_serving(self, interval: float = 0.5) -> bool:
-        """Blocks until both backends have answered SERVING once (True), or
-        until the gateway closes (False)."""
-        deps = [self.embedder_dep, self.index_dep]
+        """Blocks until the default embedder and the index have answered
+        SERVING once (True), or until the gateway closes (False). The
+        embedders of other models are not waited for: one that is down fails
+        only its own collections' calls (UNAVAILABLE naming it)."""
+        deps = [self.default_embedder.dep, self.index_dep]
         while not self._closed.is_set():
             if all([d.check_serving() for d in deps]):
                 return True
@@ -210,20 +256,75 @@ class Backends:
 
     # -- embedder --------------------------------------------------------
 
-    def embed_message_limit(self, deadline: Deadline) -> int:
-        """The largest Embed request the embedder accepts (from GetModelInfo,
-        asked once)."""
-        if not self._embed_message_limit:
+    def model_of(self, embedder: Embedder, deadline: Deadline) -> EmbedderModel:
+        """The embedder's model (GetModelInfo, asked once)."""
+        if embedder.model is None:
             info = self._call(
-                self.embedder_dep,
-                self.embedder.GetModelInfo,
+                embedder.dep,
+                embedder.stub.GetModelInfo,
                 embedder_pb2.EmbedderServiceGetModelInfoRequest(),
                 deadline,
             )
-            self._embed_message_limit = min(
-                info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES, CHANNEL_MESSAGE_BYTES
+            embedder.model = EmbedderModel(
+                info.model,
+                info.model_id,
+                info.composes,
+                min(info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES, CHANNEL_MESSAGE_BYTES),
             )
-        return self._embed_message_limit
+        return embedder.model
+
+    def collection_model(self, collection: str, deadline: Deadline) -> str:
+        """The model id of a collection's vectors; "" when it does not exist."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._collection_models.get(collection)
+        if known is not None and now - known[1] < COLLECTION_MODEL_TTL_S:
+            return known[0]
+        listed = self.index_call(
+            "ListCollections", index_pb2.IndexServiceListCollectionsRequest(), deadline
+        )
+        with self._lock:
+            self._collection_models = {c.name: (c.model, now) for c in listed.collections}
+            return self._collection_models.get(collection, ("", now))[0]
+
+    def forget_collection(self, collection: str) -> None:
+        with self._lock:
+            self._collection_models.pop(collection, None)
+
+    def embedder_for(self, collection: str, deadline: Deadline, model: str = "") -> Embedder:
+        """The embedder for ``collection``: the one serving its model; for a
+        new collection, the one ``model`` names (a GATEWAY_EMBEDDERS name or
+        a model's own name), else the default. FAILED_PRECONDITION when no
+        embedder serves ``model``, or the collection holds another model's
+        vectors. A collection no embedder serves gets the default, whose
+        vectors the index refuses naming both models."""
+        if len(self.embedders) == 1 and not model:
+            return self.default_embedder
+        stored = self.collection_model(collection, deadline)
+        if not stored:
+            if not model:
+                return self.default_embedder
+            for e in self.embedders:
+                if e.key == model or self.model_of(e, deadline).model == model:
+                    return e
+            default = self.model_of(self.default_embedder, deadline).model
+            named = ", ".join(e.key for e in self.embedders[1:]) or "none"
+            raise errors.failed_precondition(
+                f"no embedder serves model {model!r}: GATEWAY_EMBEDDERS names {named}, and "
+                f"the default embedder (GATEWAY_EMBEDDER_ADDR) serves {default}"
+            )
+        # Embedders already asked first: one that is down is asked last.
+        ordered = sorted(self.embedders, key=lambda e: e.model is None)
+        chosen = next(
+            (e for e in ordered if self.model_of(e, deadline).model_id == stored),
+            self.default_embedder,
+        )
+        if model and not chosen.serves(model):
+            raise errors.failed_precondition(
+                f"collection {collection!r} holds vectors of model {stored}, not {model}: "
+                "leave the model out to add to it, or index into a new collection"
+            )
+        return chosen
 
     def embed(
         self,
@@ -231,15 +332,20 @@ class Backends:
         deadline: Deadline,
         thumbnail_px: int = 0,
         rotations: bool = False,
+        texts: Sequence[str] = (),
+        embedder: Embedder | None = None,
     ) -> tuple[str, list[Embedded]]:
         """(model_id, one result per image in order). The images go in as many
         Embed calls as the embedder's message limit needs; an image too large
         for any call is a per-image error naming the limit. ``thumbnail_px``:
         also get a JPEG thumbnail of each image that size (0: none).
-        ``rotations``: also the vectors of each image turned by 90, 180, 270."""
+        ``rotations``: also the vectors of each image turned by 90, 180, 270.
+        ``texts``: one per image ('' for none), for a composing model.
+        ``embedder``: which one (default: GATEWAY_EMBEDDER_ADDR's)."""
         if not images:
             return "", []
-        limit = self.embed_message_limit(deadline)
+        embedder = embedder or self.default_embedder
+        limit = self.model_of(embedder, deadline).max_message_bytes
         room = limit - MESSAGE_OVERHEAD  # an image alone must fit this
         call_room = min(room, self.settings.embed_call_mb * 1024 * 1024)  # images together
         results: list[Embedded | None] = [None] * len(images)
@@ -268,12 +374,19 @@ class Backends:
             if not group:
                 continue
             request = embedder_pb2.EmbedderServiceEmbedRequest(
-                images=[embedder_pb2.Image(name=images[i][0], data=images[i][1]) for i in group],
+                images=[
+                    embedder_pb2.Image(
+                        name=images[i][0], data=images[i][1], text=texts[i] if texts else ""
+                    )
+                    for i in group
+                ],
                 thumbnail_px=thumbnail_px,
                 rotations=rotations,
             )
-            response = self._call(self.embedder_dep, self.embedder.Embed, request, deadline)
+            response = self._call(embedder.dep, embedder.stub.Embed, request, deadline)
             model_id = response.model_id
+            if embedder.model is not None and model_id != embedder.model.model_id:
+                embedder.model = None  # restarted with another model: ask again
             for i, e in zip(group, response.embeddings, strict=True):
                 results[i] = Embedded(
                     e.name,

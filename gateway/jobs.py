@@ -108,6 +108,7 @@ class JobState:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     version: int = 0  # bumps on every change, for watchers
+    model: str = ""  # of a collection the job creates (StartIndexJob's model)
 
     @property
     def terminal(self) -> bool:
@@ -249,7 +250,7 @@ class JobManager:
 
     # -- API -------------------------------------------------------------
 
-    def start(self, collection: str, folder: str, recursive: bool) -> JobState:
+    def start(self, collection: str, folder: str, recursive: bool, model: str = "") -> JobState:
         real = self.roots.resolve(folder)
         if not real.is_dir():
             raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
@@ -260,6 +261,7 @@ class JobManager:
             collection=collection,
             folder=str(real),
             recursive=recursive,
+            model=model,
             batch_size=self.settings.embed_batch,
             created_at_ms=_now_ms(),
         )
@@ -481,9 +483,7 @@ class JobManager:
                     if batch is None:
                         break
                     chunk = files[batch * size : (batch + 1) * size]
-                    in_flight[pool.submit(self._batch, job.collection, chunk, cancel, budget)] = (
-                        batch
-                    )
+                    in_flight[pool.submit(self._batch, job, chunk, cancel, budget)] = batch
                 if not in_flight:
                     break
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
@@ -514,7 +514,7 @@ class JobManager:
         )
 
     def _batch(
-        self, collection: str, paths: list[str], cancel: threading.Event, budget: ByteBudget
+        self, job: JobState, paths: list[str], cancel: threading.Event, budget: ByteBudget
     ) -> list[Result]:
         """One batch, read and sent in groups that fit the job's byte budget."""
         cap = max(1, budget.limit // self.settings.job_concurrency)
@@ -523,13 +523,13 @@ class JobManager:
             taken = budget.acquire(size)
             try:
                 sources = [self._read(p) for p in group]
-                results += self._ingest(collection, sources, cancel)
+                results += self._ingest(job, sources, cancel)
             finally:
                 budget.release(taken)
         return results
 
     def _ingest(
-        self, collection: str, sources: list[Source], cancel: threading.Event
+        self, job: JobState, sources: list[Source], cancel: threading.Event
     ) -> list[Result]:
         """Ingests ``sources``, riding out an outage or overload with backoff for
         up to GATEWAY_JOB_OUTAGE_S: whole calls that fail UNAVAILABLE, time out
@@ -537,24 +537,24 @@ class JobManager:
         embedder refused as overload (RESOURCE_EXHAUSTED). Each try has
         GATEWAY_JOB_BATCH_TIMEOUT_S."""
         backoff = Backoff(self.settings.job_outage_s)
-        results = self._try(collection, sources, cancel, backoff)
+        results = self._try(job, sources, cancel, backoff)
         busy = [i for i, r in enumerate(results) if overloaded(r)]
         while busy and not cancel.is_set() and backoff.may_retry():
             backoff.wait(cancel, f"{len(busy)} images refused as overload")
-            again = self._try(collection, [sources[i] for i in busy], cancel, backoff)
+            again = self._try(job, [sources[i] for i in busy], cancel, backoff)
             for i, r in zip(busy, again, strict=True):
                 results[i] = r
             busy = [i for i in busy if overloaded(results[i])]
         return results
 
     def _try(
-        self, collection: str, sources: list[Source], cancel: threading.Event, backoff: Backoff
+        self, job: JobState, sources: list[Source], cancel: threading.Event, backoff: Backoff
     ) -> list[Result]:
         while True:
             try:
                 deadline = Deadline.after(self.settings.job_batch_timeout_s)
                 return self.ingestor.ingest(
-                    collection, sources, deadline, index_pb2.PATH_ORIGIN_SERVER
+                    job.collection, sources, deadline, index_pb2.PATH_ORIGIN_SERVER, model=job.model
                 )
             except errors.ServiceError as exc:
                 if exc.code not in RETRYABLE or cancel.is_set():

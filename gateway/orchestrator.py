@@ -73,12 +73,15 @@ class Ingestor:
         deadline: Deadline,
         origin: index_pb2.PathOrigin = index_pb2.PATH_ORIGIN_STREAM,
         again: bool = False,
+        model: str = "",
     ) -> list[Result]:
         """One result per source, in order. Per-file problems become FAILED
         results; a backend outage raises (UNAVAILABLE) so the caller can retry.
         ``origin``: PATH_ORIGIN_SERVER for files a server job found, whose
         paths a stream can then never take. ``again``: embed even images
-        stored under the same name (to make a missing thumbnail)."""
+        stored under the same name (to make a missing thumbnail). ``model``:
+        the model of a collection this call creates (``Backends.embedder_for``)."""
+        embedder = self.backends.embedder_for(collection, deadline, model)
         results: list[Result | None] = [None] * len(sources)
         digests: dict[int, bytes] = {}
         for i, src in enumerate(sources):
@@ -104,7 +107,10 @@ class Ingestor:
 
         if todo:
             model_id, embedded = self.backends.embed(
-                [(sources[i].name, sources[i].data) for i in todo], deadline, self.thumbnail_px
+                [(sources[i].name, sources[i].data) for i in todo],
+                deadline,
+                self.thumbnail_px,
+                embedder=embedder,
             )
             items: list[index_pb2.UpsertItem] = []
             positions: list[int] = []

@@ -21,7 +21,7 @@ from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
 from gateway.settings import GatewaySettings
-from imagesearch import errors, ids
+from imagesearch import errors, ids, naming
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
 
 M = TypeVar("M", bound=Message)
@@ -42,6 +42,7 @@ class StreamHeader:
     seen: bool = False
     collection: str = ""
     return_images: bool = False
+    model: str = ""
 
 
 class StreamSlots:
@@ -100,6 +101,7 @@ def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
         message=job.message,
         created_at_ms=job.created_at_ms,
         updated_at_ms=job.updated_at_ms,
+        model=job.model,
     )
 
 
@@ -176,14 +178,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not 1 <= top_k <= 1000:
             raise errors.invalid_argument(f"top_k must be between 1 and 1000, got {top_k}")
         single = request.WhichOneof("query")
-        queries: list[tuple[str, object]] = []
+        queries: list[tuple[str, object, str]] = []  # kind, value, text
         if single is not None:
-            queries.append((single, getattr(request, single)))
+            queries.append((single, getattr(request, single), request.text))
+        elif request.text:
+            raise errors.invalid_argument("`text` composes with a query image: send one too")
         for q in request.queries:
             kind = q.WhichOneof("query")
             if kind is None:
                 raise errors.invalid_argument("a query in `queries` has no image, image_id or path")
-            queries.append((kind, getattr(q, kind)))
+            queries.append((kind, getattr(q, kind), q.text))
         if not queries:
             raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
         if len(queries) > self.settings.max_queries:
@@ -192,23 +196,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 "(GATEWAY_MAX_QUERIES); split them over several calls"
             )
 
-        images: list[tuple[int, bytes]] = []
+        texts = [text for _, _, text in queries]
+        if any(texts):
+            if request.any_rotation:
+                raise errors.invalid_argument(
+                    "any_rotation cannot go with a text (a composed query); leave one out"
+                )
+            if any(text and kind == "image_id" for kind, _, text in queries):
+                raise errors.invalid_argument(
+                    "a text composes with a query image: send the image or its path, "
+                    "not a stored image_id"
+                )
+        images: list[tuple[int, bytes, str]] = []
         stored: list[tuple[int, int]] = []
-        for pos, (kind, value) in enumerate(queries):
+        for pos, (kind, value, text) in enumerate(queries):
             if kind == "image_id":
                 assert isinstance(value, int)
                 stored.append((pos, value))
             else:
-                images.append((pos, self._query_bytes(kind, value)))
+                images.append((pos, self._query_bytes(kind, value), text))
         deadline = Deadline.of(context)
         model_id = ""
         vectors: list[bytes] = []
         views = 4 if request.any_rotation else 1  # vectors per image query
         if images:
+            embedder = self.backends.embedder_for(collection, deadline)
+            if any(texts):
+                model = self.backends.model_of(embedder, deadline)
+                if not model.composes:
+                    raise errors.failed_precondition(
+                        f"collection {collection!r} is searched with model {model.model}, "
+                        "which cannot compose a text with an image; search without text, or "
+                        "index the images into a collection of a composing model "
+                        "(imgsearch index --model tirg_css)"
+                    )
             model_id, embedded = self.backends.embed(
-                [(f"query #{p}", data) for p, data in images],
+                [(f"query #{p}", data) for p, data, _ in images],
                 deadline,
                 rotations=request.any_rotation,
+                texts=[text for _, _, text in images],
+                embedder=embedder,
             )
             for emb in embedded:
                 if emb.error:
@@ -239,7 +266,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         found = list(response.results)
         by_position: dict[int, list[index_pb2.IndexHit]] = {}
-        for n, (p, _) in enumerate(images):
+        for n, (p, _, _) in enumerate(images):
             by_position[p] = best_per_image(found[n * views : (n + 1) * views], top_k)
         for n, (p, _) in enumerate(stored):
             by_position[p] = list(found[len(images) * views + n].hits)
@@ -266,6 +293,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 first.seen = True
                 first.collection = msg.collection
                 first.return_images = msg.return_images
+                first.model = msg.model
             if not parts and refusal is None:
                 count += 1
                 name = msg.name or f"image #{count}"
@@ -313,7 +341,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
         def run(collection: str, sources: list[Source], taken: int) -> list[Result]:
             try:
-                return self.ingestor.ingest(collection, sources, deadline)
+                return self.ingestor.ingest(collection, sources, deadline, model=first.model)
             finally:
                 budget.release(taken)
 
@@ -367,9 +395,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def StartIndexJob(
         self, request: gateway_pb2.StartIndexJobRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.StartIndexJobResponse:
-        job = self.jobs.start(
-            self._collection(request.collection), request.folder, request.recursive
-        )
+        collection = naming.check_collection(self._collection(request.collection))
+        if request.model:  # refused now, not by every batch of the job
+            self.backends.embedder_for(collection, Deadline.of(context), request.model)
+        job = self.jobs.start(collection, request.folder, request.recursive, request.model)
         return gateway_pb2.StartIndexJobResponse(job=job_message(job))
 
     def WatchJob(
@@ -429,6 +458,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise errors.invalid_argument("DropCollection needs the collection's name")
         forwarded = convert(request, index_pb2.IndexServiceDropCollectionRequest)
         response = self.backends.index_call("DropCollection", forwarded, Deadline.of(context))
+        self.backends.forget_collection(request.collection)
         return convert(response, gateway_pb2.DropCollectionResponse)
 
     def GetImage(

@@ -24,6 +24,15 @@ class GatewaySettings(ServerSettings):
             "several replicas (round_robin)"
         },
     )
+    embedders: str = field(
+        default="",
+        metadata={
+            "help": "more embedders, one per model: 'tirg_css=host:port;resnet50=dns:///"
+            "embedder:50052' (';' between pairs, so a target may list replicas). Each "
+            "collection is embedded by the one serving its model; a new collection by the "
+            "one its IndexImages/StartIndexJob `model` names, else GATEWAY_EMBEDDER_ADDR's"
+        },
+    )
     index_addr: str = field(default="localhost:50053", metadata={"help": "index target"})
     data_dir: str = field(default="./data", metadata={"help": "where job state is kept"})
     allowed_roots: tuple[str, ...] = field(
@@ -160,6 +169,23 @@ class GatewaySettings(ServerSettings):
         return ClientTls(self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
 
     @property
+    def embedder_routes(self) -> dict[str, str]:
+        """GATEWAY_EMBEDDERS as {model name: target}."""
+        routes: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.embedders.split(";"))):
+            name, sep, target = pair.partition("=")
+            name, target = name.strip(), target.strip()
+            if not sep or not name or not target:
+                raise SettingsError(
+                    f"GATEWAY_EMBEDDERS: {pair!r} is not MODEL=TARGET "
+                    "(e.g. tirg_css=localhost:50055)"
+                )
+            if name in routes:
+                raise SettingsError(f"GATEWAY_EMBEDDERS names {name} twice")
+            routes[name] = target
+        return routes
+
+    @property
     def jobs_dir(self) -> Path:
         return Path(self.data_dir) / "jobs"
 
@@ -181,6 +207,7 @@ class GatewaySettings(ServerSettings):
         return self.max_total_inflight_mb * 1024 * 1024
 
     def validate(self) -> None:
+        self.embedder_routes  # noqa: B018 -- raises on a malformed GATEWAY_EMBEDDERS
         check_client_tls(
             "GATEWAY_BACKEND_TLS", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key
         )

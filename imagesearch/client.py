@@ -116,21 +116,23 @@ class Hit:
 
 @dataclass(frozen=True)
 class Query:
-    """One query of ``search_many``: exactly one of the three."""
+    """One query of ``search_many``: exactly one of image, image_id and path;
+    ``text`` composes with an image or path (a collection of tirg_css)."""
 
     image: bytes | None = None
     image_id: int | None = None
     path: str | None = None
+    text: str = ""
 
     def to_proto(self) -> gateway_pb2.Query:
         given = [v is not None for v in (self.image, self.image_id, self.path)]
         if sum(given) != 1:
             raise ValueError("a Query needs exactly one of image, image_id or path")
         if self.image is not None:
-            return gateway_pb2.Query(image=self.image)
+            return gateway_pb2.Query(image=self.image, text=self.text)
         if self.image_id is not None:
-            return gateway_pb2.Query(image_id=self.image_id)
-        return gateway_pb2.Query(path=self.path)
+            return gateway_pb2.Query(image_id=self.image_id, text=self.text)
+        return gateway_pb2.Query(path=self.path, text=self.text)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class Job:
     errors: tuple[FileError, ...]
     created_at_ms: int
     updated_at_ms: int
+    model: str = ""  # the model it asked for a new collection
 
     @classmethod
     def from_proto(cls, j: gateway_pb2.Job) -> Job:
@@ -178,6 +181,7 @@ class Job:
             tuple(FileError.from_proto(e) for e in j.errors),
             j.created_at_ms,
             j.updated_at_ms,
+            j.model,
         )
 
 
@@ -258,6 +262,7 @@ def image_requests(
     images: Iterable[tuple[str, bytes]],
     return_images: bool = False,
     chunk: int = CHUNK_BYTES,
+    model: str = "",
 ) -> Iterator[gateway_pb2.IndexImagesRequest]:
     """The IndexImages stream for ``(name, bytes)`` pairs, in chunks."""
     for name, data in images:
@@ -269,6 +274,7 @@ def image_requests(
                 data=part,
                 more_chunks=n < len(parts) - 1,
                 return_images=return_images,
+                model=model,
             )
 
 
@@ -428,12 +434,15 @@ class Client:
         min_score: float = 0.0,
         path_prefix: str = "",
         any_rotation: bool = False,
+        text: str = "",
         timeout: float | None = None,
     ) -> list[Hit]:
         """Hits for one query (image bytes, a stored image id, or a server path),
         best first. ``any_rotation``: match stored images turned by any right
         angle from the query (one embedder batch of four views; each stored
-        image keeps its best score)."""
+        image keeps its best score). ``text``: how the wanted image differs
+        from the query image ("make the red cube blue"), for a collection of
+        a composing model (tirg_css); others answer FAILED_PRECONDITION."""
         Query(image, image_id, path).to_proto()  # exactly one of the three
         request = gateway_pb2.SearchRequest(
             collection=collection,
@@ -444,6 +453,7 @@ class Client:
             image=image,
             image_id=image_id,
             path=path,
+            text=text,
         )
         reply = self._call(self._stub.Search, request, timeout)
         return [Hit.from_proto(h) for h in reply.hits]
@@ -479,15 +489,18 @@ class Client:
         *,
         collection: str = "",
         return_images: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> IndexReport:
         """Indexes ``(name, bytes)`` pairs in one stream; retried as a whole
         while the gateway is UNAVAILABLE (content ids make a repeat harmless).
-        ``return_images``: fill ``image_ids`` (name -> id)."""
+        ``return_images``: fill ``image_ids`` (name -> id). ``model``: the
+        model of a collection this creates (e.g. tirg_css; default: the
+        gateway's default embedder)."""
         report = IndexReport()
         reply = self._retry(
             lambda: self._stub.IndexImages(
-                image_requests(collection, images, return_images),
+                image_requests(collection, images, return_images, model=model),
                 timeout=self.timeout if timeout is None else timeout,
                 metadata=self._metadata,
             )
@@ -505,6 +518,7 @@ class Client:
         calls_in_flight: int = 3,
         on_progress: Callable[[IndexReport], None] | None = None,
         return_images: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> IndexReport:
         """Indexes local files under their absolute paths, a few streams in
@@ -521,6 +535,7 @@ class Client:
                 [(p, Path(p).read_bytes()) for p in batch],
                 collection=collection,
                 return_images=return_images,
+                model=model,
                 timeout=timeout,
             )
 
@@ -550,11 +565,13 @@ class Client:
         *,
         collection: str = "",
         recursive: bool = True,
+        model: str = "",
         timeout: float | None = None,
     ) -> Job:
-        """Starts indexing a folder on the gateway's machine (under its allowed roots)."""
+        """Starts indexing a folder on the gateway's machine (under its allowed
+        roots). ``model``: the model of a collection this creates."""
         request = gateway_pb2.StartIndexJobRequest(
-            collection=collection, folder=folder, recursive=recursive
+            collection=collection, folder=folder, recursive=recursive, model=model
         )
         return Job.from_proto(self._call(self._stub.StartIndexJob, request, timeout).job)
 

@@ -97,6 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             files_per_call=FILES_PER_CALL,
             calls_in_flight=CALLS_IN_FLIGHT,
             on_progress=progress,
+            model=args.model,
         )
     errors = [{"path": e.path, "reason": e.reason} for e in report.errors]
     text = (
@@ -175,7 +176,12 @@ def index_on_server(args: argparse.Namespace) -> int:
     jobs: list[Job] = []
     with ready_client(args) as c:
         for folder in args.paths:
-            job = c.start_job(folder, collection=args.collection, recursive=not args.no_recursive)
+            job = c.start_job(
+                folder,
+                collection=args.collection,
+                recursive=not args.no_recursive,
+                model=args.model,
+            )
             jobs.append(follow(args, c, job))
     failed = [j for j in jobs if j.state is not JobState.SUCCEEDED]
     lines = []
@@ -214,6 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             min_score=args.min_score,
             path_prefix=args.prefix,
             any_rotation=args.any_rotation,
+            text=args.text,
             **query,
         )
     hits: list[dict[str, Any]] = [
@@ -244,7 +251,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     local.read_bytes() if local.is_file() else None,
                 )
             )
-        size = render(tiles, Path(args.sheet))
+        heading = f"query + text: {args.text}" if args.text else ""
+        size = render(tiles, Path(args.sheet), heading)
         if not args.json:
             print(f"wrote {args.sheet} ({size[0]}x{size[1]})", file=sys.stderr)
     width = max([len(h["path"]) for h in hits] + [4])
@@ -383,6 +391,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         tls=args.tls,
         web_port=None if args.no_web else port(args.web_port, "WEB_PORT", 8080),
+        with_models=args.with_models,
     )
 
 
@@ -474,6 +483,16 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--index-port", type=int)
     up.add_argument("--web-port", type=int, help="the HTTP face and page (env WEB_PORT; 8080)")
     up.add_argument("--no-web", action="store_true", help="do not start the HTTP face")
+    up.add_argument(
+        "--with",
+        dest="with_models",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also start an embedder for MODEL (e.g. tirg_css, composed image+text search) "
+        "on the embedder's port + 10, and route collections of that model to it (repeat "
+        "for more)",
+    )
     up.set_defaults(func=cmd_up)
 
     ix = sub.add_parser("index", parents=[common], help="index files or folders")
@@ -484,6 +503,13 @@ def parser() -> argparse.ArgumentParser:
         help="folders are on the gateway's machine: run a job there",
     )
     ix.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    ix.add_argument(
+        "--model",
+        default="",
+        help="model of a collection this creates, e.g. tirg_css for composed image+text "
+        "search (the gateway needs an embedder serving it: GATEWAY_EMBEDDERS, or "
+        "imgsearch up --with tirg_css); default: the gateway's default embedder",
+    )
     ix.set_defaults(func=cmd_index)
 
     se = sub.add_parser("search", parents=[common], help="find images like IMAGE")
@@ -502,6 +528,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also match images stored turned by 90, 180 or 270 degrees (one embedder batch "
         "of four views of the query)",
+    )
+    se.add_argument(
+        "--text",
+        default="",
+        help='composed query: how the wanted image differs from IMAGE ("make the red cube '
+        'blue"); for a collection of a composing model (tirg_css)',
     )
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its hits")
     se.set_defaults(func=cmd_search)

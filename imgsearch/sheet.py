@@ -22,11 +22,16 @@ class Tile:
     image: bytes | None  # None: not readable on this machine
 
 
-def sheet_size(tiles: int) -> tuple[int, int]:
-    """Pixel size of a sheet with ``tiles`` tiles (query included)."""
+HEADING = 22
+
+
+def sheet_size(tiles: int, heading: bool = False) -> tuple[int, int]:
+    """Pixel size of a sheet with ``tiles`` tiles (query included) and
+    perhaps a heading line."""
     columns = min(tiles, MAX_COLUMNS)
     rows = (tiles + MAX_COLUMNS - 1) // MAX_COLUMNS
-    return columns * (THUMB + PAD) + PAD, rows * (THUMB + CAPTION + PAD) + PAD
+    top = HEADING if heading else 0
+    return columns * (THUMB + PAD) + PAD, rows * (THUMB + CAPTION + PAD) + PAD + top
 
 
 def _thumb(data: bytes | None) -> Image.Image:
@@ -45,13 +50,17 @@ def _thumb(data: bytes | None) -> Image.Image:
     return canvas
 
 
-def render(tiles: list[Tile], out: Path) -> tuple[int, int]:
-    width, height = sheet_size(len(tiles))
+def render(tiles: list[Tile], out: Path, heading: str = "") -> tuple[int, int]:
+    """``heading``: a line above the tiles (a composed query's text)."""
+    width, height = sheet_size(len(tiles), bool(heading))
     page = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(page)
+    top = HEADING if heading else 0
+    if heading:
+        draw.text((PAD, PAD), heading[:120], fill=(30, 110, 220))
     for n, tile in enumerate(tiles):
         x = PAD + (n % MAX_COLUMNS) * (THUMB + PAD)
-        y = PAD + (n // MAX_COLUMNS) * (THUMB + CAPTION + PAD)
+        y = top + PAD + (n // MAX_COLUMNS) * (THUMB + CAPTION + PAD)
         page.paste(_thumb(tile.image), (x, y))
         if n == 0:
             draw.rectangle(

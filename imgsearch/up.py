@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,36 @@ class Service:
 
 # A dead service is started again after 1 s, doubling up to 30 s while it keeps dying.
 RESTART_MIN_S, RESTART_MAX_S, RESTART_RESET_S = 1.0, 30.0, 60.0
+# The embedders of --with models listen on the default embedder's port + 10, 11, ...
+EXTRA_EMBEDDER_OFFSET = 10
+# Settings of the default embedder's model that another model must not inherit.
+MODEL_SETTINGS = (
+    "EMBEDDER_WEIGHTS",
+    "EMBEDDER_POOLING",
+    "EMBEDDER_GEM_P",
+    "EMBEDDER_IMAGE_SIZE",
+    "EMBEDDER_RESIZE",
+    "EMBEDDER_METRICS_PORT",
+)
+
+
+def extra_embedders(
+    models: Sequence[str], env: dict[str, str], dial: str, embedder_port: int
+) -> list[Service]:
+    """One embedder process per --with model, and GATEWAY_EMBEDDERS (set in
+    ``env``) routing each model's collections to it."""
+    services, routes = [], []
+    for n, model in enumerate(models):
+        port = embedder_port + EXTRA_EMBEDDER_OFFSET + n
+        own = {k: v for k, v in env.items() if k not in MODEL_SETTINGS}
+        own.update(EMBEDDER_MODEL=model, EMBEDDER_PORT=str(port))
+        services.append(
+            Service(f"embedder-{model}", "embedder_service", "EmbedderService", port, own)
+        )
+        routes.append(f"{model}={dial}:{port}")
+    if routes:  # after any the user set
+        env["GATEWAY_EMBEDDERS"] = ";".join(filter(None, [env.get("GATEWAY_EMBEDDERS"), *routes]))
+    return services
 
 
 def spawn(svc: Service, data: Path) -> None:
@@ -72,11 +103,13 @@ def run(
     startup_timeout: float = 600,
     tls: bool = False,
     web_port: int | None = 8080,
+    with_models: Sequence[str] = (),
 ) -> int:
     """``host``: where all services (and their metrics) listen; loopback
     unless told otherwise. ``tls``: every port over TLS (HTTPS for the web
     face), the gateway's calls to the embedder and index over mTLS.
-    ``web_port``: the HTTP face's port (None: no web face)."""
+    ``web_port``: the HTTP face's port (None: no web face). ``with_models``:
+    more embedders, one per model (e.g. tirg_css), beside the default one."""
     # Where the services are dialled: loopback when they listen everywhere,
     # else the one address they listen on.
     dial = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
@@ -125,8 +158,10 @@ def run(
             f"(or IMGSEARCH_CA), grpcurl -cacert {pki.ca}",
             flush=True,
         )
+    extras = extra_embedders(with_models, env, dial, embedder_port)
     services = [
         Service("embedder", "embedder_service", "EmbedderService", embedder_port, env),
+        *extras,
         Service("index", "index_service", "IndexService", index_port, env),
         Service("gateway", "gateway", "GatewayService", gateway_port, env),
     ]
@@ -198,6 +233,8 @@ def run(
         if stop.is_set():
             return 0
         describe_model(dial, embedder_port, credentials)
+        for svc in extras:
+            describe_model(dial, svc.port, credentials)
         page = f", web page at {scheme}://{dial}:{web_port}/" if web_port is not None else ""
         print(
             f"imgsearch up: ready. Gateway at {host}:{gateway_port}"

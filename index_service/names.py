@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from imagesearch import errors
-from imagesearch.naming import COLLECTION_PATTERN, COLLECTION_RULE
+from imagesearch.naming import check_collection
 
-COLLECTION_RE = re.compile(COLLECTION_PATTERN)
 MAX_PATH_CHARS = 700  # fits a MySQL utf8mb4 index key beside the collection name
 
 
 def collection(name: str) -> str:
-    if not COLLECTION_RE.match(name or ""):
-        raise errors.invalid_argument(
-            f"collection name {name!r} is not valid: use {COLLECTION_RULE}"
-        )
-    return name
+    return check_collection(name)
 
 
 def path(value: str) -> str:

@@ -103,12 +103,15 @@ def ways_back(name: str, stored: str) -> str:
     """What to do about a collection of another model's vectors: the two ways
     out, exactly. Model ids are ``model/pooling/weights-digest``, then
     ``/resize-crop`` when the preprocessing sizes are not the defaults; a GeM
-    exponent other than 3 shows in the pooling (``gem4``)."""
+    exponent other than 3 shows in the pooling (``gem4``); a composed model's
+    (tirg_css) is ``flat``, set by the model itself."""
     parts = stored.split("/")
     model, pooling, digest = [*parts, "", ""][:3]
     sizes = parts[3:]
     settings = [f"EMBEDDER_MODEL={model}"]
-    if pooling.startswith("gem") and pooling != "gem":
+    if pooling == "flat":  # a composed model (tirg_css): its sizes are its own
+        sizes = []
+    elif pooling.startswith("gem") and pooling != "gem":
         settings += ["EMBEDDER_POOLING=gem", f"EMBEDDER_GEM_P={pooling.removeprefix('gem')}"]
     else:
         settings.append(f"EMBEDDER_POOLING={pooling or 'avg'}")

@@ -100,6 +100,15 @@ def search(
     min_score: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     path_prefix: Annotated[str, Form(max_length=4096)] = "",
     any_rotation: Annotated[bool, Form(description="match any right-angle rotation")] = False,
+    text: Annotated[
+        str,
+        Form(
+            max_length=500,
+            description="composed query: how the wanted image differs from the query image "
+            "('make the red cube blue'); for a collection of a composing model (tirg_css), "
+            "else 409",
+        ),
+    ] = "",
 ) -> SearchOut:
     if (image is None) == (image_id is None):
         raise ImageSearchError(
@@ -113,6 +122,7 @@ def search(
         min_score=min_score,
         path_prefix=path_prefix,
         any_rotation=any_rotation,
+        text=text,
     )
     return SearchOut(collection=collection, hits=[HitOut.of(h, collection) for h in hits])
 
@@ -126,13 +136,21 @@ def index_images(
     collection: Name,
     client: Caller,
     files: Annotated[list[UploadFile], File(description="images")],
+    model: Annotated[
+        str,
+        Form(
+            max_length=64,
+            description="model of a collection this creates (e.g. tirg_css); empty: the "
+            "gateway's default embedder",
+        ),
+    ] = "",
 ) -> IndexOut:
     if len(files) > MAX_FILES:
         raise ImageSearchError(
             grpc.StatusCode.INVALID_ARGUMENT, f"{len(files)} files in one call, limit {MAX_FILES}"
         )
     images = [(f.filename or f"upload #{n}", read_upload(f)) for n, f in enumerate(files)]
-    report = client.index_images(images, collection=collection, return_images=True)
+    report = client.index_images(images, collection=collection, return_images=True, model=model)
     return IndexOut.of(report)
 
 
@@ -172,7 +190,9 @@ def file(
 
 @router.post("/jobs", tags=["jobs"], summary="Index a folder on the server")
 def start_job(body: StartJobIn, client: Caller) -> JobOut:
-    job = client.start_job(body.folder, collection=body.collection, recursive=body.recursive)
+    job = client.start_job(
+        body.folder, collection=body.collection, recursive=body.recursive, model=body.model
+    )
     return JobOut.of(job)
 
 

@@ -95,6 +95,7 @@ class JobOut(BaseModel):
     errors: list[FileErrorOut]
     created_at_ms: int
     updated_at_ms: int
+    model: str = Field(default="", description="the model the job asked for a new collection")
 
     @classmethod
     def of(cls, j: c.Job) -> JobOut:
@@ -114,6 +115,7 @@ class JobOut(BaseModel):
             errors=[FileErrorOut.of(e) for e in j.errors],
             created_at_ms=j.created_at_ms,
             updated_at_ms=j.updated_at_ms,
+            model=j.model,
         )
 
 
@@ -129,6 +131,11 @@ class StartJobIn(BaseModel):
     )
     folder: str = Field(min_length=1, max_length=4096, description="under the allowed roots")
     recursive: bool = True
+    model: str = Field(
+        default="",
+        max_length=64,
+        description="model of a collection this creates (e.g. tirg_css); empty: the default",
+    )
 
 
 class CollectionOut(BaseModel):

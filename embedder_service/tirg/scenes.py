@@ -17,6 +17,7 @@ object words in combinations the model never read (as CSS's test set does).
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import re
 from collections.abc import Iterator
@@ -111,6 +112,13 @@ def render(scene: Scene) -> Image.Image:
     return img
 
 
+def png(scene: Scene) -> bytes:
+    """The scene as a PNG file."""
+    out = io.BytesIO()
+    render(scene).save(out, "PNG")
+    return out.getvalue()
+
+
 def _random_obj(rng: random.Random, cell: int) -> Obj:
     return Obj(
         cell,
@@ -181,18 +189,41 @@ def held_out(scene: Scene) -> bool:
 
 def examples(split: str, seed: int) -> Iterator[Example]:
     """Endless examples of one split ("train" or "test"), the same for the
-    same seed; no scene of one split appears in the other."""
+    same seed; no scene of one split appears in the other. Held-out sources
+    come with SIBLINGS different modifications each, one after the other (as
+    in CSS, where a scene is the source of several queries): their targets
+    differ from the source by one object each, so finding the right one
+    takes the text, not only the image."""
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: use train or test")
     rng = random.Random(f"{split}:{seed}")
-    want_test = split == "test"
+    if split == "test":
+        yield from _held_out(rng)
     while True:
         ex = modify(rng, random_scene(rng))
-        if held_out(ex.source) != want_test or held_out(ex.target) != want_test:
-            continue
-        if not want_test and ex.unseen:
+        if held_out(ex.source) or held_out(ex.target) or ex.unseen:
             continue
         yield ex
+
+
+SIBLINGS = 4
+TRIES = 400  # modifications drawn at most for one held-out source
+
+
+def _held_out(rng: random.Random) -> Iterator[Example]:
+    while True:
+        source = random_scene(rng)
+        if not held_out(source):
+            continue
+        targets: set[str] = set()
+        for _ in range(TRIES):
+            ex = modify(rng, source)
+            key = layout(ex.target)
+            if held_out(ex.target) and key not in targets:
+                targets.add(key)
+                yield ex
+                if len(targets) == SIBLINGS:
+                    break
 
 
 def take(split: str, seed: int, n: int) -> list[Example]:

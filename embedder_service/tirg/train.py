@@ -18,6 +18,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,12 @@ def train(
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     net = ComposedRetrieval(kind).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    decayed = [p for name, p in net.named_parameters() if name != "scale"]
+    groups: list[dict[str, Any]] = [
+        {"params": decayed},
+        {"params": [net.scale], "weight_decay": 0.0},  # the softmax scale is not decayed
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
     )

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Image(_message.Message):
-    __slots__ = ("name", "data")
+    __slots__ = ("name", "data", "text")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     name: str
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    text: str
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
 
 class EmbedderServiceEmbedRequest(_message.Message):
     __slots__ = ("images", "thumbnail_px", "rotations")
@@ -57,7 +59,7 @@ class EmbedderServiceGetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EmbedderServiceGetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note", "max_message_bytes", "max_image_bytes", "decode_pixel_budget")
+    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note", "max_message_bytes", "max_image_bytes", "decode_pixel_budget", "composes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +76,7 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_PIXEL_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    COMPOSES_FIELD_NUMBER: _ClassVar[int]
     model: str
     dim: int
     weights: str
@@ -90,4 +93,5 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     max_message_bytes: int
     max_image_bytes: int
     decode_pixel_budget: int
-    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., decode_pixel_budget: _Optional[int] = ...) -> None: ...
+    composes: bool
+    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., decode_pixel_budget: _Optional[int] = ..., composes: _Optional[bool] = ...) -> None: ...

@@ -24,17 +24,19 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELED: JobState
 
 class Query(_message.Message):
-    __slots__ = ("image", "image_id", "path")
+    __slots__ = ("image", "image_id", "path", "text")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     image_id: int
     path: str
-    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    text: str
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "image_id", "path", "top_k", "min_score", "path_prefix", "queries", "any_rotation")
+    __slots__ = ("collection", "image", "image_id", "path", "top_k", "min_score", "path_prefix", "queries", "any_rotation", "text")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +46,7 @@ class SearchRequest(_message.Message):
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     ANY_ROTATION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     image_id: int
@@ -53,7 +56,8 @@ class SearchRequest(_message.Message):
     path_prefix: str
     queries: _containers.RepeatedCompositeFieldContainer[Query]
     any_rotation: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., any_rotation: _Optional[bool] = ...) -> None: ...
+    text: str
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., path_prefix: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., any_rotation: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths", "more_paths")
@@ -90,18 +94,20 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ...) -> None: ...
 
 class IndexImagesRequest(_message.Message):
-    __slots__ = ("collection", "name", "data", "more_chunks", "return_images")
+    __slots__ = ("collection", "name", "data", "more_chunks", "return_images", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MORE_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RETURN_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     name: str
     data: bytes
     more_chunks: bool
     return_images: bool
-    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., more_chunks: _Optional[bool] = ..., return_images: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., more_chunks: _Optional[bool] = ..., return_images: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class FileError(_message.Message):
     __slots__ = ("path", "reason", "code")
@@ -140,17 +146,19 @@ class IndexImagesResponse(_message.Message):
     def __init__(self, indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[IndexedImage, _Mapping]]] = ..., errors_omitted: _Optional[int] = ...) -> None: ...
 
 class StartIndexJobRequest(_message.Message):
-    __slots__ = ("collection", "folder", "recursive")
+    __slots__ = ("collection", "folder", "recursive", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FOLDER_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     folder: str
     recursive: bool
-    def __init__(self, collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms")
+    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms", "model")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +173,7 @@ class Job(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     total: int
@@ -179,7 +188,8 @@ class Job(_message.Message):
     message: str
     created_at_ms: int
     updated_at_ms: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class StartIndexJobResponse(_message.Message):
     __slots__ = ("job",)

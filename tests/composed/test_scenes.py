@@ -3,7 +3,6 @@ differs from the source, and its splits share no scene."""
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
@@ -16,6 +15,7 @@ from embedder_service.tirg.scenes import (
     Scene,
     examples,
     layout,
+    png,
     render,
     take,
     tokens,
@@ -70,12 +70,6 @@ def apply(ex: Example) -> set[tuple[int, str, str, str]]:
 
 def shown(scene: Scene) -> set[tuple[int, str, str, str]]:
     return {(o.cell, o.size, o.colour, o.shape) for o in scene}
-
-
-def png(scene: Scene) -> bytes:
-    out = io.BytesIO()
-    render(scene).save(out, "PNG")
-    return out.getvalue()
 
 
 def test_the_same_seed_makes_the_same_examples_and_pixels() -> None:

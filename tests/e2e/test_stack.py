@@ -138,6 +138,13 @@ def test_server_job_and_rerun(stack: Stack) -> None:
     )
     assert flat.total == 0 and flat.state == gateway_pb2.JOB_STATE_SUCCEEDED
 
+    # A name the index would refuse is refused before any job starts.
+    with pytest.raises(grpc.RpcError) as err:
+        start_job(stub, "no-hyphens", CLOTHING)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "letters, digits or _" in (err.value.details() or "")
+    assert len(stub.ListJobs(gateway_pb2.ListJobsRequest(), timeout=30).jobs) == 3
+
 
 def test_odd_images_job(stack: Stack) -> None:
     stub = gw(stack)

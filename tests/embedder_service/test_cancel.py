@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
@@ -32,10 +33,10 @@ def slow_embedder():
     runner = ModelRunner(settings)
     seen: list[int] = []
 
-    def slow_model(pixels: np.ndarray) -> np.ndarray:
+    def slow_model(pixels: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         seen.append(len(pixels))
         time.sleep(BATCH_PAUSE_S)
-        return runner.embed(pixels)
+        return runner.embed(pixels, texts)
 
     batcher = Batcher(
         slow_model,

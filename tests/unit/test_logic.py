@@ -47,6 +47,8 @@ def test_settings_from_env_then_flags() -> None:
             {"GATEWAY_BACKEND_TLS_CERT": "c.pem", "GATEWAY_BACKEND_TLS_KEY": "k.pem"},
             "GATEWAY_BACKEND_TLS_CA",
         ),
+        ({"GATEWAY_EMBEDDERS": "tirg_css"}, "GATEWAY_EMBEDDERS"),
+        ({"GATEWAY_EMBEDDERS": "a=h:1;a=h:2"}, "GATEWAY_EMBEDDERS names a twice"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -164,7 +166,31 @@ def test_client_retries_only_idempotent_calls() -> None:
     assert "methodConfig" not in json.loads(service_config([]))
 
 
+def test_embedders_by_model_and_the_up_command_that_sets_them() -> None:
+    from imgsearch.up import extra_embedders
+
+    settings = load_settings(
+        GatewaySettings,
+        "GATEWAY_",
+        None,
+        {"GATEWAY_EMBEDDERS": " tirg_css=ipv4:127.0.0.1:1,127.0.0.1:2 ; resnet50=dns:///e:3;"},
+    )
+    assert settings.embedder_routes == {
+        "tirg_css": "ipv4:127.0.0.1:1,127.0.0.1:2",
+        "resnet50": "dns:///e:3",
+    }
+    env = {"EMBEDDER_MODEL": "mobilenet_v2", "EMBEDDER_WEIGHTS": "bundled", "EMBEDDER_HOST": "h"}
+    extra = extra_embedders(["tirg_css"], env, "127.0.0.1", 50052)
+    assert env["GATEWAY_EMBEDDERS"] == "tirg_css=127.0.0.1:50062"
+    (svc,) = extra
+    assert (svc.name, svc.port, svc.env["EMBEDDER_PORT"]) == ("embedder-tirg_css", 50062, "50062")
+    assert svc.env["EMBEDDER_MODEL"] == "tirg_css" and svc.env["EMBEDDER_HOST"] == "h"
+    assert "EMBEDDER_WEIGHTS" not in svc.env  # the default model's weights are not its own
+    assert env["EMBEDDER_MODEL"] == "mobilenet_v2"
+
+
 def test_client_query_needs_exactly_one_kind() -> None:
+    assert Query(path="/p", text="make it red").to_proto().text == "make it red"
     assert Query(image_id=5).to_proto().WhichOneof("query") == "image_id"
     with pytest.raises(ValueError):
         Query().to_proto()

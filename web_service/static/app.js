@@ -85,6 +85,8 @@ async function search(file) {
   form.append("image", file, file.name || "pasted-image");
   form.append("top_k", $("topk").value);
   if ($("any-rotation").checked) form.append("any_rotation", "true");
+  const text = $("compose-text").value.trim();
+  if (text) form.append("text", text);
   $("results").replaceChildren();
   $("results").setAttribute("aria-busy", "true");
   try {
