@@ -604,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imgsearch search … | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
