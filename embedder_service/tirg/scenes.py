@@ -7,10 +7,11 @@ turns a source scene into a target scene and says so in words: add an object
 square"), or change one's colour or size ("make the yellow triangle red",
 "make the yellow triangle large"). Everything is deterministic from a seed.
 
-Splits share no scene: an example belongs to the held-out split only when
-both its source and its target layouts hash there, to training only when both
-hash to training. Training also never sees modifications whose text names a
-colour and shape of ``UNSEEN`` together, so the held-out texts include
+Splits share no scene: each layout hashes to one of training, validation
+(for choosing when to stop training) and the held-out test split, and an
+example belongs to a split only when both its source and its target layouts
+hash there. Training and validation never see modifications whose text names
+a colour and shape of ``UNSEEN`` together, so the held-out texts include
 object words in combinations the model never read (as CSS's test set does).
 """
 
@@ -53,7 +54,8 @@ MAX_OBJECTS = 5
 BACKGROUND = (236, 236, 232)
 # Colour and shape pairs that training texts never name together.
 UNSEEN = frozenset({("red", "triangle"), ("cyan", "square")})
-HELD_OUT_BUCKETS = 5  # one layout in five is held out
+BUCKETS = 5  # of layouts: one in five held out for the test, one in five for validation
+SPLITS = ("train", "val", "test")
 KINDS = ("add", "remove", "colour", "size")
 
 
@@ -182,26 +184,26 @@ def modify(rng: random.Random, source: Scene) -> Example:
     return Example(source, tuple(sorted((*rest, changed))), text, kind, named)
 
 
-def held_out(scene: Scene) -> bool:
-    digest = hashlib.sha256(layout(scene).encode()).digest()
-    return digest[0] % HELD_OUT_BUCKETS == 0
+def split_of(scene: Scene) -> str:
+    bucket = hashlib.sha256(layout(scene).encode()).digest()[0] % BUCKETS
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
 def examples(split: str, seed: int) -> Iterator[Example]:
-    """Endless examples of one split ("train" or "test"), the same for the
-    same seed; no scene of one split appears in the other. Held-out sources
-    come with SIBLINGS different modifications each, one after the other (as
-    in CSS, where a scene is the source of several queries): their targets
-    differ from the source by one object each, so finding the right one
-    takes the text, not only the image."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: use train or test")
+    """Endless examples of one split ("train", "val" or "test"), the same for
+    the same seed; no scene of one split appears in another. Validation and
+    test sources come with SIBLINGS different modifications each, one after
+    the other (as in CSS, where a scene is the source of several queries):
+    their targets differ from the source by one object each, so finding the
+    right one takes the text, not only the image."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: use train, val or test")
     rng = random.Random(f"{split}:{seed}")
-    if split == "test":
-        yield from _held_out(rng)
+    if split != "train":
+        yield from _held_out(rng, split)
     while True:
         ex = modify(rng, random_scene(rng))
-        if held_out(ex.source) or held_out(ex.target) or ex.unseen:
+        if split_of(ex.source) != "train" or split_of(ex.target) != "train" or ex.unseen:
             continue
         yield ex
 
@@ -210,16 +212,18 @@ SIBLINGS = 4
 TRIES = 400  # modifications drawn at most for one held-out source
 
 
-def _held_out(rng: random.Random) -> Iterator[Example]:
+def _held_out(rng: random.Random, split: str) -> Iterator[Example]:
     while True:
         source = random_scene(rng)
-        if not held_out(source):
+        if split_of(source) != split:
             continue
         targets: set[str] = set()
         for _ in range(TRIES):
             ex = modify(rng, source)
             key = layout(ex.target)
-            if held_out(ex.target) and key not in targets:
+            if split == "val" and ex.unseen:
+                continue
+            if split_of(ex.target) == split and key not in targets:
                 targets.add(key)
                 yield ex
                 if len(targets) == SIBLINGS:

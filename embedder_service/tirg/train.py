@@ -8,7 +8,9 @@ The defaults are the settings that produced the shipped checkpoints:
 text only and concat, trained the same way, for bench/composed.py). Each
 step takes a batch of (source, text, target) and pulls the composed vector
 towards its target with a softmax over the batch's targets and sources: the
-query's own source is a negative, or TIRG learns to return the source.
+query's own source is a negative, or TIRG learns to return the source. Every
+``--eval-every`` steps the model is measured on the validation split (scenes
+of neither training nor the test); the weights of its best R@1 are kept.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 from embedder_service.tirg.evaluate import evaluate, pixels
 from embedder_service.tirg.net import COMPOSERS, ComposedRetrieval
-from embedder_service.tirg.scenes import take
+from embedder_service.tirg.scenes import Example, take
 
 HERE = Path(__file__).parent
 SERVED = HERE / "tirg_css.pt"
@@ -42,6 +44,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--held-out", type=int, default=2000, help="held-out examples to report")
+    p.add_argument("--val", type=int, default=600, help="validation examples")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between validations")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=HERE, help="folder for the checkpoints")
@@ -49,8 +53,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train(
-    kind: str, args: argparse.Namespace, data: tuple, device: torch.device
-) -> ComposedRetrieval:
+    kind: str, args: argparse.Namespace, data: tuple, val: list[Example], device: torch.device
+) -> tuple[ComposedRetrieval, int, float]:
+    """The model at its best validation R@1, that step and that R@1."""
     src, tgt, texts = data
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -65,6 +70,7 @@ def train(
         opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
     )
     started = time.monotonic()
+    best: tuple[dict[str, torch.Tensor], int, float] = ({}, 0, -1.0)
     net.train()
     for step in range(args.steps):
         idx = torch.tensor(rng.sample(range(len(texts)), args.batch))
@@ -81,13 +87,19 @@ def train(
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == args.steps - 1:
+        done = step + 1
+        if done % args.eval_every == 0 or done == args.steps:
+            r1 = evaluate(net, val)[0]["R@1"]
+            net.train()
+            if r1 > best[2]:
+                best = ({k: v.detach().clone() for k, v in net.state_dict().items()}, done, r1)
             print(
-                f"{kind} step {step}/{args.steps} loss {loss.item():.3f} "
+                f"{kind} step {done}/{args.steps} loss {loss.item():.3f} val R@1 {r1:.3f} "
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-    return net.cpu().eval()
+    net.load_state_dict(best[0])
+    return net.cpu().eval(), best[1], best[2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,14 +118,21 @@ def main(argv: list[str] | None = None) -> None:
         [ex.text for ex in examples],
     )
     print(f"{len(examples)} training examples rendered in {time.monotonic() - started:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    val = take("val", args.seed, args.val)
     held_out = take("test", args.seed, args.held_out)
     results: dict[str, dict[str, float]] = {}
     baselines: dict[str, object] = {}
     for kind in args.kinds.split(","):
         t0 = time.monotonic()
-        net = train(kind, args, data, device)
+        net, step, val_r1 = train(kind, args, data, val, device)
         scores, _ = evaluate(net, held_out)
-        results[kind] = {**scores, "train_s": round(time.monotonic() - t0)}
+        results[kind] = {
+            **scores,
+            "step": step,
+            "val_R@1": val_r1,
+            "train_s": round(time.monotonic() - t0),
+        }
         print(f"{kind}: {json.dumps(results[kind])}", flush=True)
         if kind == "tirg":
             torch.save(net.checkpoint(), args.out / SERVED.name)

@@ -4,6 +4,7 @@ differs from the source, and its splits share no scene."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -98,11 +99,16 @@ def test_every_target_differs_from_its_source_exactly_as_the_text_says(split: st
 
 def test_the_splits_share_no_scene_and_training_never_reads_unseen_pairs() -> None:
     train = take("train", 17, 4000)
+    val = take("val", 17, 400)
     test = take("test", 17, 800)
-    train_scenes = {layout(s) for ex in train for s in (ex.source, ex.target)}
-    test_scenes = {layout(s) for ex in test for s in (ex.source, ex.target)}
-    assert not train_scenes & test_scenes
-    assert not any(ex.unseen for ex in train)
+    scenes = [
+        {layout(s) for ex in split for s in (ex.source, ex.target)} for split in (train, val, test)
+    ]
+    assert not scenes[0] & scenes[1] and not scenes[0] & scenes[2] and not scenes[1] & scenes[2]
+    assert not any(ex.unseen for ex in train + val)
+    # Held-out sources come with four modifications each.
+    assert [ex.source for ex in test[:4]] == [test[0].source] * 4
+    assert len({layout(ex.target) for ex in test[:4]}) == 4
     held_out_unseen = [ex for ex in test if ex.unseen]
     assert len(held_out_unseen) > 20  # the held-out texts do use them
     for ex in held_out_unseen:  # the text names both words ("make the red square cyan")
@@ -118,5 +124,18 @@ def test_every_generated_word_is_in_the_vocabulary_and_synonyms_map_to_it() -> N
 
 
 def test_a_split_must_be_named() -> None:
-    with pytest.raises(ValueError, match="train or test"):
+    with pytest.raises(ValueError, match="train, val or test"):
         next(examples("validation", 1))
+
+
+def test_the_demo_writes_a_gallery_and_the_queries_to_try(tmp_path: Path) -> None:
+    import csv
+
+    from embedder_service.tirg.demo import write
+
+    table = write(tmp_path, 8, 17)
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert len(rows) == 8 and len(list((tmp_path / "gallery").glob("*.png"))) == 10
+    for row in rows:  # every target is in the gallery, every query a file
+        assert (tmp_path / "gallery" / row["target"].rsplit("/", 1)[1]).is_file()
+        assert Path(row["query"]).read_bytes()[:4] == b"\x89PNG"
