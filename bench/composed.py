@@ -66,13 +66,7 @@ def offline(held_out: list, baselines: dict) -> tuple[dict[str, dict[str, float]
 def end_to_end(held_out: list, sample: int, work: Path) -> tuple[float, int]:
     """R@1 of the first ``sample`` queries through the running stack."""
     gallery = Gallery.of(held_out)
-    files = work / "gallery"
-    files.mkdir(parents=True)
-    paths = []
-    for i, scene in enumerate(gallery.scenes):
-        path = files / f"scene-{i:05d}.png"
-        path.write_bytes(png(scene))
-        paths.append(str(path))
+    paths = [str(p) for p in gallery.write(work / "gallery")]
     env = {"EMBEDDER_MODEL": "tirg_css", "EMBEDDER_COMPILE": "false", "GATEWAY_MAX_QUERIES": "64"}
     with services(work / "stack", env) as ports:
         client = Client(f"127.0.0.1:{ports['gateway']}", timeout=600)

@@ -57,7 +57,8 @@ def start(settings: EmbedderSettings) -> RunningServer:
         decode_workers=decode_workers,
     )
     ready = Readiness("the embedder is still warming up its model")
-    servicer = EmbedderServicer(batcher, runner.info, settings, ready, runner.text_problem)
+    text_problem = runner.text_problem if runner.info.composes else None
+    servicer = EmbedderServicer(batcher, runner.info, settings, ready, text_problem)
     running = start_server(
         [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

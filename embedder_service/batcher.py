@@ -164,41 +164,27 @@ class Batcher:
         fut: Future[Result],
         thumbnail_px: int,
         rotations: bool,
-        text: str = "",
+        text: str,
     ) -> None:
+        """Decodes one image into the ready queue, or resolves its future with
+        the error; it no longer counts as decoding, whatever happens."""
         try:
-            self._decode_one(name, data, fut, thumbnail_px, rotations, text)
+            if fut.cancelled():
+                return
+            try:
+                decoded = self._decoder.decode(data, name, thumbnail_px)
+            except DecodeError as exc:
+                _resolve(fut, Result(None, error=exc))
+                return
+            except Exception as exc:  # a decoder bug must not hang the caller
+                log.exception("decode.crash", extra={"fields": {"image": name}})
+                error = DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}")
+                _resolve(fut, Result(None, error=error))
+                return
+            self._ready.put(_Item(decoded, fut, rotations, text))
         finally:
             with self._lock:
                 self._decoding -= 1
-
-    def _decode_one(
-        self,
-        name: str,
-        data: bytes,
-        fut: Future[Result],
-        thumbnail_px: int,
-        rotations: bool,
-        text: str,
-    ) -> None:
-        if fut.cancelled():
-            return
-        try:
-            decoded = self._decoder.decode(data, name, thumbnail_px)
-        except DecodeError as exc:
-            _resolve(fut, Result(None, error=exc))
-            return
-        except Exception as exc:  # a decoder bug must not hang the caller
-            log.exception("decode.crash", extra={"fields": {"image": name}})
-            _resolve(
-                fut,
-                Result(
-                    None,
-                    error=DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}"),
-                ),
-            )
-            return
-        self._ready.put(_Item(decoded, fut, rotations, text))
 
     def _take_batch(self) -> list[_Item] | None:
         """Images whose callers still wait, up to max_batch model rows (an

@@ -280,9 +280,9 @@ class ModelRunner:
         return next((b for b in self.buckets() if b >= n), n)
 
     def text_problem(self, text: str) -> str:
-        """Why ``text`` cannot go with an image here ('' when it can)."""
-        if self.composer is None:
-            return f"{self.info.model} cannot compose a text with an image"
+        """Why ``text`` cannot go with an image here ('' when it can); for a
+        composing model only (``info.composes``)."""
+        assert self.composer is not None, "only a composing model reads texts"
         return composed_checkpoint.text_problem(self.composer, text)
 
     def embed(self, images: np.ndarray, texts: Sequence[str] = ()) -> np.ndarray:

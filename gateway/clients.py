@@ -192,10 +192,6 @@ class Backends:
         self._collection_models: dict[str, tuple[str, float]] = {}  # name -> (model id, when)
         self._lock = threading.Lock()
 
-    @property
-    def embedder_dep(self) -> Dependency:
-        return self.default_embedder.dep
-
     def close(self) -> None:
         self._closed.set()
         for e in self.embedders:

@@ -22,11 +22,8 @@ from embedder_service.tirg.scenes import render, take
 def write(folder: Path, queries: int, seed: int) -> Path:
     examples = take("test", seed, queries)
     gallery = Gallery.of(examples)
-    (folder / "gallery").mkdir(parents=True, exist_ok=True)
+    names = gallery.write(folder / "gallery")
     (folder / "queries").mkdir(exist_ok=True)
-    names = [folder / "gallery" / f"scene-{i:04d}.png" for i in range(len(gallery.scenes))]
-    for scene, path in zip(gallery.scenes, names, strict=True):
-        render(scene).save(path)
     table = folder / "queries.csv"
     with table.open("w", newline="") as out:
         rows = csv.writer(out)

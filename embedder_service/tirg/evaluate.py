@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +39,15 @@ class Gallery:
         source = np.array([at(ex.source) for ex in examples])
         target = np.array([at(ex.target) for ex in examples])
         return cls(scenes, source, target)
+
+    def write(self, folder: Path) -> list[Path]:
+        """Every scene as ``folder/scene-NNNN.png`` (the folder made if
+        missing), in gallery order: to index through the stack."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"scene-{i:04d}.png" for i in range(len(self.scenes))]
+        for scene, path in zip(self.scenes, paths, strict=True):
+            render(scene).save(path)
+        return paths
 
 
 def pixels(scenes: Sequence[Scene]) -> torch.Tensor:

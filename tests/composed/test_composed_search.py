@@ -55,12 +55,7 @@ def scenes(embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     examples = take("test", 23, 40)
     gallery = Gallery.of(examples)
     folder = tmp / "gallery"
-    folder.mkdir()
-    paths = []
-    for i, scene in enumerate(gallery.scenes):
-        path = folder / f"scene-{i:03d}.png"
-        path.write_bytes(png(scene))
-        paths.append(str(path))
+    paths = [str(p) for p in gallery.write(folder)]
     # The CLI makes the collection for the composing model.
     made = subprocess.run(
         [str(VENV_BIN / "imgsearch"), "index", str(folder), "--model", "tirg_css",
