@@ -172,3 +172,26 @@ def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
     assert "certs/" in (ROOT / ".gitignore").read_text().split()
     web = services["web"]["environment"]
     assert web["WEB_TLS_CERT"].endswith("server.pem") and web["WEB_GATEWAY_CA"].endswith("ca.pem")
+
+
+def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:
+    """docker-compose.composed.yml: a second embedder serving tirg_css, which
+    the gateway's GATEWAY_EMBEDDERS names; both environments load with the
+    services' own settings."""
+    from embedder_service.settings import EmbedderSettings
+    from gateway.settings import GatewaySettings
+    from imagesearch.settings import load_settings
+
+    services = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.composed.yml")["services"]
+    tirg = services["embedder-tirg"]
+    settings = load_settings(EmbedderSettings, "EMBEDDER_", env=tirg["environment"])
+    assert settings.model == "tirg_css"
+    assert "ports" not in tirg and tirg["deploy"]["resources"]["limits"]["memory"]
+    assert "imagesearch.healthcheck" in " ".join(tirg["healthcheck"]["test"])
+    gateway = services["gateway"]
+    routes = load_settings(GatewaySettings, "GATEWAY_", env=gateway["environment"]).embedder_routes
+    assert routes == {"tirg_css": "dns:///embedder-tirg:50052"}
+    assert gateway["depends_on"]["embedder-tirg"]["condition"] == "service_healthy"
+    # The default embedder and everything else are as in the base file.
+    assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
+    assert set(services) - {"embedder-tirg"} == set(config(ROOT / "docker-compose.yml")["services"])
