@@ -191,28 +191,15 @@ def split_of(scene: Scene) -> str:
 
 def examples(split: str, seed: int) -> Iterator[Example]:
     """Endless examples of one split ("train", "val" or "test"), the same for
-    the same seed; no scene of one split appears in another. Validation and
-    test sources come with SIBLINGS different modifications each, one after
-    the other (as in CSS, where a scene is the source of several queries):
-    their targets differ from the source by one object each, so finding the
-    right one takes the text, not only the image."""
+    the same seed; no scene of one split appears in another. Each source
+    comes with SIBLINGS different modifications, one after the other (as in
+    CSS, where a scene is the source of several queries): their targets
+    differ from the source by one object each, so finding the right one
+    takes the text, not only the image, and a training batch holds the
+    held-out queries' hardest wrong answers, each other's targets."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use train, val or test")
     rng = random.Random(f"{split}:{seed}")
-    if split != "train":
-        yield from _held_out(rng, split)
-    while True:
-        ex = modify(rng, random_scene(rng))
-        if split_of(ex.source) != "train" or split_of(ex.target) != "train" or ex.unseen:
-            continue
-        yield ex
-
-
-SIBLINGS = 4
-TRIES = 400  # modifications drawn at most for one held-out source
-
-
-def _held_out(rng: random.Random, split: str) -> Iterator[Example]:
     while True:
         source = random_scene(rng)
         if split_of(source) != split:
@@ -221,13 +208,17 @@ def _held_out(rng: random.Random, split: str) -> Iterator[Example]:
         for _ in range(TRIES):
             ex = modify(rng, source)
             key = layout(ex.target)
-            if split == "val" and ex.unseen:
+            if split != "test" and ex.unseen:
                 continue
             if split_of(ex.target) == split and key not in targets:
                 targets.add(key)
                 yield ex
                 if len(targets) == SIBLINGS:
                     break
+
+
+SIBLINGS = 4
+TRIES = 400  # modifications drawn at most for one source
 
 
 def take(split: str, seed: int, n: int) -> list[Example]:

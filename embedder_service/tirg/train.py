@@ -6,9 +6,13 @@
 The defaults are the settings that produced the shipped checkpoints:
 ``tirg_css.pt`` (the served TIRG model) and ``baselines_css.pt`` (image only,
 text only and concat, trained the same way, for bench/composed.py). Each
-step takes a batch of (source, text, target) and pulls the composed vector
+step takes a batch of fresh (source, text, target) examples from the
+generator, none seen before (an endless stream, the same for the same seed),
+32 sources with four modifications each, and pulls the composed vector
 towards its target with a softmax over the batch's targets and sources: the
-query's own source is a negative, or TIRG learns to return the source. Every
+query's own source is a negative (or TIRG learns to return the source), and
+so are its siblings' targets, the scenes one object away from the right
+one. Every
 ``--eval-every`` steps the model is measured on the validation split (scenes
 of neither training nor the test); the weights of its best R@1 are kept.
 """
@@ -17,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from torch import nn
 
 from embedder_service.tirg.evaluate import evaluate, pixels
 from embedder_service.tirg.net import COMPOSERS, ComposedRetrieval
-from embedder_service.tirg.scenes import Example, take
+from embedder_service.tirg.scenes import Example, examples, take
 
 HERE = Path(__file__).parent
 SERVED = HERE / "tirg_css.pt"
@@ -39,7 +43,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", default=",".join(COMPOSERS), help="composers to train")
     p.add_argument("--seed", type=int, default=17)
-    p.add_argument("--examples", type=int, default=40000, help="training examples")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -52,13 +55,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+
+
+def batches(seed: int, size: int) -> Iterator[Batch]:
+    """Endless batches of new training examples: source and target pixels
+    and the texts."""
+    stream = examples("train", seed)
+    while True:
+        chunk = [next(stream) for _ in range(size)]
+        yield (
+            pixels([ex.source for ex in chunk]),
+            pixels([ex.target for ex in chunk]),
+            [ex.text for ex in chunk],
+        )
+
+
 def train(
-    kind: str, args: argparse.Namespace, data: tuple, val: list[Example], device: torch.device
+    kind: str, args: argparse.Namespace, val: list[Example], device: torch.device
 ) -> tuple[ComposedRetrieval, int, float]:
     """The model at its best validation R@1, that step and that R@1."""
-    src, tgt, texts = data
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    data = batches(args.seed, args.batch)
     net = ComposedRetrieval(kind).to(device)
     decayed = [p for name, p in net.named_parameters() if name != "scale"]
     groups: list[dict[str, Any]] = [
@@ -73,11 +91,10 @@ def train(
     best: tuple[dict[str, torch.Tensor], int, float] = ({}, 0, -1.0)
     net.train()
     for step in range(args.steps):
-        idx = torch.tensor(rng.sample(range(len(texts)), args.batch))
-        s, t = src[idx].to(device), tgt[idx].to(device)
-        feats = net.image(torch.cat([s, t]))
+        src, tgt, texts = next(data)
+        feats = net.image(torch.cat([src, tgt]).to(device))
         x_src, x_tgt = feats[: args.batch], feats[args.batch :]
-        ids, lengths = net.vocab.encode([texts[i] for i in idx.tolist()])
+        ids, lengths = net.vocab.encode(texts)
         q = net.compose(x_src, net.text(ids.to(device), lengths))
         q = nn.functional.normalize(q, dim=1)
         g = nn.functional.normalize(torch.cat([x_tgt, x_src]), dim=1)
@@ -110,14 +127,6 @@ def main(argv: list[str] | None = None) -> None:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     np.random.seed(args.seed)
-    started = time.monotonic()
-    examples = take("train", args.seed, args.examples)
-    data = (
-        pixels([ex.source for ex in examples]),
-        pixels([ex.target for ex in examples]),
-        [ex.text for ex in examples],
-    )
-    print(f"{len(examples)} training examples rendered in {time.monotonic() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     val = take("val", args.seed, args.val)
     held_out = take("test", args.seed, args.held_out)
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     baselines: dict[str, object] = {}
     for kind in args.kinds.split(","):
         t0 = time.monotonic()
-        net, step, val_r1 = train(kind, args, data, val, device)
+        net, step, val_r1 = train(kind, args, val, device)
         scores, _ = evaluate(net, held_out)
         results[kind] = {
             **scores,

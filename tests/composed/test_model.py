@@ -46,16 +46,17 @@ def test_the_checkpoint_is_small_and_beats_chance_by_far(tirg: ComposedRetrieval
     assert evaluate(tirg, shuffled)[0]["R@1"] < 0.35
 
 
-def test_the_baselines_load_and_composing_beats_either_half(tirg: ComposedRetrieval) -> None:
+def test_the_baselines_load_and_tirg_beats_concat_beats_either_half(
+    tirg: ComposedRetrieval,
+) -> None:
     baselines = torch.load(BASELINES, weights_only=True)
     assert set(baselines) == {"image", "text", "concat"}
-    held_out = take("test", 99, 150)
+    held_out = take("test", 99, 600)  # not the seed the training script reports on
     r1 = {k: evaluate(ComposedRetrieval.load(v), held_out)[0]["R@1"] for k, v in baselines.items()}
     r1["tirg"] = evaluate(tirg, held_out)[0]["R@1"]
-    # Image and text together beat either alone by far; on these scenes
-    # concat is level with TIRG or ahead (bench/RESULTS.md), so no order
-    # between the two is asserted.
-    assert min(r1["tirg"], r1["concat"]) > max(r1["image"], r1["text"]) + 0.4, r1
+    # The paper's order (bench/RESULTS.md has the full held-out split): TIRG
+    # ahead of concat, and image and text together far ahead of either alone.
+    assert r1["tirg"] > r1["concat"] > max(r1["image"], r1["text"]) + 0.4, r1
 
 
 def test_the_embedder_serves_the_offline_vectors(tirg: ComposedRetrieval) -> None:

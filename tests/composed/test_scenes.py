@@ -106,9 +106,11 @@ def test_the_splits_share_no_scene_and_training_never_reads_unseen_pairs() -> No
     ]
     assert not scenes[0] & scenes[1] and not scenes[0] & scenes[2] and not scenes[1] & scenes[2]
     assert not any(ex.unseen for ex in train + val)
-    # Held-out sources come with four modifications each.
-    assert [ex.source for ex in test[:4]] == [test[0].source] * 4
-    assert len({layout(ex.target) for ex in test[:4]}) == 4
+    # Every source comes with four different modifications, in training too.
+    for split in (train, test):
+        assert [ex.source for ex in split[:4]] == [split[0].source] * 4
+        assert len({layout(ex.target) for ex in split[:4]}) == 4
+        assert split[4].source != split[0].source
     held_out_unseen = [ex for ex in test if ex.unseen]
     assert len(held_out_unseen) > 20  # the held-out texts do use them
     for ex in held_out_unseen:  # the text names both words ("make the red square cyan")
