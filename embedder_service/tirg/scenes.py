@@ -195,8 +195,8 @@ def examples(split: str, seed: int) -> Iterator[Example]:
     comes with SIBLINGS different modifications, one after the other (as in
     CSS, where a scene is the source of several queries): their targets
     differ from the source by one object each, so finding the right one
-    takes the text, not only the image, and a training batch holds the
-    held-out queries' hardest wrong answers, each other's targets."""
+    takes the text, not only the image, and in a training batch each
+    query's hardest wrong answers are its siblings' targets."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use train, val or test")
     rng = random.Random(f"{split}:{seed}")

@@ -12,9 +12,9 @@ generator, none seen before (an endless stream, the same for the same seed),
 towards its target with a softmax over the batch's targets and sources: the
 query's own source is a negative (or TIRG learns to return the source), and
 so are its siblings' targets, the scenes one object away from the right
-one. Every
-``--eval-every`` steps the model is measured on the validation split (scenes
-of neither training nor the test); the weights of its best R@1 are kept.
+one. Every ``--eval-every`` steps the model is measured on the validation
+split (scenes of neither training nor the test); the weights of its best R@1
+are kept.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -60,12 +59,13 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
 def batches(seed: int, size: int) -> Iterator[Batch]:
     """Endless batches of new training examples: source and target pixels
-    and the texts."""
+    and the texts. Siblings share their source, which is rendered once."""
     stream = examples("train", seed)
     while True:
         chunk = [next(stream) for _ in range(size)]
+        sources = {s: i for i, s in enumerate(dict.fromkeys(ex.source for ex in chunk))}
         yield (
-            pixels([ex.source for ex in chunk]),
+            pixels(list(sources))[[sources[ex.source] for ex in chunk]],
             pixels([ex.target for ex in chunk]),
             [ex.text for ex in chunk],
         )
@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    np.random.seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     val = take("val", args.seed, args.val)
     held_out = take("test", args.seed, args.held_out)
