@@ -24,10 +24,11 @@ def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
     info = runner.info
     sizes = (settings.max_pixels, info.resize, info.image_size)
     budget = PixelBudget(settings.decode_pixel_budget)
+    formats = settings.image_formats
     if info.whole:
-        return Decoder(*sizes, budget, whole=True)  # nvJPEG's path crops: PIL here
+        return Decoder(*sizes, budget, whole=True, formats=formats)  # nvJPEG's path crops: PIL here
     if not settings.gpu_decode:
-        return Decoder(*sizes, budget)
+        return Decoder(*sizes, budget, formats=formats)
     if runner.device.type != "cuda":
         logs.event(
             log,
@@ -36,11 +37,11 @@ def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
             device=str(runner.device),
             note="EMBEDDER_GPU_DECODE=true needs the model on a CUDA device; decoding with PIL",
         )
-        return Decoder(*sizes, budget)
+        return Decoder(*sizes, budget, formats=formats)
     from embedder_service.gpu_decode import TorchJpegDecoder
 
     logs.event(log, "decode.gpu", device=str(runner.device))
-    return TorchJpegDecoder(runner.device, *sizes, budget)
+    return TorchJpegDecoder(runner.device, *sizes, budget, formats=formats)
 
 
 def start(settings: EmbedderSettings) -> RunningServer:

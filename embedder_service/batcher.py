@@ -178,7 +178,10 @@ class Batcher:
                 return
             except Exception as exc:  # a decoder bug must not hang the caller
                 log.exception("decode.crash", extra={"fields": {"image": name}})
-                error = DecodeError(grpc.StatusCode.INTERNAL, f"{name}: decoder failed: {exc}")
+                error = DecodeError(
+                    grpc.StatusCode.INTERNAL,
+                    f"{name}: the decoder failed ({type(exc).__name__}); the embedder's log has the details",
+                )
                 _resolve(fut, Result(None, error=error))
                 return
             self._ready.put(_Item(decoded, fut, rotations, text))
@@ -235,7 +238,9 @@ class Batcher:
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
                 failure = errors.ServiceError(
-                    grpc.StatusCode.INTERNAL, f"the model failed on a batch: {exc}"
+                    grpc.StatusCode.INTERNAL,
+                    f"the model failed on a batch ({type(exc).__name__}); the embedder's log "
+                    "has the details",
                 )
                 for it in batch:
                     with contextlib.suppress(InvalidStateError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +22,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from embedder_service.budget import PixelBudget
 from imagesearch.errors import ServiceError
+from imagesearch.formats import PHOTO_FORMATS, allowed, looks_like
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,14 @@ class Decoder:
         crop: int = 224,
         budget: PixelBudget | None = None,
         whole: bool = False,
+        formats: Sequence[str] = PHOTO_FORMATS,
     ) -> None:
         """``whole``: squash the whole image to crop x crop instead of
-        resizing its shorter side to ``resize`` and cropping the centre."""
+        resizing its shorter side to ``resize`` and cropping the centre.
+        ``formats``: the only formats opened (EMBEDDER_IMAGE_FORMATS)."""
+        self.formats = allowed(formats)
+        if not self.formats:
+            raise ValueError(f"none of the image formats {', '.join(formats)} can be opened here")
         self.max_pixels = max_pixels
         self.resize = resize
         self.crop = crop
@@ -122,9 +129,7 @@ class Decoder:
             ) from None
         except UnidentifiedImageError:
             raise DecodeError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{label}: not an image in a format we can read "
-                "(JPEG, PNG, WebP, TIFF, BMP, GIF, ICO, ...)",
+                grpc.StatusCode.INVALID_ARGUMENT, self._unreadable(data, label)
             ) from None
         except (
             OSError,
@@ -142,8 +147,18 @@ class Decoder:
                 f"{label}: corrupt or truncated image ({type(exc).__name__}: {exc})",
             ) from None
 
+    def _unreadable(self, data: bytes, label: str) -> str:
+        shown = ", ".join(self.formats)
+        seen = looks_like(data)
+        if seen is not None and seen not in self.formats:
+            return (
+                f"{label}: looks like {seen}, a format this embedder does not open "
+                f"(allowed: {shown}; EMBEDDER_IMAGE_FORMATS)"
+            )
+        return f"{label}: not an image in a format we can read ({shown})"
+
     def _decode(self, data: bytes, label: str, thumbnail_px: int) -> Decoded:
-        img: Image.Image = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data), formats=self.formats)
         width, height = img.size
         if width <= 0 or height <= 0:
             raise DecodeError(

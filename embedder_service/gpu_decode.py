@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from embedder_service.decode import (
     thumbnail_jpeg,
 )
 from imagesearch.errors import ServiceError
+from imagesearch.formats import PHOTO_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +57,16 @@ class TorchJpegDecoder(Decoder):
         resize: int = 256,
         crop: int = 224,
         budget: PixelBudget | None = None,
+        formats: Sequence[str] = PHOTO_FORMATS,
     ) -> None:
-        super().__init__(max_pixels, resize, crop, budget)
+        super().__init__(max_pixels, resize, crop, budget, formats=formats)
         self.device = device
 
     def decode(self, data: bytes, name: str, thumbnail_px: int = 0) -> Decoded:
         if not data.startswith(JPEG_MAGIC):
             return super().decode(data, name, thumbnail_px)
         try:
-            header = Image.open(io.BytesIO(data))  # reads the header only
+            header = Image.open(io.BytesIO(data), formats=("JPEG",))  # the header only
             width, height = header.size
             sideways = header.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
         except Exception:

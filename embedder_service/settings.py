@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from imagesearch.cpus import available_cpus
+from imagesearch.formats import PHOTO_FORMATS, allowed, registered
 from imagesearch.settings import ServerSettings, SettingsError, server_field
 
 # Models that compose a query image with a text (trained here, embedder_service/tirg).
@@ -14,6 +16,7 @@ MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2", "efficientnet_lite0",
 
 @dataclass(frozen=True)
 class EmbedderSettings(ServerSettings):
+    env_prefix: ClassVar[str] = "EMBEDDER_"
     port: int = server_field("port", 50052)
     rpc_workers: int = server_field("rpc_workers", 32)
     max_message_mb: int = server_field("max_message_mb", 128)
@@ -40,6 +43,14 @@ class EmbedderSettings(ServerSettings):
             "help": "what to do when imagenet weights cannot be had: none (fail with the "
             "ways out) or bundled (switch to efficientnet_lite0 + bundled weights, logged "
             "loudly)"
+        },
+    )
+    image_formats: tuple[str, ...] = field(
+        default=PHOTO_FORMATS,
+        metadata={
+            "help": "the only image formats decoded (Pillow names); bytes of any other "
+            "format, whatever the file name, are refused INVALID_ARGUMENT naming it. "
+            "HEIF and AVIF count where a plugin provides them"
         },
     )
     pooling: str = field(default="avg", metadata={"help": "avg or gem (conv models only)"})
@@ -122,6 +133,13 @@ class EmbedderSettings(ServerSettings):
             raise SettingsError(
                 f"EMBEDDER_MODEL={self.model!r} is not supported; use one of {', '.join(MODELS)}"
             )
+        unknown = [f.upper() for f in self.image_formats if f.upper() not in registered()]
+        if unknown and not set(unknown) <= {"HEIF", "AVIF"}:  # plugins that may be missing
+            raise SettingsError(
+                f"EMBEDDER_IMAGE_FORMATS names {', '.join(unknown)}, which Pillow does not know"
+            )
+        if not allowed(self.image_formats):
+            raise SettingsError("EMBEDDER_IMAGE_FORMATS allows no format that can be opened here")
         if self.pooling not in ("avg", "gem"):
             raise SettingsError(f"EMBEDDER_POOLING={self.pooling!r}: use avg or gem")
         if self.model == "efficientnet_lite0" and self.image_size % 32:

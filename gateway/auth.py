@@ -5,7 +5,7 @@ are skipped). Roles nest: ``read`` < ``write`` < ``admin``. Every
 GatewayService method has exactly one role in ``METHOD_ROLES``; a method
 without one is refused to everybody (and a test fails for it). Health and
 reflection never ask for a token. Tokens are compared in constant time and
-never logged; the file is read again on SIGHUP.
+never logged; the file is read again on SIGHUP and when it changes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
+import time
 from enum import IntEnum
 from pathlib import Path
 
@@ -83,13 +85,40 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, Role]]:
     return entries
 
 
+RELOAD_CHECK_S = 1.0  # how often a call looks whether the tokens file changed
+
+
+def _file_key(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten or a Secret's link is swapped."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
 class Tokens:
-    """The tokens file, loaded at start and again by ``reload``."""
+    """The tokens file, loaded at start and again by ``reload``: on SIGHUP,
+    and by the first call after the file changed (a Kubernetes Secret update,
+    an edit), looked at once a second at most."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._key = _file_key(path)
         self._entries = self._load()
         self._lock = threading.Lock()
+        self._checked = time.monotonic()
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < RELOAD_CHECK_S:
+                return
+            self._checked = now
+        key = _file_key(self.path)
+        if key is not None and key != self._key:
+            self._key = key
+            self.reload()
 
     def _load(self) -> list[tuple[bytes, Role]]:
         try:
@@ -114,6 +143,7 @@ class Tokens:
 
     def role_of(self, token: str) -> Role | None:
         """The role of ``token``, comparing against every entry (no early exit)."""
+        self._reload_if_changed()
         digest = _digest(token)
         with self._lock:
             entries = self._entries

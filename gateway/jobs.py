@@ -175,6 +175,7 @@ class JobManager:
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._starting = 0  # StartIndexJob calls walking their folder now
         self._changed = threading.Condition(self._lock)
         self._slots = threading.Semaphore(settings.max_jobs)
         self._closed = False
@@ -212,7 +213,7 @@ class JobManager:
             folder="",
             recursive=False,
             state=FAILED,
-            message=f"the job's state file was damaged ({type(exc).__name__}: {exc}); it is "
+            message=f"the job's state file was damaged ({type(exc).__name__}); it is "
             f"kept as {path.stem}.damaged. Start the job again: files already indexed "
             "count as duplicates",
             created_at_ms=_now_ms(),
@@ -255,6 +256,21 @@ class JobManager:
         if not real.is_dir():
             raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
         self.expire()
+        with self._lock:
+            open_jobs = self._starting + sum(not j.terminal for j in self._jobs.values())
+            if open_jobs >= self.settings.max_queued_jobs:
+                raise errors.resource_exhausted(
+                    f"{open_jobs} jobs are running or waiting on this gateway already "
+                    "(GATEWAY_MAX_QUEUED_JOBS); retry when one has ended, or cancel one"
+                )
+            self._starting += 1
+        try:
+            return self._start(real, collection, recursive, model)
+        finally:
+            with self._lock:
+                self._starting -= 1
+
+    def _start(self, real: Path, collection: str, recursive: bool, model: str) -> JobState:
         job_id = uuid.uuid4().hex[:12]
         job = JobState(
             job_id=job_id,
@@ -444,7 +460,12 @@ class JobManager:
             except Exception as exc:
                 log.exception("job.crash", extra={"fields": {"job_id": job_id}})
                 with self._lock:
-                    self._update(self._jobs[job_id], state=FAILED, message=f"internal error: {exc}")
+                    self._update(
+                        self._jobs[job_id],
+                        state=FAILED,
+                        message=f"internal error ({type(exc).__name__}); the gateway's log has "
+                        "the details. ResumeJob continues from here",
+                    )
             finally:
                 JOBS_RUNNING.dec()
         finally:
@@ -455,9 +476,12 @@ class JobManager:
         try:
             files = read_file_list(self._files_path(job_id))
         except (OSError, ValueError) as exc:
+            logs.event(
+                log, "job.file_list_unreadable", logging.ERROR, job_id=job_id, error=str(exc)
+            )
             raise errors.ServiceError(
                 grpc.StatusCode.DATA_LOSS,
-                f"the job's file list cannot be read ({exc}); start the job again",
+                f"the job's file list cannot be read ({type(exc).__name__}); start the job again",
             ) from None
         size = job.batch_size
         ahead = set(job.batches_ahead)
@@ -572,7 +596,11 @@ class JobManager:
         is not valid UTF-8; jobfiles.display_path), or a per-file error."""
         name = display_path(path)
         try:
-            data = self.roots.read(path, lambda size: self.ingestor.limit.check(name, size))
+            data = self.roots.read(
+                path,
+                lambda size: self.ingestor.limit.check(name, size),
+                self.ingestor.limit.max_bytes,
+            )
             return Source(name, data)
         except errors.ServiceError as exc:
             return Source.failed(exc, name)

@@ -51,10 +51,12 @@ class AllowedRoots:
             raise errors.permission_denied(f"{raw} {OUTSIDE}")
         return real
 
-    def read(self, path: str, check_size: Callable[[int], None] = lambda _: None) -> bytes:
+    def read(self, path: str, check_size: Callable[[int], None], max_bytes: int) -> bytes:
         """The bytes of the regular file ``path`` if the file actually opened
         lies under a root (checked on the open descriptor, not on the name).
-        ``check_size`` sees the size before anything is read (and may raise)."""
+        ``check_size`` sees the size before anything is read (and raises past
+        ``max_bytes``); at most ``max_bytes`` + 1 bytes are read whatever the
+        file does meanwhile (grows, or is not what its size says)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             try:
@@ -69,7 +71,13 @@ class AllowedRoots:
             check_size(info.st_size)
             os.set_blocking(fd, True)
             with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
+                data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                check_size(len(data))
+                raise errors.invalid_argument(
+                    f"{display_path(path)}: over the limit of {max_bytes} bytes"
+                )
+            return data
         finally:
             os.close(fd)
 

@@ -123,7 +123,7 @@ def _readable(
     holds the stored bytes (same sha256)."""
     for path in record.paths or [record.path]:
         try:
-            data = roots.read(path, partial(ingestor.limit.check, path))
+            data = roots.read(path, partial(ingestor.limit.check, path), ingestor.limit.max_bytes)
         except (errors.ServiceError, OSError):
             continue
         if ids.sha256(data).hex() == record.sha256:

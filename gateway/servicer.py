@@ -3,7 +3,7 @@ the job manager and the backends, and builds responses."""
 
 from __future__ import annotations
 
-import threading
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -43,27 +43,6 @@ class StreamHeader:
     collection: str = ""
     return_images: bool = False
     model: str = ""
-
-
-class StreamSlots:
-    """At most GATEWAY_MAX_STREAMS long-lived calls (IndexImages, WatchJob) at
-    once, so short calls and health checks always find a handler thread."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._free = threading.BoundedSemaphore(limit)
-
-    @contextmanager
-    def slot(self, method: str) -> Iterator[None]:
-        if not self._free.acquire(blocking=False):
-            raise errors.resource_exhausted(
-                f"{method}: {self.limit} streams are open on this gateway already "
-                "(GATEWAY_MAX_STREAMS); retry later"
-            )
-        try:
-            yield
-        finally:
-            self._free.release()
 
 
 def convert(message: Message, cls: type[M]) -> M:
@@ -143,12 +122,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         inflight: ByteBudget | None = None,
     ) -> None:
         self.settings = settings
-        self.inflight = inflight  # the gateway's total, shared with jobs
+        # The gateway's total, shared with jobs.
+        self.inflight = inflight or ByteBudget(settings.max_total_inflight_bytes)
         self.backends = backends
         self.ingestor = ingestor
         self.jobs = jobs
         self.roots = roots
-        self.streams = StreamSlots(settings.max_streams)
 
     def _collection(self, name: str) -> str:
         return name or self.settings.default_collection
@@ -164,13 +143,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         assert isinstance(value, str)
         real = self.roots.resolve(value)
         try:
-            return self.roots.read(str(real), lambda size: self.ingestor.limit.check(value, size))
+            return self.roots.read(
+                str(real),
+                lambda size: self.ingestor.limit.check(value, size),
+                self.ingestor.limit.max_bytes,
+            )
         except FileNotFoundError:
             raise errors.not_found(f"{value}: no such file on the gateway's machine") from None
         except OSError as exc:
             raise errors.not_found(f"{value}: cannot read ({exc.strerror or exc})") from None
 
+    @contextmanager
+    def _files_held(self, request: gateway_pb2.SearchRequest) -> Iterator[None]:
+        """The files that path queries will read, charged to the gateway's
+        byte budget (GATEWAY_MAX_TOTAL_INFLIGHT_MB) like streamed images, for
+        as long as the call holds them; their sizes together may not pass one
+        call's budget (GATEWAY_MAX_INFLIGHT_MB)."""
+        paths = [q.path for q in request.queries if q.WhichOneof("query") == "path"]
+        if request.WhichOneof("query") == "path":
+            paths.append(request.path)
+        total = 0
+        for raw in paths[: self.settings.max_queries]:
+            try:
+                total += os.stat(self.roots.resolve(raw)).st_size
+            except OSError:
+                continue  # reading it says what is wrong
+        if total > self.settings.max_inflight_bytes:
+            raise errors.invalid_argument(
+                f"the files of this Search's path queries add up to {total} bytes, over one "
+                f"call's limit of {self.settings.max_inflight_bytes} (GATEWAY_MAX_INFLIGHT_MB); "
+                "send fewer per call"
+            )
+        taken = self.inflight.acquire(total) if total else 0
+        try:
+            yield
+        finally:
+            if taken:
+                self.inflight.release(taken)
+
     def Search(
+        self, request: gateway_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.SearchResponse:
+        with self._files_held(request):
+            return self._search(request, context)
+
+    def _search(
         self, request: gateway_pb2.SearchRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.SearchResponse:
         collection = self._collection(request.collection)
@@ -321,8 +338,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
         context: grpc.ServicerContext,
     ) -> gateway_pb2.IndexImagesResponse:
-        with self.streams.slot("IndexImages"):
-            return self._index_stream(request_iterator, context)
+        return self._index_stream(request_iterator, context)
 
     def _index_stream(
         self,
@@ -404,9 +420,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def WatchJob(
         self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[gateway_pb2.WatchJobResponse]:
-        with self.streams.slot("WatchJob"):
-            for job in self.jobs.watch(request.job_id, context.is_active):
-                yield gateway_pb2.WatchJobResponse(job=job_message(job))
+        for job in self.jobs.watch(request.job_id, context.is_active):
+            yield gateway_pb2.WatchJobResponse(job=job_message(job))
 
     def GetJob(
         self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext
@@ -482,7 +497,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if record is None:
             raise nothing
         try:
-            data = self.roots.read(path, lambda size: self.ingestor.limit.check(path, size))
+            data = self.roots.read(
+                path,
+                lambda size: self.ingestor.limit.check(path, size),
+                self.ingestor.limit.max_bytes,
+            )
         except OSError:
             raise errors.not_found(f"{path}: the file is gone from the gateway's machine") from None
         except errors.ServiceError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
 from imagesearch.tls import ClientTls
@@ -12,6 +13,7 @@ from imagesearch.tls import ClientTls
 
 @dataclass(frozen=True)
 class GatewaySettings(ServerSettings):
+    env_prefix: ClassVar[str] = "GATEWAY_"
     port: int = server_field("port", 50051)
     rpc_workers: int = server_field("rpc_workers", 32)
     max_message_mb: int = server_field(
@@ -51,6 +53,13 @@ class GatewaySettings(ServerSettings):
         default=3, metadata={"help": "batches in flight per job (embed overlaps insert)"}
     )
     max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
+    max_queued_jobs: int = field(
+        default=100,
+        metadata={
+            "help": "jobs running or waiting at once (each holds a thread and its file list); "
+            "StartIndexJob past it is refused RESOURCE_EXHAUSTED"
+        },
+    )
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
     thumbnail_px: int = field(
         default=256,
@@ -85,14 +94,7 @@ class GatewaySettings(ServerSettings):
     max_queries: int = field(
         default=64, metadata={"help": "most queries in one Search (refused before any is read)"}
     )
-    max_streams: int = field(
-        default=16,
-        metadata={
-            "help": "IndexImages and WatchJob streams open at once; more are refused "
-            "RESOURCE_EXHAUSTED, so short calls and health always have a handler thread "
-            "(keep it below GATEWAY_RPC_WORKERS)"
-        },
-    )  # The deadline and retry policy (README, "Deadlines and retries").
+    # The deadline and retry policy (README, "Deadlines and retries").
     backend_wait_s: float = field(
         default=60.0,
         metadata={
@@ -213,16 +215,13 @@ class GatewaySettings(ServerSettings):
         )
         if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
+        if self.max_queued_jobs < self.max_jobs:
+            raise SettingsError("GATEWAY_MAX_QUEUED_JOBS must be at least GATEWAY_MAX_JOBS")
         if not 1 <= self.default_top_k <= 1000:
             raise SettingsError("GATEWAY_DEFAULT_TOP_K must be between 1 and 1000")
         for name in ("backend_wait_s", "call_timeout_s", "job_batch_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GATEWAY_{name.upper()} must be > 0")
-        if self.max_streams >= self.rpc_workers:
-            raise SettingsError(
-                "GATEWAY_MAX_STREAMS must be below GATEWAY_RPC_WORKERS, or streams could "
-                "take every handler thread"
-            )
         if not 1 <= self.max_inflight_mb <= self.max_total_inflight_mb:
             raise SettingsError(
                 "GATEWAY_MAX_INFLIGHT_MB must be >= 1 and at most GATEWAY_MAX_TOTAL_INFLIGHT_MB"

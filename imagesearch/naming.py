@@ -14,7 +14,7 @@ COLLECTION_RE = re.compile(COLLECTION_PATTERN)
 
 def check_collection(name: str) -> str:
     """``name``, or INVALID_ARGUMENT saying the rule."""
-    if not COLLECTION_RE.match(name or ""):
+    if not COLLECTION_RE.fullmatch(name or ""):
         raise errors.invalid_argument(
             f"collection name {name!r} is not valid: use {COLLECTION_RULE}"
         )

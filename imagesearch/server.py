@@ -1,190 +1,78 @@
-"""gRPC server boilerplate shared by the three services: health, reflection,
-request ids, one log line per call, status mapping, metrics and graceful stop.
+"""gRPC server boilerplate shared by the three services: an asyncio server
+(``imagesearch.bridge`` runs the threaded servicers behind it, within the caps
+of ``imagesearch.limits``), health, reflection, metrics and graceful stop.
+
+Every server of a process runs on one event loop, in a thread of its own;
+callers use ``RunningServer`` from any thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection as grpc_reflection
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from imagesearch import logs
-from imagesearch.errors import ServiceError
+from imagesearch.bridge import REQUEST_ID_HEADER, Authorize, Bridge, valid_request_id
+from imagesearch.limits import CallLimits
 from imagesearch.tls import ServerTls
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "Authorize",
+    "RunningServer",
+    "serve_until_signal",
+    "start_metrics",
+    "start_server",
+    "valid_request_id",
+]
 
 log = logging.getLogger("imagesearch.server")
 
-REQUEST_ID_HEADER = "x-request-id"
-# A client's request id is used (logs, trailers) only if it looks like one.
-REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
-REQUEST_ID_MAX = 64
-
-# Called before every RPC of the service (not health or reflection) with the
-# method's full name; raises ServiceError to refuse the call.
-Authorize = Callable[[str, grpc.ServicerContext], None]
-
-RPC_HANDLED = Counter(
-    "imagesearch_rpc_handled_total", "RPCs completed, by method and status code", ["method", "code"]
-)
-RPC_SECONDS = Histogram(
-    "imagesearch_rpc_seconds",
-    "RPC handling time in seconds, by method",
-    ["method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
 
 
-class _Call:
-    """Bookkeeping for one RPC: request id, timing, final code, the log line."""
-
-    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
-        self.method = method
-        self.context = context
-        metadata = dict(context.invocation_metadata() or ())
-        rid = metadata.get(REQUEST_ID_HEADER)
-        self.request_id = rid if valid_request_id(rid) else uuid.uuid4().hex[:16]
-        self.started = time.perf_counter()
-        self.token = logs.request_id.set(self.request_id)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
-
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, ServiceError):
-            self.finish(exc.code, exc.message)
-            self.context.abort(exc.code, exc.message)
-        log.error(
-            "rpc.crash",
-            exc_info=exc,
-            extra={"fields": {"method": self.method}},
-        )
-        # The exception's text stays in the log: it may name files, hosts or URIs.
-        message = (
-            f"internal error in {self.method} ({type(exc).__name__}); the service log has "
-            f"the details under request id {self.request_id}"
-        )
-        self.finish(grpc.StatusCode.INTERNAL, message)
-        self.context.abort(grpc.StatusCode.INTERNAL, message)
-
-    def finish(self, code: grpc.StatusCode, detail: str = "") -> None:
-        seconds = time.perf_counter() - self.started
-        RPC_HANDLED.labels(self.method, code.name).inc()
-        RPC_SECONDS.labels(self.method).observe(seconds)
-        level = logging.INFO if code == grpc.StatusCode.OK else logging.WARNING
-        fields: dict[str, Any] = {
-            "method": self.method,
-            "code": code.name,
-            "ms": round(seconds * 1000, 2),
-        }
-        if detail:
-            fields["detail"] = detail
-        log.log(level, "rpc", extra={"fields": fields, "request_id": self.request_id})
-        logs.request_id.reset(self.token)
+def server_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every server of this process runs on (started once)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True).start()
+            _loop = loop
+        return _loop
 
 
-def valid_request_id(rid: object) -> TypeGuard[str]:
-    """A client's id is kept only if short and plain (no newlines, quotes or
-    escapes that could forge log lines); otherwise the call gets a new one."""
-    return isinstance(rid, str) and 0 < len(rid) <= REQUEST_ID_MAX and set(rid) <= REQUEST_ID_CHARS
-
-
-def _is_quiet(method: str) -> bool:
-    return method.startswith(("/grpc.health.", "/grpc.reflection."))
-
-
-class ServiceInterceptor(grpc.ServerInterceptor):
-    """Maps ServiceError to its status code, logs and counts every call, and
-    asks ``authorize`` (if given) before each one."""
-
-    def __init__(self, authorize: Authorize | None = None) -> None:
-        self.authorize = authorize
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or _is_quiet(method):
-            return handler
-        authorize = self.authorize
-
-        def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(method, context)
-                try:
-                    if authorize is not None:
-                        authorize(method, context)
-                    response = behavior(request, context)
-                except Exception as exc:
-                    call.fail(exc)
-                    raise
-                call.finish(grpc.StatusCode.OK)
-                return response
-
-            return wrapped
-
-        def stream_response(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
-            def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call = _Call(method, context)
-                try:
-                    if authorize is not None:
-                        authorize(method, context)
-                    yield from behavior(request, context)
-                except Exception as exc:
-                    call.fail(exc)
-                    raise
-                call.finish(
-                    grpc.StatusCode.CANCELLED if not context.is_active() else grpc.StatusCode.OK
-                )
-
-            return wrapped
-
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary_response(handler.unary_unary), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                unary_response(handler.stream_unary), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                stream_response(handler.unary_stream), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                stream_response(handler.stream_stream), **kwargs
-            )
-        return handler
+def on_loop(coro: Coroutine[Any, Any, Any], timeout: float | None = 30.0) -> Any:
+    """Runs ``coro`` on the servers' loop and waits for its result."""
+    return asyncio.run_coroutine_threadsafe(coro, server_loop()).result(timeout)
 
 
 @dataclass
 class RunningServer:
     """A started server: its bound port, health servicer and how to stop it."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     service_names: list[str]
+    bridge: Bridge
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Run on SIGHUP (serve_until_signal): re-read files such as tokens.
     on_reload: list[Callable[[], None]] = field(default_factory=list)
-    health_server: grpc.Server | None = None
+    health_server: grpc.aio.Server | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self, serving: bool = True, *, live: bool | None = None) -> None:
         """Health of the named services (readiness) and of the empty name
@@ -197,30 +85,42 @@ class RunningServer:
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
 
-        for name in self.service_names:
-            self.health.set(name, status(serving))
-        self.health.set("", status(serving if live is None else live))
+        async def apply() -> None:
+            for name in self.service_names:
+                await self.health.set(name, status(serving))
+            await self.health.set("", status(serving if live is None else live))
+
+        on_loop(apply())
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuses new calls, lets running ones finish for `grace` seconds."""
+        if self._stopped.is_set():
+            return
         self.set_serving(False)
-        self.server.stop(grace).wait()
-        if self.health_server is not None:
-            self.health_server.stop(0).wait()
+
+        async def stop_servers() -> None:
+            await self.server.stop(grace)
+            if self.health_server is not None:
+                await self.health_server.stop(0)
+
+        on_loop(stop_servers(), timeout=grace + 30)
+        self.bridge.close()
         for hook in self.on_stop:
             hook()
+        self._stopped.set()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Blocks until ``stop`` has run."""
+        self._stopped.wait()
 
 
 def start_server(
-    register: Iterable[Callable[[grpc.Server], None]],
+    register: Iterable[Callable[[grpc.aio.Server], None]],
     service_names: list[str],
     *,
-    host: str = "[::]",
+    host: str = "127.0.0.1",
     port: int = 0,
-    max_workers: int = 16,
+    limits: CallLimits | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
     max_send_bytes: int | None = None,
     serving: bool = True,
@@ -234,47 +134,67 @@ def start_server(
 
     ``register`` holds callables that add servicers, e.g.
     ``lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)``.
+    ``limits``: caps on calls in flight and idle limits (defaults: CallLimits()).
     ``tls``: serve TLS (mTLS when it names a client CA) instead of plaintext.
     ``health_port``: also serve health alone, in plaintext, on that port.
     ``max_send_bytes``: the largest answer, when it differs from the largest request.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(authorize)],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+    limits = limits or CallLimits()
+    bridge = Bridge(
+        limits, authorize, tls.check_peer if tls is not None and tls.client_names else None
     )
-    for add in register:
-        add(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if reflection:
-        grpc_reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME], server
+
+    async def build() -> RunningServer:
+        server = grpc.aio.server(
+            interceptors=[bridge],
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                *limits.server_options(),
+            ],
+            maximum_concurrent_rpcs=limits.open_rpcs,
         )
-    address = f"{host}:{port}"
-    if tls is not None:
-        bound = server.add_secure_port(address, tls.credentials())
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"could not bind {host}:{port}; is the port in use?")
-    health_server = None
-    if health_port:
-        health_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
+        for add in register:
+            add(server)
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if reflection:
+            grpc_reflection.enable_server_reflection(
+                [*service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME], server
+            )
+        address = f"{host}:{port}"
+        try:
+            if tls is not None:
+                bound = server.add_secure_port(address, tls.credentials())
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise OSError(f"could not bind {host}:{port}; is the port in use?")
+        health_server = None
+        if health_port:
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            try:
+                health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
+            except RuntimeError:
+                health_bound = 0
+            if health_bound == 0:
+                raise OSError(f"could not bind the health port {host}:{health_port}")
+        await server.start()
+        if health_server is not None:
+            await health_server.start()
+        return RunningServer(
+            server, bound, health_servicer, service_names, bridge, health_server=health_server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        if health_server.add_insecure_port(f"{host}:{health_port}") == 0:
-            raise OSError(f"could not bind the health port {host}:{health_port}")
-    server.start()
-    if health_server is not None:
-        health_server.start()
-    running = RunningServer(server, bound, health_servicer, service_names)
-    running.health_server = health_server
+
+    try:
+        running: RunningServer = on_loop(build())
+    except BaseException:
+        bridge.close()
+        raise
     running.set_serving(serving, live=live)
     return running
 

@@ -14,7 +14,9 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+from imagesearch.limits import CallLimits
 
 T = TypeVar("T")
 
@@ -24,9 +26,61 @@ class ServerSettings:
     """The fields every gRPC service has. A service's settings class inherits
     them and re-declares a field (with ``server_field``) to change its default."""
 
-    host: str = field(default="[::]", metadata={"help": "address to listen on"})
+    env_prefix: ClassVar[str] = ""  # GATEWAY_, INDEX_, EMBEDDER_: names settings in messages
+
+    host: str = field(
+        default="localhost",
+        metadata={
+            "help": "address to listen on: loopback by default; containers and manifests "
+            "set 0.0.0.0 or [::] (every address)"
+        },
+    )
     port: int = field(default=0, metadata={"help": "gRPC port (0: pick a free one)"})
-    rpc_workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    rpc_workers: int = field(
+        default=16, metadata={"help": "threads that run unary calls (streams have their own)"}
+    )
+    max_calls: int = field(
+        default=128,
+        metadata={
+            "help": "unary calls running or waiting for a thread; more are refused "
+            "RESOURCE_EXHAUSTED at once (health is never refused)"
+        },
+    )
+    max_streams: int = field(
+        default=16,
+        metadata={
+            "help": "client streams (uploads: IndexImages) open at once, each with a thread "
+            "of its own; more are refused RESOURCE_EXHAUSTED"
+        },
+    )
+    max_watchers: int = field(
+        default=16,
+        metadata={
+            "help": "server streams (watchers: WatchJob) open at once, a cap apart from "
+            "uploads; more are refused RESOURCE_EXHAUSTED"
+        },
+    )
+    max_reflection_streams: int = field(
+        default=8, metadata={"help": "reflection sessions (grpcurl) open at once"}
+    )
+    stream_idle_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "a client stream that sends nothing, a unary call whose request does not "
+            "arrive, or a watcher that reads nothing for this long is ended (DEADLINE_EXCEEDED)"
+        },
+    )
+    max_streams_per_connection: int = field(
+        default=100,
+        metadata={"help": "calls open at once on one connection (HTTP/2); more wait client-side"},
+    )
+    max_open_rpcs: int = field(
+        default=1000,
+        metadata={
+            "help": "calls of every kind open at once, health included (gRPC's own cap): a "
+            "backstop against floods of connections; past it RESOURCE_EXHAUSTED"
+        },
+    )
     max_message_mb: int = field(default=4, metadata={"help": "largest gRPC message"})
     metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
@@ -40,6 +94,14 @@ class ServerSettings:
             "help": "PEM CA: refuse clients without a certificate it signed (mTLS; needs TLS_CERT)"
         },
     )
+    tls_client_names: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "with TLS_CLIENT_CA: the names (common name or DNS name) a client "
+            "certificate must carry, e.g. the gateway's; others are refused "
+            "PERMISSION_DENIED (health stays open). Empty: any certificate the CA signed"
+        },
+    )
     health_port: int = field(
         default=0,
         metadata={
@@ -51,6 +113,19 @@ class ServerSettings:
         default=True, metadata={"help": "serve gRPC reflection (grpcurl without protos)"}
     )
 
+    def call_limits(self, prefix: str) -> CallLimits:
+        return CallLimits(
+            prefix=prefix,
+            threads=self.rpc_workers,
+            calls=self.max_calls,
+            uploads=self.max_streams,
+            watchers=self.max_watchers,
+            reflection=self.max_reflection_streams,
+            idle_s=self.stream_idle_s,
+            per_connection=self.max_streams_per_connection,
+            open_rpcs=self.max_open_rpcs,
+        )
+
     def server_options(self) -> dict[str, Any]:
         """Keyword arguments of ``imagesearch.server.start_server``."""
         from imagesearch.tls import ServerTls
@@ -58,9 +133,9 @@ class ServerSettings:
         return {
             "host": self.host,
             "port": self.port,
-            "max_workers": self.rpc_workers,
+            "limits": self.call_limits(self.env_prefix),
             "max_message_bytes": self.max_message_mb * 1024 * 1024,
-            "tls": ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
+            "tls": ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_client_names)
             if self.tls_cert
             else None,
             "health_port": self.health_port,
@@ -68,8 +143,25 @@ class ServerSettings:
         }
 
     def check_server(self, prefix: str) -> None:
-        """Refuses TLS settings that cannot work together."""
+        """Refuses TLS settings that cannot work together, and caps below 1."""
+        for name in (
+            "rpc_workers",
+            "max_calls",
+            "max_streams",
+            "max_watchers",
+            "max_reflection_streams",
+            "max_streams_per_connection",
+            "max_open_rpcs",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{prefix}{name.upper()} must be >= 1")
+        if self.stream_idle_s <= 0:
+            raise SettingsError(f"{prefix}STREAM_IDLE_S must be > 0")
         check_cert_key(f"{prefix}TLS", self.tls_cert, self.tls_key)
+        if self.tls_client_names and not self.tls_client_ca:
+            raise SettingsError(
+                f"{prefix}TLS_CLIENT_NAMES needs {prefix}TLS_CLIENT_CA (mTLS) to check them against"
+            )
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError(
                 f"{prefix}TLS_CLIENT_CA (mTLS) needs {prefix}TLS_CERT and {prefix}TLS_KEY"

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from typing import Any
 import grpc
 
 from imagesearch.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -27,21 +33,89 @@ def _read(path: str, what: str) -> bytes:
         raise SettingsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
+RELOAD_CHECK_S = 1.0  # how often a new connection looks whether the files changed
+
+
+def _files_key(paths: list[str]) -> tuple[tuple[int, int, int], ...] | None:
+    try:
+        return tuple((info.st_mtime_ns, info.st_size, info.st_ino) for info in map(os.stat, paths))
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class ServerTls:
-    """A server's certificate and key, and the CA its clients must show (mTLS)."""
+    """A server's certificate and key, the CA its clients must show (mTLS),
+    and the names one of those client certificates must carry (empty: any
+    the CA signed)."""
 
     cert: str
     key: str
     client_ca: str = ""
+    client_names: tuple[str, ...] = ()
 
-    def credentials(self) -> grpc.ServerCredentials:
+    def _configuration(self) -> Any:
         key = _read(self.key, "TLS key")
         cert = _read(self.cert, "TLS certificate")
         client_ca = _read(self.client_ca, "client CA") if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Credentials that read the files again, at the next handshake, once
+        they change (a renewed certificate from cert-manager, a rotated CA):
+        no restart. Files that cannot be read then keep the ones in use."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            _Reloader(self).fetch,
+            require_client_authentication=bool(self.client_ca),
         )
+
+    def check_peer(self, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+        """Why a caller's certificate is refused (None: accepted), by
+        ``client_names`` against its common name and DNS names."""
+        if not self.client_names:
+            return None
+        names = {
+            value.decode("utf-8", "replace")
+            for key in ("x509_common_name", "x509_subject_alternative_name")
+            for value in auth_context.get(key, ())
+        }
+        if names & set(self.client_names):
+            return None
+        return (
+            "this service answers only its gateway: the client certificate's names are not "
+            "among TLS_CLIENT_NAMES"
+        )
+
+
+class _Reloader:
+    """gRPC asks ``fetch`` at every handshake; it reads the files when their
+    names point at changed files (looked at once a second at most)."""
+
+    def __init__(self, tls: ServerTls) -> None:
+        self.tls = tls
+        self.paths = [p for p in (tls.cert, tls.key, tls.client_ca) if p]
+        self.key = _files_key(self.paths)
+        self.checked = time.monotonic()
+        self.lock = threading.Lock()
+
+    def fetch(self) -> Any:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.checked < RELOAD_CHECK_S:
+                return None
+            self.checked = now
+            key = _files_key(self.paths)
+            if key is None or key == self.key:
+                return None
+            try:
+                fresh = self.tls._configuration()
+            except SettingsError as exc:  # half-written during a rotation: next time
+                log.warning("tls.reload_failed", extra={"fields": {"error": str(exc)}})
+                return None
+            self.key = key
+        log.info("tls.reloaded", extra={"fields": {"cert": self.tls.cert}})
+        return fresh
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from imagesearch.formats import PHOTO_FORMATS
+
 THUMB = 200
 CAPTION = 36
 PAD = 8
@@ -40,7 +42,7 @@ def _thumb(data: bytes | None) -> Image.Image:
         ImageDraw.Draw(canvas).text((10, THUMB // 2 - 6), "not readable here", fill=(90, 90, 90))
         return canvas
     try:
-        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data), formats=PHOTO_FORMATS))
         img = img.convert("RGB")
         img.thumbnail((THUMB, THUMB))
     except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
 
@@ -12,6 +13,7 @@ INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
 
 @dataclass(frozen=True)
 class IndexSettings(ServerSettings):
+    env_prefix: ClassVar[str] = "INDEX_"
     port: int = server_field("port", 50053)
     max_message_mb: int = server_field("max_message_mb", 128)
     milvus_uri: str = field(

@@ -154,7 +154,11 @@ class IndexStore:
                 try:
                     self.writer.acquire()
                 except StoreLocked as exc:
-                    raise errors.failed_precondition(str(exc)) from None
+                    logs.event(log, "writer_lock.held_elsewhere", logging.ERROR, error=str(exc))
+                    raise errors.failed_precondition(
+                        "another index process writes to this database; this one may not "
+                        "(its log says which)"
+                    ) from None
             yield
 
     # -- helpers ---------------------------------------------------------

@@ -78,8 +78,16 @@ class VectorStore:
                     f"Milvus is unavailable during {what}; retry later (the index's log has "
                     "the details)"
                 ) from None
+            logs.event(
+                log,
+                "milvus.refused",
+                logging.ERROR,
+                during=what,
+                error=f"{exc.code}: {exc.message}",
+            )
             raise errors.ServiceError(
-                grpc.StatusCode.INTERNAL, f"Milvus refused {what}: {exc.message}"
+                grpc.StatusCode.INTERNAL,
+                f"Milvus refused {what} (its code {exc.code}); the index's log has its words",
             ) from None
         except Exception as exc:  # grpc errors, refused connections, ...
             self._reset()

@@ -14,6 +14,7 @@ from imagesearch.client import Client, ImageSearchError
 from web_service import api, seed_api
 from web_service.errors import error_body, on_gateway_error
 from web_service.events import EventStreams
+from web_service.guard import RequestGuard
 from web_service.limits import BodyLimit
 from web_service.models import HealthOut
 from web_service.settings import WebSettings
@@ -97,6 +98,14 @@ def create_app(settings: WebSettings, client: Client) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    # Outermost but for the headers: refuses before any body is read.
+    app.add_middleware(
+        RequestGuard,
+        hosts=settings.hosts,
+        origins=frozenset(settings.allowed_origins),
+        max_uploads=settings.max_uploads,
+        check_caller=lambda auth, write: client.as_caller(auth).check_access(write),
+    )
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from dataclasses import dataclass, field
 
 from imagesearch.settings import SettingsError, check_cert_key
+from web_service.guard import host_name
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,28 @@ class WebSettings:
         default=64,
         metadata={"help": "largest request body (uploads); more is refused with 413"},
     )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Host names this face answers to (others get 400, against DNS rebinding); "
+            "default: localhost, the loopback addresses and WEB_HOST (with the machine's "
+            "names when WEB_HOST is every address); * answers any"
+        },
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "other sites (https://app.example) whose pages may POST, PUT, PATCH and "
+            "DELETE here; a browser's cross-site request from any other is refused with 403"
+        },
+    )
+    max_uploads: int = field(
+        default=4,
+        metadata={
+            "help": "uploads received at once (each up to WEB_MAX_UPLOAD_MB in memory or "
+            "/tmp); more get 429"
+        },
+    )
     max_event_streams: int = field(
         default=32,
         metadata={"help": "job progress streams (Server-Sent Events) open at once; more get 429"},
@@ -47,6 +72,20 @@ class WebSettings:
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
 
     @property
+    def hosts(self) -> frozenset[str] | None:
+        """The Host names answered (lower case, no port); None: any."""
+        if "*" in self.allowed_hosts:
+            return None
+        if self.allowed_hosts:
+            return frozenset(host_name(h) for h in self.allowed_hosts)
+        names = {"localhost", "127.0.0.1", "::1", host_name(self.host)}
+        if host_name(self.host) in ("0.0.0.0", "::", ""):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+            with contextlib.suppress(OSError):
+                names |= {str(a[4][0]) for a in socket.getaddrinfo(socket.gethostname(), None)}
+        return frozenset(names - {"0.0.0.0", "::", ""})
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 
@@ -56,6 +95,8 @@ class WebSettings:
             raise SettingsError(f"WEB_PORT={self.port} is not a port number")
         if self.max_event_streams <= 0:
             raise SettingsError("WEB_MAX_EVENT_STREAMS must be at least 1")
+        if self.max_uploads <= 0:
+            raise SettingsError("WEB_MAX_UPLOADS must be at least 1")
         if self.max_upload_mb <= 0:
             raise SettingsError("WEB_MAX_UPLOAD_MB must be at least 1")
         if not self.collection:

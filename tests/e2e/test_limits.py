@@ -98,7 +98,7 @@ def test_streams_are_capped_and_short_calls_still_answer(embedder, tmp_path: Pat
         tmp_path,
         embedder.addr,
         index.addr,
-        max_streams=4,
+        max_watchers=4,
         rpc_workers=8,
         embed_batch=1,
         job_concurrency=1,
@@ -118,7 +118,7 @@ def test_streams_are_capped_and_short_calls_still_answer(embedder, tmp_path: Pat
                     outcomes.append("open")
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    assert "GATEWAY_MAX_STREAMS" in str(exc.details())
+                    assert "GATEWAY_MAX_WATCHERS" in str(exc.details())
                     outcomes.append("refused")
             assert outcomes.count("open") <= 4 and outcomes.count("refused") >= 6
             # Health and a short call answer while the streams hold their slots.

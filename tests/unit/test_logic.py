@@ -19,6 +19,7 @@ from gateway.settings import GatewaySettings
 from imagesearch import errors, ids
 from imagesearch.channels import service_config
 from imagesearch.client import ImageSearchError, JobState, Query
+from imagesearch.limits import CallLimits
 from imagesearch.settings import ServerSettings, SettingsError, load_settings
 from imagesearch.v1 import gateway_pb2, index_pb2
 from index_service.settings import IndexSettings
@@ -48,6 +49,8 @@ def test_settings_from_env_then_flags() -> None:
             "GATEWAY_BACKEND_TLS_CA",
         ),
         ({"GATEWAY_EMBEDDERS": "tirg_css"}, "GATEWAY_EMBEDDERS"),
+        ({"GATEWAY_MAX_WATCHERS": "0"}, "GATEWAY_MAX_WATCHERS must be >= 1"),
+        ({"GATEWAY_STREAM_IDLE_S": "0"}, "GATEWAY_STREAM_IDLE_S must be > 0"),
         ({"GATEWAY_EMBEDDERS": "a=h:1;a=h:2"}, "GATEWAY_EMBEDDERS names a twice"),
     ],
 )
@@ -62,9 +65,19 @@ def test_services_share_the_server_fields_with_their_own_defaults() -> None:
     assert (gateway.port, index.port) == (50051, 50053)
     assert (gateway.max_message_mb, index.max_message_mb) == (4, 128)
     assert gateway.server_options() == {
-        "host": "[::]",
+        "host": "localhost",  # loopback unless told otherwise
         "port": 50051,
-        "max_workers": 32,
+        "limits": CallLimits(
+            prefix="GATEWAY_",
+            threads=32,
+            calls=128,
+            uploads=16,
+            watchers=16,
+            reflection=8,
+            idle_s=60.0,
+            per_connection=100,
+            open_rpcs=1000,
+        ),
         "max_message_bytes": 4 * 1024 * 1024,
         "tls": None,
         "health_port": 0,

@@ -1,0 +1,111 @@
+"""What callers of one server may hold at once, so that no caller can starve
+the others: calls in flight by kind, idle limits, HTTP/2 and keepalive rules.
+
+Every call takes a slot of its kind before it runs and gives it back when its
+handler ends; with no slot free it is refused at once (RESOURCE_EXHAUSTED,
+naming the setting) instead of waiting in a queue. Health checks take no slot:
+they run on the server's event loop and answer however busy the service is.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from imagesearch import errors
+
+# Kinds of call, each with its own cap.
+CALLS = "calls"  # unary
+UPLOADS = "uploads"  # client streams (IndexImages)
+WATCHERS = "watchers"  # server streams (WatchJob)
+REFLECTION = "reflection"  # grpc.reflection streams
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """One server's caps; ``prefix`` (``GATEWAY_``) names its settings in messages."""
+
+    prefix: str = ""
+    threads: int = 16  # handler threads for unary calls
+    calls: int = 128  # unary calls running or waiting for a thread
+    uploads: int = 16  # client streams open at once
+    watchers: int = 16  # server streams open at once
+    reflection: int = 8  # reflection streams open at once
+    idle_s: float = 60.0  # a client stream's silence, a unary call's missing body
+    per_connection: int = 100  # HTTP/2 streams on one connection (more wait client-side)
+    open_rpcs: int = 1000  # every call of every kind, health included (gRPC's own cap)
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "calls", "uploads", "watchers", "reflection", "per_connection"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.idle_s <= 0:
+            raise ValueError("idle_s must be > 0")
+
+    def setting(self, kind: str) -> str:
+        """The setting that caps ``kind``, as a user sets it."""
+        name = {
+            CALLS: "MAX_CALLS",
+            UPLOADS: "MAX_STREAMS",
+            WATCHERS: "MAX_WATCHERS",
+            REFLECTION: "MAX_REFLECTION_STREAMS",
+        }[kind]
+        return f"{self.prefix}{name}"
+
+    def server_options(self) -> list[tuple[str, Any]]:
+        """Channel arguments of the server: a stream cap per connection, and
+        keepalive both ways (dead peers are found; ping floods are refused)."""
+        return [
+            ("grpc.max_concurrent_streams", self.per_connection),
+            # The server pings a silent client every 2 minutes and drops it
+            # after 20 s without an answer (a peer gone without a FIN).
+            ("grpc.keepalive_time_ms", 120_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Clients may ping every 20 s (ours ping every 30 s during a call);
+            # more often is a strike, and two strikes close the connection.
+            ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # A connection with no call for 10 minutes is closed.
+            ("grpc.max_connection_idle_ms", 600_000),
+        ]
+
+
+class Slots:
+    """A non-blocking counter of calls of one kind."""
+
+    def __init__(self, kind: str, limit: int, setting: str) -> None:
+        self.kind = kind
+        self.limit = limit
+        self.setting = setting
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def take(self, method: str) -> Slot:
+        with self._lock:
+            if self.taken >= self.limit:
+                raise errors.resource_exhausted(
+                    f"{method.rsplit('/', 1)[-1]}: {self.limit} {self.kind} are in flight on "
+                    f"this server already ({self.setting}); retry later"
+                )
+            self.taken += 1
+        return Slot(self)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
+class Slot:
+    """One taken slot; ``release`` is idempotent and safe from any thread."""
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots: Slots | None = slots
+        self._lock = threading.Lock()
+
+    def release(self, *_: object) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._give_back()
