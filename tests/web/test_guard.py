@@ -1,0 +1,180 @@
+"""What a hostile web page can make a visitor's browser send to a local
+stack, refused by the HTTP face (real uvicorn, real gateway): cross-site state
+changes, foreign Host names (DNS rebinding), uploads from callers the gateway
+would refuse (before their body is read), and more uploads than fit."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from imagesearch.client import Client
+from tests.conftest import CLOTHING, Server, Stack, clothing_images, start_gateway, start_index
+from tests.web.conftest import Web, start_web
+
+EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+def index_one(stack: Stack, collection: str = "images") -> None:
+    photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
+    with Client(stack.gateway.addr, timeout=60) as client:
+        assert client.index_images([("p.jpg", photo)], collection=collection).indexed == 1
+
+
+def count(stack: Stack, collection: str = "images") -> int:
+    with Client(stack.gateway.addr, timeout=60) as client:
+        return client.count(collection=collection).count
+
+
+def test_a_cross_site_page_cannot_change_anything(web: Web, stack: Stack) -> None:
+    index_one(stack)
+    drop = f"{web.url}/img/drop?table_name=images"
+    answer = requests.post(drop, headers=EVIL, timeout=30)
+    assert answer.status_code == 403, answer.text
+    assert "cross-site" in answer.json()["detail"]
+    # The browser's other marks, each alone, are refused too.
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame, a file:// page
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # another port of the same host
+    ):
+        assert requests.post(drop, headers=headers, timeout=30).status_code == 403, headers
+    for method, path in (
+        ("DELETE", "/v1/collections/images"),
+        ("POST", "/v1/jobs/x/cancel"),
+        ("POST", "/v1/collections/images/delete"),
+    ):
+        answer = requests.request(method, f"{web.url}{path}", headers=EVIL, timeout=30)
+        assert answer.status_code == 403, (method, path)
+    assert count(stack) == 1  # nothing changed
+    # Reading cross-site is not a state change (CORS keeps the answer from the page).
+    assert requests.get(f"{web.url}/v1/collections", headers=EVIL, timeout=30).status_code == 200
+    # The page itself (same origin) and scripts (no Origin) still change things.
+    own = {"Origin": web.url, "Sec-Fetch-Site": "same-origin"}
+    assert requests.post(f"{web.url}/img/count", headers=own, timeout=30).json() == 1
+    answer = requests.post(drop, timeout=30)
+    assert answer.status_code == 200, answer.text
+    with Client(stack.gateway.addr, timeout=60) as client:
+        assert "images" not in [c.name for c in client.list_collections()]
+
+
+def test_an_allowed_origin_may_change_state(stack: Stack) -> None:
+    web = start_web(stack.gateway, allowed_origins=("https://app.example",))
+    try:
+        index_one(stack)
+        answer = requests.post(
+            f"{web.url}/img/count", headers={"Origin": "https://app.example"}, timeout=30
+        )
+        assert answer.status_code == 200 and answer.json() == 1
+        answer = requests.post(
+            f"{web.url}/img/count", headers={"Origin": "https://other.example"}, timeout=30
+        )
+        assert answer.status_code == 403
+    finally:
+        web.stop()
+
+
+def test_a_foreign_host_is_refused(web: Web, stack: Stack) -> None:
+    """DNS rebinding: evil.example now resolves to 127.0.0.1; its page's
+    requests carry Host: evil.example."""
+    port = urlsplit(web.url).port
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.2", "localhost.evil.example"):
+        answer = requests.get(f"{web.url}/v1/collections", headers={"Host": host}, timeout=30)
+        assert answer.status_code == 400, host
+        assert "WEB_ALLOWED_HOSTS" in answer.json()["detail"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        answer = requests.get(f"{web.url}/v1/collections", headers={"Host": host}, timeout=30)
+        assert answer.status_code == 200, host
+    # Probes dial the pod's address: health answers whatever the Host.
+    assert requests.get(f"{web.url}/healthz", headers={"Host": "10.1.2.3"}, timeout=30).ok
+
+
+def _open_upload(web: Web, path: str, declared: int, headers: str = "") -> socket.socket:
+    """An upload whose headers and first bytes are sent, the rest held back."""
+    parts = urlsplit(web.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\n"
+            f"Content-Length: {declared}\r\n{headers}\r\n"
+            '--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        ).encode()
+    )
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    reply = sock.recv(4096).decode("latin-1")
+    return int(reply.split(" ", 2)[1])
+
+
+@pytest.fixture
+def tokens_web(embedder: Server, tmp_path: Path) -> Iterator[tuple[Web, dict[str, str]]]:
+    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in ("read", "write")}
+    path = tmp_path / "tokens"
+    path.write_text("".join(f"{r}:{t}\n" for r, t in tokens.items()))
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
+    web = start_web(gateway)
+    yield web, tokens
+    web.stop()
+    gateway.running.stop(1)
+    index.running.stop(1)
+
+
+def test_uploads_are_refused_before_their_body_is_read(
+    tokens_web: tuple[Web, dict[str, str]],
+) -> None:
+    """Tokens on: an upload without a token that allows it is answered at
+    once, while 40 MB of its declared body have not been sent."""
+    web, tokens = tokens_web
+    cases = [
+        ("/v1/collections/images/images", "", 401),
+        ("/img/upload", "Authorization: Bearer wrong-token-0123456789\r\n", 401),
+        ("/v1/collections/images/images", f"Authorization: Bearer {tokens['read']}\r\n", 403),
+        ("/v1/collections/images/search", "", 401),
+    ]
+    for path, auth, status in cases:
+        started = time.monotonic()
+        with _open_upload(web, path, 40_000_000, auth) as sock:
+            assert _status(sock) == status, (path, auth)
+        assert time.monotonic() - started < 5
+    # A token that may upload gets its upload read and indexed.
+    photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
+    answer = requests.post(
+        f"{web.url}/v1/collections/images/images",
+        files=[("files", ("p.jpg", photo, "image/jpeg"))],
+        headers={"Authorization": f"Bearer {tokens['write']}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_concurrent_uploads_are_capped(stack: Stack) -> None:
+    web = start_web(stack.gateway, max_uploads=1)
+    try:
+        with _open_upload(web, "/img/upload", 1_000_000) as held:
+            time.sleep(0.5)  # the first upload is being received
+            photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
+            answer = requests.post(
+                f"{web.url}/img/upload", files={"image": ("p.jpg", photo)}, timeout=30
+            )
+            assert answer.status_code == 429
+            assert "WEB_MAX_UPLOADS" in answer.json()["detail"]
+            held.close()
+        time.sleep(0.5)
+        answer = requests.post(
+            f"{web.url}/img/upload", files={"image": ("p.jpg", photo)}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        web.stop()
