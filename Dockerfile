@@ -34,7 +34,7 @@ COPY imagesearch imagesearch
 COPY embedder_service embedder_service
 RUN pip install --no-deps . && mkdir -p /home/app/.cache && chown -R app /home/app
 USER app
-ENV EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/torch \
+ENV EMBEDDER_HOST=0.0.0.0 EMBEDDER_PORT=50052 EMBEDDER_METRICS_PORT=9102 TORCH_HOME=/home/app/.cache/torch \
     TORCHINDUCTOR_CACHE_DIR=/home/app/.cache/inductor
 EXPOSE 50052 9102
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
@@ -48,7 +48,7 @@ COPY imagesearch imagesearch
 COPY index_service index_service
 RUN pip install --no-deps . && mkdir -p /data && chown app /data
 USER app
-ENV INDEX_PORT=50053 INDEX_METRICS_PORT=9103 \
+ENV INDEX_HOST=0.0.0.0 INDEX_PORT=50053 INDEX_METRICS_PORT=9103 \
     INDEX_MILVUS_URI=/data/milvus.db INDEX_DATABASE_URL=sqlite:////data/meta.db
 EXPOSE 50053 9103
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
@@ -64,7 +64,7 @@ COPY gateway gateway
 COPY imgsearch imgsearch
 RUN pip install --no-deps . && mkdir -p /data/images && chown -R app /data
 USER app
-ENV GATEWAY_PORT=50051 GATEWAY_METRICS_PORT=9101 GATEWAY_DATA_DIR=/data \
+ENV GATEWAY_HOST=0.0.0.0 GATEWAY_PORT=50051 GATEWAY_METRICS_PORT=9101 GATEWAY_DATA_DIR=/data \
     GATEWAY_ALLOWED_ROOTS=/data/images
 EXPOSE 50051 9101
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-search bench-embedder clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-search bench-embedder fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -97,6 +97,13 @@ bench-search: install
 
 bench-embedder: install
 	$(PY) bench/embedder.py
+
+# Coverage-guided fuzzing (atheris) of the decoder and of the gateway's
+# request messages, FUZZ_SECONDS each; crash inputs land in fuzz-artifacts/.
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(PY) -m tools.fuzz decoder --seconds $(FUZZ_SECONDS)
+	$(PY) -m tools.fuzz gateway --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) tools/buf/node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn, TypeGuard, TypeVar, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
 from imagesearch import errors, logs
@@ -290,11 +291,18 @@ class Bridge(grpc.aio.ServerInterceptor):
     async def _read(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], what: str
     ) -> Any:
-        """The next message (or ``EOF``), waiting at most the idle limit."""
+        """The next message (or ``EOF``), waiting at most the idle limit;
+        bytes that do not parse as the method's message are the caller's
+        mistake (INVALID_ARGUMENT), not a crash."""
         try:
             return await asyncio.wait_for(context.read(), self.limits.idle_s)
         except TimeoutError:
             raise self._idle_error(method, what) from None
+        except DecodeError:
+            raise errors.invalid_argument(
+                f"{_short(method)}: the request is not a valid message of this method "
+                "(a client built from other protos?)"
+            ) from None
 
     async def _first(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         request = await self._read(method, context, "the request did not arrive")

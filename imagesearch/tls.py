@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,13 +166,31 @@ class LocalPki:
     def client_key(self) -> Path:
         return self.folder / "gateway-client-key.pem"
 
+    def service_cert(self, service: str) -> Path:
+        """A server certificate of one service's own (``local_pki(services=)``)."""
+        return self.folder / f"{service}.pem"
 
-def local_pki(folder: Path, hosts: list[str], days: int = 825) -> tuple[LocalPki, bool]:
+    def service_key(self, service: str) -> Path:
+        return self.folder / f"{service}-key.pem"
+
+
+# The common name of the gateway's client certificate: what the embedder and
+# the index accept with *_TLS_CLIENT_NAMES.
+GATEWAY_CLIENT_NAME = "imagesearch gateway"
+
+
+def local_pki(
+    folder: Path, hosts: list[str], days: int = 825, services: Sequence[str] = ()
+) -> tuple[LocalPki, bool]:
     """Creates a CA and certificates under ``folder`` unless they are there
     already; returns them and whether they were made now. The server
-    certificate names localhost, 127.0.0.1, ::1 and ``hosts``."""
+    certificate names localhost, 127.0.0.1, ::1 and ``hosts``; each of
+    ``services`` also gets a server certificate and key of its own
+    (``<service>.pem``), for its name and the same ones, so that no service
+    holds another's key."""
     pki = LocalPki(folder)
-    files = (pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key)
+    files = [pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key]
+    files += [f for s in services for f in (pki.service_cert(s), pki.service_key(s))]
     sans = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hosts]))
     sans = [h.strip("[]") for h in sans if h not in ("0.0.0.0", "::", "[::]", "")]
     if all(f.exists() for f in files) and set(sans) <= _names_in(pki.server_cert):
@@ -256,8 +274,16 @@ def local_pki(folder: Path, hosts: list[str], days: int = 825) -> tuple[LocalPki
         return key, builder.sign(ca_key, hashes.SHA256())
 
     server_key, server_cert = leaf("imagesearch services", [ExtendedKeyUsageOID.SERVER_AUTH], sans)
-    client_key, client_cert = leaf("imagesearch gateway", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    client_key, client_cert = leaf(GATEWAY_CLIENT_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     pem = serialization.Encoding.PEM
+    for service in services:
+        own_key, own_cert = leaf(
+            f"imagesearch {service}",
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            list(dict.fromkeys([service, *sans])),
+        )
+        write_key(pki.service_key(service), own_key)
+        pki.service_cert(service).write_bytes(own_cert.public_bytes(pem))
     write_key(pki.server_key, server_key)
     write_key(pki.client_key, client_key)
     pki.server_cert.write_bytes(server_cert.public_bytes(pem))

@@ -398,13 +398,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_certs(args: argparse.Namespace) -> int:
     from imagesearch.tls import local_pki
 
-    pki, made = local_pki(Path(args.folder), args.host or [])
+    services = args.service or []
+    pki, made = local_pki(Path(args.folder), args.host or [], services=services)
     said = "made" if made else "already there (kept)"
+    own = "".join(f", {pki.service_cert(s)} + {pki.service_key(s)} ({s} alone)" for s in services)
     print(
         f"{said}: {pki.ca} (the CA clients trust), {pki.server_cert} + {pki.server_key} "
-        f"(every service), {pki.client_cert} + {pki.client_key} (the gateway's client "
-        "certificate). The CA's own key is not kept: run again with more --host to add "
-        "names (everything is made anew)."
+        f"(every service){own}, {pki.client_cert} + {pki.client_key} (the gateway's client "
+        "certificate). The CA's own key is not kept: run again with more --host or "
+        "--service to add names (everything is made anew)."
     )
     return 0
 
@@ -477,6 +479,12 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help="a name or address the services are reached by (repeat); localhost, "
         "127.0.0.1 and ::1 are always in",
+    )
+    certs.add_argument(
+        "--service",
+        action="append",
+        help="also a certificate and key of this service's own, for its name (repeat: "
+        "embedder, index, gateway, web), so that each container holds only its own key",
     )
     certs.set_defaults(func=cmd_certs)
     up.add_argument("--embedder-port", type=int)

@@ -21,7 +21,7 @@ import grpc
 
 from imagesearch.channels import plain_channel
 from imagesearch.healthcheck import check as healthy
-from imagesearch.tls import ClientTls, LocalPki, local_pki
+from imagesearch.tls import GATEWAY_CLIENT_NAME, ClientTls, LocalPki, local_pki
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 
@@ -293,6 +293,8 @@ def tls_env(pki: LocalPki) -> dict[str, str]:
         env[f"{prefix}TLS_CERT"] = str(pki.server_cert)
         env[f"{prefix}TLS_KEY"] = str(pki.server_key)
     env["EMBEDDER_TLS_CLIENT_CA"] = env["INDEX_TLS_CLIENT_CA"] = str(pki.ca)
+    # Only the gateway's certificate, not any other the CA signed.
+    env["EMBEDDER_TLS_CLIENT_NAMES"] = env["INDEX_TLS_CLIENT_NAMES"] = GATEWAY_CLIENT_NAME
     env["GATEWAY_BACKEND_TLS_CA"] = str(pki.ca)
     env["GATEWAY_BACKEND_TLS_CERT"] = str(pki.client_cert)
     env["GATEWAY_BACKEND_TLS_KEY"] = str(pki.client_key)

@@ -147,31 +147,73 @@ def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
     """docker-compose.secure.yml: TLS on all three, mTLS inward, tokens, with
     the files `imgsearch certs` writes, and health checks on the plaintext
     health-only ports."""
-    from imagesearch.tls import LocalPki
+    from imagesearch.tls import GATEWAY_CLIENT_NAME, LocalPki
 
     pki = LocalPki(Path("/x"))
-    made = [n for n, p in vars(LocalPki).items() if isinstance(p, property)]
-    names = {getattr(pki, n).name for n in made} | {"tokens"}
     services = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.secure.yml")["services"]
-    for name, prefix in (("embedder", "EMBEDDER_"), ("index", "INDEX_"), ("gateway", "GATEWAY_")):
+    # Each service mounts its own certificate and key and the CA; the gateway
+    # also its client certificate and the tokens: no service holds another's key.
+    own = {
+        name: {"ca.pem", pki.service_cert(name).name, pki.service_key(name).name}
+        for name in ("embedder", "index", "gateway", "web")
+    }
+    own["gateway"] |= {pki.client_cert.name, pki.client_key.name, "tokens"}
+    for name, files in own.items():
         svc = services[name]
+        mounted = {
+            Path(v["target"] if isinstance(v, dict) else v.split(":")[1]).name: v
+            for v in svc["volumes"]
+            if "/etc/imagesearch" in str(v)
+        }
+        assert set(mounted) == files, name
+        # Hardened: nothing written outside volumes and /tmp, no capabilities.
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        prefix = f"{name.upper()}_"
         env = svc["environment"]
-        files = {k: v for k, v in env.items() if k.startswith(prefix) and v.startswith("/etc/")}
-        assert {f"{prefix}TLS_CERT", f"{prefix}TLS_KEY"} <= set(files), name
-        for path in files.values():
-            assert path.startswith("/etc/imagesearch/tls/") and Path(path).name in names, path
-        mounts = [v if isinstance(v, str) else v["target"] for v in svc["volumes"]]
-        assert any("/etc/imagesearch/tls" in m for m in mounts), name
-        assert svc["healthcheck"]["test"][4] == env[f"{prefix}HEALTH_PORT"], name
-    assert services["embedder"]["environment"]["EMBEDDER_TLS_CLIENT_CA"].endswith("ca.pem")
-    assert services["index"]["environment"]["INDEX_TLS_CLIENT_CA"].endswith("ca.pem")
+        for key, path in env.items():
+            if key.startswith(prefix) and str(path).startswith("/etc/"):
+                assert Path(path).name in files, (key, path)
+        assert env[f"{prefix}TLS_CERT"].endswith(f"/{name}.pem"), name
+    for name, prefix in (("embedder", "EMBEDDER_"), ("index", "INDEX_"), ("gateway", "GATEWAY_")):
+        env = services[name]["environment"]
+        assert services[name]["healthcheck"]["test"][4] == env[f"{prefix}HEALTH_PORT"], name
+    for name, prefix in (("embedder", "EMBEDDER_"), ("index", "INDEX_")):
+        env = services[name]["environment"]
+        assert env[f"{prefix}TLS_CLIENT_CA"].endswith("ca.pem")
+        assert env[f"{prefix}TLS_CLIENT_NAMES"] == GATEWAY_CLIENT_NAME
     gateway = services["gateway"]["environment"]
     assert {"GATEWAY_BACKEND_TLS_CA", "GATEWAY_BACKEND_TLS_CERT", "GATEWAY_TOKENS_FILE"} <= set(
         gateway
     )
     assert "certs/" in (ROOT / ".gitignore").read_text().split()
-    web = services["web"]["environment"]
-    assert web["WEB_TLS_CERT"].endswith("server.pem") and web["WEB_GATEWAY_CA"].endswith("ca.pem")
+    assert services["web"]["environment"]["WEB_GATEWAY_CA"].endswith("ca.pem")
+
+
+def test_imgsearch_certs_makes_one_key_per_service(tmp_path: Path) -> None:
+    """The files the secure compose file mounts are the ones the command makes."""
+    import subprocess
+
+    from cryptography import x509
+
+    from imagesearch.tls import LocalPki
+    from tests.conftest import VENV_BIN
+
+    args = [str(VENV_BIN / "imgsearch"), "certs", str(tmp_path)]
+    for service in ("embedder", "index", "gateway", "web"):
+        args += ["--service", service]
+    made = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    pki = LocalPki(tmp_path)
+    keys = set()
+    for service in ("embedder", "index", "gateway", "web"):
+        cert = x509.load_pem_x509_certificate(pki.service_cert(service).read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert service in names.get_values_for_type(x509.DNSName)
+        keys.add(pki.service_key(service).read_bytes())
+        assert pki.service_key(service).stat().st_mode & 0o077 == 0
+    assert len(keys) == 4
 
 
 def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:

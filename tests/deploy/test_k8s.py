@@ -224,3 +224,16 @@ def test_pods_are_locked_down() -> None:
                 assert container[probe]["grpc"]["port"] == health, (name, probe)
     assert config["EMBEDDER_TLS_CLIENT_CA"] and config["INDEX_TLS_CLIENT_CA"]
     assert config["GATEWAY_BACKEND_TLS_CERT"] and config["GATEWAY_TOKENS_FILE"]
+    # Services default to loopback: the manifests say where to listen.
+    for prefix in ("EMBEDDER_", "INDEX_", "GATEWAY_", "WEB_"):
+        assert config[f"{prefix}HOST"] == "0.0.0.0", prefix
+    # Inward mTLS accepts only the gateway's certificate.
+    from imagesearch.tls import GATEWAY_CLIENT_NAME
+
+    assert config["EMBEDDER_TLS_CLIENT_NAMES"] == config["INDEX_TLS_CLIENT_NAMES"]
+    assert config["INDEX_TLS_CLIENT_NAMES"] == GATEWAY_CLIENT_NAME
+    certs = list(yaml.safe_load_all((K8S / "examples" / "cert-manager.yaml").read_text()))
+    client = next(c for c in certs if c["metadata"]["name"] == "imagesearch-gateway-client-tls")
+    assert client["spec"]["commonName"] == GATEWAY_CLIENT_NAME
+    served = next(c for c in certs if c["metadata"]["name"] == "imagesearch-tls")
+    assert {"embedder-headless", "index", "gateway", "web"} <= set(served["spec"]["dnsNames"])

@@ -228,3 +228,20 @@ def test_watchers_cannot_lock_out_uploads(embedder: Server, tmp_path: Path) -> N
         ch.close()
         gateway.running.stop(1)
         index.running.stop(1)
+
+
+def test_bytes_that_are_not_the_message_are_invalid_argument(
+    backends: tuple[Server, Server],
+) -> None:
+    """Found by tools/fuzz.py: a request that does not parse was answered
+    INTERNAL (a crash in the log); it is the caller's mistake."""
+    for server, method in (
+        (backends[0], "/imagesearch.v1.GatewayService/Count"),
+        (backends[1], "/imagesearch.v1.IndexService/Count"),
+    ):
+        call = channel(server.port).unary_unary(method, None, None)  # bytes as they are
+        for raw in (b"\x01\n\x04fuz\x00" + bytes(44), b"\x00\x00", b"\xff" * 9):
+            with pytest.raises(grpc.RpcError) as err:
+                call(raw, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+            assert "not a valid message" in str(err.value.details())

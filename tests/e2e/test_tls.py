@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagesearch.channels import plain_channel
 from imagesearch.client import Client, ImageSearchError
-from imagesearch.tls import ClientTls, LocalPki, local_pki
+from imagesearch.tls import GATEWAY_CLIENT_NAME, ClientTls, LocalPki, local_pki
 from tests.conftest import (
     CLOTHING,
     VENV_BIN,
@@ -46,6 +46,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
         "tls_cert": str(pki.server_cert),
         "tls_key": str(pki.server_key),
         "tls_client_ca": str(pki.ca),
+        "tls_client_names": (GATEWAY_CLIENT_NAME,),  # the gateway's, not any the CA signed
     }
     gateway_client = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
     embedder = start_embedder(**serve)

@@ -11,6 +11,8 @@ import pytest
 from gateway.paths import AllowedRoots, walk_images
 from imagesearch import errors
 
+ANY_SIZE = (lambda _size: None, 1 << 20)  # check_size, max_bytes: nothing here is large
+
 
 @pytest.fixture
 def tree(tmp_path: Path) -> tuple[AllowedRoots, Path, Path]:
@@ -38,20 +40,20 @@ def test_a_folder_swapped_for_a_symlink_between_walk_and_read_is_refused(tree) -
     roots, root, secret = tree
     (found,) = list(walk_images(root / "photos", True, roots))
     swap_for_symlink(root / "photos", secret)
-    assert code(lambda: roots.read(str(found))) == grpc.StatusCode.PERMISSION_DENIED
+    assert code(lambda: roots.read(str(found), *ANY_SIZE)) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_a_swap_between_the_check_and_the_read_is_refused(tree) -> None:
     roots, root, secret = tree
     checked = roots.resolve(str(root / "photos" / "a.jpg"))  # what the servicer does first
     swap_for_symlink(root / "photos", secret)
-    assert code(lambda: roots.read(str(checked))) == grpc.StatusCode.PERMISSION_DENIED
+    assert code(lambda: roots.read(str(checked), *ANY_SIZE)) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_symlinks_that_stay_inside_are_read(tree) -> None:
     roots, root, _ = tree
     (root / "link.jpg").symlink_to(root / "photos" / "a.jpg")
-    assert roots.read(str(root / "link.jpg")) == b"inside"
+    assert roots.read(str(root / "link.jpg"), *ANY_SIZE) == b"inside"
 
 
 def test_size_is_checked_before_reading_and_fifos_do_not_hang(tree) -> None:
@@ -60,11 +62,14 @@ def test_size_is_checked_before_reading_and_fifos_do_not_hang(tree) -> None:
     def too_big(size: int) -> None:
         raise errors.invalid_argument(f"{size} bytes is too large")
 
-    assert code(lambda: roots.read(str(root / "photos" / "a.jpg"), too_big)) == (
+    assert code(lambda: roots.read(str(root / "photos" / "a.jpg"), too_big, 1)) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
     os.mkfifo(root / "pipe.jpg")
-    assert code(lambda: roots.read(str(root / "pipe.jpg"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code(lambda: roots.read(str(root / "pipe.jpg"), *ANY_SIZE))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_messages_do_not_show_the_roots_or_expand_users(tree) -> None:
