@@ -48,6 +48,9 @@ class Decoded:
 
 
 MAX_THUMBNAIL_PX = 1024
+# Largest resized image, in squares of the resize side (an aspect ratio of 16:1);
+# a longer strip is cropped before it is resized (found by tools/fuzz.py).
+MAX_RESIZED = 16
 THUMBNAIL_QUALITY = 80
 
 
@@ -198,6 +201,15 @@ class Decoder:
         w, h = img.size
         scale = self.resize / min(w, h)
         new_w, new_h = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
+        if new_w * new_h > MAX_RESIZED * self.resize * self.resize:
+            # A strip (62965 x 3 px, a few hundred bytes of GIF) would become
+            # gigabytes at full width before the crop: resize only the part
+            # of the source that the centre crop keeps.
+            side = self.crop / scale
+            left, top = (w - side) / 2, (h - side) / 2
+            box = (max(0.0, left), max(0.0, top), min(w, left + side), min(h, top + side))
+            img = img.resize((self.crop, self.crop), Image.Resampling.BILINEAR, box=box)
+            return np.asarray(img, dtype=np.uint8)
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
         left, top = (new_w - self.crop) // 2, (new_h - self.crop) // 2
         img = img.crop((left, top, left + self.crop, top + self.crop))

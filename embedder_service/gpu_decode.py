@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from embedder_service.budget import PixelBudget
 from embedder_service.decode import (
+    MAX_RESIZED,
     MAX_THUMBNAIL_PX,
     Decoded,
     DecodeError,
@@ -73,6 +74,8 @@ class TorchJpegDecoder(Decoder):
             return super().decode(data, name, thumbnail_px)  # PIL says what is wrong
         if not (0 < width * height <= self.max_pixels):
             return super().decode(data, name, thumbnail_px)  # refused with the usual message
+        if max(width, height) > MAX_RESIZED * min(width, height):
+            return super().decode(data, name, thumbnail_px)  # a strip: PIL crops it first
         try:
             with self.budget.hold(width * height, name):
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -5,16 +5,19 @@ audit hook records every process this process starts meanwhile."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from PIL import Image
 
 from embedder_service.decode import DecodeError, Decoder
 from imagesearch.client import Client, ImageSearchError
-from tests.conftest import CLOTHING, ODD, Stack, clothing_images
+from tests.conftest import CLOTHING, ODD, ROOT, Stack, clothing_images
 
 EPS = (
     b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
@@ -94,3 +97,28 @@ def test_the_stack_refuses_them_by_name(stack: Stack) -> None:
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "looks like EPS" in err.value.message
         assert client.count(collection="f").count == 1
+
+
+def test_a_strip_is_cropped_before_it_is_resized(tmp_path: Path) -> None:
+    """Found by tools/fuzz.py: a GIF of 62965 x 3 pixels (under the pixel
+    limit, a few hundred bytes) took 5.5 GB, resized to 5.4 M x 256 pixels
+    before the centre crop. Decoded in a process of its own, to read its peak."""
+    strip = tmp_path / "strip.gif"
+    Image.new("L", (62965, 3), 128).save(strip)
+    assert strip.stat().st_size < 10_000
+    script = (
+        "import resource, sys\n"
+        "from embedder_service.decode import Decoder\n"
+        "d = Decoder(4_000_000).decode(open(sys.argv[1], 'rb').read(), 'strip.gif', 64)\n"
+        "print(d.pixels.shape, d.width, d.height,"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(strip)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shape, rest = done.stdout.split(")")
+    width, height, peak_mb = rest.split()
+    assert shape == "(224, 224, 3" and (int(width), int(height)) == (62965, 3)
+    assert int(peak_mb) < 600, f"{peak_mb} MB to decode a {strip.stat().st_size}-byte strip"

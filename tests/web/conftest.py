@@ -3,6 +3,7 @@ front of a real gateway, index and embedder."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import threading
@@ -15,7 +16,14 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from tests.conftest import CLOTHING, Server, Stack, clothing_images
+from tests.conftest import (
+    CLOTHING,
+    Server,
+    Stack,
+    clothing_images,
+    start_gateway,
+    start_index,
+)
 from web_service.app import create_app, gateway_client
 from web_service.settings import WebSettings
 
@@ -56,6 +64,22 @@ def web(stack: Stack) -> Iterator[Web]:
     running = start_web(stack.gateway)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def guarded_web(embedder: Server, tmp_path: Path) -> Iterator[tuple[Web, dict[str, str]]]:
+    """The web face before a gateway with tokens: {role: token} for read,
+    write and admin."""
+    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in ("read", "write", "admin")}
+    path = tmp_path / "tokens"
+    path.write_text("".join(f"{r}:{t}\n" for r, t in tokens.items()))
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
+    web = start_web(gateway)
+    yield web, tokens
+    web.stop()
+    gateway.running.stop(1)
+    index.running.stop(1)
 
 
 def photo_folder(tmp: Path, count: int, skip: int = 0) -> tuple[Path, list[Path]]:

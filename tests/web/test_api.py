@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import Server, Stack, free_port, start_gateway, start_index, wait_until
+from tests.conftest import Stack, free_port, start_gateway, start_index, wait_until
 from tests.web.conftest import Web, photo_folder, start_web
 
 
@@ -199,20 +198,6 @@ def test_bodies_over_the_limit_are_refused(stack: Stack) -> None:
         assert answer.status_code == 413
     finally:
         web.stop()
-
-
-@pytest.fixture
-def guarded_web(embedder: Server, tmp_path: Path) -> Iterator[tuple[Web, dict[str, str]]]:
-    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in ("read", "write", "admin")}
-    path = tmp_path / "tokens"
-    path.write_text("".join(f"{r}:{t}\n" for r, t in tokens.items()))
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
-    web = start_web(gateway)
-    yield web, tokens
-    web.stop()
-    gateway.running.stop(1)
-    index.running.stop(1)
 
 
 def test_the_callers_token_is_forwarded(

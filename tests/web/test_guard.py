@@ -5,18 +5,14 @@ would refuse (before their body is read), and more uploads than fit."""
 
 from __future__ import annotations
 
-import secrets
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 import requests
 
 from imagesearch.client import Client
-from tests.conftest import CLOTHING, Server, Stack, clothing_images, start_gateway, start_index
+from tests.conftest import CLOTHING, Stack, clothing_images
 from tests.web.conftest import Web, start_web
 
 EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
@@ -117,26 +113,12 @@ def _status(sock: socket.socket) -> int:
     return int(reply.split(" ", 2)[1])
 
 
-@pytest.fixture
-def tokens_web(embedder: Server, tmp_path: Path) -> Iterator[tuple[Web, dict[str, str]]]:
-    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in ("read", "write")}
-    path = tmp_path / "tokens"
-    path.write_text("".join(f"{r}:{t}\n" for r, t in tokens.items()))
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
-    web = start_web(gateway)
-    yield web, tokens
-    web.stop()
-    gateway.running.stop(1)
-    index.running.stop(1)
-
-
 def test_uploads_are_refused_before_their_body_is_read(
-    tokens_web: tuple[Web, dict[str, str]],
+    guarded_web: tuple[Web, dict[str, str]],
 ) -> None:
     """Tokens on: an upload without a token that allows it is answered at
     once, while 40 MB of its declared body have not been sent."""
-    web, tokens = tokens_web
+    web, tokens = guarded_web
     cases = [
         ("/v1/collections/images/images", "", 401),
         ("/img/upload", "Authorization: Bearer wrong-token-0123456789\r\n", 401),
