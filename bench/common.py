@@ -37,12 +37,12 @@ def machine() -> str:
 
 
 def cpu_flags() -> str:
-    """The CPU features that change the figures (avx2, avx512f, avx512_bf16, amx)."""
+    """The CPU features that change the figures (avx2, avx512f, avx512_bf16, avx512_vnni, amx)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
                 return " ".join(f for f in wanted if f in have) or "none of avx2/avx512/amx"
     except OSError:
         pass

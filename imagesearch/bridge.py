@@ -295,7 +295,8 @@ class Bridge(grpc.aio.ServerInterceptor):
         bytes that do not parse as the method's message are the caller's
         mistake (INVALID_ARGUMENT), not a crash."""
         try:
-            return await asyncio.wait_for(context.read(), self.limits.idle_s)
+            async with asyncio.timeout(self.limits.idle_s):  # no task per read, as wait_for makes
+                return await context.read()
         except TimeoutError:
             raise self._idle_error(method, what) from None
         except DecodeError:
