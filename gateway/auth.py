@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
-import time
 from enum import IntEnum
 from pathlib import Path
 
 import grpc
 
 from imagesearch import errors, logs
+from imagesearch.filewatch import FileWatch
 from imagesearch.settings import SettingsError
 from imagesearch.v1 import gateway_pb2
 
@@ -85,18 +84,6 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, Role]]:
     return entries
 
 
-RELOAD_CHECK_S = 1.0  # how often a call looks whether the tokens file changed
-
-
-def _file_key(path: str) -> tuple[int, int, int] | None:
-    """What changes when a file is rewritten or a Secret's link is swapped."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_size, info.st_ino
-
-
 class Tokens:
     """The tokens file, loaded at start and again by ``reload``: on SIGHUP,
     and by the first call after the file changed (a Kubernetes Secret update,
@@ -104,20 +91,14 @@ class Tokens:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._key = _file_key(path)
+        self._watch = FileWatch([path])
         self._entries = self._load()
         self._lock = threading.Lock()
-        self._checked = time.monotonic()
 
     def _reload_if_changed(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._checked < RELOAD_CHECK_S:
-                return
-            self._checked = now
-        key = _file_key(self.path)
-        if key is not None and key != self._key:
-            self._key = key
+        key = self._watch.changed()
+        if key is not None:
+            self._watch.accept(key)  # a broken file is reported once, not at every call
             self.reload()
 
     def _load(self) -> list[tuple[bytes, Role]]:

@@ -12,8 +12,6 @@ import datetime
 import ipaddress
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from imagesearch.filewatch import FileWatch
 from imagesearch.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -31,16 +30,6 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise SettingsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-
-
-RELOAD_CHECK_S = 1.0  # how often a new connection looks whether the files changed
-
-
-def _files_key(paths: list[str]) -> tuple[tuple[int, int, int], ...] | None:
-    try:
-        return tuple((info.st_mtime_ns, info.st_size, info.st_ino) for info in map(os.stat, paths))
-    except OSError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -89,31 +78,23 @@ class ServerTls:
 
 
 class _Reloader:
-    """gRPC asks ``fetch`` at every handshake; it reads the files when their
-    names point at changed files (looked at once a second at most)."""
+    """gRPC asks ``fetch`` at every handshake; it reads the files when they
+    have changed (imagesearch.filewatch)."""
 
     def __init__(self, tls: ServerTls) -> None:
         self.tls = tls
-        self.paths = [p for p in (tls.cert, tls.key, tls.client_ca) if p]
-        self.key = _files_key(self.paths)
-        self.checked = time.monotonic()
-        self.lock = threading.Lock()
+        self.watch = FileWatch([p for p in (tls.cert, tls.key, tls.client_ca) if p])
 
     def fetch(self) -> Any:
-        with self.lock:
-            now = time.monotonic()
-            if now - self.checked < RELOAD_CHECK_S:
-                return None
-            self.checked = now
-            key = _files_key(self.paths)
-            if key is None or key == self.key:
-                return None
-            try:
-                fresh = self.tls._configuration()
-            except SettingsError as exc:  # half-written during a rotation: next time
-                log.warning("tls.reload_failed", extra={"fields": {"error": str(exc)}})
-                return None
-            self.key = key
+        key = self.watch.changed()
+        if key is None:
+            return None
+        try:
+            fresh = self.tls._configuration()
+        except SettingsError as exc:  # half-written during a rotation: next time
+            log.warning("tls.reload_failed", extra={"fields": {"error": str(exc)}})
+            return None
+        self.watch.accept(key)
         log.info("tls.reloaded", extra={"fields": {"cert": self.tls.cert}})
         return fresh
 
