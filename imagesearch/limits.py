@@ -21,6 +21,17 @@ UPLOADS = "uploads"  # client streams (IndexImages)
 WATCHERS = "watchers"  # server streams (WatchJob)
 REFLECTION = "reflection"  # grpc.reflection streams
 
+# Each cap of CallLimits and the setting that sets it (after the service's prefix).
+SETTINGS = {
+    "threads": "RPC_WORKERS",
+    CALLS: "MAX_CALLS",
+    UPLOADS: "MAX_STREAMS",
+    WATCHERS: "MAX_WATCHERS",
+    REFLECTION: "MAX_REFLECTION_STREAMS",
+    "per_connection": "MAX_STREAMS_PER_CONNECTION",
+    "open_rpcs": "MAX_OPEN_RPCS",
+}
+
 
 @dataclass(frozen=True)
 class CallLimits:
@@ -37,21 +48,17 @@ class CallLimits:
     open_rpcs: int = 1000  # every call of every kind, health included (gRPC's own cap)
 
     def __post_init__(self) -> None:
-        for name in ("threads", "calls", "uploads", "watchers", "reflection", "per_connection"):
+        """Refuses a cap below 1 or an idle limit of 0, naming the setting
+        (``ServerSettings`` reports it as a bad setting)."""
+        for name in SETTINGS:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{self.setting(name)} must be >= 1")
         if self.idle_s <= 0:
-            raise ValueError("idle_s must be > 0")
+            raise ValueError(f"{self.prefix}STREAM_IDLE_S must be > 0")
 
-    def setting(self, kind: str) -> str:
-        """The setting that caps ``kind``, as a user sets it."""
-        name = {
-            CALLS: "MAX_CALLS",
-            UPLOADS: "MAX_STREAMS",
-            WATCHERS: "MAX_WATCHERS",
-            REFLECTION: "MAX_REFLECTION_STREAMS",
-        }[kind]
-        return f"{self.prefix}{name}"
+    def setting(self, name: str) -> str:
+        """The setting behind the cap ``name`` (a field), as a user sets it."""
+        return f"{self.prefix}{SETTINGS[name]}"
 
     def server_options(self) -> list[tuple[str, Any]]:
         """Channel arguments of the server: a stream cap per connection, and

@@ -144,19 +144,10 @@ class ServerSettings:
 
     def check_server(self, prefix: str) -> None:
         """Refuses TLS settings that cannot work together, and caps below 1."""
-        for name in (
-            "rpc_workers",
-            "max_calls",
-            "max_streams",
-            "max_watchers",
-            "max_reflection_streams",
-            "max_streams_per_connection",
-            "max_open_rpcs",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{prefix}{name.upper()} must be >= 1")
-        if self.stream_idle_s <= 0:
-            raise SettingsError(f"{prefix}STREAM_IDLE_S must be > 0")
+        try:
+            self.call_limits(prefix)  # checks the caps, naming the setting
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         check_cert_key(f"{prefix}TLS", self.tls_cert, self.tls_key)
         if self.tls_client_names and not self.tls_client_ca:
             raise SettingsError(
