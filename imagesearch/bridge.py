@@ -84,7 +84,8 @@ class SyncContext:
     ``grpc.ServicerContext`` the servicers use), safe from any thread."""
 
     def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self._context = context
+        self.aio_context = context  # the call itself: the bridge writes through it
+        self.loop = asyncio.get_running_loop()
         self._metadata = tuple(context.invocation_metadata() or ())
         self._lock = threading.Lock()
         self._ended = False
@@ -105,7 +106,7 @@ class SyncContext:
         return self._metadata
 
     def time_remaining(self) -> float | None:
-        return self._context.time_remaining()
+        return self.aio_context.time_remaining()
 
     def is_active(self) -> bool:
         with self._lock:
@@ -121,10 +122,10 @@ class SyncContext:
             return True
 
     def peer(self) -> str:
-        return self._context.peer()
+        return self.aio_context.peer()
 
     def auth_context(self) -> Mapping[str, Iterable[bytes]]:
-        return self._context.auth_context()
+        return self.aio_context.auth_context()
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise errors.ServiceError(code, details)
@@ -327,20 +328,29 @@ class Bridge(grpc.aio.ServerInterceptor):
 
     # -- one behaviour per kind ---------------------------------------------
 
-    def _unary(self, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
-        async def run(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def _one_request(
+        self, method: str, kind: str, pool: ThreadPoolExecutor, handle: Callable[[Any, Any], T]
+    ) -> Callable[..., Any]:
+        """A call that sends one request (unary, or a watcher's): read it
+        within the idle limit, then a slot of ``kind`` and a thread of
+        ``pool`` run ``handle(request, context)``."""
+
+        async def run(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> T:
             call = _Call(method, context)
             try:
                 sync = self._admit(method, context)
                 request = await self._first(method, context)
-                slot = self.slots[CALLS].take(method)
-                response = await self._in_thread(self.unary_pool, slot, behavior, request, sync)
+                slot = self.slots[kind].take(method)
+                response = await self._in_thread(pool, slot, handle, request, sync)
             except (Exception, asyncio.CancelledError) as exc:
                 await call.fail(exc)
             call.finish(grpc.StatusCode.OK)
             return response
 
         return run
+
+    def _unary(self, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+        return self._one_request(method, CALLS, self.unary_pool, behavior)
 
     def _upload(self, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
         async def run(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -391,31 +401,21 @@ class Bridge(grpc.aio.ServerInterceptor):
             feed.put(errors.unavailable(f"the request stream broke ({type(exc).__name__})"))
 
     def _watch(self, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+        """A server stream: its thread writes each answer through the loop and
+        waits for it to be taken, at most the idle limit."""
         idle_s = self.limits.idle_s
 
-        async def run(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            call = _Call(method, context)
-            loop = asyncio.get_running_loop()
+        def stream(request: Any, sync: SyncContext) -> None:
+            context = sync.aio_context
+            for response in behavior(request, sync):
+                sent = asyncio.run_coroutine_threadsafe(context.write(response), sync.loop)
+                try:
+                    sent.result(timeout=idle_s)
+                except TimeoutError:  # the client reads nothing: it holds a slot
+                    sent.cancel()
+                    raise self._idle_error(method, "the client read nothing") from None
 
-            def stream(request: Any, sync: SyncContext) -> None:
-                for response in behavior(request, sync):
-                    sent = asyncio.run_coroutine_threadsafe(context.write(response), loop)
-                    try:
-                        sent.result(timeout=idle_s)
-                    except TimeoutError:  # the client reads nothing: it holds a slot
-                        sent.cancel()
-                        raise self._idle_error(method, "the client read nothing") from None
-
-            try:
-                sync = self._admit(method, context)
-                request = await self._first(method, context)
-                slot = self.slots[WATCHERS].take(method)
-                await self._in_thread(self.stream_pool, slot, stream, request, sync)
-            except (Exception, asyncio.CancelledError) as exc:
-                await call.fail(exc)
-            call.finish(grpc.StatusCode.OK if not context.done() else grpc.StatusCode.CANCELLED)
-
-        return run
+        return self._one_request(method, WATCHERS, self.stream_pool, stream)
 
     def _reflection(
         self, method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
