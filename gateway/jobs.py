@@ -596,11 +596,7 @@ class JobManager:
         is not valid UTF-8; jobfiles.display_path), or a per-file error."""
         name = display_path(path)
         try:
-            data = self.roots.read(
-                path,
-                lambda size: self.ingestor.limit.check(name, size),
-                self.ingestor.limit.max_bytes,
-            )
+            data = self.ingestor.limit.read(self.roots, path, name)
             return Source(name, data)
         except errors.ServiceError as exc:
             return Source.failed(exc, name)

@@ -12,6 +12,7 @@ import grpc
 
 from gateway.clients import Backends
 from gateway.deadline import Deadline
+from gateway.paths import AllowedRoots
 from imagesearch import errors, ids
 from imagesearch.v1 import index_pb2
 
@@ -51,6 +52,12 @@ class ImageLimit:
     (search queries, streams, job files)."""
 
     max_bytes: int
+
+    def read(self, roots: AllowedRoots, path: str, name: str = "") -> bytes:
+        """The file ``path`` under ``roots``: refused past the limit (naming
+        ``name``, else the path) before it is read, and read no further than
+        the limit + 1 byte whatever it does meanwhile."""
+        return roots.read(path, lambda size: self.check(name or path, size), self.max_bytes)
 
     def check(self, name: str, size: int) -> None:
         """Too large is permanent: INVALID_ARGUMENT naming the limit, never retried."""

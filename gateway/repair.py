@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from gateway.budget import ByteBudget
 from gateway.clients import Backends
@@ -123,7 +122,7 @@ def _readable(
     holds the stored bytes (same sha256)."""
     for path in record.paths or [record.path]:
         try:
-            data = roots.read(path, partial(ingestor.limit.check, path), ingestor.limit.max_bytes)
+            data = ingestor.limit.read(roots, path)
         except (errors.ServiceError, OSError):
             continue
         if ids.sha256(data).hex() == record.sha256:

@@ -143,11 +143,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         assert isinstance(value, str)
         real = self.roots.resolve(value)
         try:
-            return self.roots.read(
-                str(real),
-                lambda size: self.ingestor.limit.check(value, size),
-                self.ingestor.limit.max_bytes,
-            )
+            return self.ingestor.limit.read(self.roots, str(real), value)
         except FileNotFoundError:
             raise errors.not_found(f"{value}: no such file on the gateway's machine") from None
         except OSError as exc:
@@ -338,13 +334,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
         context: grpc.ServicerContext,
     ) -> gateway_pb2.IndexImagesResponse:
-        return self._index_stream(request_iterator, context)
-
-    def _index_stream(
-        self,
-        request_iterator: Iterator[gateway_pb2.IndexImagesRequest],
-        context: grpc.ServicerContext,
-    ) -> gateway_pb2.IndexImagesResponse:
         s = self.settings
         deadline = Deadline.of(context)
         first = StreamHeader()
@@ -497,11 +486,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if record is None:
             raise nothing
         try:
-            data = self.roots.read(
-                path,
-                lambda size: self.ingestor.limit.check(path, size),
-                self.ingestor.limit.max_bytes,
-            )
+            data = self.ingestor.limit.read(self.roots, path)
         except OSError:
             raise errors.not_found(f"{path}: the file is gone from the gateway's machine") from None
         except errors.ServiceError as exc:
