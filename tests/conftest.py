@@ -387,11 +387,23 @@ class Stack:
     tmp: Path
 
 
+@contextlib.contextmanager
+def gateway_stack(embedder: Server, tmp: Path, **gateway_overrides: object) -> Iterator[Stack]:
+    """An index (Milvus Lite, SQLite) and a gateway with ``gateway_overrides``
+    before ``embedder``, both stopped on the way out."""
+    index = start_index(tmp / "index")
+    try:
+        gateway = start_gateway(tmp, embedder.addr, index.addr, **gateway_overrides)
+        try:
+            yield Stack(embedder, index, gateway, tmp)
+        finally:
+            gateway.running.stop(1)
+    finally:
+        index.running.stop(1)
+
+
 @pytest.fixture
 def stack(embedder: Server, tmp_path: Path) -> Iterator[Stack]:
     """Gateway + index (Milvus Lite, SQLite) + the shared real-weights embedder."""
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr)
-    yield Stack(embedder, index, gateway, tmp_path)
-    gateway.running.stop(1)
-    index.running.stop(1)
+    with gateway_stack(embedder, tmp_path) as running:
+        yield running

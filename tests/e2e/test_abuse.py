@@ -22,8 +22,7 @@ from tests.conftest import (
     Server,
     channel,
     clothing_images,
-    start_gateway,
-    start_index,
+    gateway_stack,
 )
 
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -65,16 +64,14 @@ def health_and_count(port: int, count: object) -> float:
 @pytest.fixture
 def backends(embedder: Server, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     """Gateway and index with one photo in collection ``seen``."""
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr)
-    photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
-    reply = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port)).IndexImages(
-        iter([gateway_pb2.IndexImagesRequest(collection="seen", name="p", data=photo)]), timeout=60
-    )
-    assert reply.indexed == 1
-    yield gateway, index
-    gateway.running.stop(1)
-    index.running.stop(1)
+    with gateway_stack(embedder, tmp_path) as running:
+        photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
+        reply = gateway_pb2_grpc.GatewayServiceStub(channel(running.gateway.port)).IndexImages(
+            iter([gateway_pb2.IndexImagesRequest(collection="seen", name="p", data=photo)]),
+            timeout=60,
+        )
+        assert reply.indexed == 1
+        yield running.gateway, running.index
 
 
 def test_idle_streams_do_not_stall_the_gateway(backends: tuple[Server, Server]) -> None:
@@ -140,94 +137,94 @@ def test_idle_streams_and_missing_bodies_do_not_stall_the_index(
 
 
 def test_idle_calls_are_ended_with_a_sentence(embedder: Server, tmp_path: Path) -> None:
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, stream_idle_s=1.0)
-    stall = Stall()
-    ch = channel(gateway.port)
-    stub = gateway_pb2_grpc.GatewayServiceStub(ch)
-    try:
-        chunk = gateway_pb2.IndexImagesRequest(name="a.jpg", data=b"\xff\xd8", more_chunks=True)
-        cases = {
-            "a silent upload": lambda: stub.IndexImages(stall.requests(chunk), timeout=30),
-            "an upload that never starts": lambda: stub.IndexImages(stall.requests(), timeout=30),
-            "a call whose body never comes": lambda: ch.stream_unary(
-                "/imagesearch.v1.GatewayService/Count",
-                request_serializer=gateway_pb2.CountRequest.SerializeToString,
-                response_deserializer=gateway_pb2.CountResponse.FromString,
-            )(stall.requests(), timeout=30),
-            "a silent reflection session": lambda: list(
-                idle_reflection(ch, stall, 1)[0]  # type: ignore[call-overload]
-            ),
-        }
-        for what, call in cases.items():
-            started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as err:
-                call()
-            took = time.monotonic() - started
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, what
-            assert "GATEWAY_STREAM_IDLE_S" in str(err.value.details()), what
-            assert 0.9 < took < 10, f"{what}: ended after {took:.1f} s"
-        # A stream that keeps sending is not idle, however long it lasts.
-        photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
+    with gateway_stack(embedder, tmp_path, stream_idle_s=1.0) as running:
+        gateway = running.gateway
+        stall = Stall()
+        ch = channel(gateway.port)
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        try:
+            chunk = gateway_pb2.IndexImagesRequest(name="a.jpg", data=b"\xff\xd8", more_chunks=True)
+            cases = {
+                "a silent upload": lambda: stub.IndexImages(stall.requests(chunk), timeout=30),
+                "an upload that never starts": lambda: stub.IndexImages(
+                    stall.requests(), timeout=30
+                ),
+                "a call whose body never comes": lambda: ch.stream_unary(
+                    "/imagesearch.v1.GatewayService/Count",
+                    request_serializer=gateway_pb2.CountRequest.SerializeToString,
+                    response_deserializer=gateway_pb2.CountResponse.FromString,
+                )(stall.requests(), timeout=30),
+                "a silent reflection session": lambda: list(
+                    idle_reflection(ch, stall, 1)[0]  # type: ignore[call-overload]
+                ),
+            }
+            for what, call in cases.items():
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                took = time.monotonic() - started
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, what
+                assert "GATEWAY_STREAM_IDLE_S" in str(err.value.details()), what
+                assert 0.9 < took < 10, f"{what}: ended after {took:.1f} s"
+            # A stream that keeps sending is not idle, however long it lasts.
+            photo = (CLOTHING / clothing_images()[0][0]).read_bytes()
 
-        def slow() -> Iterator[gateway_pb2.IndexImagesRequest]:
-            for i in range(3):
-                time.sleep(0.6)
-                half = len(photo) // 2
-                yield gateway_pb2.IndexImagesRequest(
-                    collection="slow", name=f"p{i}", data=photo[:half], more_chunks=True
-                )
-                time.sleep(0.6)
-                yield gateway_pb2.IndexImagesRequest(name=f"p{i}", data=photo[half:])
+            def slow() -> Iterator[gateway_pb2.IndexImagesRequest]:
+                for i in range(3):
+                    time.sleep(0.6)
+                    half = len(photo) // 2
+                    yield gateway_pb2.IndexImagesRequest(
+                        collection="slow", name=f"p{i}", data=photo[:half], more_chunks=True
+                    )
+                    time.sleep(0.6)
+                    yield gateway_pb2.IndexImagesRequest(name=f"p{i}", data=photo[half:])
 
-        reply = stub.IndexImages(slow(), timeout=60)
-        assert reply.indexed + reply.duplicates == 3 and reply.failed == 0
-    finally:
-        stall.release.set()
-        ch.close()
-        gateway.running.stop(1)
-        index.running.stop(1)
+            reply = stub.IndexImages(slow(), timeout=60)
+            assert reply.indexed + reply.duplicates == 3 and reply.failed == 0
+        finally:
+            stall.release.set()
+            ch.close()
 
 
 def test_watchers_cannot_lock_out_uploads(embedder: Server, tmp_path: Path) -> None:
     """Watchers and uploads have caps of their own: a reader who opens every
     watcher slot leaves uploads and short calls working."""
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(
-        tmp_path, embedder.addr, index.addr, max_watchers=4, embed_batch=1, job_concurrency=1
-    )
-    ch = channel(gateway.port)
-    stub = gateway_pb2_grpc.GatewayServiceStub(ch)
-    try:
-        job = stub.StartIndexJob(
-            gateway_pb2.StartIndexJobRequest(collection="w", folder=str(CLOTHING), recursive=True),
-            timeout=30,
-        ).job
-        watchers = [
-            stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job.job_id), timeout=60)
-            for _ in range(16)
-        ]
-        refused = 0
-        for w in watchers:
-            try:
-                next(w)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert "GATEWAY_MAX_WATCHERS" in str(exc.details())
-                refused += 1
-        assert refused == 12
-        photo = (CLOTHING / clothing_images()[1][0]).read_bytes()
-        reply = stub.IndexImages(
-            iter([gateway_pb2.IndexImagesRequest(collection="up", name="p", data=photo)]),
-            timeout=60,
-        )
-        assert reply.indexed == 1
-        for w in watchers:
-            w.cancel()
-    finally:
-        ch.close()
-        gateway.running.stop(1)
-        index.running.stop(1)
+    with gateway_stack(
+        embedder, tmp_path, max_watchers=4, embed_batch=1, job_concurrency=1
+    ) as running:
+        gateway = running.gateway
+        ch = channel(gateway.port)
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        try:
+            job = stub.StartIndexJob(
+                gateway_pb2.StartIndexJobRequest(
+                    collection="w", folder=str(CLOTHING), recursive=True
+                ),
+                timeout=30,
+            ).job
+            watchers = [
+                stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job.job_id), timeout=60)
+                for _ in range(16)
+            ]
+            refused = 0
+            for w in watchers:
+                try:
+                    next(w)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "GATEWAY_MAX_WATCHERS" in str(exc.details())
+                    refused += 1
+            assert refused == 12
+            photo = (CLOTHING / clothing_images()[1][0]).read_bytes()
+            reply = stub.IndexImages(
+                iter([gateway_pb2.IndexImagesRequest(collection="up", name="p", data=photo)]),
+                timeout=60,
+            )
+            assert reply.indexed == 1
+            for w in watchers:
+                w.cancel()
+        finally:
+            ch.close()
 
 
 def test_bytes_that_are_not_the_message_are_invalid_argument(

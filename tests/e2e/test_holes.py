@@ -19,8 +19,7 @@ from tests.conftest import (
     Server,
     Stack,
     clothing_images,
-    start_gateway,
-    start_index,
+    gateway_stack,
     wait_until,
 )
 
@@ -54,11 +53,8 @@ def test_path_queries_are_charged_to_the_byte_budget(embedder: Server, tmp_path:
     photo = tmp_path / "big.jpg"
     source = (CLOTHING / clothing_images()[0][0]).read_bytes()
     photo.write_bytes(source + bytes(1_100_000 - len(source)))  # a JPEG with a long tail
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(
-        tmp_path, embedder.addr, index.addr, max_inflight_mb=8, max_total_inflight_mb=16
-    )
-    try:
+    with gateway_stack(embedder, tmp_path, max_inflight_mb=8, max_total_inflight_mb=16) as running:
+        gateway = running.gateway
         with Client(gateway.addr, timeout=60) as client:
             assert client.index_images([("p.jpg", source)], collection="b").indexed == 1
             with pytest.raises(ImageSearchError) as err:
@@ -68,9 +64,6 @@ def test_path_queries_are_charged_to_the_byte_budget(embedder: Server, tmp_path:
             # As many as one call's budget (8 MiB) holds are read and answered.
             found = client.search_many([Query(path=str(photo))] * 7, collection="b", top_k=1)
             assert len(found) == 7 and all(hits for hits in found)
-    finally:
-        gateway.running.stop(1)
-        index.running.stop(1)
 
 
 def test_a_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
@@ -85,17 +78,10 @@ def test_a_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
 
 
 def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(
-        tmp_path,
-        embedder.addr,
-        index.addr,
-        max_jobs=1,
-        max_queued_jobs=2,
-        embed_batch=1,
-        job_concurrency=1,
-    )
-    try:
+    with gateway_stack(
+        embedder, tmp_path, max_jobs=1, max_queued_jobs=2, embed_batch=1, job_concurrency=1
+    ) as running:
+        gateway = running.gateway
         with Client(gateway.addr, timeout=60) as client:
             first = client.start_job(str(CLOTHING), collection="c1")
             second = client.start_job(str(CLOTHING / "Hat"), collection="c2")
@@ -108,9 +94,6 @@ def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
                 wait_until(lambda j=job: client.get_job(j.job_id).state.terminal, 300)
             third = client.start_job(str(CLOTHING / "Dress"), collection="c3")
             wait_until(lambda: client.get_job(third.job_id).state == JobState.SUCCEEDED, 300)
-    finally:
-        gateway.running.stop(1)
-        index.running.stop(1)
 
 
 def test_a_changed_tokens_file_takes_effect_without_sighup(
@@ -120,9 +103,8 @@ def test_a_changed_tokens_file_takes_effect_without_sighup(
     old, new = f"read-{secrets.token_hex(16)}", f"read-{secrets.token_hex(16)}"
     tokens = tmp_path / "tokens"
     tokens.write_text(f"read:{old}\n")
-    index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(tokens))
-    try:
+    with gateway_stack(embedder, tmp_path, tokens_file=str(tokens)) as running:
+        gateway = running.gateway
         with Client(gateway.addr, token=old, timeout=30) as client:
             client.list_collections()
         replacement = tmp_path / "tokens.new"
@@ -141,6 +123,3 @@ def test_a_changed_tokens_file_takes_effect_without_sighup(
 
         assert wait_until(lambda: refused(old), 10)
         assert not refused(new)
-    finally:
-        gateway.running.stop(1)
-        index.running.stop(1)
