@@ -2,7 +2,7 @@
 
 The file holds one ``ROLE:TOKEN`` per line (blank lines and ``#`` comments
 are skipped). Roles nest: ``read`` < ``write`` < ``admin``. Every
-GatewayService method has exactly one role in ``METHOD_ROLES``; a method
+GatewayService method has exactly one role in ``imagesearch.rpcs``; a method
 without one is refused to everybody (and a test fails for it). Health and
 reflection never ask for a token. Tokens are compared in constant time and
 never logged; the file is read again on SIGHUP and when it changes.
@@ -14,47 +14,16 @@ import hashlib
 import hmac
 import logging
 import threading
-from enum import IntEnum
 from pathlib import Path
 
 import grpc
 
 from imagesearch import errors, logs
 from imagesearch.filewatch import FileWatch
+from imagesearch.rpcs import Role, rpc_of
 from imagesearch.settings import SettingsError
-from imagesearch.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
-
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
-
-
-class Role(IntEnum):
-    READ = 1
-    WRITE = 2
-    ADMIN = 3
-
-
-METHOD_ROLES: dict[str, Role] = {
-    "Search": Role.READ,
-    "Count": Role.READ,
-    "ListCollections": Role.READ,
-    "GetJob": Role.READ,
-    "ListJobs": Role.READ,
-    "WatchJob": Role.READ,
-    "GetImage": Role.READ,
-    "GetThumbnail": Role.READ,
-    "IndexImages": Role.WRITE,
-    "StartIndexJob": Role.WRITE,
-    "CancelJob": Role.WRITE,
-    "ResumeJob": Role.WRITE,
-    "Delete": Role.ADMIN,
-    "DropCollection": Role.ADMIN,
-    "Reconcile": Role.ADMIN,
-    # To come with its RPC: GetThumbnail read.
-}
-
-_PREFIX = f"/{SERVICE.full_name}/"
 
 
 def _digest(token: str) -> bytes:
@@ -170,6 +139,5 @@ class Tokens:
 def required_role(method: str) -> Role | None:
     """The role a full method name needs; None for a method with no role
     (refused to everybody)."""
-    if not method.startswith(_PREFIX):
-        return None
-    return METHOD_ROLES.get(method[len(_PREFIX) :])
+    rpc = rpc_of(method)
+    return None if rpc is None else rpc.role

@@ -32,24 +32,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch.batching import byte_groups
 from imagesearch.channels import make_channel
 from imagesearch.errors import code_from_number, rpc_status
+from imagesearch.rpcs import idempotent_methods
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
-# Calls that may be repeated without changing the outcome. StartIndexJob is
-# not one (each call starts a job); IndexImages is a client stream, retried
-# by ``index_images`` itself.
-IDEMPOTENT = (
-    "Search",
-    "GetJob",
-    "ListJobs",
-    "WatchJob",
-    "CancelJob",
-    "ResumeJob",
-    "Count",
-    "Delete",
-    "DropCollection",
-    "ListCollections",
-)
 CHUNK_BYTES = 1024 * 1024  # per stream message, under the gateway's 4 MiB default
 T = TypeVar("T")
 
@@ -337,7 +323,7 @@ class Client:
             [],
             max_message_bytes=max_message_mb * 1024 * 1024,
             retry_attempts=self.retries,
-            methods=[(SERVICE, m) for m in IDEMPOTENT],
+            methods=[(SERVICE, m) for m in idempotent_methods()],
             credentials=credentials,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)

@@ -170,11 +170,13 @@ def test_gateway_and_index_twins_convert_field_for_field() -> None:
 def test_client_retries_only_idempotent_calls() -> None:
     import json
 
-    from imagesearch.client import IDEMPOTENT, SERVICE
+    from imagesearch.client import SERVICE
+    from imagesearch.rpcs import idempotent_methods
 
-    config = json.loads(service_config([], methods=[(SERVICE, m) for m in IDEMPOTENT]))
+    config = json.loads(service_config([], methods=[(SERVICE, m) for m in idempotent_methods()]))
     names = {(n["service"], n["method"]) for n in config["methodConfig"][0]["name"]}
     assert (SERVICE, "Search") in names and (SERVICE, "Count") in names
+    assert (SERVICE, "GetImage") in names and (SERVICE, "GetThumbnail") in names
     assert (SERVICE, "StartIndexJob") not in names and (SERVICE, "IndexImages") not in names
     assert "methodConfig" not in json.loads(service_config([]))
 
@@ -327,3 +329,23 @@ def test_milvus_and_mysql_tls_settings_reach_their_clients() -> None:
     ):
         with pytest.raises(SettingsError):
             load_settings(IndexSettings, "INDEX_", None, bad)
+
+
+def test_every_gateway_method_is_in_the_rpc_table() -> None:
+    """An RPC added to GatewayService without its facts in imagesearch.rpcs
+    fails here (and is refused to every token until it gets a role)."""
+    from gateway.auth import required_role
+    from imagesearch.rpcs import GATEWAY_RPCS, SERVICE, Access, Role
+
+    methods = set(SERVICE.methods_by_name)
+    assert methods - set(GATEWAY_RPCS) == set(), "describe these methods in imagesearch.rpcs"
+    assert set(GATEWAY_RPCS) - methods == set()
+    # What only reads is safe to repeat and needs no more than the read role.
+    for name, rpc in GATEWAY_RPCS.items():
+        if rpc.access is Access.READ:
+            assert rpc.idempotent and rpc.role is Role.READ, name
+    assert not GATEWAY_RPCS["StartIndexJob"].idempotent
+    assert required_role(f"/{SERVICE.full_name}/Search") is Role.READ
+    assert required_role(f"/{SERVICE.full_name}/Reconcile") is Role.ADMIN
+    assert required_role(f"/{SERVICE.full_name}/NoSuchMethod") is None
+    assert required_role("/imagesearch.v1.IndexService/DropCollection") is None
