@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench.common import machine, services
 from embedder_service.tirg.evaluate import Gallery, evaluate, recalls
 from embedder_service.tirg.net import ComposedRetrieval

@@ -269,6 +269,19 @@ class Backends:
             )
         return embedder.model
 
+    def composing_models(self, deadline: Deadline) -> set[str]:
+        """The model ids whose embedder composes (an image and a text change);
+        an embedder that does not answer within 2 s counts as not composing."""
+        composing = set()
+        for e in self.embedders:
+            try:
+                model = self.model_of(e, deadline.within(2.0))
+            except errors.ServiceError:
+                continue
+            if model.composes:
+                composing.add(model.model_id)
+        return composing
+
     def collection_model(self, collection: str, deadline: Deadline) -> str:
         """The model id of a collection's vectors; "" when it does not exist."""
         now = time.monotonic()

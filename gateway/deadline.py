@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -64,6 +64,11 @@ class Deadline:
         context.add_callback(cancellation.cancel)  # a no-op for calls already done
         at = None if remaining is None else time.monotonic() + remaining
         return cls(at, cancellation)
+
+    def within(self, seconds: float) -> Deadline:
+        """This deadline, or ``seconds`` from now if that comes first."""
+        soon = time.monotonic() + seconds
+        return replace(self, at=soon if self.at is None else min(self.at, soon))
 
     def track(self, call: grpc.Future) -> None:
         if self.cancellation is not None:

@@ -536,5 +536,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListCollectionsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListCollectionsResponse:
         forwarded = convert(request, index_pb2.IndexServiceListCollectionsRequest)
-        response = self.backends.index_call("ListCollections", forwarded, Deadline.of(context))
-        return convert(response, gateway_pb2.ListCollectionsResponse)
+        deadline = Deadline.of(context)
+        response = self.backends.index_call("ListCollections", forwarded, deadline)
+        listed = convert(response, gateway_pb2.ListCollectionsResponse)
+        composing = self.backends.composing_models(deadline)
+        for c in listed.collections:
+            c.composes = c.model in composing
+        return listed

@@ -237,10 +237,11 @@ class Collection:
     index_type: str
     count: int
     pending: int
+    composes: bool = False  # its model takes a text change with the query image
 
     @classmethod
     def from_proto(cls, c: common_pb2.CollectionInfo) -> Collection:
-        return cls(c.name, c.model, c.dim, c.metric, c.index_type, c.count, c.pending)
+        return cls(c.name, c.model, c.dim, c.metric, c.index_type, c.count, c.pending, c.composes)
 
 
 def image_requests(

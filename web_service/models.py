@@ -145,12 +145,14 @@ class CollectionOut(BaseModel):
     metric: str
     count: int
     pending: int
+    composes: bool  # searches may carry a text change ("and change it")
 
     @classmethod
     def of(cls, x: c.Collection) -> CollectionOut:
         return cls(
-            name=x.name, model=x.model, dim=x.dim, metric=x.metric, count=x.count, pending=x.pending
-        )
+            name=x.name, model=x.model, dim=x.dim, metric=x.metric, count=x.count,
+            pending=x.pending, composes=x.composes,
+        )  # fmt: skip
 
 
 class CollectionsOut(BaseModel):

@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dim", "metric", "index_type", "count", "pending")
+    __slots__ = ("name", "model", "dim", "metric", "index_type", "count", "pending", "composes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -13,6 +13,7 @@ class CollectionInfo(_message.Message):
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    COMPOSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dim: int
@@ -20,4 +21,5 @@ class CollectionInfo(_message.Message):
     index_type: str
     count: int
     pending: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+    composes: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., pending: _Optional[int] = ..., composes: _Optional[bool] = ...) -> None: ...

@@ -75,6 +75,7 @@ def test_the_collection_holds_the_composing_models_vectors(scenes: Scenes) -> No
         by_name = {c.name: c for c in client.list_collections()}
     assert by_name["scenes"].model.startswith("tirg_css/flat/")
     assert by_name["scenes"].dim == 256
+    assert by_name["scenes"].composes  # so the page offers "and change it"
 
 
 def test_cli_composed_search_returns_the_generated_target_first(scenes: Scenes) -> None:
@@ -157,6 +158,10 @@ def test_text_where_it_cannot_go_is_refused(scenes: Scenes) -> None:
                 client.search(collection="scenes", **kwargs)
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, kwargs
             assert words in err.value.message, err.value.message
+        composes = {c.name: c.composes for c in client.list_collections()}
+        assert composes == {"photos": False, "scenes": True} | (
+            {"job_scenes": True} if "job_scenes" in composes else {}
+        )
         # Nothing was lost or mixed.
         assert client.count(collection="photos").count == 3
         assert client.count(collection="scenes").count == len(scenes.paths)
@@ -207,5 +212,8 @@ def test_http_face_composes_too(scenes: Scenes) -> None:
         )
         assert refused.status_code == 409, refused.text
         assert "cannot compose" in refused.text
+        listed = requests.get(f"{web.url}/v1/collections", timeout=60).json()["collections"]
+        composes = {c["model"].split("/")[0]: c["composes"] for c in listed}
+        assert composes["tirg_css"] is True and composes["mobilenet_v2"] is False, listed
     finally:
         web.stop()

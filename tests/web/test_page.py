@@ -83,6 +83,8 @@ def test_the_page_indexes_searches_and_reports_errors(
     expect(page.locator("#job-errors li")).to_contain_text("truncated.bmp")
     expect(page.locator("#message")).to_contain_text("1 file failing")
     expect(page.locator("#count")).to_have_text("12 images")
+    # mobilenet_v2 cannot compose: no "and change it" box to type into.
+    expect(page.locator("#compose-text")).to_be_hidden()
     page.screenshot(path=str(tmp_path / "indexed.png"), full_page=True)
 
     # Drop a query image: 5 thumbnails, the image itself first.

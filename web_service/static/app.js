@@ -46,16 +46,25 @@ async function failure(response) {
   return new Error(`${response.status}: ${detail}${hint}`);
 }
 
+// Names of the collections whose model takes a text change with the image.
+let composing = new Set();
+
+function showCompose() {
+  $("compose").hidden = !composing.has(collection());
+}
+
 async function refreshCollections() {
   try {
     const { collections } = await call("/v1/collections");
     $("collections").replaceChildren(...collections.map((c) => new Option(`${c.count} images`, c.name)));
+    composing = new Set(collections.filter((c) => c.composes).map((c) => c.name));
     if (!collections.some((c) => c.name === collection()) && collections.length && !$("collection").dataset.touched) {
       $("collection").value = collections[0].name;
     }
   } catch (err) {
     say(`Collections: ${err.message}`);
   }
+  showCompose();
   await refreshCount();
 }
 
@@ -85,7 +94,7 @@ async function search(file) {
   form.append("image", file, file.name || "pasted-image");
   form.append("top_k", $("topk").value);
   if ($("any-rotation").checked) form.append("any_rotation", "true");
-  const text = $("compose-text").value.trim();
+  const text = $("compose").hidden ? "" : $("compose-text").value.trim();
   if (text) form.append("text", text);
   $("results").replaceChildren();
   $("results").setAttribute("aria-busy", "true");
@@ -291,7 +300,7 @@ function wire() {
   $("cancel-job").addEventListener("click", cancelJob);
   $("delete-form").addEventListener("submit", deletePrefix);
   $("drop-collection").addEventListener("click", dropCollection);
-  $("collection").addEventListener("change", () => { $("collection").dataset.touched = "1"; refreshCount(); });
+  $("collection").addEventListener("change", () => { $("collection").dataset.touched = "1"; showCompose(); refreshCount(); });
   $("token").addEventListener("change", () => {
     sessionStorage.setItem("imagesearch-token", $("token").value);
     refreshCollections();
