@@ -37,8 +37,8 @@ POOL = 16384  # query vectors; more than one run asks for
 def fill(settings_kw: dict[str, object], n: int, model: str) -> None:
     """Inserts n random unit vectors with their SQL rows through the index's store."""
     from index_service.app import build_store
+    from index_service.plan import Item
     from index_service.settings import IndexSettings
-    from index_service.store import Item
 
     store = build_store(IndexSettings(**settings_kw))  # type: ignore[arg-type]
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -111,6 +111,49 @@ def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
     )
 
 
+class Query(NamedTuple):
+    """One query of a Search: its kind (image, image_id, path), the value and
+    the text that composes with it."""
+
+    kind: str
+    value: object
+    text: str
+
+
+def parse_queries(request: gateway_pb2.SearchRequest, max_queries: int) -> list[Query]:
+    """The queries of a Search (the single one first, then ``queries``),
+    INVALID_ARGUMENT for any that cannot be answered as sent."""
+    queries: list[Query] = []
+    single = request.WhichOneof("query")
+    if single is not None:
+        queries.append(Query(single, getattr(request, single), request.text))
+    elif request.text:
+        raise errors.invalid_argument("`text` composes with a query image: send one too")
+    for q in request.queries:
+        kind = q.WhichOneof("query")
+        if kind is None:
+            raise errors.invalid_argument("a query in `queries` has no image, image_id or path")
+        queries.append(Query(kind, getattr(q, kind), q.text))
+    if not queries:
+        raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
+    if len(queries) > max_queries:
+        raise errors.invalid_argument(
+            f"{len(queries)} queries in one Search, limit {max_queries} "
+            "(GATEWAY_MAX_QUERIES); split them over several calls"
+        )
+    if any(q.text for q in queries):
+        if request.any_rotation:
+            raise errors.invalid_argument(
+                "any_rotation cannot go with a text (a composed query); leave one out"
+            )
+        if any(q.text and q.kind == "image_id" for q in queries):
+            raise errors.invalid_argument(
+                "a text composes with a query image: send the image or its path, "
+                "not a stored image_id"
+            )
+    return queries
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
@@ -190,80 +233,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         top_k = request.top_k or self.settings.default_top_k
         if not 1 <= top_k <= 1000:
             raise errors.invalid_argument(f"top_k must be between 1 and 1000, got {top_k}")
-        single = request.WhichOneof("query")
-        queries: list[tuple[str, object, str]] = []  # kind, value, text
-        if single is not None:
-            queries.append((single, getattr(request, single), request.text))
-        elif request.text:
-            raise errors.invalid_argument("`text` composes with a query image: send one too")
-        for q in request.queries:
-            kind = q.WhichOneof("query")
-            if kind is None:
-                raise errors.invalid_argument("a query in `queries` has no image, image_id or path")
-            queries.append((kind, getattr(q, kind), q.text))
-        if not queries:
-            raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
-        if len(queries) > self.settings.max_queries:
-            raise errors.invalid_argument(
-                f"{len(queries)} queries in one Search, limit {self.settings.max_queries} "
-                "(GATEWAY_MAX_QUERIES); split them over several calls"
-            )
-
-        texts = [text for _, _, text in queries]
-        if any(texts):
-            if request.any_rotation:
-                raise errors.invalid_argument(
-                    "any_rotation cannot go with a text (a composed query); leave one out"
-                )
-            if any(text and kind == "image_id" for kind, _, text in queries):
-                raise errors.invalid_argument(
-                    "a text composes with a query image: send the image or its path, "
-                    "not a stored image_id"
-                )
-        images: list[tuple[int, bytes, str]] = []
-        stored: list[tuple[int, int]] = []
-        for pos, (kind, value, text) in enumerate(queries):
-            if kind == "image_id":
-                assert isinstance(value, int)
-                stored.append((pos, value))
+        queries = parse_queries(request, self.settings.max_queries)
+        images: list[tuple[int, bytes, str]] = []  # position, bytes, text
+        stored: list[tuple[int, int]] = []  # position, image id
+        for pos, q in enumerate(queries):
+            if q.kind == "image_id":
+                assert isinstance(q.value, int)
+                stored.append((pos, q.value))
             else:
-                images.append((pos, self._query_bytes(kind, value), text))
+                images.append((pos, self._query_bytes(q.kind, q.value), q.text))
         deadline = Deadline.of(context)
-        model_id = ""
-        vectors: list[bytes] = []
-        views = 4 if request.any_rotation else 1  # vectors per image query
-        if images:
-            embedder = self.backends.embedder_for(collection, deadline)
-            if any(texts):
-                model = self.backends.model_of(embedder, deadline)
-                if not model.composes:
-                    raise errors.failed_precondition(
-                        f"collection {collection!r} is searched with model {model.model}, "
-                        "which cannot compose a text with an image; search without text, or "
-                        "index the images into a collection of a composing model "
-                        "(imgsearch index --model tirg_css)"
-                    )
-            model_id, embedded = self.backends.embed(
-                [(f"query #{p}", data) for p, data, _ in images],
-                deadline,
-                rotations=request.any_rotation,
-                texts=[text for _, _, text in images],
-                embedder=embedder,
-            )
-            for emb in embedded:
-                if emb.error:
-                    code = emb.error_code
-                    raise errors.ServiceError(
-                        grpc.StatusCode.INVALID_ARGUMENT if code == grpc.StatusCode.OK else code,
-                        emb.error,
-                    )
-                turned = list(emb.rotated_vectors) if request.any_rotation else []
-                if len(turned) != views - 1:
-                    raise errors.unavailable(
-                        "the embedder did not return the rotated query vectors (an older "
-                        "version?); retry without any_rotation or update it"
-                    )
-                vectors += [emb.vector, *turned]
+        model_id, vectors = (
+            self._embed_queries(collection, images, request.any_rotation, deadline)
+            if images
+            else ("", [])
+        )
         response = self.backends.index_call(
             "Search",
             index_pb2.IndexServiceSearchRequest(
@@ -277,6 +261,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             deadline,
         )
+        views = 4 if request.any_rotation else 1  # vectors per image query
         found = list(response.results)
         by_position: dict[int, list[index_pb2.IndexHit]] = {}
         for n, (p, _, _) in enumerate(images):
@@ -287,9 +272,52 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             gateway_pb2.QueryResult(hits=[hit_message(h) for h in by_position[p]])
             for p in range(len(queries))
         ]
-        if single is not None:
+        if request.WhichOneof("query") is not None:
             return gateway_pb2.SearchResponse(hits=results[0].hits, results=results[1:])
         return gateway_pb2.SearchResponse(results=results)
+
+    def _embed_queries(
+        self,
+        collection: str,
+        images: list[tuple[int, bytes, str]],
+        any_rotation: bool,
+        deadline: Deadline,
+    ) -> tuple[str, list[bytes]]:
+        """The model id and the vectors of the query images: one each, or four
+        (as given, then turned 90, 180, 270 degrees) with ``any_rotation``."""
+        embedder = self.backends.embedder_for(collection, deadline)
+        if any(text for _, _, text in images):
+            model = self.backends.model_of(embedder, deadline)
+            if not model.composes:
+                raise errors.failed_precondition(
+                    f"collection {collection!r} is searched with model {model.model}, "
+                    "which cannot compose a text with an image; search without text, or "
+                    "index the images into a collection of a composing model "
+                    "(imgsearch index --model tirg_css)"
+                )
+        model_id, embedded = self.backends.embed(
+            [(f"query #{p}", data) for p, data, _ in images],
+            deadline,
+            rotations=any_rotation,
+            texts=[text for _, _, text in images],
+            embedder=embedder,
+        )
+        vectors: list[bytes] = []
+        for emb in embedded:
+            if emb.error:
+                code = emb.error_code
+                raise errors.ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT if code == grpc.StatusCode.OK else code,
+                    emb.error,
+                )
+            turned = list(emb.rotated_vectors) if any_rotation else []
+            if len(turned) != (3 if any_rotation else 0):
+                raise errors.unavailable(
+                    "the embedder did not return the rotated query vectors (an older "
+                    "version?); retry without any_rotation or update it"
+                )
+            vectors += [emb.vector, *turned]
+        return model_id, vectors
 
     # -- streaming ingest --------------------------------------------------
 

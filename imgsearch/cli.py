@@ -414,7 +414,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
+Sub = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every command that talks to the gateway takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--gateway",
@@ -443,10 +447,11 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to wait for a gateway whose embedder or index is still starting "
         "(default 300)",
     )
+    return common
 
-    p = argparse.ArgumentParser(prog="imgsearch", description="Reverse image search client.")
-    sub = p.add_subparsers(dest="command", required=True)
 
+def add_up(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch up: the stack on this machine."""
     up = sub.add_parser(
         "up",
         parents=[common],
@@ -469,6 +474,25 @@ def parser() -> argparse.ArgumentParser:
         "a local CA made under <data-dir>/tls on first use (env IMGSEARCH_TLS)",
     )
     up.add_argument("--gateway-port", type=int)
+    up.add_argument("--embedder-port", type=int)
+    up.add_argument("--index-port", type=int)
+    up.add_argument("--web-port", type=int, help="the HTTP face and page (env WEB_PORT; 8080)")
+    up.add_argument("--no-web", action="store_true", help="do not start the HTTP face")
+    up.add_argument(
+        "--with",
+        dest="with_models",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also start an embedder for MODEL (e.g. tirg_css, composed image+text search) "
+        "on the embedder's port + 10, and route collections of that model to it (repeat "
+        "for more)",
+    )
+    up.set_defaults(func=cmd_up)
+
+
+def add_certs(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch certs: a local CA and certificates."""
     certs = sub.add_parser(
         "certs",
         help="make a local CA and certificates for TLS/mTLS (compose, k8s, tests)",
@@ -487,22 +511,10 @@ def parser() -> argparse.ArgumentParser:
         "embedder, index, gateway, web), so that each container holds only its own key",
     )
     certs.set_defaults(func=cmd_certs)
-    up.add_argument("--embedder-port", type=int)
-    up.add_argument("--index-port", type=int)
-    up.add_argument("--web-port", type=int, help="the HTTP face and page (env WEB_PORT; 8080)")
-    up.add_argument("--no-web", action="store_true", help="do not start the HTTP face")
-    up.add_argument(
-        "--with",
-        dest="with_models",
-        action="append",
-        default=[],
-        metavar="MODEL",
-        help="also start an embedder for MODEL (e.g. tirg_css, composed image+text search) "
-        "on the embedder's port + 10, and route collections of that model to it (repeat "
-        "for more)",
-    )
-    up.set_defaults(func=cmd_up)
 
+
+def add_index(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch index: files and folders, from here or on the server."""
     ix = sub.add_parser("index", parents=[common], help="index files or folders")
     ix.add_argument("paths", nargs="+", help="files or folders")
     ix.add_argument(
@@ -520,6 +532,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ix.set_defaults(func=cmd_index)
 
+
+def add_search(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch search: images like one."""
     se = sub.add_parser("search", parents=[common], help="find images like IMAGE")
     se.add_argument(
         "image", nargs="?", help="query image file (or a server path with --server-path)"
@@ -546,23 +561,39 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its hits")
     se.set_defaults(func=cmd_search)
 
+
+def add_count(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch count."""
     sub.add_parser("count", parents=[common], help="images in the collection").set_defaults(
         func=cmd_count
     )
 
+
+def add_delete(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch delete: by id, path or prefix."""
     de = sub.add_parser("delete", parents=[common], help="delete images")
     de.add_argument("--id", type=int, action="append", help="image id (repeatable)")
     de.add_argument("--path", action="append", help="exact path (repeatable)")
     de.add_argument("--prefix", help="every path starting with this")
     de.set_defaults(func=cmd_delete)
 
+
+def add_drop(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch drop: a whole collection."""
     dr = sub.add_parser("drop", parents=[common], help="drop the collection")
     dr.add_argument("--yes", action="store_true", help="confirm")
     dr.set_defaults(func=cmd_drop)
 
+
+def add_collections(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch collections."""
     sub.add_parser("collections", parents=[common], help="list collections").set_defaults(
         func=cmd_collections
     )
+
+
+def add_reconcile(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch reconcile: repair what a crash left (admin)."""
     rc = sub.add_parser(
         "reconcile",
         parents=[common],
@@ -577,6 +608,9 @@ def parser() -> argparse.ArgumentParser:
     )
     rc.set_defaults(func=cmd_reconcile)
 
+
+def add_jobs(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch jobs: server-side jobs."""
     jb = sub.add_parser("jobs", parents=[common], help="server-side jobs")
     jb.add_argument(
         "action", nargs="?", default="list", choices=["list", "show", "watch", "cancel", "resume"]
@@ -584,6 +618,18 @@ def parser() -> argparse.ArgumentParser:
     jb.add_argument("job_id", nargs="?")
     jb.add_argument("--filter", help="only jobs of this collection")
     jb.set_defaults(func=cmd_jobs)
+
+
+COMMANDS = (add_up, add_certs, add_index, add_search, add_count, add_delete, add_drop,
+            add_collections, add_reconcile, add_jobs)  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    common = common_options()
+    p = argparse.ArgumentParser(prog="imgsearch", description="Reverse image search client.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub, common)
     return p
 
 

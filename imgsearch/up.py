@@ -94,33 +94,49 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run(
-    data_dir: str,
-    gateway_port: int,
-    embedder_port: int,
-    index_port: int,
-    host: str = "127.0.0.1",
-    startup_timeout: float = 600,
-    tls: bool = False,
-    web_port: int | None = 8080,
-    with_models: Sequence[str] = (),
-) -> int:
-    """``host``: where all services (and their metrics) listen; loopback
-    unless told otherwise. ``tls``: every port over TLS (HTTPS for the web
-    face), the gateway's calls to the embedder and index over mTLS.
-    ``web_port``: the HTTP face's port (None: no web face). ``with_models``:
-    more embedders, one per model (e.g. tirg_css), beside the default one."""
-    # Where the services are dialled: loopback when they listen everywhere,
-    # else the one address they listen on.
+@dataclass(frozen=True)
+class Reach:
+    """How ``up`` itself reaches the services it started: the address it
+    dials, and the gateway's client certificate and the local CA under TLS."""
+
+    host: str  # where the services listen
+    dial: str  # where they are dialled
+    credentials: grpc.ChannelCredentials | None = None
+    https: ssl.SSLContext | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https is not None else "http"
+
+    def where(self, svc: Service) -> str:
+        return (
+            f"{self.scheme}://{self.dial}:{svc.port}/"
+            if not svc.service
+            else f"{self.host}:{svc.port}"
+        )
+
+    def healthy(self, svc: Service) -> bool:
+        if not svc.service:
+            return web_healthy(f"{self.scheme}://{self.dial}:{svc.port}/healthz", self.https)
+        return healthy(
+            svc.port, f"imagesearch.v1.{svc.service}", credentials=self.credentials, host=self.dial
+        )
+
+
+def dial_address(host: str) -> str:
+    """Where services listening on ``host`` are dialled: loopback when they
+    listen everywhere, else the one address they listen on."""
     dial = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
-    if ":" in dial and not dial.startswith("["):
-        dial = f"[{dial}]"
-    data = Path(data_dir).resolve()
-    (data / "images").mkdir(parents=True, exist_ok=True)
-    logs = data / "logs"
-    logs.mkdir(exist_ok=True)
-    # Ports come resolved from flags or env; the storage and fallback defaults
-    # give way to whatever the user's environment sets (e.g. a real Milvus).
+    return f"[{dial}]" if ":" in dial and not dial.startswith("[") else dial
+
+
+def environment(
+    data: Path, host: str, dial: str, gateway_port: int, embedder_port: int, index_port: int,
+    web_port: int | None,
+) -> dict[str, str]:  # fmt: skip
+    """The services' environment. Ports come resolved from flags or env; the
+    storage and fallback defaults give way to whatever the user's environment
+    sets (e.g. a real Milvus)."""
     env = dict(os.environ)
     env.setdefault("EMBEDDER_WEIGHTS_FALLBACK", "bundled")
     # Freed image buffers go back to the system at once instead of fragmenting
@@ -143,21 +159,119 @@ def run(
         WEB_PORT=str(web_port or 0),
         WEB_GATEWAY_ADDR=f"{dial}:{gateway_port}",
     )
-    # How up itself calls the services: with the gateway's client certificate under TLS.
-    credentials: grpc.ChannelCredentials | None = None
-    https: ssl.SSLContext | None = None
-    if tls:
-        pki, made = local_pki(data / "tls", [host])
-        env.update(tls_env(pki))
-        client = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
-        credentials = client.credentials()
-        https = ssl.create_default_context(cafile=str(pki.ca))
-        print(
-            f"imgsearch up: TLS on every port ({'made a local CA' if made else 'local CA'} "
-            f"in {pki.folder}); clients trust {pki.ca}: imgsearch --ca {pki.ca} "
-            f"(or IMGSEARCH_CA), grpcurl -cacert {pki.ca}",
-            flush=True,
-        )
+    return env
+
+
+def with_tls(data: Path, host: str, dial: str, env: dict[str, str]) -> Reach:
+    """Every port over TLS from a local CA (made once under ``data``); sets
+    the services' TLS settings in ``env``."""
+    pki, made = local_pki(data / "tls", [host])
+    env.update(tls_env(pki))
+    client = ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    print(
+        f"imgsearch up: TLS on every port ({'made a local CA' if made else 'local CA'} "
+        f"in {pki.folder}); clients trust {pki.ca}: imgsearch --ca {pki.ca} "
+        f"(or IMGSEARCH_CA), grpcurl -cacert {pki.ca}",
+        flush=True,
+    )
+    return Reach(host, dial, client.credentials(), ssl.create_default_context(cafile=str(pki.ca)))
+
+
+def wait_healthy(
+    services: Sequence[Service], reach: Reach, stop: threading.Event, timeout: float, logs: Path
+) -> bool:
+    """Waits until every service answers healthy, announcing each in
+    dependency order (the gateway, then the web face, last). False when one
+    exits or the time runs out (said on stderr) or ``stop`` is set."""
+    started = time.monotonic()
+    waiting = list(services)
+    slow_said = False
+    while waiting and not stop.is_set():
+        if not slow_said and time.monotonic() - started > 15:
+            slow_said = True
+            print(
+                f"imgsearch up: still starting ({', '.join(s.name for s in waiting)}); the "
+                "embedder loads its model and, with EMBEDDER_COMPILE=auto, compiles it: "
+                f"a minute or two the first time, seconds later. Logs: {logs}",
+                flush=True,
+            )
+        for svc in list(waiting):
+            assert svc.proc is not None and svc.log is not None
+            if svc.proc.poll() is not None:
+                print(
+                    f"imgsearch up: {svc.name} exited with code {svc.proc.returncode} while "
+                    f"starting; last lines of {svc.log}:\n{tail(svc.log)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return False
+            if svc is waiting[0] and reach.healthy(svc):
+                print(f"imgsearch up: {svc.name:8s} SERVING on {reach.where(svc)}", flush=True)
+                waiting.remove(svc)
+        if time.monotonic() - started > timeout:
+            print(
+                f"imgsearch up: {', '.join(s.name for s in waiting)} not healthy after "
+                f"{timeout:.0f}s; see {logs}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        stop.wait(0.5)
+    return not stop.is_set()
+
+
+def supervise(services: Sequence[Service], stop: threading.Event, data: Path) -> None:
+    """Until ``stop``: a service that dies is started again, with a pause that
+    doubles while it keeps dying (up to RESTART_MAX_S) and resets once it has
+    run for RESTART_RESET_S; the others keep serving."""
+    while not stop.is_set():
+        for svc in services:
+            assert svc.proc is not None
+            if svc.proc.poll() is None:
+                if svc.restarts and time.monotonic() - svc.started > RESTART_RESET_S:
+                    svc.restarts = 0
+                continue
+            if svc.due is None:
+                pause = min(RESTART_MIN_S * 2**svc.restarts, RESTART_MAX_S)
+                svc.due = time.monotonic() + pause
+                print(
+                    f"imgsearch up: {svc.name} exited with code {svc.proc.returncode}; "
+                    f"restarting it in {pause:.0f}s (the others keep serving). Last lines "
+                    f"of {svc.log}:\n{tail(svc.log) if svc.log else ''}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif time.monotonic() >= svc.due:
+                svc.due = None
+                svc.restarts += 1
+                spawn(svc, data)
+                print(f"imgsearch up: {svc.name} restarted (pid {svc.proc.pid})", flush=True)
+        stop.wait(0.5)
+
+
+def run(
+    data_dir: str,
+    gateway_port: int,
+    embedder_port: int,
+    index_port: int,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 600,
+    tls: bool = False,
+    web_port: int | None = 8080,
+    with_models: Sequence[str] = (),
+) -> int:
+    """``host``: where all services (and their metrics) listen; loopback
+    unless told otherwise. ``tls``: every port over TLS (HTTPS for the web
+    face), the gateway's calls to the embedder and index over mTLS.
+    ``web_port``: the HTTP face's port (None: no web face). ``with_models``:
+    more embedders, one per model (e.g. tirg_css), beside the default one."""
+    dial = dial_address(host)
+    data = Path(data_dir).resolve()
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    env = environment(data, host, dial, gateway_port, embedder_port, index_port, web_port)
+    reach = with_tls(data, host, dial, env) if tls else Reach(host, dial)
     extras = extra_embedders(with_models, env, dial, embedder_port)
     services = [
         Service("embedder", "embedder_service", "EmbedderService", embedder_port, env),
@@ -167,7 +281,6 @@ def run(
     ]
     if web_port is not None:
         services.append(Service("web", "web_service", "", web_port, env))
-    scheme = "https" if tls else "http"
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -180,98 +293,18 @@ def run(
         svc.log = logs / f"{svc.name}.log"
         spawn(svc, data)
     try:
-        started = time.monotonic()
-        deadline = started + startup_timeout
-        waiting = list(services)
-        slow_said = False
-        while waiting and not stop.is_set():
-            if not slow_said and time.monotonic() - started > 15:
-                slow_said = True
-                print(
-                    f"imgsearch up: still starting ({', '.join(s.name for s in waiting)}); the "
-                    "embedder loads its model and, with EMBEDDER_COMPILE=auto, compiles it: "
-                    f"a minute or two the first time, seconds later. Logs: {logs}",
-                    flush=True,
-                )
-            for svc in list(waiting):
-                assert svc.proc is not None and svc.log is not None
-                if svc.proc.poll() is not None:
-                    print(
-                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode} while starting; "
-                        f"last lines of {svc.log}:\n{tail(svc.log)}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return 1
-                # Announced in dependency order: the gateway, then the web face, last.
-                if svc is waiting[0] and (
-                    web_healthy(f"{scheme}://{dial}:{svc.port}/healthz", https)
-                    if not svc.service
-                    else healthy(
-                        svc.port,
-                        f"imagesearch.v1.{svc.service}",
-                        credentials=credentials,
-                        host=dial,
-                    )
-                ):
-                    where = (
-                        f"{scheme}://{dial}:{svc.port}/"
-                        if not svc.service
-                        else f"{host}:{svc.port}"
-                    )
-                    print(f"imgsearch up: {svc.name:8s} SERVING on {where}", flush=True)
-                    waiting.remove(svc)
-            if time.monotonic() > deadline:
-                print(
-                    f"imgsearch up: {', '.join(s.name for s in waiting)} not healthy after "
-                    f"{startup_timeout:.0f}s; see {logs}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return 1
-            stop.wait(0.5)
-        if stop.is_set():
-            return 0
-        describe_model(dial, embedder_port, credentials)
-        for svc in extras:
-            describe_model(dial, svc.port, credentials)
-        page = f", web page at {scheme}://{dial}:{web_port}/" if web_port is not None else ""
+        if not wait_healthy(services, reach, stop, startup_timeout, logs):
+            return 0 if stop.is_set() else 1
+        for port in [embedder_port, *(svc.port for svc in extras)]:
+            describe_model(dial, port, reach.credentials)
+        page = f", web page at {reach.scheme}://{dial}:{web_port}/" if web_port is not None else ""
         print(
             f"imgsearch up: ready. Gateway at {host}:{gateway_port}"
             f"{' (TLS)' if tls else ''}{page}. "
             f"Try: imgsearch index {data / 'images'}  (Ctrl-C stops everything)",
             flush=True,
         )
-        # Supervise: a service that dies is started again, with a pause that
-        # doubles while it keeps dying (up to RESTART_MAX_S) and resets once
-        # it has run for RESTART_RESET_S; the others keep serving. Only
-        # Ctrl-C or SIGTERM stops everything.
-        while not stop.is_set():
-            for svc in services:
-                assert svc.proc is not None
-                if svc.proc.poll() is None:
-                    if svc.restarts and time.monotonic() - svc.started > RESTART_RESET_S:
-                        svc.restarts = 0
-                    continue
-                if svc.due is None:
-                    pause = min(RESTART_MIN_S * 2**svc.restarts, RESTART_MAX_S)
-                    svc.due = time.monotonic() + pause
-                    print(
-                        f"imgsearch up: {svc.name} exited with code {svc.proc.returncode}; "
-                        f"restarting it in {pause:.0f}s (the others keep serving). Last lines "
-                        f"of {svc.log}:\n{tail(svc.log) if svc.log else ''}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                elif time.monotonic() >= svc.due:
-                    svc.due = None
-                    svc.restarts += 1
-                    spawn(svc, data)
-                    print(
-                        f"imgsearch up: {svc.name} restarted (pid {svc.proc.pid})",
-                        flush=True,
-                    )
-            stop.wait(0.5)
+        supervise(services, stop, data)  # only Ctrl-C or SIGTERM stops everything
         return 0
     finally:
         shutdown(services)

@@ -17,20 +17,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
-from imagesearch import errors, ids, logs
+from imagesearch import errors, logs
 from index_service import names
 from index_service.metadata import (
     PENDING,
     READY,
-    SERVER,
-    STREAM,
     CollectionRow,
     ImageRow,
     MetadataStore,
-    NewImage,
+)
+from index_service.plan import (
+    Item,
+    UpsertPlan,
+    UpsertResult,
+    check_items,
+    plan_upsert,
+    unpack_vector,
 )
 from index_service.vectors import MAX_TOPK, VectorStore
 from index_service.writer import StoreLocked, WriterLock
@@ -41,27 +45,6 @@ MAX_TOP_K = 1000
 MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
 OVERFETCH = 4  # hits asked for beyond top_k, for rows pending or gone
-
-
-@dataclass(frozen=True)
-class Item:
-    sha256: bytes
-    path: str
-    size: int
-    width: int
-    height: int
-    vector: bytes
-    origin: str = STREAM  # SERVER: a file a server job found; STREAM: a client's name
-    thumbnail: bytes = b""  # JPEG; kept if the image has none yet
-
-
-@dataclass(frozen=True)
-class UpsertResult:
-    image_id: int
-    duplicate: bool
-    path_added: bool
-    refused: str = ""  # why nothing was stored for this item
-    code: grpc.StatusCode = grpc.StatusCode.OK  # with ``refused``
 
 
 @dataclass(frozen=True)
@@ -80,23 +63,6 @@ class ReconcileReport:
     needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
     needs_thumbnail: list[tuple[str, ImageRow]] = field(default_factory=list)
     thumbnails_missing: int = 0
-
-
-def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
-    if len(raw) == 0:
-        raise errors.invalid_argument(f"{what}: the vector is empty")
-    if len(raw) != dim * 4:
-        raise errors.invalid_argument(
-            f"{what}: the vector has {len(raw)} bytes, expected {dim} float32 values "
-            f"({dim * 4} bytes) for this collection"
-        )
-    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(vec)):
-        raise errors.invalid_argument(f"{what}: the vector contains NaN or infinity")
-    norm = float(np.linalg.norm(vec))
-    if norm == 0.0:
-        raise errors.invalid_argument(f"{what}: the vector is all zeros")
-    return vec / norm
 
 
 def ways_back(name: str, stored: str) -> str:
@@ -188,125 +154,55 @@ class IndexStore:
             raise errors.invalid_argument(f"dim {dim} is out of range 1..{MAX_DIM}")
         if not items:
             return []
-        vectors: list[np.ndarray] = []
-        image_ids: list[int] = []
-        for n, item in enumerate(items):
-            what = f"item #{n} ({item.path[:60] or 'no path'})"
-            if len(item.sha256) != ids.SHA256_BYTES:
-                raise errors.invalid_argument(
-                    f"{what}: sha256 must be 32 bytes, got {len(item.sha256)}"
-                )
-            if item.size < 0 or item.width < 0 or item.height < 0:
-                raise errors.invalid_argument(
-                    f"{what}: size, width and height must not be negative"
-                )
-            vectors.append(unpack_vector(item.vector, dim, what))
-            image_ids.append(ids.image_id_from_sha256(item.sha256))
-
+        checked = check_items(items, dim)
         with self._writing():
-            row = self.meta.get_collection(name)
-            if row is None:
-                # SQL is the system of record: a Milvus collection it does not
-                # know is a leftover of an interrupted drop, replaced here.
-                self.vectors.create(name, dim, replace=True)
-                self.meta.create_collection(
-                    CollectionRow(name, model, dim, self.metric, self.vectors.index_type)
-                )
-                logs.event(log, "collection.created", collection=name, model=model, dim=dim)
-            else:
-                if row.dim != dim or row.model != model:
-                    raise errors.failed_precondition(
-                        f"collection {name!r} holds {row.dim}-d vectors of model {row.model!r}; "
-                        f"these are {dim}-d vectors of {model!r}. " + ways_back(name, row.model)
-                    )
-                self.vectors.ensure(name, dim)
-
-            statuses = self.meta.statuses(name, image_ids)
+            self._ensure_collection(name, model, dim)
+            statuses = self.meta.statuses(name, [c.image_id for c in checked])
             owners = self.meta.path_owners(name, [it.path for it in items])
-            new_images: dict[int, NewImage] = {}
-            to_embed: dict[int, np.ndarray] = {}
-            new_paths: dict[str, int] = {}
-            moved_paths: dict[str, int] = {}
-            origins: dict[str, str] = {}
-            results: list[UpsertResult] = []
-            digests = {iid: sha for iid, (_, sha) in statuses.items()}
-            for item, iid, vec in zip(items, image_ids, vectors, strict=True):
-                current = owners.get(item.path)  # (image id, origin), this batch included
-                refused = self._refusal(item, iid, current, digests)
-                if refused is not None:
-                    results.append(UpsertResult(iid, False, False, *refused))
-                    continue
-                digests.setdefault(iid, item.sha256.hex())
-                known = statuses.get(iid, (None, ""))[0]
-                duplicate = known == READY or iid in new_images or (iid in to_embed)
-                if known is None and iid not in new_images:
-                    new_images[iid] = NewImage(
-                        iid, item.sha256.hex(), item.path, item.size, item.width, item.height
-                    )
-                if known != READY and iid not in to_embed:
-                    to_embed[iid] = vec
-                path_added = False
-                if current is None:
-                    new_paths[item.path] = iid
-                    path_added = True
-                elif current[0] != iid:
-                    moved_paths[item.path] = iid  # the file at this path changed
-                    path_added = True
-                elif item.origin == SERVER and current[1] != SERVER:
-                    moved_paths[item.path] = iid  # a server job takes back a streamed name
-                if item.path not in origins or item.origin == SERVER:
-                    origins[item.path] = item.origin
-                owners[item.path] = (iid, origins[item.path])
-                results.append(UpsertResult(iid, duplicate, path_added and duplicate))
+            plan = plan_upsert(checked, statuses, owners)
+            self._apply(name, model, plan)
+        return plan.results
 
-            orphaned = self.meta.write_pending(
-                name,
-                model,
-                list(new_images.values()),
-                list(new_paths.items()),
-                list(moved_paths.items()),
-                origins,
+    def _ensure_collection(self, name: str, model: str, dim: int) -> None:
+        """Makes the collection for ``model``'s ``dim``-d vectors, or checks
+        that it holds those (FAILED_PRECONDITION naming the ways back)."""
+        row = self.meta.get_collection(name)
+        if row is None:
+            # SQL is the system of record: a Milvus collection it does not
+            # know is a leftover of an interrupted drop, replaced here.
+            self.vectors.create(name, dim, replace=True)
+            self.meta.create_collection(
+                CollectionRow(name, model, dim, self.metric, self.vectors.index_type)
             )
-            thumbnails = {
-                res.image_id: item.thumbnail
-                for item, res in zip(items, results, strict=True)
-                if item.thumbnail and not res.refused and res.image_id not in orphaned
-            }
-            if thumbnails:
-                self.meta.put_thumbnails(name, thumbnails)
-            if to_embed:
-                keys = list(to_embed)
-                self.vectors.upsert(name, keys, np.stack([to_embed[k] for k in keys]))
-                self.meta.mark_ready(name, keys)
-            if orphaned:
-                self.vectors.delete(name, orphaned)
-        return results
+            logs.event(log, "collection.created", collection=name, model=model, dim=dim)
+            return
+        if row.dim != dim or row.model != model:
+            raise errors.failed_precondition(
+                f"collection {name!r} holds {row.dim}-d vectors of model {row.model!r}; "
+                f"these are {dim}-d vectors of {model!r}. " + ways_back(name, row.model)
+            )
+        self.vectors.ensure(name, dim)
 
-    @staticmethod
-    def _refusal(
-        item: Item, iid: int, owner: tuple[int, str] | None, digests: dict[int, str]
-    ) -> tuple[str, grpc.StatusCode] | None:
-        """Why ``item`` cannot be stored (its own problem, not the batch's), or None."""
-        try:
-            names.path(item.path)
-        except errors.ServiceError as exc:
-            return exc.message, exc.code
-        stored = digests.get(iid)
-        if stored is not None and stored != item.sha256.hex():
-            # Ids are the first 8 bytes of SHA-256: two different images can
-            # share one. They are never merged.
-            return (
-                f"{item.path}: image id {iid} collides: the stored image with this id has "
-                f"sha256 {stored}, these bytes {item.sha256.hex()}; not stored",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
-        if item.origin != SERVER and owner is not None and owner[1] == SERVER and owner[0] != iid:
-            return (
-                f"{item.path}: a server job indexed a file under this path; a streamed "
-                "image cannot take it (send it under another name)",
-                grpc.StatusCode.PERMISSION_DENIED,
-            )
-        return None
+    def _apply(self, name: str, model: str, plan: UpsertPlan) -> None:
+        """Writes ``plan`` in the order that survives a crash: rows pending,
+        thumbnails, vectors, rows ready; then the vectors no row keeps."""
+        orphaned = self.meta.write_pending(
+            name,
+            model,
+            plan.new_images,
+            list(plan.new_paths.items()),
+            list(plan.moved_paths.items()),
+            plan.origins,
+        )
+        thumbnails = {k: v for k, v in plan.thumbnails.items() if k not in orphaned}
+        if thumbnails:
+            self.meta.put_thumbnails(name, thumbnails)
+        if plan.to_embed:
+            keys = list(plan.to_embed)
+            self.vectors.upsert(name, keys, np.stack([plan.to_embed[k] for k in keys]))
+            self.meta.mark_ready(name, keys)
+        if orphaned:
+            self.vectors.delete(name, orphaned)
 
     def delete(
         self, name: str, image_ids: list[int], paths: list[str], prefix: str

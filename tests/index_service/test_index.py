@@ -335,7 +335,7 @@ def test_reconcile_repairs_a_crash_between_the_writes(
     gone: Reconcile repairs all three with nothing lost or duplicated."""
     from index_service.app import build_store
     from index_service.metadata import NewImage
-    from index_service.store import Item
+    from index_service.plan import Item
 
     settings = index_settings(tmp_path, **index_backend)
     store = build_store(settings)
@@ -418,7 +418,7 @@ def test_search_digs_past_many_unusable_hits(
     ready rows, in score order."""
     from index_service.app import build_store
     from index_service.metadata import NewImage
-    from index_service.store import Item
+    from index_service.plan import Item
 
     store = build_store(index_settings(tmp_path, **index_backend))
     query = vector(0)
@@ -454,7 +454,7 @@ def test_start_up_reconcile_deletes_orphan_vectors(
     from index_service.app import build_store
 
     store = build_store(index_settings(tmp_path, **index_backend))
-    from index_service.store import Item
+    from index_service.plan import Item
 
     store.upsert("photos", MODEL, DIM, [Item(digest(1), "/a.jpg", 1, 1, 1, vector(1).tobytes())])
     orphan = ids.image_id_from_sha256(digest(2))

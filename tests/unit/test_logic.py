@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from gateway.deadline import Deadline
@@ -22,6 +23,7 @@ from imagesearch.client import ImageSearchError, JobState, Query
 from imagesearch.limits import CallLimits
 from imagesearch.settings import ServerSettings, SettingsError, load_settings
 from imagesearch.v1 import gateway_pb2, index_pb2
+from index_service.plan import Checked
 from index_service.settings import IndexSettings
 from index_service.store import score_of
 
@@ -349,3 +351,125 @@ def test_every_gateway_method_is_in_the_rpc_table() -> None:
     assert required_role(f"/{SERVICE.full_name}/Reconcile") is Role.ADMIN
     assert required_role(f"/{SERVICE.full_name}/NoSuchMethod") is None
     assert required_role("/imagesearch.v1.IndexService/DropCollection") is None
+
+
+# -- search queries -------------------------------------------------------------
+
+
+def test_search_queries_come_single_first_then_the_list() -> None:
+    from gateway.servicer import Query as Parsed
+    from gateway.servicer import parse_queries
+
+    request = gateway_pb2.SearchRequest(
+        image=b"jpeg",
+        text="make it blue",
+        queries=[gateway_pb2.Query(path="/a.jpg"), gateway_pb2.Query(image_id=7)],
+    )
+    assert parse_queries(request, 8) == [
+        Parsed("image", b"jpeg", "make it blue"),
+        Parsed("path", "/a.jpg", ""),
+        Parsed("image_id", 7, ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "request_, words",
+    [
+        (gateway_pb2.SearchRequest(), "needs an image, image_id or path"),
+        (gateway_pb2.SearchRequest(text="blue"), "send one too"),
+        (gateway_pb2.SearchRequest(queries=[gateway_pb2.Query()]), "has no image"),
+        (gateway_pb2.SearchRequest(queries=[gateway_pb2.Query(image_id=1)] * 3), "limit 2"),
+        (gateway_pb2.SearchRequest(image=b"x", text="blue", any_rotation=True), "any_rotation"),
+        (gateway_pb2.SearchRequest(image_id=3, text="blue"), "not a stored image_id"),
+    ],
+)
+def test_search_queries_that_cannot_be_answered_are_refused(
+    request_: gateway_pb2.SearchRequest, words: str
+) -> None:
+    from gateway.servicer import parse_queries
+
+    with pytest.raises(errors.ServiceError) as err:
+        parse_queries(request_, 2)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in err.value.message
+
+
+# -- the upsert plan ------------------------------------------------------------
+
+
+def _item(data: bytes, path: str, origin: str = "stream", thumbnail: bytes = b"") -> Checked:
+    from index_service.plan import Checked, Item
+
+    sha = hashlib.sha256(data).digest()
+    item = Item(sha, path, len(data), 4, 3, b"", origin=origin, thumbnail=thumbnail)
+    return Checked(item, ids.image_id_from_sha256(sha), np.ones(2, dtype=np.float32))
+
+
+def test_the_upsert_plan_stores_each_new_image_once_whatever_its_paths() -> None:
+    from index_service.plan import plan_upsert
+
+    a, a_again, b = (
+        _item(b"a", "/x/a.jpg", thumbnail=b"jpg"),
+        _item(b"a", "/x/a2.jpg"),
+        _item(b"b", "/x/b.jpg"),
+    )
+    plan = plan_upsert([a, a_again, b], statuses={}, owners={})
+    assert [img.image_id for img in plan.new_images] == [a.image_id, b.image_id]
+    assert list(plan.to_embed) == [a.image_id, b.image_id]
+    assert plan.new_paths == {
+        "/x/a.jpg": a.image_id,
+        "/x/a2.jpg": a.image_id,
+        "/x/b.jpg": b.image_id,
+    }
+    assert plan.moved_paths == {} and plan.thumbnails == {a.image_id: b"jpg"}
+    assert [(r.duplicate, r.path_added, r.refused) for r in plan.results] == [
+        (False, False, ""), (True, True, ""), (False, False, ""),
+    ]  # fmt: skip
+
+
+def test_the_upsert_plan_reuses_ready_images_and_moves_changed_paths() -> None:
+    from index_service.plan import plan_upsert
+
+    old, new = _item(b"old", "/x/a.jpg"), _item(b"new", "/x/a.jpg")
+    ready = {old.image_id: ("ready", old.item.sha256.hex())}
+    # A ready image under a new name: a path, no vector.
+    plan = plan_upsert([_item(b"old", "/x/copy.jpg")], ready, owners={})
+    assert plan.new_images == [] and plan.to_embed == {}
+    assert plan.new_paths == {"/x/copy.jpg": old.image_id}
+    assert (plan.results[0].duplicate, plan.results[0].path_added) == (True, True)
+    # Other bytes at a known path: the path moves to the new image.
+    plan = plan_upsert([new], ready, owners={"/x/a.jpg": (old.image_id, "stream")})
+    assert plan.moved_paths == {"/x/a.jpg": new.image_id} and plan.new_paths == {}
+    assert list(plan.to_embed) == [new.image_id]
+    # A pending image is embedded again, not made again.
+    pending = {old.image_id: ("pending", old.item.sha256.hex())}
+    plan = plan_upsert([old], pending, owners={"/x/a.jpg": (old.image_id, "stream")})
+    assert plan.new_images == [] and list(plan.to_embed) == [old.image_id]
+    assert plan.new_paths == {} and plan.moved_paths == {}
+
+
+def test_the_upsert_plan_refuses_items_alone() -> None:
+    from index_service.plan import plan_upsert
+
+    streamed, fine = _item(b"s", "/srv/a.jpg"), _item(b"f", "/srv/f.jpg")
+    collider = _item(b"c", "/srv/c.jpg")
+    server_owned = {"/srv/a.jpg": (12345, "server")}
+    other_bytes = {collider.image_id: ("ready", "00" * 32)}
+    plan = plan_upsert([streamed, collider, fine], other_bytes, server_owned)
+    codes = [r.code for r in plan.results]
+    assert codes == [
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OK,
+    ]
+    assert "a server job indexed a file under this path" in plan.results[0].refused
+    assert "collides" in plan.results[1].refused
+    assert list(plan.to_embed) == [fine.image_id] and plan.new_paths == {
+        "/srv/f.jpg": fine.image_id
+    }
+    # A server job's file takes a streamed name back.
+    taken = plan_upsert(
+        [_item(b"s", "/srv/a.jpg", origin="server")], {}, {"/srv/a.jpg": (1, "stream")}
+    )
+    assert taken.moved_paths == {"/srv/a.jpg": streamed.image_id}
+    assert taken.origins == {"/srv/a.jpg": "server"}
