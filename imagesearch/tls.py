@@ -176,71 +176,89 @@ def local_pki(
     sans = [h.strip("[]") for h in sans if h not in ("0.0.0.0", "::", "[::]", "")]
     if all(f.exists() for f in files) and set(sans) <= _names_in(pki.server_cert):
         return pki, False
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imagesearch (local)"),
-                x509.NameAttribute(NameOID.COMMON_NAME, common),
-            ]
-        )
-
-    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("imagesearch local CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = _LocalCa(days)
+    server_key, server_cert = ca.leaf(
+        "imagesearch services", [ExtendedKeyUsageOID.SERVER_AUTH], sans
     )
+    client_key, client_cert = ca.leaf(GATEWAY_CLIENT_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    pem = serialization.Encoding.PEM
+    for service in services:
+        own_key, own_cert = ca.leaf(
+            f"imagesearch {service}",
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            list(dict.fromkeys([service, *sans])),
+        )
+        _write_key(pki.service_key(service), own_key)
+        pki.service_cert(service).write_bytes(own_cert.public_bytes(pem))
+    _write_key(pki.server_key, server_key)
+    _write_key(pki.client_key, client_key)
+    pki.server_cert.write_bytes(server_cert.public_bytes(pem))
+    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
+    pki.ca.write_bytes(ca.cert.public_bytes(pem))  # last: its presence means "complete"
+    # The CA's key is not kept: nothing else is ever signed with it.
+    return pki, True
 
-    def leaf(common: str, usage: list[x509.ObjectIdentifier], sans: list[str]) -> tuple[Any, Any]:
+
+class _LocalCa:
+    """A CA made in memory, valid for ``days``, that signs the local leaves."""
+
+    def __init__(self, days: int) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.days = days
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = _name("imagesearch local CA")
+        self.cert = (
+            self._builder(self.name, self.key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def _builder(self, subject: Any, public_key: Any) -> Any:
+        from cryptography import x509
+
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now - datetime.timedelta(minutes=5))
+            .not_valid_after(self.now + datetime.timedelta(days=self.days))
+        )
+
+    def leaf(self, common: str, usage: list[Any], sans: list[str]) -> tuple[Any, Any]:
+        """A key and a certificate for ``common``, for ``usage`` (server or
+        client auth), valid for the names and addresses in ``sans``."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            self._builder(_name(common), key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )
@@ -252,26 +270,33 @@ def local_pki(
                 except ValueError:
                     entries.append(x509.DNSName(host))
             builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
-        return key, builder.sign(ca_key, hashes.SHA256())
+        return key, builder.sign(self.key, hashes.SHA256())
 
-    server_key, server_cert = leaf("imagesearch services", [ExtendedKeyUsageOID.SERVER_AUTH], sans)
-    client_key, client_cert = leaf(GATEWAY_CLIENT_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
-    pem = serialization.Encoding.PEM
-    for service in services:
-        own_key, own_cert = leaf(
-            f"imagesearch {service}",
-            [ExtendedKeyUsageOID.SERVER_AUTH],
-            list(dict.fromkeys([service, *sans])),
-        )
-        write_key(pki.service_key(service), own_key)
-        pki.service_cert(service).write_bytes(own_cert.public_bytes(pem))
-    write_key(pki.server_key, server_key)
-    write_key(pki.client_key, client_key)
-    pki.server_cert.write_bytes(server_cert.public_bytes(pem))
-    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
-    pki.ca.write_bytes(ca_cert.public_bytes(pem))  # last: its presence means "complete"
-    # The CA's key is not kept: nothing else is ever signed with it.
-    return pki, True
+
+def _name(common: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imagesearch (local)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
+
+
+def _write_key(path: Path, key: Any) -> None:
+    """The private key as PEM, readable by its owner only."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def _names_in(cert_file: Path) -> set[str]:
