@@ -13,7 +13,7 @@ from index_service.metadata import MetadataStore
 from index_service.servicer import IndexServicer
 from index_service.settings import IndexSettings
 from index_service.store import IndexStore
-from index_service.vectors import VectorStore
+from index_service.vectors import open_vector_store
 from index_service.writer import WriterLock
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def build_store(settings: IndexSettings, writer: WriterLock | None = None) -> In
             settings.row_cache_mb * 1024 * 1024,
             tls=settings.database_tls(),
         ),
-        VectorStore(settings),
+        open_vector_store(settings),
         writer,
     )
 

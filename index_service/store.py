@@ -1,8 +1,8 @@
 """The index's logic over both stores, with the write order that keeps them
 consistent through a crash:
 
-* Upsert: SQL rows as ``pending`` -> vectors into Milvus -> rows ``ready``.
-* Delete / Drop: SQL first -> Milvus. A crash leaves at worst a vector with
+* Upsert: SQL rows as ``pending`` -> vectors into the vector store -> rows ``ready``.
+* Delete / Drop: SQL first -> vectors. A crash leaves at worst a vector with
   no row, which searches skip and Reconcile deletes.
 * Reconcile: pending rows whose vector exists become ready; pending rows
   without a vector are reported for re-embedding; vectors without a row go.
@@ -36,7 +36,7 @@ from index_service.plan import (
     plan_upsert,
     unpack_vector,
 )
-from index_service.vectors import MAX_TOPK, VectorStore
+from index_service.vectors import VectorStore
 from index_service.writer import StoreLocked, WriterLock
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,6 @@ def ways_back(name: str, stored: str) -> str:
     )
 
 
-def score_of(metric: str, raw: float) -> tuple[float, float]:
-    """(distance reported, score in [0,1]) from Milvus' raw distance: for L2
-    the squared distance between unit vectors, for IP/COSINE the similarity."""
-    if metric == "L2":
-        cos = 1.0 - raw / 2.0
-        return raw, min(1.0, max(0.0, cos))
-    return 1.0 - raw, min(1.0, max(0.0, raw))
-
-
 class IndexStore:
     def __init__(
         self, meta: MetadataStore, vectors: VectorStore, writer: WriterLock | None = None
@@ -140,7 +131,7 @@ class IndexStore:
         return row
 
     def _score(self, distance: float) -> tuple[float, float]:
-        return score_of(self.metric, distance)
+        return self.vectors.score(distance)
 
     # -- writes ----------------------------------------------------------
 
@@ -168,7 +159,7 @@ class IndexStore:
         that it holds those (FAILED_PRECONDITION naming the ways back)."""
         row = self.meta.get_collection(name)
         if row is None:
-            # SQL is the system of record: a Milvus collection it does not
+            # SQL is the system of record: a vector set it does not
             # know is a leftover of an interrupted drop, replaced here.
             self.vectors.create(name, dim, replace=True)
             self.meta.create_collection(
@@ -233,10 +224,10 @@ class IndexStore:
         names.collection(name)
         with self._writing():
             existed = self.meta.drop_collection(name)
-            in_milvus = self.vectors.exists(name)
-            if in_milvus:
+            in_vectors = self.vectors.exists(name)
+            if in_vectors:
                 self.vectors.drop(name)
-        if not existed and not in_milvus:
+        if not existed and not in_vectors:
             raise errors.not_found(f"collection {name!r} does not exist")
         logs.event(log, "collection.dropped", collection=name)
         return True
@@ -287,11 +278,11 @@ class IndexStore:
             if len(candidates) <= PREFIX_FILTER_LIMIT:
                 only_ids = candidates
         # Hits whose row is pending or gone are skipped, and with a prefix too
-        # broad to pass to Milvus as ids, hits are filtered here: ask for a few
+        # broad to pass to the vector store as ids, hits are filtered here: ask for a few
         # more than top_k, and ask again, 4x deeper, for the queries that came
-        # up short while Milvus still had more to give.
+        # up short while the vector store still had more to give.
         filtered_here = bool(prefix) and only_ids is None
-        fetch = min(MAX_TOPK, (top_k * 8 if filtered_here else top_k) + OVERFETCH)
+        fetch = min(self.vectors.max_top_k, (top_k * 8 if filtered_here else top_k) + OVERFETCH)
         out: list[list[Hit]] = [[] for _ in queries]
         todo = list(range(len(queries)))
         while todo:
@@ -300,9 +291,9 @@ class IndexStore:
             short = []
             for q, hits in zip(todo, raw, strict=True):
                 out[q], complete = self._choose(hits, rows, top_k, prefix, min_score)
-                if not complete and len(hits) == fetch and fetch < MAX_TOPK:
+                if not complete and len(hits) == fetch and fetch < self.vectors.max_top_k:
                     short.append(q)
-            todo, fetch = short, min(MAX_TOPK, fetch * 4)
+            todo, fetch = short, min(self.vectors.max_top_k, fetch * 4)
         return out
 
     def _choose(
@@ -361,7 +352,7 @@ class IndexStore:
                 self.vectors.ensure(row.name, row.dim)
                 pending = self.meta.ids_by_status(row.name, PENDING)
                 if pending:
-                    have = self.vectors.existing(row.name, pending, consistency="Strong")
+                    have = self.vectors.existing(row.name, pending, strong=True)
                     self.meta.mark_ready(row.name, sorted(have))
                     report.marked_ready += len(have)
                     lacking = [i for i in pending if i not in have]
@@ -373,7 +364,7 @@ class IndexStore:
                 orphans = [i for i in stored if i not in known]
                 self.vectors.delete(row.name, orphans)
                 report.orphan_vectors_deleted += len(orphans)
-                # Ready rows whose vector is gone (Milvus data lost): pending
+                # Ready rows whose vector is gone (vector data lost): pending
                 # again, so that indexing the file again repairs them instead
                 # of being skipped as a duplicate.
                 lost = [i for i in self.meta.ids_by_status(row.name, READY) if i not in stored]

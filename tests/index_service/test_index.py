@@ -461,7 +461,7 @@ def test_start_up_reconcile_deletes_orphan_vectors(
     store.vectors.upsert("photos", [orphan], np.stack([vector(2)]))
     report = store.reconcile()
     assert report.orphan_vectors_deleted == 1
-    assert store.vectors.existing("photos", [orphan], consistency="Strong") == set()
+    assert store.vectors.existing("photos", [orphan], strong=True) == set()
     assert store.count("photos") == (1, 0)
     store.vectors.close()
     store.meta.dispose()

@@ -23,9 +23,9 @@ from imagesearch.client import ImageSearchError, JobState, Query
 from imagesearch.limits import CallLimits
 from imagesearch.settings import ServerSettings, SettingsError, load_settings
 from imagesearch.v1 import gateway_pb2, index_pb2
+from index_service.milvus import score_of
 from index_service.plan import Checked
 from index_service.settings import IndexSettings
-from index_service.store import score_of
 
 # -- settings -----------------------------------------------------------------
 
@@ -473,3 +473,15 @@ def test_the_upsert_plan_refuses_items_alone() -> None:
     )
     assert taken.moved_paths == {"/srv/a.jpg": streamed.image_id}
     assert taken.origins == {"/srv/a.jpg": "server"}
+
+
+def test_the_vector_store_is_chosen_by_its_uri() -> None:
+    from index_service.milvus import MilvusVectors
+    from index_service.vectors import open_vector_store
+
+    lite = open_vector_store(IndexSettings(milvus_uri="./data/milvus.db"))
+    server = open_vector_store(IndexSettings(milvus_uri="http://127.0.0.1:19530", metric="L2"))
+    assert isinstance(lite, MilvusVectors) and lite.lite
+    assert isinstance(server, MilvusVectors) and not server.lite
+    assert (server.metric, server.max_top_k) == ("L2", 16384)
+    assert server.score(0.0) == (0.0, 1.0)  # the same vector under L2

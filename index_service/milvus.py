@@ -1,0 +1,298 @@
+"""The vector store on Milvus (index_service.vectors.VectorStore): one Milvus
+collection per collection, primary key = image id, one float vector field.
+Works with Milvus Lite (a local *.db file) and with a standalone or cluster
+server (http://host:19530)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from imagesearch import errors, logs
+from index_service.settings import IndexSettings
+
+log = logging.getLogger(__name__)
+
+ID_FIELD = "id"
+VECTOR_FIELD = "vector"
+MAX_TOPK = 16384  # Milvus' limit on one search
+CHUNK = 1000
+
+
+def is_lite(uri: str) -> bool:
+    """A Milvus Lite file, not a server's address."""
+    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+def score_of(metric: str, raw: float) -> tuple[float, float]:
+    """(distance reported, score in [0,1]) from Milvus' raw distance: for L2
+    the squared distance between unit vectors, for IP/COSINE the similarity."""
+    if metric == "L2":
+        cos = 1.0 - raw / 2.0
+        return raw, min(1.0, max(0.0, cos))
+    return 1.0 - raw, min(1.0, max(0.0, raw))
+
+
+class MilvusVectors:
+    max_top_k = MAX_TOPK
+
+    def __init__(self, settings: IndexSettings) -> None:
+        self.settings = settings
+        self.uri = settings.milvus_uri
+        self.lite = is_lite(self.uri)
+        self.metric = settings.metric.upper()
+        self.index_type = settings.index_type.upper()
+        self.consistency = settings.milvus_consistency
+        self._client: MilvusClient | None = None
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+
+    # -- plumbing --------------------------------------------------------
+
+    def _connect(self) -> MilvusClient:
+        with self._lock:
+            if self._client is None:
+                kwargs: dict[str, Any] = {
+                    "uri": self.uri,
+                    "timeout": self.settings.milvus_timeout_s,
+                }
+                if self.lite:
+                    Path(self.uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                else:
+                    for key in ("token", "user", "password", "db_name"):
+                        value = getattr(self.settings, f"milvus_{key}")
+                        if value:
+                            kwargs[key] = value
+                    kwargs.update(self.settings.milvus_tls())
+                self._client = MilvusClient(**kwargs)
+            return self._client
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[MilvusClient]:
+        try:
+            yield self._connect()
+        except errors.ServiceError:
+            raise
+        except MilvusException as exc:
+            text = str(exc).lower()
+            if any(w in text for w in ("connect", "unavailable", "timeout", "deadline", "closed")):
+                self._reset()
+                self._log_outage(what, exc)
+                raise errors.unavailable(
+                    f"Milvus is unavailable during {what}; retry later (the index's log has "
+                    "the details)"
+                ) from None
+            logs.event(
+                log,
+                "milvus.refused",
+                logging.ERROR,
+                during=what,
+                error=f"{exc.code}: {exc.message}",
+            )
+            raise errors.ServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"Milvus refused {what} (its code {exc.code}); the index's log has its words",
+            ) from None
+        except Exception as exc:  # grpc errors, refused connections, ...
+            self._reset()
+            self._log_outage(what, exc)
+            raise errors.unavailable(
+                f"Milvus is unavailable during {what} ({type(exc).__name__}); retry later "
+                "(the index's log has the details)"
+            ) from None
+
+    def _log_outage(self, what: str, exc: BaseException) -> None:
+        """Where Milvus is and what it said go to the log, not to clients."""
+        logs.event(
+            log,
+            "milvus.unavailable",
+            logging.WARNING,
+            uri=self.uri,
+            during=what,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _reset(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            self._known.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing to close
+                client.close()
+
+    def close(self) -> None:
+        self._reset()
+
+    def score(self, raw: float) -> tuple[float, float]:
+        return score_of(self.metric, raw)
+
+    def milvus_name(self, name: str) -> str:
+        return f"{self.settings.milvus_prefix}{name}"
+
+    # -- collections -----------------------------------------------------
+
+    def index_params(self) -> dict[str, Any]:
+        s = self.settings
+        if self.index_type.startswith("IVF"):
+            return {"nlist": s.nlist}
+        if self.index_type == "HNSW":
+            return {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
+        return {}
+
+    def search_params(self, top_k: int) -> dict[str, Any]:
+        s = self.settings
+        params: dict[str, Any] = {}
+        if self.index_type.startswith("IVF"):
+            params = {"nprobe": s.nprobe}
+        elif self.index_type == "HNSW":
+            params = {"ef": max(s.hnsw_ef, top_k)}
+        return {"metric_type": self.metric, "params": params}
+
+    def exists(self, name: str) -> bool:
+        with self._calling(f"has_collection({name})") as c:
+            return bool(c.has_collection(self.milvus_name(name)))
+
+    def create(self, name: str, dim: int, *, replace: bool = False) -> None:
+        """Creates (and loads) the collection; with replace, drops a stale one first."""
+        mname = self.milvus_name(name)
+        with self._calling(f"create_collection({name})") as c:
+            if c.has_collection(mname):
+                if not replace:
+                    self._known.add(mname)
+                    return
+                logs.event(log, "milvus.drop_stale", collection=mname)
+                c.drop_collection(mname)
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+            schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+            index = c.prepare_index_params()
+            index.add_index(
+                field_name=VECTOR_FIELD,
+                index_type=self.index_type,
+                metric_type=self.metric,
+                params=self.index_params(),
+            )
+            c.create_collection(
+                mname, schema=schema, index_params=index, consistency_level="Strong"
+            )
+            self._known.add(mname)
+        logs.event(
+            log,
+            "milvus.created",
+            collection=mname,
+            dim=dim,
+            index=self.index_type,
+            metric=self.metric,
+        )
+
+    def ensure(self, name: str, dim: int) -> None:
+        if self.milvus_name(name) not in self._known:
+            self.create(name, dim)
+
+    def drop(self, name: str) -> None:
+        mname = self.milvus_name(name)
+        with self._calling(f"drop_collection({name})") as c:
+            if c.has_collection(mname):
+                c.drop_collection(mname)
+        self._known.discard(mname)
+
+    # -- data ------------------------------------------------------------
+
+    def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        mname = self.milvus_name(name)
+        with self._calling(f"upsert into {name}") as c:
+            for i in range(0, len(ids), CHUNK):
+                rows = [
+                    {ID_FIELD: int(iid), VECTOR_FIELD: vec.tolist()}
+                    for iid, vec in zip(ids[i : i + CHUNK], vectors[i : i + CHUNK], strict=True)
+                ]
+                c.upsert(mname, rows)
+
+    def delete(self, name: str, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        mname = self.milvus_name(name)
+        with self._calling(f"delete from {name}") as c:
+            for i in range(0, len(ids), CHUNK):
+                c.delete(mname, ids=[int(x) for x in ids[i : i + CHUNK]])
+
+    def existing(self, name: str, ids: Sequence[int], strong: bool = False) -> set[int]:
+        found: set[int] = set()
+        mname = self.milvus_name(name)
+        with self._calling(f"query {name}") as c:
+            for i in range(0, len(ids), CHUNK):
+                chunk = [int(x) for x in ids[i : i + CHUNK]]
+                rows = c.query(
+                    mname,
+                    filter=f"{ID_FIELD} in {chunk}",
+                    output_fields=[ID_FIELD],
+                    consistency_level="Strong" if strong else self.consistency,
+                )
+                found.update(int(r[ID_FIELD]) for r in rows)
+        return found
+
+    def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        mname = self.milvus_name(name)
+        with self._calling(f"get from {name}") as c:
+            rows = c.get(
+                mname,
+                ids=[int(x) for x in ids],
+                output_fields=[VECTOR_FIELD],
+                consistency_level=self.consistency,
+            )
+        return {int(r[ID_FIELD]): np.asarray(r[VECTOR_FIELD], dtype=np.float32) for r in rows}
+
+    def all_ids(self, name: str) -> Iterator[int]:
+        mname = self.milvus_name(name)
+        with self._calling(f"scan {name}") as c:
+            it = c.query_iterator(
+                mname,
+                batch_size=CHUNK,
+                filter="",
+                output_fields=[ID_FIELD],
+                consistency_level="Strong",  # used by Reconcile only
+            )
+            try:
+                while True:
+                    batch = it.next()
+                    if not batch:
+                        return
+                    for r in batch:
+                        yield int(r[ID_FIELD])
+            finally:
+                it.close()
+
+    def search(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        limit: int,
+        only_ids: Sequence[int] | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Per query, (id, raw distance) best first. No output fields are asked
+        for: hits carry their primary key, and on a server any output field
+        costs a second retrieval phase inside Milvus."""
+        mname = self.milvus_name(name)
+        expr = f"{ID_FIELD} in {[int(x) for x in only_ids]}" if only_ids is not None else ""
+        with self._calling(f"search {name}") as c:
+            results = c.search(
+                mname,
+                data=[v.tolist() for v in vectors],
+                limit=min(limit, MAX_TOPK),
+                filter=expr,
+                search_params=self.search_params(limit),
+                consistency_level=self.consistency,
+            )
+        return [
+            [(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits]
+            for hits in results
+        ]
