@@ -132,4 +132,5 @@ def test_request_id_travels_downstream(stack, caplog) -> None:
     assert methods == {
         "/imagesearch.v1.GatewayService/ListCollections",
         "/imagesearch.v1.IndexService/ListCollections",
+        "/imagesearch.v1.EmbedderService/GetModelInfo",  # does its model compose?
     }
