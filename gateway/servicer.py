@@ -111,6 +111,12 @@ def hit_message(h: index_pb2.IndexHit) -> gateway_pb2.Hit:
     )
 
 
+def views_of(any_rotation: bool) -> int:
+    """Vectors per image query: the image as given, and with ``any_rotation``
+    also turned 90, 180 and 270 degrees."""
+    return 4 if any_rotation else 1
+
+
 class Query(NamedTuple):
     """One query of a Search: its kind (image, image_id, path), the value and
     the text that composes with it."""
@@ -261,7 +267,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             deadline,
         )
-        views = 4 if request.any_rotation else 1  # vectors per image query
+        views = views_of(request.any_rotation)
         found = list(response.results)
         by_position: dict[int, list[index_pb2.IndexHit]] = {}
         for n, (p, _, _) in enumerate(images):
@@ -311,7 +317,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     emb.error,
                 )
             turned = list(emb.rotated_vectors) if any_rotation else []
-            if len(turned) != (3 if any_rotation else 0):
+            if len(turned) != views_of(any_rotation) - 1:
                 raise errors.unavailable(
                     "the embedder did not return the rotated query vectors (an older "
                     "version?); retry without any_rotation or update it"

@@ -24,7 +24,7 @@ from imagesearch.limits import CallLimits
 from imagesearch.settings import ServerSettings, SettingsError, load_settings
 from imagesearch.v1 import gateway_pb2, index_pb2
 from index_service.milvus import score_of
-from index_service.plan import Checked
+from index_service.plan import Checked, Item
 from index_service.settings import IndexSettings
 
 # -- settings -----------------------------------------------------------------
@@ -398,8 +398,6 @@ def test_search_queries_that_cannot_be_answered_are_refused(
 
 
 def _item(data: bytes, path: str, origin: str = "stream", thumbnail: bytes = b"") -> Checked:
-    from index_service.plan import Checked, Item
-
     sha = hashlib.sha256(data).digest()
     item = Item(sha, path, len(data), 4, 3, b"", origin=origin, thumbnail=thumbnail)
     return Checked(item, ids.image_id_from_sha256(sha), np.ones(2, dtype=np.float32))
