@@ -200,7 +200,7 @@ class Decoder:
             return squash(img, self.crop)
         w, h = img.size
         scale = self.resize / min(w, h)
-        new_w, new_h = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
+        new_w, new_h = resized_size(w, h, self.resize, self.crop)
         if new_w * new_h > MAX_RESIZED * self.resize * self.resize:
             # A strip (62965 x 3 px, a few hundred bytes of GIF) would become
             # gigabytes at full width before the crop: resize only the part
@@ -214,6 +214,14 @@ class Decoder:
         left, top = (new_w - self.crop) // 2, (new_h - self.crop) // 2
         img = img.crop((left, top, left + self.crop, top + self.crop))
         return np.asarray(img, dtype=np.uint8)
+
+
+def resized_size(width: int, height: int, resize: int, crop: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``resize``, each side rounded to
+    the nearest pixel and at least ``crop``. Every decoder resizes to this size,
+    so their centre crops line up to the pixel."""
+    scale = resize / min(width, height)
+    return max(crop, round(width * scale)), max(crop, round(height * scale))
 
 
 def _swaps_axes(img: Image.Image, width: int, height: int) -> bool:

@@ -28,6 +28,7 @@ from embedder_service.decode import (
     Decoded,
     DecodeError,
     Decoder,
+    resized_size,
     thumbnail_jpeg,
 )
 from imagesearch.errors import ServiceError
@@ -82,7 +83,13 @@ class TorchJpegDecoder(Decoder):
                 image = decode_jpeg(
                     raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
                 )
-                resized = F.resize(image, [self.resize], antialias=True)
+                # Not F.resize(image, [self.resize]): it truncates the longer
+                # side where Decoder rounds it, which moved the crop half a
+                # pixel for some aspect ratios (seen on an H200 first).
+                new_w, new_h = resized_size(
+                    image.shape[-1], image.shape[-2], self.resize, self.crop
+                )
+                resized = F.resize(image, [new_h, new_w], antialias=True)
                 pixels = self._crop_tensor(resized)
                 thumbnail = b""
                 if thumbnail_px:

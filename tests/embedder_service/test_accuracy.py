@@ -60,8 +60,9 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 @pytest.fixture(scope="module", params=MODELS)
 def reference(request: pytest.FixtureRequest) -> tuple[str, np.ndarray]:
     model = request.param
+    # On the CPU wherever the test runs: plain fp32, no TF32 convolutions.
     return model, vectors(
-        model, dtype="float32", fuse_bn=False, channels_last=False, compile="false"
+        model, device="cpu", dtype="float32", fuse_bn=False, channels_last=False, compile="false"
     )[0]
 
 
@@ -80,11 +81,12 @@ def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(
     reference: tuple[str, np.ndarray],
 ) -> None:
     model, reference_vectors = reference
-    bf16, runner = vectors(model, dtype="bfloat16", compile="false")
+    # The choice under test is the CPU's (on CUDA, auto is float16 for every model).
+    bf16, runner = vectors(model, device="cpu", dtype="bfloat16", compile="false")
     assert runner.dtype == torch.bfloat16
     cosine, overlap = agreement(reference_vectors, bf16)
     print(f"{model} bf16 vs fp32: min cosine {cosine:.4f}, top-10 overlap {overlap:.3f}")
-    auto = vectors(model, compile="false")[1].dtype
+    auto = vectors(model, device="cpu", compile="false")[1].dtype
     if cosine < 0.99 or overlap < 0.9:
         assert auto == torch.float32, "auto picked bf16 for a model it makes inaccurate"
     else:

@@ -1,6 +1,7 @@
 """EMBEDDER_COMPILE on a machine where torch.compile cannot work (here: the C++
 compiler Inductor needs is missing): `auto` serves eager and says so, `true`
-refuses to start. Run as real processes, since Inductor reads CXX at import."""
+refuses to start. Run as real processes, since Inductor reads CXX at import.
+On the CPU: on a GPU, Inductor writes Triton kernels and needs no C++ compiler."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def no_compiler_env(tmp_path: Path, compile_mode: str) -> dict[str, str]:
         "EMBEDDER_MAX_BATCH": "4",
         "EMBEDDER_WARMUP": "true",
         "EMBEDDER_COMPILE": compile_mode,
+        "EMBEDDER_DEVICE": "cpu",
         "CXX": str(tmp_path / "no-such-c++"),
         # A cache of our own: kernels compiled by an earlier run must not hide the failure.
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),

@@ -9,6 +9,7 @@ import subprocess
 import grpc
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
@@ -56,7 +57,8 @@ def test_model_info_reports_real_weights(embedder: Server) -> None:
     assert info.pretrained is True
     assert info.weights == "bundled"
     assert len(info.weights_digest) == 64
-    assert info.device == "cpu"
+    # EMBEDDER_DEVICE=auto: the GPU where torch sees one (the model id does not change).
+    assert info.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert info.model_id.startswith("mobilenet_v2/avg/")
 
 
