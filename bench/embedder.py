@@ -61,10 +61,10 @@ def baseline_model(device: str, batch: int, seconds: float) -> float:
 
 
 def our_model(device: str, dtype: str, compile_mode: str, batch: int, seconds: float):
-    from embedder_service.model import ModelRunner
+    from embedder_service.model import make_runner
     from embedder_service.settings import EmbedderSettings
 
-    runner = ModelRunner(
+    runner = make_runner(
         EmbedderSettings(
             model="resnet50",
             weights="random",

@@ -7,7 +7,7 @@ import logging
 from embedder_service.batcher import Batcher
 from embedder_service.budget import PixelBudget
 from embedder_service.decode import Decoder
-from embedder_service.model import ModelRunner
+from embedder_service.model import ComposingRunner, ModelRunner, make_runner
 from embedder_service.servicer import EmbedderServicer
 from embedder_service.settings import EmbedderSettings
 from imagesearch import logs
@@ -46,7 +46,7 @@ def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
 
 def start(settings: EmbedderSettings) -> RunningServer:
     """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
-    runner = ModelRunner(settings)
+    runner = make_runner(settings)
     decoder = make_decoder(settings, runner)
     decode_workers = settings.decode_threads(model_on_cpu=runner.device.type == "cpu")
     batcher = Batcher(
@@ -58,7 +58,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
         decode_workers=decode_workers,
     )
     ready = Readiness("the embedder is still warming up its model")
-    text_problem = runner.text_problem if runner.info.composes else None
+    text_problem = runner.text_problem if isinstance(runner, ComposingRunner) else None
     servicer = EmbedderServicer(batcher, runner.info, settings, ready, text_problem)
     running = start_server(
         [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],

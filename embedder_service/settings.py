@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from embedder_service.families import FAMILIES
 from imagesearch.cpus import available_cpus
 from imagesearch.formats import PHOTO_FORMATS, allowed, registered
 from imagesearch.settings import ServerSettings, SettingsError, server_field
-
-# Models that compose a query image with a text (trained here, embedder_service/tirg).
-COMPOSED_MODELS = ("tirg_css",)
-MODELS = ("resnet50", "resnet18", "vgg16", "mobilenet_v2", "efficientnet_lite0", *COMPOSED_MODELS)
 
 
 @dataclass(frozen=True)
@@ -22,11 +19,7 @@ class EmbedderSettings(ServerSettings):
     max_message_mb: int = server_field("max_message_mb", 128)
     model: str = field(
         default="resnet50",
-        metadata={
-            "help": "resnet50, resnet18, vgg16, mobilenet_v2, efficientnet_lite0, or tirg_css "
-            "(composed image+text queries on CSS-like scenes; whole images at 64 px, its "
-            "own sizes)"
-        },
+        metadata={"help": "; ".join(f"{f.name} ({f.summary})" for f in FAMILIES.values())},
     )
     weights: str = field(
         default="imagenet",
@@ -129,9 +122,9 @@ class EmbedderSettings(ServerSettings):
         return max(1, cores // 4) if model_on_cpu else cores
 
     def validate(self) -> None:
-        if self.model not in MODELS:
+        if self.model not in FAMILIES:  # the registry: one family per value
             raise SettingsError(
-                f"EMBEDDER_MODEL={self.model!r} is not supported; use one of {', '.join(MODELS)}"
+                f"EMBEDDER_MODEL={self.model!r} is not supported; use one of {', '.join(FAMILIES)}"
             )
         unknown = [f.upper() for f in self.image_formats if f.upper() not in registered()]
         if unknown and not set(unknown) <= {"HEIF", "AVIF"}:  # plugins that may be missing
@@ -142,10 +135,11 @@ class EmbedderSettings(ServerSettings):
             raise SettingsError("EMBEDDER_IMAGE_FORMATS allows no format that can be opened here")
         if self.pooling not in ("avg", "gem"):
             raise SettingsError(f"EMBEDDER_POOLING={self.pooling!r}: use avg or gem")
-        if self.model == "efficientnet_lite0" and self.image_size % 32:
+        multiple = FAMILIES[self.model].size_multiple
+        if self.image_size % multiple:
             raise SettingsError(
-                f"EMBEDDER_IMAGE_SIZE={self.image_size}: efficientnet_lite0 needs a multiple "
-                "of 32 (224, 256, 320, ...)"
+                f"EMBEDDER_IMAGE_SIZE={self.image_size}: {self.model} needs a multiple "
+                f"of {multiple}, such as {7 * multiple} or {10 * multiple}"
             )
         if self.weights_fallback not in ("none", "bundled"):
             raise SettingsError(

