@@ -47,10 +47,12 @@ run: install
 test: install
 	$(PY) -m pytest
 
-# Every test that needs no external server (no MariaDB, no Milvus standalone):
-# passes with MariaDB stopped.
+# The fast tier: every test that needs no external server (MariaDB, Milvus
+# standalone), starts no process of its own, compiles no model and drives no
+# browser (the markers in pyproject.toml). Passes with MariaDB stopped.
+FAST := not mariadb and not milvus_server and not processes and not compile and not browser
 test-fast: install
-	$(PY) -m pytest -m "not mariadb and not milvus_server"
+	$(PY) -m pytest -m "$(FAST)"
 
 # The in-process unit tier (pure logic, no servers): seconds.
 test-unit: install

@@ -250,6 +250,55 @@ def embedder() -> Iterator[Server]:
 SERVER_FIXTURES = {"mariadb_url": "mariadb", "milvus_server": "milvus_server"}
 
 
+# -- tiers ----------------------------------------------------------------------
+# A test that starts a process of ours (a service or a script through this
+# Python, or the imgsearch CLI) must carry the ``processes`` marker, or it would
+# slip into `make test-fast` and make it slow: an audit hook fails such a start
+# in an unmarked test (its fixtures included). Quick tools (grpcurl, buf,
+# docker-compose, kubernetes-validate) are not counted.
+_processes_allowed = True
+
+
+def _python_process_hook(event: str, args: tuple[Any, ...]) -> None:
+    if event != "subprocess.Popen" or _processes_allowed:
+        return
+    executable, argv = args[0], args[1]
+    first = str(executable or (argv[0] if argv else ""))
+    if first == sys.executable or first == str(VENV_BIN / "imgsearch"):
+        raise RuntimeError(
+            f"this test starts {Path(first).name} as a process: mark it @pytest.mark.processes "
+            "(make test-fast leaves such tests out)"
+        )
+
+
+sys.addaudithook(_python_process_hook)  # cannot be removed; acts only around unmarked tests
+
+
+def allows_processes(item: pytest.Item) -> bool:
+    """Marked ``processes``, or ``milvus_server`` (milvus-server is a script)."""
+    return any(item.get_closest_marker(m) for m in ("processes", "milvus_server"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    global _processes_allowed
+    _processes_allowed = allows_processes(item)
+    try:
+        return (yield)
+    finally:
+        _processes_allowed = True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    global _processes_allowed
+    _processes_allowed = allows_processes(item)
+    try:
+        return (yield)
+    finally:
+        _processes_allowed = True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that uses a server fixture without its marker would slip into
     `make test-fast` and fail there: refuse it at collection."""
@@ -406,4 +455,12 @@ def gateway_stack(embedder: Server, tmp: Path, **gateway_overrides: object) -> I
 def stack(embedder: Server, tmp_path: Path) -> Iterator[Stack]:
     """Gateway + index (Milvus Lite, SQLite) + the shared real-weights embedder."""
     with gateway_stack(embedder, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def module_stack(embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One ``stack`` for a whole module, for tests that each keep to their own
+    collections and file names (a module opts in by overriding ``stack``)."""
+    with gateway_stack(embedder, tmp_path_factory.mktemp("stack")) as running:
         yield running

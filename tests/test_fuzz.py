@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.processes  # the fuzzers run as processes
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

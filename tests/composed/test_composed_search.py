@@ -31,6 +31,8 @@ from tests.conftest import (
 )
 from tests.web.conftest import start_web
 
+pytestmark = pytest.mark.processes  # the scene script and the CLI as processes
+
 
 @dataclass
 class Scenes:

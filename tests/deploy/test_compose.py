@@ -191,6 +191,7 @@ def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
     assert services["web"]["environment"]["WEB_GATEWAY_CA"].endswith("ca.pem")
 
 
+@pytest.mark.processes  # imgsearch certs
 def test_imgsearch_certs_makes_one_key_per_service(tmp_path: Path) -> None:
     """The files the secure compose file mounts are the ones the command makes."""
     import subprocess

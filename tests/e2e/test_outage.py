@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
@@ -20,6 +22,8 @@ from tests.conftest import (
     wait_job,
     wait_until,
 )
+
+pytestmark = pytest.mark.processes  # embedders started, killed and restarted as processes
 
 
 def test_job_rides_out_an_embedder_restart(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+import pytest
 from pymilvus import MilvusClient
 
 from imagesearch import ids
@@ -14,6 +15,7 @@ from imagesearch.client import Client, JobState
 from tests.conftest import CLOTHING, VENV_BIN, Stack, clothing_images
 
 
+@pytest.mark.processes
 def test_a_lost_vector_is_found_and_repaired(stack: Stack) -> None:
     folder = stack.tmp / "photos"
     folder.mkdir()

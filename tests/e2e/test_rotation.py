@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
@@ -25,6 +26,7 @@ def jpeg(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.processes
 def test_turned_copies_are_found_with_any_rotation(stack: Stack, tmp_path: Path) -> None:
     # One photo of each class upright, stored; queries are turned copies.
     by_class: dict[str, str] = {}

@@ -8,6 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagesearch.server import start_metrics
@@ -46,6 +47,7 @@ def embed_calls(port: int) -> float:
     )
 
 
+@pytest.mark.processes
 def test_two_replicas_share_the_load_and_one_can_die(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(4)]
     replicas = [

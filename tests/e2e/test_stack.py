@@ -23,6 +23,12 @@ from tests.conftest import (
 )
 
 
+@pytest.fixture
+def stack(module_stack: Stack) -> Stack:
+    """One stack for this module: each test keeps to its own collections and files."""
+    return module_stack
+
+
 def gw(stack: Stack) -> gateway_pb2_grpc.GatewayServiceStub:
     return gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
 

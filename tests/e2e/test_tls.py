@@ -103,6 +103,7 @@ def test_embedder_and_index_refuse_clients_the_ca_did_not_sign(tls_stack: TlsSta
         health(tls_stack.gateway.port, ClientTls(str(other.ca)).credentials())
 
 
+@pytest.mark.processes
 def test_the_journey_over_mtls(tls_stack: TlsStack) -> None:
     addr = f"localhost:{tls_stack.gateway.port}"
     ca = str(tls_stack.pki.ca)

@@ -67,6 +67,7 @@ def reference(request: pytest.FixtureRequest) -> tuple[str, np.ndarray]:
     )[0]
 
 
+@pytest.mark.compile
 def test_defaults_agree_with_plain_fp32(reference: tuple[str, np.ndarray]) -> None:
     model, reference_vectors = reference
     fast, runner = vectors(model)  # every speed default

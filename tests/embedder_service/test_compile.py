@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from imagesearch import healthcheck
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
@@ -24,6 +25,11 @@ from tests.conftest import (
     spawn_embedder,
     wait_until,
 )
+
+pytestmark = [
+    pytest.mark.compile,
+    pytest.mark.processes,
+]  # embedders as processes that try to compile
 
 
 def no_compiler_env(tmp_path: Path, compile_mode: str) -> dict[str, str]:

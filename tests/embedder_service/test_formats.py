@@ -99,6 +99,7 @@ def test_the_stack_refuses_them_by_name(stack: Stack) -> None:
         assert client.count(collection="f").count == 1
 
 
+@pytest.mark.processes
 def test_a_strip_is_cropped_before_it_is_resized(tmp_path: Path) -> None:
     """Found by tools/fuzz.py: a GIF of 62965 x 3 pixels (under the pixel
     limit, a few hundred bytes) took 5.5 GB, resized to 5.4 M x 256 pixels

@@ -122,6 +122,7 @@ def test_grpcurl_with_a_bearer_token(guarded: tuple[Server, Path]) -> None:
     assert "imagesearch.v1.GatewayService" in listed.stdout
 
 
+@pytest.mark.processes
 def test_the_cli_reads_imgsearch_token(guarded: tuple[Server, Path]) -> None:
     gateway, _ = guarded
 
@@ -162,6 +163,7 @@ def test_tokens_are_reloaded(guarded: tuple[Server, Path]) -> None:
     new.close()
 
 
+@pytest.mark.processes
 def test_a_bad_tokens_file_stops_the_gateway_without_showing_it(tmp_path: Path) -> None:
     secret = secrets.token_hex(16)
     tokens = tmp_path / "tokens"
@@ -208,6 +210,7 @@ def test_reflection_can_be_closed(embedder: Server, tmp_path: Path) -> None:
         index.running.stop(1)
 
 
+@pytest.mark.processes
 def test_sighup_reloads_the_tokens_of_a_running_gateway(tmp_path: Path) -> None:
     """The real signal, on a gateway process (ListJobs needs no backend)."""
     import signal

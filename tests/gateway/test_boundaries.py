@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.processes
 def test_gateway_web_and_cli_import_no_heavy_packages() -> None:
     code = (
         "import sys, gateway.app, gateway.__main__, imagesearch.client, imgsearch.cli, imgsearch.up, imgsearch.sheet\n"

@@ -32,6 +32,8 @@ from tests.conftest import (
 )
 from tools.procs import child_pid
 
+pytestmark = pytest.mark.processes  # the imgsearch CLI and `imgsearch up` as processes
+
 
 def imgsearch(
     stack: Stack | None, *args: str, timeout: float = 300

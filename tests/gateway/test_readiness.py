@@ -32,6 +32,7 @@ def health(port: int, service: str) -> int:
     return reply.status
 
 
+@pytest.mark.processes
 def test_a_call_during_start_up_waits_for_the_embedder(tmp_path: Path) -> None:
     port = free_port()  # the embedder will listen here, later
     index = start_index(tmp_path / "index")

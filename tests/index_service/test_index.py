@@ -263,60 +263,57 @@ def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexService
     assert count(index) == 1
 
 
-@pytest.mark.parametrize(
-    "raw, what",
-    [
-        (b"", "empty"),
-        (np.full(DIM, np.nan, dtype=np.float32).tobytes(), "NaN"),
-        (np.ones(DIM - 1, dtype=np.float32).tobytes(), "bytes"),
-        (np.zeros(DIM, dtype=np.float32).tobytes(), "zeros"),
-    ],
-)
+# The rules themselves (every bad vector, every hostile name) are unit tests
+# (tests/unit/test_checks.py); they refuse before any backend is touched, so
+# the server checks below run on one backend: the status, the message, and
+# that nothing stored changed.
+BAD_VECTORS = [
+    (b"", "empty"),
+    (np.full(DIM, np.nan, dtype=np.float32).tobytes(), "NaN"),
+    (np.ones(DIM - 1, dtype=np.float32).tobytes(), "bytes"),
+    (np.zeros(DIM, dtype=np.float32).tobytes(), "zeros"),
+]
+HOSTILE_NAMES = ["", "x; DROP TABLE imgsearch_images", "../../etc", "a" * 64, "фото"]
+
+
+@pytest.fixture
+def lite_index(tmp_path: Path):
+    """An index on Milvus Lite + SQLite alone."""
+    server = start_index(tmp_path, table_prefix=unique_prefix())
+    yield index_pb2_grpc.IndexServiceStub(channel(server.port))
+    server.running.stop(1)
+
+
 def test_bad_vectors_refused_and_data_unchanged(
-    index: index_pb2_grpc.IndexServiceStub, raw: bytes, what: str
+    lite_index: index_pb2_grpc.IndexServiceStub,
 ) -> None:
+    index = lite_index
     upsert(index, [item(n) for n in range(3)])
-    bad = index_pb2.UpsertItem(sha256=digest(99), path="/bad.jpg", vector=raw)
-    with pytest.raises(grpc.RpcError) as err:
-        upsert(index, [item(50), bad])
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert what in str(err.value.details())
-    assert count(index) == 3  # the good item in the same request was not half-written
-    assert (
-        code_of(
-            lambda: search(
-                index,
-                np.frombuffer(raw, dtype=np.float32) if raw else np.array([], dtype=np.float32),
-            )
-        )
-        == grpc.StatusCode.INVALID_ARGUMENT
-    )
+    for raw, what in BAD_VECTORS:
+        bad = index_pb2.UpsertItem(sha256=digest(99), path="/bad.jpg", vector=raw)
+        with pytest.raises(grpc.RpcError) as err:
+            upsert(index, [item(50), bad])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+        assert what in str(err.value.details())
+        assert count(index) == 3  # the good item in the same request was not half-written
+        query = np.frombuffer(raw, dtype=np.float32) if raw else np.array([], dtype=np.float32)
+        assert code_of(lambda q=query: search(index, q)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "",
-        "x; DROP TABLE imgsearch_images",
-        "../../etc",
-        "a" * 64,
-        "1abc",
-        "photos'--",
-        "ph otos",
-        "фото",
-    ],
-)
-def test_hostile_collection_names(index: index_pb2_grpc.IndexServiceStub, name: str) -> None:
+def test_hostile_collection_names(lite_index: index_pb2_grpc.IndexServiceStub) -> None:
+    index = lite_index
     upsert(index, [item(1)])
-    assert (
-        code_of(lambda: upsert(index, [item(2)], collection=name))
-        == grpc.StatusCode.INVALID_ARGUMENT
-    )
-    assert code_of(lambda: count(index, name)) == grpc.StatusCode.INVALID_ARGUMENT
-    drop = index_pb2.IndexServiceDropCollectionRequest(collection=name)
-    assert (
-        code_of(lambda: index.DropCollection(drop, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
-    )
+    for name in HOSTILE_NAMES:
+        assert (
+            code_of(lambda n=name: upsert(index, [item(2)], collection=n))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        ), name
+        assert code_of(lambda n=name: count(index, n)) == grpc.StatusCode.INVALID_ARGUMENT
+        drop = index_pb2.IndexServiceDropCollectionRequest(collection=name)
+        assert (
+            code_of(lambda d=drop: index.DropCollection(d, timeout=30))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
     assert count(index) == 1
 
 
@@ -711,7 +708,13 @@ def test_prefix_filters_are_case_sensitive(index: index_pb2_grpc.IndexServiceStu
     assert [h.path for h in search(index, vector(2), top_k=5)] == ["/photos/b.jpg"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite", marks=pytest.mark.processes),  # starts a second index as a process
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
 def test_a_second_index_on_the_same_store_refuses_to_start(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -18,11 +18,14 @@ from tests.web.conftest import Web, photo_folder
 CHROMIUM = os.environ.get("CHROMIUM") or next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium here (make install puts Debian's chromium in when root and apt exist; "
-    "or set CHROMIUM to a Chromium/Chrome executable)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium here (make install puts Debian's chromium in when root and apt "
+        "exist; or set CHROMIUM to a Chromium/Chrome executable)",
+    ),
+]
 
 DROP = """async ([b64, name, type, how]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));

@@ -7,8 +7,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import VENV_BIN, Stack
 from tests.web.conftest import Web
+
+pytestmark = pytest.mark.processes  # schemathesis as a process (a minute and a half)
 
 
 def test_no_generated_request_gets_a_500(web: Web, stack: Stack, tmp_path: Path) -> None:
