@@ -280,17 +280,8 @@ def allows_processes(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    global _processes_allowed
-    _processes_allowed = allows_processes(item)
-    try:
-        return (yield)
-    finally:
-        _processes_allowed = True
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Setup, call and teardown of ``item`` may start processes if it is marked."""
     global _processes_allowed
     _processes_allowed = allows_processes(item)
     try:
