@@ -1,27 +1,23 @@
-"""Server-side folder ingest jobs.
+"""Server-side folder ingest jobs: the runner.
 
-A job lists the image files under a folder once (sorted, saved beside the job
-state), then indexes them in fixed-size batches, a few batches in flight so
-that embedding one overlaps inserting another. After every batch the job's
-state is written atomically to ``<data_dir>/jobs/<id>.json``: counters,
-the first errors, and which batches are done. A job stopped by an outage
-(FAILED), by a cancel, or by a gateway restart continues from there with
-ResumeJob (a restarted gateway resumes running jobs by itself), so every
-file is counted once.
+A job lists the image files under a folder once (sorted, kept by the job
+store, gateway/jobstore.py, in chunks), then indexes them chunk by chunk, a
+few chunks in flight so that embedding one overlaps inserting another. After
+every chunk its results are recorded in the store: counters, the first
+errors, and which chunks are done. A job stopped by an outage (FAILED), by a
+cancel, or by a gateway restart continues from there with ResumeJob (a
+restarted gateway resumes running jobs by itself), so every file is counted
+once.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,7 +25,21 @@ from prometheus_client import Counter, Gauge
 
 from gateway.budget import ByteBudget
 from gateway.deadline import Deadline
-from gateway.jobfiles import read_file_list, write_atomic, write_file_list
+from gateway.jobstore import (
+    CANCELED,
+    DEFAULT_PAGE,
+    FAILED,
+    MAX_PAGE,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    JobState,
+    JobStore,
+    LocalJobStore,
+    now_ms,
+    parse_page_token,
+)
+from gateway.jobstore import page_token as token_of
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots, display_path, walk_images
 from gateway.settings import GatewaySettings
@@ -39,14 +49,6 @@ from imagesearch.v1 import index_pb2
 
 log = logging.getLogger(__name__)
 
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "canceled",
-)
-TERMINAL = {SUCCEEDED, FAILED, CANCELED}
 # A batch failing with these is retried: the backend is down, restarting,
 # slow, or full (overload).
 RETRYABLE = (
@@ -88,166 +90,55 @@ JOB_FILES = Counter(
 JOBS_RUNNING = Gauge("imagesearch_jobs_running", "Jobs running now")
 
 
-@dataclass
-class JobState:
-    job_id: str
-    collection: str
-    folder: str
-    recursive: bool
-    state: str = PENDING
-    total: int = 0
-    done: int = 0
-    indexed: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    errors: list[dict[str, object]] = field(default_factory=list)
-    message: str = ""
-    batch_size: int = 32
-    batch_cursor: int = 0  # every batch below this number is done
-    batches_ahead: list[int] = field(default_factory=list)  # done batches above it
-    created_at_ms: int = 0
-    updated_at_ms: int = 0
-    version: int = 0  # bumps on every change, for watchers
-    model: str = ""  # of a collection the job creates (StartIndexJob's model)
+__all__ = ["JobManager", "JobState"]
 
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-
-def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
-    """Marks ``batch`` done: (new cursor, done batches above it). Every batch
-    below the cursor is done, so a resumed job skips exactly those and the
-    ones ahead, whatever order the batches finished in."""
-    done = {*ahead, batch}
-    while cursor in done:
-        done.discard(cursor)
-        cursor += 1
-    return cursor, sorted(done)
-
-
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
 # How long CancelJob waits for a runner to finish its batches in flight
 # before answering that it is still stopping.
 CANCEL_WAIT_S = 10.0
 
 
-def _make_token(job: JobState) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at_ms}:{job.job_id}".encode()).decode()
-
-
-def _parse_token(token: str) -> tuple[int, str] | None:
-    if not token:
-        return None
-    try:
-        created, job_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(created), job_id
-    except (ValueError, UnicodeDecodeError):
-        raise errors.invalid_argument(
-            f"page_token {token!r} is not one ListJobs gave; start again without it"
-        ) from None
-
-
-def _copy(job: JobState) -> JobState:
-    """A snapshot of ``job`` for callers (taken with the lock held)."""
-    return JobState(**{**asdict(job), "errors": list(job.errors)})
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def not_terminal(job: JobState) -> bool:
+    return not job.terminal
 
 
 class JobManager:
+    """Starts, runs, cancels and resumes jobs kept in a ``JobStore``: one
+    runner thread per running job, at most GATEWAY_MAX_JOBS at a time."""
+
     def __init__(
         self,
         settings: GatewaySettings,
         ingestor: Ingestor,
         roots: AllowedRoots,
         inflight: ByteBudget | None = None,
+        store: JobStore | None = None,
     ) -> None:
         self.settings = settings
         self.inflight = inflight  # the gateway's total, shared with streams
         self.ingestor = ingestor
         self.roots = roots
-        self.dir = settings.jobs_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._jobs: dict[str, JobState] = {}
+        self.store: JobStore = store or LocalJobStore(settings.jobs_dir, settings.max_errors_kept)
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the runners (the store has its own)
         self._starting = 0  # StartIndexJob calls walking their folder now
-        self._changed = threading.Condition(self._lock)
         self._slots = threading.Semaphore(settings.max_jobs)
         self._closed = False
-        self._load()
-
-    # -- persistence -----------------------------------------------------
-
-    def _state_path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.json"
-
-    def _files_path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.files"
-
-    def _save(self, job: JobState) -> None:
-        """Atomic, durable write (jobfiles.write_atomic); call with the lock held."""
-        write_atomic(self._state_path(job.job_id), json.dumps(asdict(job)).encode())
-
-    def _load(self) -> None:
-        for path in sorted(self.dir.glob("*.json")):
-            try:
-                job = JobState(**json.loads(path.read_text()))
-            except (ValueError, TypeError, OSError) as exc:
-                job = self._damaged(path, exc)
-            self._jobs[job.job_id] = job
         self.expire()
-
-    def _damaged(self, path: Path, exc: Exception) -> JobState:
-        """A state file that cannot be read: kept aside as ``.damaged`` and
-        reported as a FAILED job, never skipped silently."""
-        logs.event(log, "job.damaged", logging.ERROR, file=str(path), error=str(exc))
-        os.replace(path, path.with_suffix(".damaged"))
-        job = JobState(
-            job_id=path.stem,
-            collection="",
-            folder="",
-            recursive=False,
-            state=FAILED,
-            message=f"the job's state file was damaged ({type(exc).__name__}); it is "
-            f"kept as {path.stem}.damaged. Start the job again: files already indexed "
-            "count as duplicates",
-            created_at_ms=_now_ms(),
-        )
-        with self._lock:
-            self._update(job)
-        return job
 
     def resume_interrupted(self) -> None:
         """Jobs a previous gateway left running: resume them, or mark them failed."""
-        for job in list(self._jobs.values()):
-            if job.state in (PENDING, RUNNING):
-                if self.settings.resume_jobs:
-                    logs.event(
-                        log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total
-                    )
-                    with self._lock:
-                        self._launch(job)
-                else:
-                    with self._lock:
-                        self._update(
-                            job,
-                            state=FAILED,
-                            message="interrupted by a gateway restart; ResumeJob continues it",
-                        )
-
-    def _update(self, job: JobState, **changes: object) -> None:
-        """Applies changes, persists, wakes watchers; call with the lock held."""
-        for key, value in changes.items():
-            setattr(job, key, value)
-        job.updated_at_ms = _now_ms()
-        job.version += 1
-        self._save(job)
-        self._changed.notify_all()
+        for job in self.store.unfinished():
+            if self.settings.resume_jobs:
+                logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
+                with self._lock:
+                    self._launch(job.job_id)
+            else:
+                self.store.update(
+                    job.job_id,
+                    state=FAILED,
+                    message="interrupted by a gateway restart; ResumeJob continues it",
+                )
 
     # -- API -------------------------------------------------------------
 
@@ -257,7 +148,7 @@ class JobManager:
             raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
         self.expire()
         with self._lock:
-            open_jobs = self._starting + sum(not j.terminal for j in self._jobs.values())
+            open_jobs = self._starting + self.store.open_jobs()
             if open_jobs >= self.settings.max_queued_jobs:
                 raise errors.resource_exhausted(
                     f"{open_jobs} jobs are running or waiting on this gateway already "
@@ -271,40 +162,31 @@ class JobManager:
                 self._starting -= 1
 
     def _start(self, real: Path, collection: str, recursive: bool, model: str) -> JobState:
-        job_id = uuid.uuid4().hex[:12]
         job = JobState(
-            job_id=job_id,
+            job_id=uuid.uuid4().hex[:12],
             collection=collection,
             folder=str(real),
             recursive=recursive,
             model=model,
             batch_size=self.settings.embed_batch,
-            created_at_ms=_now_ms(),
+            created_at_ms=now_ms(),
         )
-        total = write_file_list(
-            self._files_path(job_id), (str(p) for p in walk_images(real, recursive, self.roots))
-        )
-        with self._lock:
-            self._jobs[job_id] = job
-            self._update(job, total=total)
+        files = (str(p) for p in walk_images(real, recursive, self.roots))
+        job = self.store.create(job, files)
         logs.event(
             log,
             "job.started",
-            job_id=job_id,
+            job_id=job.job_id,
             collection=collection,
             folder=str(real),
-            files=total,
+            files=job.total,
         )
         with self._lock:
-            self._launch(job)
-        return self.get(job_id)
+            self._launch(job.job_id)
+        return self.get(job.job_id)
 
     def get(self, job_id: str) -> JobState:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
-            return _copy(job)
+        return self.store.get(job_id)
 
     def list_jobs(
         self, collection: str = "", page_size: int = DEFAULT_PAGE, page_token: str = ""
@@ -314,36 +196,15 @@ class JobManager:
         while jobs start or expire in between."""
         self.expire()
         size = min(max(page_size or DEFAULT_PAGE, 1), MAX_PAGE)
-        after = _parse_token(page_token)
-        with self._lock:
-            ordered = sorted(
-                (j for j in self._jobs.values() if not collection or j.collection == collection),
-                key=lambda j: (j.created_at_ms, j.job_id),
-                reverse=True,
-            )
-            if after is not None:
-                ordered = [j for j in ordered if (j.created_at_ms, j.job_id) < after]
-            page = ordered[: size + 1]
-        jobs = [self.get(j.job_id) for j in page[:size]]
-        more = len(page) > size
-        token = _make_token(jobs[-1]) if more and jobs else ""
-        return jobs, token
+        jobs, more = self.store.page(collection, size, parse_page_token(page_token))
+        return jobs, token_of(jobs[-1]) if more and jobs else ""
 
     def expire(self) -> int:
-        """Forgets finished jobs older than GATEWAY_JOB_RETENTION_H (state and
-        file list); returns how many went."""
-        cutoff = _now_ms() - int(self.settings.job_retention_h * 3600 * 1000)
-        with self._lock:
-            old = [j for j in self._jobs.values() if j.terminal and j.updated_at_ms < cutoff]
-            for job in old:
-                del self._jobs[job.job_id]
-                self._cancel.pop(job.job_id, None)
-                self._threads.pop(job.job_id, None)
-                for path in (self._state_path(job.job_id), self._files_path(job.job_id)):
-                    path.unlink(missing_ok=True)
-        if old:
-            logs.event(log, "jobs.expired", count=len(old))
-        return len(old)
+        """Forgets finished jobs older than GATEWAY_JOB_RETENTION_H; returns how many went."""
+        gone = self.store.expire(now_ms() - int(self.settings.job_retention_h * 3600 * 1000))
+        if gone:
+            logs.event(log, "jobs.expired", count=gone)
+        return gone
 
     def _runner(self, job_id: str) -> threading.Thread | None:
         """The job's live runner thread, if any; call with the lock held."""
@@ -354,11 +215,9 @@ class JobManager:
         """Asks the runner to stop after its batches in flight and waits up to
         CANCEL_WAIT_S for it. A job whose runner is still finishing stays
         RUNNING, says so, and ends CANCELED by itself."""
-        self.get(job_id)  # NOT_FOUND for an unknown job
+        if self.get(job_id).terminal:  # NOT_FOUND for an unknown job
+            return self.get(job_id)
         with self._lock:
-            real = self._jobs[job_id]
-            if real.terminal:
-                return self.get(job_id)
             event = self._cancel.get(job_id)
             if event is not None:
                 event.set()
@@ -366,13 +225,16 @@ class JobManager:
         if thread is not None:
             thread.join(timeout=CANCEL_WAIT_S)
         with self._lock:
-            if not real.terminal:
-                if self._runner(job_id) is None:
-                    self._update(real, state=CANCELED, message="canceled; ResumeJob continues it")
-                else:
-                    self._update(
-                        real, message="cancel requested: stopping after the batches in flight"
-                    )
+            if self._runner(job_id) is None:
+                self.store.update(
+                    job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
+                )
+            else:
+                self.store.update(
+                    job_id,
+                    not_terminal,
+                    message="cancel requested: stopping after the batches in flight",
+                )
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobState:
@@ -381,16 +243,15 @@ class JobManager:
         self.get(job_id)
         while True:
             with self._lock:
-                real = self._jobs[job_id]
-                if real.state == SUCCEEDED:
+                job = self.get(job_id)
+                if job.state == SUCCEEDED:
                     break
                 thread = self._runner(job_id)
                 if thread is None:
-                    self._update(real, state=PENDING, message="resumed")
-                    self._launch(real)
+                    self.store.update(job_id, state=PENDING, message="resumed")
+                    self._launch(job_id)
                     break
-                if not real.terminal:  # running (or waiting for a slot): nothing to do
-                    job = _copy(real)
+                if not job.terminal:  # running (or waiting for a slot): nothing to do
                     job.message = "already running; nothing to resume"
                     return job
             thread.join(timeout=5)  # a runner that has just finished: let it exit
@@ -401,19 +262,7 @@ class JobManager:
     ) -> Iterator[JobState]:
         """Yields the job now and at every change (at most every ``interval``)
         until it ends or the watcher goes away."""
-        seen = -1
-        while is_active():
-            job = self.get(job_id)
-            if job.version != seen:
-                seen = job.version
-                yield job
-                if job.terminal:
-                    return
-                time.sleep(interval)
-            with self._lock:
-                real = self._jobs[job_id]
-                if real.version == seen:
-                    self._changed.wait(timeout=1.0)
+        return self.store.watch(job_id, is_active, interval)
 
     def close(self) -> None:
         """Stops running jobs after their in-flight batches; they resume at the next start."""
@@ -425,23 +274,23 @@ class JobManager:
 
     # -- running ---------------------------------------------------------
 
-    def _launch(self, job: JobState) -> None:
+    def _launch(self, job_id: str) -> None:
         """Starts the job's runner; call with the lock held, after checking it has none."""
         cancel = threading.Event()
-        self._cancel[job.job_id] = cancel
+        self._cancel[job_id] = cancel
         thread = threading.Thread(
-            target=self._run, args=(job.job_id, cancel), name=f"job-{job.job_id}", daemon=True
+            target=self._run, args=(job_id, cancel), name=f"job-{job_id}", daemon=True
         )
-        self._threads[job.job_id] = thread
+        self._threads[job_id] = thread
         thread.start()
 
     def _run(self, job_id: str, cancel: threading.Event) -> None:
         while not self._slots.acquire(timeout=0.5):  # a slot, unless canceled meanwhile
             if cancel.is_set():
-                with self._lock:
-                    job = self._jobs[job_id]
-                    if not job.terminal and not self._closed:
-                        self._update(job, state=CANCELED, message="canceled before it started")
+                if not self._closed:
+                    self.store.update(
+                        job_id, not_terminal, state=CANCELED, message="canceled before it started"
+                    )
                 return
         try:
             JOBS_RUNNING.inc()
@@ -450,83 +299,64 @@ class JobManager:
             except errors.ServiceError as exc:
                 if self._closed:
                     return
-                with self._lock:
-                    self._update(
-                        self._jobs[job_id],
-                        state=FAILED,
-                        message=f"{exc.message}. ResumeJob continues from here",
-                    )
+                self.store.update(
+                    job_id, state=FAILED, message=f"{exc.message}. ResumeJob continues from here"
+                )
                 logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=exc.message)
             except Exception as exc:
                 log.exception("job.crash", extra={"fields": {"job_id": job_id}})
-                with self._lock:
-                    self._update(
-                        self._jobs[job_id],
-                        state=FAILED,
-                        message=f"internal error ({type(exc).__name__}); the gateway's log has "
-                        "the details. ResumeJob continues from here",
-                    )
+                self.store.update(
+                    job_id,
+                    state=FAILED,
+                    message=f"internal error ({type(exc).__name__}); the gateway's log has "
+                    "the details. ResumeJob continues from here",
+                )
             finally:
                 JOBS_RUNNING.dec()
         finally:
             self._slots.release()
 
     def _execute(self, job_id: str, cancel: threading.Event) -> None:
-        job = self._jobs[job_id]
-        try:
-            files = read_file_list(self._files_path(job_id))
-        except (OSError, ValueError) as exc:
-            logs.event(
-                log, "job.file_list_unreadable", logging.ERROR, job_id=job_id, error=str(exc)
-            )
-            raise errors.ServiceError(
-                grpc.StatusCode.DATA_LOSS,
-                f"the job's file list cannot be read ({type(exc).__name__}); start the job again",
-            ) from None
-        size = job.batch_size
-        ahead = set(job.batches_ahead)
-        todo = [
-            b for b in range(job.batch_cursor, (len(files) + size - 1) // size) if b not in ahead
-        ]
-        with self._lock:
-            self._update(job, state=RUNNING, message="")
+        job = self.store.get(job_id)
+        todo = self.store.todo(job_id)
+        self.store.update(job_id, state=RUNNING, message="")
         in_flight: dict[Future[list[Result]], int] = {}
         budget = ByteBudget(self.settings.max_inflight_bytes, self.inflight)
         failure: errors.ServiceError | None = None
         with ThreadPoolExecutor(
             self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}"
         ) as pool:
-            pending = iter(todo)
             while True:
                 while (
                     failure is None
                     and not cancel.is_set()
                     and len(in_flight) < self.settings.job_concurrency
                 ):
-                    batch = next(pending, None)
-                    if batch is None:
+                    chunk = next(todo, None)
+                    if chunk is None:
                         break
-                    chunk = files[batch * size : (batch + 1) * size]
-                    in_flight[pool.submit(self._batch, job, chunk, cancel, budget)] = batch
+                    number, files = chunk
+                    in_flight[pool.submit(self._batch, job, files, cancel, budget)] = number
                 if not in_flight:
                     break
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    batch = in_flight.pop(fut)
+                    number = in_flight.pop(fut)
                     try:
-                        self._record(job, batch, fut.result())
+                        self._record(job_id, number, fut.result())
                     except errors.ServiceError as exc:
                         failure = failure or exc
         if failure is not None:
             raise failure
         if self._closed:
-            return  # gateway shutting down: stays RUNNING on disk, resumed at next start
-        with self._lock:
-            if cancel.is_set():
-                if not job.terminal:
-                    self._update(job, state=CANCELED, message="canceled; ResumeJob continues it")
-            else:
-                self._update(job, state=SUCCEEDED, message="")
+            return  # gateway shutting down: stays RUNNING in the store, resumed at next start
+        if cancel.is_set():
+            self.store.update(
+                job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
+            )
+        else:
+            self.store.update(job_id, state=SUCCEEDED, message="")
+        job = self.store.get(job_id)
         logs.event(
             log,
             "job.finished",
@@ -607,23 +437,7 @@ class JobManager:
                 code=grpc.StatusCode.NOT_FOUND,
             )
 
-    def _record(self, job: JobState, batch: int, results: list[Result]) -> None:
-        with self._lock:
-            errs = list(job.errors)
-            counts = {Outcome.INDEXED: 0, Outcome.DUPLICATE: 0, Outcome.FAILED: 0}
+    def _record(self, job_id: str, chunk: int, results: list[Result]) -> None:
+        if self.store.record(job_id, chunk, results):
             for r in results:
-                counts[r.outcome] += 1
                 JOB_FILES.labels(r.outcome.value).inc()
-                if r.outcome is Outcome.FAILED and len(errs) < self.settings.max_errors_kept:
-                    errs.append({"path": r.name, "reason": r.reason, "code": r.code.name})
-            cursor, ahead = advance(job.batch_cursor, job.batches_ahead, batch)
-            self._update(
-                job,
-                done=job.done + len(results),
-                indexed=job.indexed + counts[Outcome.INDEXED],
-                duplicates=job.duplicates + counts[Outcome.DUPLICATE],
-                failed=job.failed + counts[Outcome.FAILED],
-                errors=errs,
-                batch_cursor=cursor,
-                batches_ahead=ahead,
-            )

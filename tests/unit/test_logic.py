@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.deadline import Deadline
-from gateway.jobs import advance
+from gateway.jobstore import advance
 from gateway.orchestrator import ImageLimit
 from gateway.paths import AllowedRoots, walk_images
 from gateway.servicer import code_number, convert
