@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: chromium is not installed; the browser test of the page will be skipped"
+	@# nats-server (Debian's, with JetStream) for the tests of jobs on NATS; they start their own.
+	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; } \
+	  || echo "note: nats-server is not installed; the tests of jobs on NATS will fail"
 	touch $(STAMP)
 
 # The buf CLI (npm @bufbuild/buf, version pinned in tools/buf/package.json)
@@ -50,7 +54,7 @@ test: install
 # The fast tier: every test that needs no external server (MariaDB, Milvus
 # standalone), starts no process of its own, compiles no model and drives no
 # browser (the markers in pyproject.toml). Passes with MariaDB stopped.
-FAST := not mariadb and not milvus_server and not processes and not compile and not browser
+FAST := not mariadb and not milvus_server and not nats and not processes and not compile and not browser
 test-fast: install
 	$(PY) -m pytest -m "$(FAST)"
 

@@ -38,17 +38,28 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def write_file_list(path: Path, files: Iterable[str]) -> int:
-    """Writes the list; returns how many files it holds."""
+def encode_file_list(files: Iterable[str]) -> tuple[bytes, int]:
+    """The list as bytes, and how many files it holds."""
     lines = [json.dumps(HEADER)]
     lines += [json.dumps(f) for f in files]  # ensure_ascii: surrogates survive as \udcNN
-    write_atomic(path, ("\n".join(lines) + "\n").encode("ascii"))
-    return len(lines) - 1
+    return ("\n".join(lines) + "\n").encode("ascii"), len(lines) - 1
+
+
+def write_file_list(path: Path, files: Iterable[str]) -> int:
+    """Writes the list; returns how many files it holds."""
+    data, count = encode_file_list(files)
+    write_atomic(path, data)
+    return count
 
 
 def read_file_list(path: Path) -> list[str]:
     """The names ``write_file_list`` wrote (or an older version's plain list)."""
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    return decode_file_list(path.read_bytes(), str(path))
+
+
+def decode_file_list(data: bytes, origin: str) -> list[str]:
+    """The names ``encode_file_list`` encoded; ``origin`` names it in errors."""
+    text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     try:
         header = json.loads(lines[0]) if lines and lines[0] else None
@@ -62,6 +73,6 @@ def read_file_list(path: Path) -> list[str]:
             continue
         name = json.loads(line)
         if not isinstance(name, str):
-            raise ValueError(f"{path} line {number} is not a file name")
+            raise ValueError(f"{origin} line {number} is not a file name")
         files.append(name)
     return files

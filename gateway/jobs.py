@@ -13,6 +13,8 @@ once.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -35,8 +37,8 @@ from gateway.jobstore import (
     SUCCEEDED,
     JobState,
     JobStore,
-    LocalJobStore,
     now_ms,
+    open_job_store,
     parse_page_token,
 )
 from gateway.jobstore import page_token as token_of
@@ -117,28 +119,74 @@ class JobManager:
         self.inflight = inflight  # the gateway's total, shared with streams
         self.ingestor = ingestor
         self.roots = roots
-        self.store: JobStore = store or LocalJobStore(settings.jobs_dir, settings.max_errors_kept)
+        self.store: JobStore = store or open_job_store(settings)
+        # Who runs a job, in a shared store: this process, unique across restarts.
+        self.me = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+        self.lease_ms = int(settings.jobs_lease_s * 1000)
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()  # the runners (the store has its own)
         self._starting = 0  # StartIndexJob calls walking their folder now
         self._slots = threading.Semaphore(settings.max_jobs)
         self._closed = False
+        self._stop = threading.Event()
         self.expire()
+        if self.store.shared:
+            threading.Thread(target=self._keep_leases, name="job-leases", daemon=True).start()
+
+    def held_elsewhere(self, job: JobState) -> bool:
+        """A job another live gateway runs (shared stores: its heartbeat is
+        younger than GATEWAY_JOBS_LEASE_S)."""
+        return (
+            self.store.shared
+            and job.runner not in ("", self.me)
+            and now_ms() - job.heartbeat_ms < self.lease_ms
+        )
 
     def resume_interrupted(self) -> None:
-        """Jobs a previous gateway left running: resume them, or mark them failed."""
+        """Jobs no gateway runs (left by a stopped one): resume them, or mark
+        them failed (GATEWAY_RESUME_JOBS=false)."""
         for job in self.store.unfinished():
-            if self.settings.resume_jobs:
-                logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
-                with self._lock:
-                    self._launch(job.job_id)
-            else:
-                self.store.update(
+            with self._lock:
+                if self._runner(job.job_id) is not None or self.held_elsewhere(job):
+                    continue
+                claimed = self.store.update(
                     job.job_id,
-                    state=FAILED,
-                    message="interrupted by a gateway restart; ResumeJob continues it",
+                    lambda j: not j.terminal and not self.held_elsewhere(j),
+                    runner=self.me,
+                    heartbeat_ms=now_ms(),
                 )
+                if claimed is None:
+                    continue
+                if self.settings.resume_jobs:
+                    logs.event(
+                        log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total
+                    )
+                    self._launch(job.job_id)
+                else:
+                    self.store.update(
+                        job.job_id,
+                        state=FAILED,
+                        message="interrupted by a gateway restart; ResumeJob continues it",
+                    )
+
+    def _keep_leases(self) -> None:
+        """Shared stores: every third of the lease, tells the store this gateway
+        still runs its jobs, and takes over jobs whose gateway went quiet."""
+        while not self._stop.wait(self.settings.jobs_lease_s / 3):
+            try:
+                with self._lock:
+                    mine = [j for j in self._threads if self._runner(j) is not None]
+                for job_id in mine:
+                    self.store.update(
+                        job_id,
+                        lambda j: j.runner == self.me and not j.terminal,
+                        heartbeat_ms=now_ms(),
+                    )
+                if self.settings.resume_jobs and not self._closed:
+                    self.resume_interrupted()
+            except errors.ServiceError as exc:  # the store is down: try again next round
+                logs.event(log, "job.lease_failed", logging.WARNING, error=exc.message)
 
     # -- API -------------------------------------------------------------
 
@@ -170,6 +218,8 @@ class JobManager:
             model=model,
             batch_size=self.settings.embed_batch,
             created_at_ms=now_ms(),
+            runner=self.me,
+            heartbeat_ms=now_ms(),
         )
         files = (str(p) for p in walk_images(real, recursive, self.roots))
         job = self.store.create(job, files)
@@ -247,8 +297,17 @@ class JobManager:
                 if job.state == SUCCEEDED:
                     break
                 thread = self._runner(job_id)
+                if thread is None and not job.terminal and self.held_elsewhere(job):
+                    job.message = f"already running on gateway {job.runner}; nothing to resume"
+                    return job
                 if thread is None:
-                    self.store.update(job_id, state=PENDING, message="resumed")
+                    self.store.update(
+                        job_id,
+                        state=PENDING,
+                        message="resumed",
+                        runner=self.me,
+                        heartbeat_ms=now_ms(),
+                    )
                     self._launch(job_id)
                     break
                 if not job.terminal:  # running (or waiting for a slot): nothing to do
@@ -267,10 +326,12 @@ class JobManager:
     def close(self) -> None:
         """Stops running jobs after their in-flight batches; they resume at the next start."""
         self._closed = True
+        self._stop.set()
         for event in self._cancel.values():
             event.set()
         for thread in list(self._threads.values()):
             thread.join(timeout=30)
+        self.store.close()
 
     # -- running ---------------------------------------------------------
 
@@ -299,27 +360,30 @@ class JobManager:
             except errors.ServiceError as exc:
                 if self._closed:
                     return
-                self.store.update(
-                    job_id, state=FAILED, message=f"{exc.message}. ResumeJob continues from here"
-                )
+                self._fail(job_id, f"{exc.message}. ResumeJob continues from here")
                 logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=exc.message)
             except Exception as exc:
                 log.exception("job.crash", extra={"fields": {"job_id": job_id}})
-                self.store.update(
+                self._fail(
                     job_id,
-                    state=FAILED,
-                    message=f"internal error ({type(exc).__name__}); the gateway's log has "
-                    "the details. ResumeJob continues from here",
+                    f"internal error ({type(exc).__name__}); the gateway's log has the details. "
+                    "ResumeJob continues from here",
                 )
             finally:
                 JOBS_RUNNING.dec()
         finally:
             self._slots.release()
 
+    def _fail(self, job_id: str, message: str) -> None:
+        try:
+            self.store.update(job_id, not_terminal, state=FAILED, message=message)
+        except errors.ServiceError as exc:  # the store is down too: the job stays unfinished
+            logs.event(log, "job.state_unsaved", logging.ERROR, job_id=job_id, error=exc.message)
+
     def _execute(self, job_id: str, cancel: threading.Event) -> None:
         job = self.store.get(job_id)
         todo = self.store.todo(job_id)
-        self.store.update(job_id, state=RUNNING, message="")
+        self.store.update(job_id, state=RUNNING, message="", runner=self.me, heartbeat_ms=now_ms())
         in_flight: dict[Future[list[Result]], int] = {}
         budget = ByteBudget(self.settings.max_inflight_bytes, self.inflight)
         failure: errors.ServiceError | None = None
@@ -331,6 +395,7 @@ class JobManager:
                     failure is None
                     and not cancel.is_set()
                     and len(in_flight) < self.settings.job_concurrency
+                    and not self._ended_elsewhere(job_id)
                 ):
                     chunk = next(todo, None)
                     if chunk is None:
@@ -355,7 +420,7 @@ class JobManager:
                 job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
             )
         else:
-            self.store.update(job_id, state=SUCCEEDED, message="")
+            self.store.update(job_id, not_terminal, state=SUCCEEDED, message="")
         job = self.store.get(job_id)
         logs.event(
             log,
@@ -366,6 +431,10 @@ class JobManager:
             duplicates=job.duplicates,
             failed=job.failed,
         )
+
+    def _ended_elsewhere(self, job_id: str) -> bool:
+        """Shared stores: the job was canceled (or ended) through another gateway."""
+        return self.store.shared and self.store.get(job_id).terminal
 
     def _batch(
         self, job: JobState, paths: list[str], cancel: threading.Event, budget: ByteBudget

@@ -34,6 +34,7 @@ import grpc
 
 from gateway.jobfiles import read_file_list, write_atomic, write_file_list
 from gateway.orchestrator import Outcome, Result
+from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class JobState:
     updated_at_ms: int = 0
     version: int = 0  # bumps on every change, for watchers
     model: str = ""  # of a collection the job creates (StartIndexJob's model)
+    runner: str = ""  # the gateway running it (shared stores)
+    heartbeat_ms: int = 0  # when that gateway last said it still runs it
 
     @property
     def terminal(self) -> bool:
@@ -92,6 +95,51 @@ def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
         done.discard(cursor)
         cursor += 1
     return cursor, sorted(done)
+
+
+def count_results(
+    job: JobState, chunk: int, results: Sequence[Result], max_errors: int
+) -> dict[str, object]:
+    """The changes that add one chunk's results to ``job``: counts, the first
+    ``max_errors`` errors, and the chunk marked recorded."""
+    errs = list(job.errors)
+    counts = {Outcome.INDEXED: 0, Outcome.DUPLICATE: 0, Outcome.FAILED: 0}
+    for r in results:
+        counts[r.outcome] += 1
+        if r.outcome is Outcome.FAILED and len(errs) < max_errors:
+            errs.append({"path": r.name, "reason": r.reason, "code": r.code.name})
+    cursor, ahead = advance(job.batch_cursor, job.batches_ahead, chunk)
+    return {
+        "done": job.done + len(results),
+        "indexed": job.indexed + counts[Outcome.INDEXED],
+        "duplicates": job.duplicates + counts[Outcome.DUPLICATE],
+        "failed": job.failed + counts[Outcome.FAILED],
+        "errors": errs,
+        "batch_cursor": cursor,
+        "batches_ahead": ahead,
+    }
+
+
+def follow(
+    get: Callable[[], JobState],
+    is_active: Callable[[], bool],
+    interval: float,
+    until_changed: Callable[[int], None],
+) -> Iterator[JobState]:
+    """A job's versions as ``get`` reads them: now, then whenever the version
+    changes (``until_changed(version)`` waits for that, at most a second or
+    so), at most every ``interval``, until it ends or ``is_active`` says the
+    watcher left."""
+    seen = -1
+    while is_active():
+        job = get()
+        if job.version != seen:
+            seen = job.version
+            yield job
+            if job.terminal:
+                return
+            time.sleep(interval)
+        until_changed(seen)
 
 
 def page_token(job: JobState) -> str:
@@ -119,6 +167,9 @@ def not_found(job_id: str) -> errors.ServiceError:
 
 
 class JobStore(Protocol):
+    # Whether other gateways use the same jobs (then runners hold a lease).
+    shared: bool
+
     def create(self, job: JobState, files: Iterable[str]) -> JobState: ...
 
     def get(self, job_id: str) -> JobState: ...
@@ -145,6 +196,17 @@ class JobStore(Protocol):
 
     def expire(self, older_than_ms: int) -> int: ...
 
+    def close(self) -> None: ...
+
+
+def open_job_store(settings: GatewaySettings) -> JobStore:
+    """GATEWAY_JOBS_URL: empty for the local files, nats://... for NATS."""
+    if not settings.jobs_url:
+        return LocalJobStore(settings.jobs_dir, settings.max_errors_kept)
+    from gateway.natsjobs import NatsJobStore
+
+    return NatsJobStore(settings.jobs_url, settings.jobs_prefix, settings.max_errors_kept)
+
 
 def _copy(job: JobState) -> JobState:
     """A snapshot of ``job`` for callers (taken with the lock held)."""
@@ -153,6 +215,8 @@ def _copy(job: JobState) -> JobState:
 
 class LocalJobStore:
     """Jobs in files under one folder, for the one gateway that owns it."""
+
+    shared = False
 
     def __init__(self, folder: Path, max_errors_kept: int) -> None:
         self.dir = folder
@@ -270,25 +334,7 @@ class LocalJobStore:
             job = self._jobs[job_id]
             if job.recorded(chunk):
                 return False
-            errs = list(job.errors)
-            counts = {Outcome.INDEXED: 0, Outcome.DUPLICATE: 0, Outcome.FAILED: 0}
-            for r in results:
-                counts[r.outcome] += 1
-                if r.outcome is Outcome.FAILED and len(errs) < self.max_errors_kept:
-                    errs.append({"path": r.name, "reason": r.reason, "code": r.code.name})
-            cursor, ahead = advance(job.batch_cursor, job.batches_ahead, chunk)
-            self._apply(
-                job,
-                {
-                    "done": job.done + len(results),
-                    "indexed": job.indexed + counts[Outcome.INDEXED],
-                    "duplicates": job.duplicates + counts[Outcome.DUPLICATE],
-                    "failed": job.failed + counts[Outcome.FAILED],
-                    "errors": errs,
-                    "batch_cursor": cursor,
-                    "batches_ahead": ahead,
-                },
-            )
+            self._apply(job, count_results(job, chunk, results, self.max_errors_kept))
             return True
 
     def watch(
@@ -296,18 +342,13 @@ class LocalJobStore:
     ) -> Iterator[JobState]:
         """Yields the job now and at every change (at most every ``interval``)
         until it ends or the watcher goes away."""
-        seen = -1
-        while is_active():
-            job = self.get(job_id)
-            if job.version != seen:
-                seen = job.version
-                yield job
-                if job.terminal:
-                    return
-                time.sleep(interval)
+
+        def until_changed(seen: int) -> None:
             with self._lock:
                 if self._jobs[job_id].version == seen:
                     self._changed.wait(timeout=1.0)
+
+        return follow(lambda: self.get(job_id), is_active, interval, until_changed)
 
     def unfinished(self) -> list[JobState]:
         """Jobs pending or running (a gateway stopped while they were)."""
@@ -328,3 +369,6 @@ class LocalJobStore:
                 for path in (self._state_path(job.job_id), self._files_path(job.job_id)):
                     path.unlink(missing_ok=True)
         return len(old)
+
+    def close(self) -> None:
+        """Nothing to let go: every change is on disk already."""

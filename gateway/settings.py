@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -132,6 +133,26 @@ class GatewaySettings(ServerSettings):
         },
     )
     resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
+    jobs_url: str = field(
+        default="",
+        metadata={
+            "help": "where jobs live: empty for files under GATEWAY_DATA_DIR (one gateway), "
+            "or nats://host:4222 for NATS JetStream, shared by every gateway with the same "
+            "URL and GATEWAY_JOBS_PREFIX: any of them lists, watches, cancels and resumes "
+            "any job, and takes over the jobs of one that stopped"
+        },
+    )
+    jobs_prefix: str = field(
+        default="imagesearch",
+        metadata={"help": "names the NATS buckets (<prefix>_jobs, <prefix>_job_files)"},
+    )
+    jobs_lease_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "with NATS: how long a running job's gateway may go without a "
+            "heartbeat before another gateway takes the job over (heartbeats every third)"
+        },
+    )
     # Security (README, "Security").
     tokens_file: str = field(
         default="",
@@ -230,3 +251,12 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("GATEWAY_MAX_QUERIES must be >= 1")
         if self.job_outage_s < 0:
             raise SettingsError("GATEWAY_JOB_OUTAGE_S must be >= 0")
+        if self.jobs_url and not self.jobs_url.startswith(("nats://", "tls://")):
+            raise SettingsError(
+                f"GATEWAY_JOBS_URL={self.jobs_url!r}: use nats://host:port (or tls://), "
+                "or leave it empty for jobs in GATEWAY_DATA_DIR"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.jobs_prefix):
+            raise SettingsError("GATEWAY_JOBS_PREFIX must be 1-64 letters, digits, _ or -")
+        if self.jobs_lease_s < 3:
+            raise SettingsError("GATEWAY_JOBS_LEASE_S must be at least 3")

@@ -247,7 +247,7 @@ def embedder() -> Iterator[Server]:
 
 
 # Fixtures that need an external server, and the marker a test using them must carry.
-SERVER_FIXTURES = {"mariadb_url": "mariadb", "milvus_server": "milvus_server"}
+SERVER_FIXTURES = {"mariadb_url": "mariadb", "milvus_server": "milvus_server", "nats_url": "nats"}
 
 
 # -- tiers ----------------------------------------------------------------------
@@ -320,6 +320,29 @@ def mariadb_url() -> str:
     if not ensure_mariadb():
         pytest.fail("MariaDB is not reachable on 127.0.0.1:3306 and could not be started")
     return MARIADB_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of our own with JetStream, on a free port (Debian's
+    nats-server; `make install` puts it in when root and apt exist)."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        pytest.fail("nats-server is not installed (apt-get install nats-server)")
+    port = free_port()
+    store = tmp_path_factory.mktemp("nats")
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if not wait_port("127.0.0.1", port, 20):
+            pytest.fail("nats-server did not start")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")
