@@ -64,6 +64,7 @@ def test_base_compose_is_valid_and_complete() -> None:
         "minio",
         "milvus",
         "mysql",
+        "nats",
         "embedder",
         "index",
         "gateway",
@@ -78,16 +79,21 @@ def test_base_compose_is_valid_and_complete() -> None:
     assert "imagesearch.healthcheck" in " ".join(embedder["healthcheck"]["test"])
     gateway = services["gateway"]
     assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
-    # Published on loopback by default.
-    assert published_ports(gateway) == [("127.0.0.1", "50051", "50051")]
+    # Published on loopback by default; a range, so that --scale gateway=N works.
+    assert published_ports(gateway) == [("127.0.0.1", "50051-50054", "50051")]
     assert published_ports(services["web"]) == [("127.0.0.1", "8080", "8080")]
-    assert services["web"]["environment"]["WEB_GATEWAY_ADDR"] == "gateway:50051"
+    # Gateways keep no state of their own: jobs live in NATS, the web face
+    # reaches every replica by DNS with round_robin.
+    assert gateway["environment"]["GATEWAY_JOBS_URL"] == "nats://nats:4222"
+    assert not [v for v in gateway.get("volumes", []) if "/data/jobs" in str(v)]
+    assert services["web"]["environment"]["WEB_GATEWAY_ADDR"] == "dns:///gateway:50051"
+    assert "-js" in services["nats"]["command"] and services["nats"]["volumes"]
     assert "web_service.healthcheck" in " ".join(services["web"]["healthcheck"]["test"])
     # Only the gateway and the web face are published.
     assert {n for n, svc in services.items() if svc.get("ports")} == {"gateway", "web"}
     for svc, deps in {
         "web": ["gateway"],
-        "gateway": ["embedder", "index"],
+        "gateway": ["embedder", "index", "nats"],
         "index": ["milvus", "mysql"],
         "milvus": ["etcd", "minio"],
     }.items():

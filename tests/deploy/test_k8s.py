@@ -146,6 +146,22 @@ def allowed(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
     return side(src, "Egress", "egress", "to", dst) and side(dst, "Ingress", "ingress", "from", src)
 
 
+def test_the_gateway_is_stateless_scaled_and_drained_one_at_a_time() -> None:
+    d = docs()
+    gateway = d[("Deployment", "gateway")]["spec"]
+    assert gateway["replicas"] >= 2 and gateway["strategy"]["type"] == "RollingUpdate"
+    volumes = gateway["template"]["spec"]["volumes"]
+    claims = [v for v in volumes if "persistentVolumeClaim" in v]
+    assert [v["name"] for v in claims] == ["images"]  # no job volume: jobs live in NATS
+    assert d[("ConfigMap", "imagesearch")]["data"]["GATEWAY_JOBS_URL"] == "nats://nats:4222"
+    assert d[("HorizontalPodAutoscaler", "gateway")]["spec"]["minReplicas"] >= 2
+    assert d[("PodDisruptionBudget", "gateway")]["spec"]["minAvailable"] == 1
+    nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"})
+    assert allowed(pod("gateway"), nats, 4222)
+    for name in ("web", "embedder", "index"):
+        assert not allowed(pod(name), nats, 4222), name
+
+
 def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> None:
     embedder, index, gateway, web = (pod(n) for n in OURS)
     intruder = Pod({"app": "intruder"})
@@ -182,7 +198,8 @@ def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> Non
 
 
 def test_every_policy_selects_our_pods() -> None:
-    labels = [pod(n).labels for n in OURS]
+    # NATS comes from its Helm chart; its policy selects the chart's pods.
+    labels = [pod(n).labels for n in OURS] + [{"app.kubernetes.io/name": "nats"}]
     for (kind, name), d in docs().items():
         if kind == "NetworkPolicy":
             assert any(matches(d["spec"]["podSelector"], lab) for lab in labels), name
