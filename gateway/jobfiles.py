@@ -1,10 +1,10 @@
 """How a job's files are kept on disk: durably, and without a name able to
 split or shift the list.
 
-- The file list is JSON lines after a header line: one JSON string per file,
-  ASCII-escaped, so newlines, ``\\u2028`` and names that are not UTF-8 (held
-  by Python as surrogate escapes) all come back exactly. Lists written by
-  older versions (one name per line, no header) are still read.
+- Names are JSON strings, ASCII-escaped, so newlines, ``\\u2028`` and names
+  that are not UTF-8 (held by Python as surrogate escapes) all come back
+  exactly. Whole-job lists written before the streamed walk (JSON lines
+  after a header line, or one name per line before that) are still read.
 - State files are replaced atomically, with the file and its folder fsynced.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 HEADER = {"format": "imagesearch-job-files", "version": 1}
@@ -38,27 +37,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def encode_file_list(files: Iterable[str]) -> tuple[bytes, int]:
-    """The list as bytes, and how many files it holds."""
-    lines = [json.dumps(HEADER)]
-    lines += [json.dumps(f) for f in files]  # ensure_ascii: surrogates survive as \udcNN
-    return ("\n".join(lines) + "\n").encode("ascii"), len(lines) - 1
-
-
-def write_file_list(path: Path, files: Iterable[str]) -> int:
-    """Writes the list; returns how many files it holds."""
-    data, count = encode_file_list(files)
-    write_atomic(path, data)
-    return count
-
-
 def read_file_list(path: Path) -> list[str]:
-    """The names ``write_file_list`` wrote (or an older version's plain list)."""
+    """The names in a whole-job file list (written before the streamed walk)."""
     return decode_file_list(path.read_bytes(), str(path))
 
 
 def decode_file_list(data: bytes, origin: str) -> list[str]:
-    """The names ``encode_file_list`` encoded; ``origin`` names it in errors."""
+    """The names of a file list; ``origin`` names it in errors."""
     text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     try:

@@ -1,25 +1,33 @@
 """Server-side folder ingest jobs: the runner.
 
-A job lists the image files under a folder once (sorted, kept by the job
-store, gateway/jobstore.py, in chunks), then indexes them chunk by chunk, a
-few chunks in flight so that embedding one overlaps inserting another. After
-every chunk its results are recorded in the store: counters, the first
-errors, and which chunks are done. A job stopped by an outage (FAILED), by a
-cancel, or by a gateway restart continues from there with ResumeJob (a
-restarted gateway resumes running jobs by itself), so every file is counted
-once.
+StartIndexJob saves the job and answers at once; the work is done by units
+taken from the job store's queue (gateway/jobstore.py), on this gateway or,
+with a shared store, on any gateway:
+
+- a **walk** lists the folder in sorted order, in bounded memory
+  (gateway/walk.py), and publishes chunks of GATEWAY_EMBED_BATCH files as it
+  goes; ``total`` grows until it ends (``walk_done``). A walk stopped midway
+  starts again after the last file it published.
+- a **chunk** is read, embedded and stored, and its results recorded in the
+  store (counts, the first errors, which chunks are done) before it is
+  acked: a chunk done twice (its first gateway died) is counted once. The
+  record of the last chunk of a walked job ends it SUCCEEDED.
+
+GATEWAY_MAX_JOBS walks and GATEWAY_JOB_CONCURRENCY chunks run at once per
+gateway, so embedding one chunk overlaps storing another. A job stopped by an
+outage (FAILED) or a cancel continues with ResumeJob, which queues again what
+it has left.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -29,22 +37,29 @@ from gateway.budget import ByteBudget
 from gateway.deadline import Deadline
 from gateway.jobstore import (
     CANCELED,
+    CHUNK,
     DEFAULT_PAGE,
     FAILED,
     MAX_PAGE,
     PENDING,
     RUNNING,
     SUCCEEDED,
+    WALK,
+    Change,
     JobState,
     JobStore,
+    Work,
     now_ms,
     open_job_store,
     parse_page_token,
+    walk_ended,
+    walked,
 )
 from gateway.jobstore import page_token as token_of
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
-from gateway.paths import AllowedRoots, display_path, walk_images
+from gateway.paths import AllowedRoots, display_path
 from gateway.settings import GatewaySettings
+from gateway.walk import walk_images
 from imagesearch import errors, logs
 from imagesearch.batching import byte_groups
 from imagesearch.v1 import index_pb2
@@ -89,23 +104,63 @@ class Backoff:
 JOB_FILES = Counter(
     "imagesearch_job_files_total", "Files processed by jobs, by outcome", ["outcome"]
 )
-JOBS_RUNNING = Gauge("imagesearch_jobs_running", "Jobs running now")
-
+JOBS_RUNNING = Gauge("imagesearch_jobs_running", "Job walks and chunks this gateway works on now")
+JOB_REDELIVERED = Counter(
+    "imagesearch_job_units_redelivered_total",
+    "Job walks and chunks given out again (their gateway stopped on them)",
+)
 
 __all__ = ["JobManager", "JobState"]
 
-# How long CancelJob waits for a runner to finish its batches in flight
-# before answering that it is still stopping.
-CANCEL_WAIT_S = 10.0
+# A chunk's file names, JSON-encoded, stay under this (a NATS message is 1 MB).
+CHUNK_NAME_BYTES = 256 * 1024
+# How often units in work are checked for a cancel and, on a shared store, touched.
+CHECK_S = 1.0
+
+
+class WalkFailed(Exception):
+    """The folder could not be walked (gone, unreadable): the job fails."""
 
 
 def not_terminal(job: JobState) -> bool:
     return not job.terminal
 
 
+def unless_ended(changes: Callable[[JobState], dict[str, object]]) -> Change:
+    """``changes`` for a job that has not ended; none for one that has."""
+    return lambda job: None if job.terminal else changes(job)
+
+
+def chunked(paths: Iterable[str], size: int, max_bytes: int) -> Iterator[list[str]]:
+    """``paths`` in lists of at most ``size`` files and about ``max_bytes`` of names."""
+    chunk: list[str] = []
+    used = 0
+    for path in paths:
+        cost = len(path) * 6 + 4  # a JSON string's worst case
+        if chunk and (len(chunk) >= size or used + cost > max_bytes):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(path)
+        used += cost
+    if chunk:
+        yield chunk
+
+
+def _walk(folder: Path, recursive: bool, roots: AllowedRoots, after: str) -> Iterator[str]:
+    try:
+        yield from walk_images(folder, recursive, roots, after)
+    except errors.ServiceError as exc:
+        raise WalkFailed(exc.message) from None
+    except OSError as exc:
+        raise WalkFailed(
+            f"the folder cannot be walked ({exc.strerror or type(exc).__name__}: "
+            f"{display_path(str(exc.filename or folder))})"
+        ) from None
+
+
 class JobManager:
-    """Starts, runs, cancels and resumes jobs kept in a ``JobStore``: one
-    runner thread per running job, at most GATEWAY_MAX_JOBS at a time."""
+    """Starts, cancels and resumes jobs kept in a ``JobStore``, and works on
+    the units its queue gives this gateway."""
 
     def __init__(
         self,
@@ -116,81 +171,56 @@ class JobManager:
         store: JobStore | None = None,
     ) -> None:
         self.settings = settings
-        self.inflight = inflight  # the gateway's total, shared with streams
         self.ingestor = ingestor
         self.roots = roots
+        # Bytes of images all job chunks on this gateway hold at once, within
+        # the gateway's total shared with streams.
+        self.budget = ByteBudget(settings.max_inflight_bytes, inflight)
         self.store: JobStore = store or open_job_store(settings)
-        # Who runs a job, in a shared store: this process, unique across restarts.
-        self.me = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
-        self.lease_ms = int(settings.jobs_lease_s * 1000)
-        self._cancel: dict[str, threading.Event] = {}
-        self._threads: dict[str, threading.Thread] = {}
-        self._lock = threading.Lock()  # the runners (the store has its own)
-        self._starting = 0  # StartIndexJob calls walking their folder now
-        self._slots = threading.Semaphore(settings.max_jobs)
-        self._closed = False
+        self._lock = threading.Lock()
+        self._starting = 0  # StartIndexJob calls between the cap check and the save
+        self._working: dict[int, tuple[Work, threading.Event]] = {}
+        self._ids = itertools.count()
         self._stop = threading.Event()
         self.expire()
-        if self.store.shared:
-            threading.Thread(target=self._keep_leases, name="job-leases", daemon=True).start()
-
-    def held_elsewhere(self, job: JobState) -> bool:
-        """A job another live gateway runs (shared stores: its heartbeat is
-        younger than GATEWAY_JOBS_LEASE_S)."""
-        return (
-            self.store.shared
-            and job.runner not in ("", self.me)
-            and now_ms() - job.heartbeat_ms < self.lease_ms
-        )
+        workers = [(WALK, n) for n in range(settings.max_jobs)]
+        workers += [(CHUNK, n) for n in range(settings.job_concurrency)]
+        self._threads = [
+            threading.Thread(target=self._serve, args=(kind,), name=f"job-{kind}-{n}", daemon=True)
+            for kind, n in workers
+        ]
+        self._threads.append(threading.Thread(target=self._keep_working, daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     def resume_interrupted(self) -> None:
-        """Jobs no gateway runs (left by a stopped one): resume them, or mark
-        them failed (GATEWAY_RESUME_JOBS=false)."""
+        """Local store: queues again what the jobs a stopped gateway left
+        unfinished have left, or fails them (GATEWAY_RESUME_JOBS=false). A
+        shared store's queue keeps its work by itself."""
+        if self.store.shared:
+            return
         for job in self.store.unfinished():
-            with self._lock:
-                if self._runner(job.job_id) is not None or self.held_elsewhere(job):
-                    continue
-                claimed = self.store.update(
+            if not self.settings.resume_jobs:
+                self.store.update(
                     job.job_id,
-                    lambda j: not j.terminal and not self.held_elsewhere(j),
-                    runner=self.me,
-                    heartbeat_ms=now_ms(),
+                    not_terminal,
+                    state=FAILED,
+                    message="interrupted by a gateway restart; ResumeJob continues it",
                 )
-                if claimed is None:
-                    continue
-                if self.settings.resume_jobs:
-                    logs.event(
-                        log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total
-                    )
-                    self._launch(job.job_id)
-                else:
-                    self.store.update(
-                        job.job_id,
-                        state=FAILED,
-                        message="interrupted by a gateway restart; ResumeJob continues it",
-                    )
+                continue
+            logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
+            self._requeue(job)
 
-    def _keep_leases(self) -> None:
-        """Shared stores: every third of the lease, tells the store this gateway
-        still runs its jobs, and takes over jobs whose gateway went quiet."""
-        while not self._stop.wait(self.settings.jobs_lease_s / 3):
-            try:
-                with self._lock:
-                    mine = [j for j in self._threads if self._runner(j) is not None]
-                for job_id in mine:
-                    self.store.update(
-                        job_id,
-                        lambda j: j.runner == self.me and not j.terminal,
-                        heartbeat_ms=now_ms(),
-                    )
-                if self.settings.resume_jobs and not self._closed:
-                    self.resume_interrupted()
-            except errors.ServiceError as exc:  # the store is down: try again next round
-                logs.event(log, "job.lease_failed", logging.WARNING, error=exc.message)
+    def _requeue(self, job: JobState) -> None:
+        if job.complete():
+            self.store.update(job.job_id, not_terminal, state=SUCCEEDED, message="")
+        else:
+            self.store.requeue(job.job_id, walk=not job.walk_done, chunks=job.left())
 
     # -- API -------------------------------------------------------------
 
     def start(self, collection: str, folder: str, recursive: bool, model: str = "") -> JobState:
+        """Saves a new job and queues its walk; answers at once."""
         real = self.roots.resolve(folder)
         if not real.is_dir():
             raise errors.invalid_argument(f"{folder} is not a folder on the gateway's machine")
@@ -199,41 +229,27 @@ class JobManager:
             open_jobs = self._starting + self.store.open_jobs()
             if open_jobs >= self.settings.max_queued_jobs:
                 raise errors.resource_exhausted(
-                    f"{open_jobs} jobs are running or waiting on this gateway already "
+                    f"{open_jobs} jobs are running or waiting already "
                     "(GATEWAY_MAX_QUEUED_JOBS); retry when one has ended, or cancel one"
                 )
             self._starting += 1
         try:
-            return self._start(real, collection, recursive, model)
+            job = self.store.create(
+                JobState(
+                    job_id=uuid.uuid4().hex[:12],
+                    collection=collection,
+                    folder=str(real),
+                    recursive=recursive,
+                    model=model,
+                    batch_size=self.settings.embed_batch,
+                    created_at_ms=now_ms(),
+                )
+            )
         finally:
             with self._lock:
                 self._starting -= 1
-
-    def _start(self, real: Path, collection: str, recursive: bool, model: str) -> JobState:
-        job = JobState(
-            job_id=uuid.uuid4().hex[:12],
-            collection=collection,
-            folder=str(real),
-            recursive=recursive,
-            model=model,
-            batch_size=self.settings.embed_batch,
-            created_at_ms=now_ms(),
-            runner=self.me,
-            heartbeat_ms=now_ms(),
-        )
-        files = (str(p) for p in walk_images(real, recursive, self.roots))
-        job = self.store.create(job, files)
-        logs.event(
-            log,
-            "job.started",
-            job_id=job.job_id,
-            collection=collection,
-            folder=str(real),
-            files=job.total,
-        )
-        with self._lock:
-            self._launch(job.job_id)
-        return self.get(job.job_id)
+        logs.event(log, "job.started", job_id=job.job_id, collection=collection, folder=str(real))
+        return job
 
     def get(self, job_id: str) -> JobState:
         return self.store.get(job_id)
@@ -256,64 +272,36 @@ class JobManager:
             logs.event(log, "jobs.expired", count=gone)
         return gone
 
-    def _runner(self, job_id: str) -> threading.Thread | None:
-        """The job's live runner thread, if any; call with the lock held."""
-        thread = self._threads.get(job_id)
-        return thread if thread is not None and thread.is_alive() else None
-
     def cancel(self, job_id: str) -> JobState:
-        """Asks the runner to stop after its batches in flight and waits up to
-        CANCEL_WAIT_S for it. A job whose runner is still finishing stays
-        RUNNING, says so, and ends CANCELED by itself."""
-        if self.get(job_id).terminal:  # NOT_FOUND for an unknown job
-            return self.get(job_id)
-        with self._lock:
-            event = self._cancel.get(job_id)
-            if event is not None:
-                event.set()
-            thread = self._runner(job_id)
-        if thread is not None:
-            thread.join(timeout=CANCEL_WAIT_S)
-        with self._lock:
-            if self._runner(job_id) is None:
-                self.store.update(
-                    job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
-                )
-            else:
-                self.store.update(
-                    job_id,
-                    not_terminal,
-                    message="cancel requested: stopping after the batches in flight",
-                )
+        """Ends the job CANCELED: its queued units are dropped when they come
+        up, and the chunks in work (on any gateway) stop within a second or
+        so, after the Embed or Upsert call in flight."""
+        self.get(job_id)  # NOT_FOUND for an unknown job
+        self.store.update(
+            job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
+        )
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobState:
-        """Starts a runner for a job that has none. A job with a live runner
-        is left alone (at most one runner per job) and the answer says so."""
-        self.get(job_id)
-        while True:
-            with self._lock:
-                job = self.get(job_id)
-                if job.state == SUCCEEDED:
-                    break
-                thread = self._runner(job_id)
-                if thread is None and not job.terminal and self.held_elsewhere(job):
-                    job.message = f"already running on gateway {job.runner}; nothing to resume"
-                    return job
-                if thread is None:
-                    self.store.update(
-                        job_id,
-                        state=PENDING,
-                        message="resumed",
-                        runner=self.me,
-                        heartbeat_ms=now_ms(),
-                    )
-                    self._launch(job_id)
-                    break
-                if not job.terminal:  # running (or waiting for a slot): nothing to do
-                    job.message = "already running; nothing to resume"
-                    return job
-            thread.join(timeout=5)  # a runner that has just finished: let it exit
+        """Queues again what a FAILED or CANCELED job has left: its walk if it
+        had not ended, and the chunks not recorded. A running job is left
+        alone and the answer says so; of two resumes at once, one queues."""
+        job = self.get(job_id)
+        if job.state == SUCCEEDED:
+            return job
+        if not job.terminal:
+            job.message = "already running; nothing to resume"
+            return job
+        resumed = self.store.update(
+            job_id, lambda j: j.version == job.version, state=PENDING, message="resumed"
+        )
+        if resumed is None:  # changed meanwhile: another resume came first
+            job = self.get(job_id)
+            if not job.terminal:
+                job.message = "already running; nothing to resume"
+            return job
+        self._requeue(resumed)
+        logs.event(log, "job.resumed", job_id=job_id, left=len(resumed.left()))
         return self.get(job_id)
 
     def watch(
@@ -324,122 +312,193 @@ class JobManager:
         return self.store.watch(job_id, is_active, interval)
 
     def close(self) -> None:
-        """Stops running jobs after their in-flight batches; they resume at the next start."""
-        self._closed = True
+        """Stops after the calls in flight. Units not done stay queued (NATS:
+        given to another gateway; local: queued again at the next start)."""
         self._stop.set()
-        for event in self._cancel.values():
-            event.set()
-        for thread in list(self._threads.values()):
+        for thread in self._threads:
             thread.join(timeout=30)
         self.store.close()
 
-    # -- running ---------------------------------------------------------
+    # -- working ---------------------------------------------------------
 
-    def _launch(self, job_id: str) -> None:
-        """Starts the job's runner; call with the lock held, after checking it has none."""
-        cancel = threading.Event()
-        self._cancel[job_id] = cancel
-        thread = threading.Thread(
-            target=self._run, args=(job_id, cancel), name=f"job-{job_id}", daemon=True
-        )
-        self._threads[job_id] = thread
-        thread.start()
-
-    def _run(self, job_id: str, cancel: threading.Event) -> None:
-        while not self._slots.acquire(timeout=0.5):  # a slot, unless canceled meanwhile
-            if cancel.is_set():
-                if not self._closed:
-                    self.store.update(
-                        job_id, not_terminal, state=CANCELED, message="canceled before it started"
-                    )
-                return
-        try:
+    def _serve(self, kind: str) -> None:
+        """One worker: claims units of ``kind`` and works on them until close."""
+        handle = self._walk_unit if kind == WALK else self._chunk_unit
+        while not self._stop.is_set():
+            try:
+                work = self.store.claim(kind, timeout=1.0)
+            except errors.ServiceError as exc:  # the store is down: wait for it
+                logs.event(log, "job.claim_failed", logging.WARNING, error=exc.message)
+                self._stop.wait(2.0)
+                continue
+            if work is None:
+                continue
+            if work.delivered > 1:
+                JOB_REDELIVERED.inc()
+            stop = threading.Event()
+            key = next(self._ids)
+            with self._lock:
+                self._working[key] = (work, stop)
             JOBS_RUNNING.inc()
             try:
-                self._execute(job_id, cancel)
-            except errors.ServiceError as exc:
-                if self._closed:
-                    return
-                self._fail(job_id, f"{exc.message}. ResumeJob continues from here")
-                logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=exc.message)
+                handle(work, stop)
+            except errors.ServiceError as exc:  # the store failed: the unit comes back
+                logs.event(
+                    log, "job.unit_unsaved", logging.WARNING, job_id=work.job_id, error=exc.message
+                )
+                if not self.store.shared:  # an in-process queue does not give it back itself
+                    self._stop.wait(1.0)
+                    chunks = [work.chunk] if kind == CHUNK else []
+                    self.store.requeue(work.job_id, walk=kind == WALK, chunks=chunks)
             except Exception as exc:
-                log.exception("job.crash", extra={"fields": {"job_id": job_id}})
+                log.exception("job.crash", extra={"fields": {"job_id": work.job_id}})
                 self._fail(
-                    job_id,
+                    work.job_id,
                     f"internal error ({type(exc).__name__}); the gateway's log has the details. "
                     "ResumeJob continues from here",
                 )
+                work.ack()
             finally:
                 JOBS_RUNNING.dec()
-        finally:
-            self._slots.release()
+                with self._lock:
+                    del self._working[key]
+
+    def _keep_working(self) -> None:
+        """Every second: stops units whose job ended (a cancel on any gateway)
+        or when the gateway closes; every third of GATEWAY_JOBS_ACK_WAIT_S,
+        tells a shared queue the units are still in work."""
+        touch_every = self.settings.jobs_ack_wait_s / 3
+        last_touch = time.monotonic()
+        while True:
+            closing = self._stop.wait(CHECK_S)
+            with self._lock:
+                working = list(self._working.values())
+            touch = self.store.shared and time.monotonic() - last_touch >= touch_every
+            if touch:
+                last_touch = time.monotonic()
+            for work, stop in working:
+                try:
+                    if closing or self.store.get(work.job_id).terminal:
+                        stop.set()
+                    elif touch:
+                        work.touch()
+                except errors.ServiceError as exc:
+                    if exc.code == grpc.StatusCode.NOT_FOUND:
+                        stop.set()
+                    else:
+                        logs.event(log, "job.touch_failed", logging.WARNING, error=exc.message)
+            if closing and not working:
+                return
+
+    def _job_of(self, work: Work) -> JobState | None:
+        try:
+            return self.store.get(work.job_id)
+        except errors.ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:  # expired: drop its units
+                return None
+            raise
+
+    def _walk_unit(self, work: Work, stop: threading.Event) -> None:
+        job = self._job_of(work)
+        if job is None or job.terminal or job.walk_done:
+            work.ack()
+            return
+        if work.delivered > self.settings.jobs_max_deliver:
+            self._fail(
+                job.job_id,
+                f"walking the folder stopped {work.delivered - 1} times with its gateway "
+                "(GATEWAY_JOBS_MAX_DELIVER); ResumeJob tries again",
+            )
+            work.ack()
+            return
+        self.store.update(job.job_id, lambda j: j.state == PENDING, state=RUNNING, message="")
+        try:
+            if self._walk(job, stop):
+                work.ack()
+        except WalkFailed as exc:
+            self._fail(job.job_id, f"{exc}. ResumeJob walks on from the last file found")
+            work.ack()
+
+    def _walk(self, job: JobState, stop: threading.Event) -> bool:
+        """Publishes the chunks the walk finds after ``walk_last``; True when
+        it ended (walked to the end, or the job ended), False when the gateway
+        is closing (the walk comes back)."""
+        number = job.walked_chunks
+        paths = _walk(Path(job.folder), job.recursive, self.roots, job.walk_last)
+        for files in chunked(paths, job.batch_size, CHUNK_NAME_BYTES):
+            if self._stop.is_set():
+                return False
+            self.store.put_chunk(job.job_id, number, files)
+            more = partial(walked, files=len(files), last=files[-1])
+            counted = self.store.change(job.job_id, unless_ended(more))
+            if counted is None:
+                return True  # canceled or failed meanwhile
+            number += 1
+        ended = self.store.change(job.job_id, unless_ended(walk_ended))
+        if ended is not None:
+            logs.event(log, "job.walked", job_id=job.job_id, files=ended.total, chunks=number)
+        return True
+
+    def _chunk_unit(self, work: Work, stop: threading.Event) -> None:
+        job = self._job_of(work)
+        if job is None or job.terminal or job.recorded(work.chunk):
+            work.ack()  # gone, ended (its queued chunks are dropped), or done already
+            return
+        try:
+            files = self.store.chunk_files(job.job_id, work.chunk)
+        except errors.ServiceError as exc:
+            if exc.code != grpc.StatusCode.DATA_LOSS:
+                raise
+            self._fail(job.job_id, exc.message)
+            work.ack()
+            return
+        if work.delivered > self.settings.jobs_max_deliver:
+            self._record(job.job_id, work.chunk, self._given_up(files, work.delivered - 1))
+            work.ack()
+            return
+        self.store.update(job.job_id, lambda j: j.state == PENDING, state=RUNNING, message="")
+        try:
+            results = self._batch(job, files, stop)
+        except errors.ServiceError as exc:
+            if not self._stop.is_set():
+                self._fail(job.job_id, f"{exc.message}. ResumeJob continues from here")
+                work.ack()
+            return
+        if stop.is_set() and any(overloaded(r) for r in results):
+            # Stopped while riding out overload: not a result. A canceled job's
+            # chunk is dropped (ResumeJob queues it again); a closing
+            # gateway's comes back.
+            if not self._stop.is_set():
+                work.ack()
+            return
+        self._record(job.job_id, work.chunk, results)
+        work.ack()
+
+    def _given_up(self, files: list[str], tries: int) -> list[Result]:
+        reason = (
+            f"given up after {tries} tries: the gateway working on it stopped each time "
+            "(GATEWAY_JOBS_MAX_DELIVER); the gateways' logs say why"
+        )
+        return [
+            Result(
+                display_path(f),
+                Outcome.FAILED,
+                reason=f"{display_path(f)}: {reason}",
+                code=grpc.StatusCode.ABORTED,
+            )
+            for f in files
+        ]
 
     def _fail(self, job_id: str, message: str) -> None:
         try:
             self.store.update(job_id, not_terminal, state=FAILED, message=message)
+            logs.event(log, "job.failed", logging.WARNING, job_id=job_id, reason=message)
         except errors.ServiceError as exc:  # the store is down too: the job stays unfinished
             logs.event(log, "job.state_unsaved", logging.ERROR, job_id=job_id, error=exc.message)
 
-    def _execute(self, job_id: str, cancel: threading.Event) -> None:
-        job = self.store.get(job_id)
-        todo = self.store.todo(job_id)
-        self.store.update(job_id, state=RUNNING, message="", runner=self.me, heartbeat_ms=now_ms())
-        in_flight: dict[Future[list[Result]], int] = {}
-        budget = ByteBudget(self.settings.max_inflight_bytes, self.inflight)
-        failure: errors.ServiceError | None = None
-        with ThreadPoolExecutor(
-            self.settings.job_concurrency, thread_name_prefix=f"job-{job_id}"
-        ) as pool:
-            while True:
-                while (
-                    failure is None
-                    and not cancel.is_set()
-                    and len(in_flight) < self.settings.job_concurrency
-                    and not self._ended_elsewhere(job_id)
-                ):
-                    chunk = next(todo, None)
-                    if chunk is None:
-                        break
-                    number, files = chunk
-                    in_flight[pool.submit(self._batch, job, files, cancel, budget)] = number
-                if not in_flight:
-                    break
-                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    number = in_flight.pop(fut)
-                    try:
-                        self._record(job_id, number, fut.result())
-                    except errors.ServiceError as exc:
-                        failure = failure or exc
-        if failure is not None:
-            raise failure
-        if self._closed:
-            return  # gateway shutting down: stays RUNNING in the store, resumed at next start
-        if cancel.is_set():
-            self.store.update(
-                job_id, not_terminal, state=CANCELED, message="canceled; ResumeJob continues it"
-            )
-        else:
-            self.store.update(job_id, not_terminal, state=SUCCEEDED, message="")
-        job = self.store.get(job_id)
-        logs.event(
-            log,
-            "job.finished",
-            job_id=job_id,
-            state=job.state,
-            indexed=job.indexed,
-            duplicates=job.duplicates,
-            failed=job.failed,
-        )
-
-    def _ended_elsewhere(self, job_id: str) -> bool:
-        """Shared stores: the job was canceled (or ended) through another gateway."""
-        return self.store.shared and self.store.get(job_id).terminal
-
-    def _batch(
-        self, job: JobState, paths: list[str], cancel: threading.Event, budget: ByteBudget
-    ) -> list[Result]:
-        """One batch, read and sent in groups that fit the job's byte budget."""
+    def _batch(self, job: JobState, paths: list[str], cancel: threading.Event) -> list[Result]:
+        """One chunk, read and sent in groups that fit the jobs' byte budget."""
+        budget = self.budget
         cap = max(1, budget.limit // self.settings.job_concurrency)
         results: list[Result] = []
         for group, size in byte_groups(paths, cap):

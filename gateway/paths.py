@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from imagesearch import errors
-from imagesearch.images import is_image_name
 
 OUTSIDE = (
     "is outside the folders this gateway may read (GATEWAY_ALLOWED_ROOTS); "
@@ -90,21 +89,3 @@ def display_path(path: str) -> str:
     except UnicodeEncodeError:
         raw = path.encode("utf-8", "surrogateescape")
         return raw.decode("utf-8", "backslashreplace")
-
-
-def walk_images(folder: Path, recursive: bool, roots: AllowedRoots) -> Iterator[Path]:
-    """Image files under ``folder`` in a stable (sorted) order. Symlinks whose
-    target leaves the roots are skipped."""
-    if not folder.is_dir():
-        raise errors.invalid_argument(f"{folder} is not a folder")
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        if not recursive:
-            dirnames.clear()
-        for name in sorted(filenames):
-            if not is_image_name(name):
-                continue
-            path = Path(dirpath) / name
-            if path.is_symlink() and not roots.contains(path.resolve()):
-                continue
-            yield path

@@ -81,6 +81,7 @@ def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
         created_at_ms=job.created_at_ms,
         updated_at_ms=job.updated_at_ms,
         model=job.model,
+        walk_complete=job.walk_done,
     )
 
 

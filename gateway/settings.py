@@ -51,13 +51,19 @@ class GatewaySettings(ServerSettings):
     default_top_k: int = field(default=10, metadata={"help": "top_k when a request says 0"})
     embed_batch: int = field(default=32, metadata={"help": "images per Embed call"})
     job_concurrency: int = field(
-        default=3, metadata={"help": "batches in flight per job (embed overlaps insert)"}
+        default=3,
+        metadata={
+            "help": "job chunks this gateway indexes at once, of any jobs (embedding one "
+            "overlaps storing another); a chunk is GATEWAY_EMBED_BATCH files"
+        },
     )
-    max_jobs: int = field(default=2, metadata={"help": "jobs running at once; others wait"})
+    max_jobs: int = field(
+        default=2, metadata={"help": "folder walks this gateway runs at once; others wait"}
+    )
     max_queued_jobs: int = field(
         default=100,
         metadata={
-            "help": "jobs running or waiting at once (each holds a thread and its file list); "
+            "help": "jobs running or waiting at once, in the whole job store; "
             "StartIndexJob past it is refused RESOURCE_EXHAUSTED"
         },
     )
@@ -132,26 +138,58 @@ class GatewaySettings(ServerSettings):
             "older ones are forgotten at start-up and as new jobs start or are listed"
         },
     )
-    resume_jobs: bool = field(default=True, metadata={"help": "resume interrupted jobs at start"})
+    resume_jobs: bool = field(
+        default=True,
+        metadata={
+            "help": "local job store: queue again at start what interrupted jobs left "
+            "(false: they end FAILED; ResumeJob continues them). With NATS the queue keeps it"
+        },
+    )
     jobs_url: str = field(
         default="",
         metadata={
             "help": "where jobs live: empty for files under GATEWAY_DATA_DIR (one gateway), "
             "or nats://host:4222 for NATS JetStream, shared by every gateway with the same "
-            "URL and GATEWAY_JOBS_PREFIX: any of them lists, watches, cancels and resumes "
-            "any job, and takes over the jobs of one that stopped"
+            "URL and GATEWAY_JOBS_PREFIX: all of them work on every job's chunks, and any "
+            "of them lists, watches, cancels and resumes any job"
         },
     )
     jobs_prefix: str = field(
         default="imagesearch",
-        metadata={"help": "names the NATS buckets (<prefix>_jobs, <prefix>_job_files)"},
-    )
-    jobs_lease_s: float = field(
-        default=30.0,
         metadata={
-            "help": "with NATS: how long a running job's gateway may go without a "
-            "heartbeat before another gateway takes the job over (heartbeats every third)"
+            "help": "names the NATS stream and buckets (<prefix>_work, <prefix>_jobs, "
+            "<prefix>_chunks), so deployments can share one NATS"
         },
+    )
+    jobs_ack_wait_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "with NATS: a walk or chunk whose gateway stopped (no word from it for "
+            "this long; a working gateway speaks every third of it) goes to another"
+        },
+    )
+    jobs_max_deliver: int = field(
+        default=5,
+        metadata={
+            "help": "a chunk given out this often without being done (its gateways kept "
+            "dying on it) is given up: its files become errors on the job"
+        },
+    )
+    jobs_replicas: int = field(
+        default=1,
+        metadata={"help": "with NATS: copies of the job stream and buckets (1, 3 or 5)"},
+    )
+    jobs_creds: str = field(
+        default="", metadata={"help": "with NATS: a .creds file (user JWT and NKey seed)"}
+    )
+    jobs_tls_ca: str = field(
+        default="", metadata={"help": "with NATS: PEM CA that signed the server's certificate"}
+    )
+    jobs_tls_cert: str = field(
+        default="", metadata={"help": "with NATS: this gateway's PEM client certificate"}
+    )
+    jobs_tls_key: str = field(
+        default="", metadata={"help": "with NATS: the key of GATEWAY_JOBS_TLS_CERT"}
     )
     # Security (README, "Security").
     tokens_file: str = field(
@@ -258,5 +296,10 @@ class GatewaySettings(ServerSettings):
             )
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.jobs_prefix):
             raise SettingsError("GATEWAY_JOBS_PREFIX must be 1-64 letters, digits, _ or -")
-        if self.jobs_lease_s < 3:
-            raise SettingsError("GATEWAY_JOBS_LEASE_S must be at least 3")
+        if self.jobs_ack_wait_s < 1 or self.jobs_max_deliver < 1:
+            raise SettingsError("GATEWAY_JOBS_ACK_WAIT_S and _MAX_DELIVER must be >= 1")
+        if self.jobs_replicas not in (1, 3, 5):
+            raise SettingsError("GATEWAY_JOBS_REPLICAS must be 1, 3 or 5")
+        check_client_tls(
+            "GATEWAY_JOBS_TLS", self.jobs_tls_ca, self.jobs_tls_cert, self.jobs_tls_key
+        )

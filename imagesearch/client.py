@@ -149,6 +149,7 @@ class Job:
     created_at_ms: int
     updated_at_ms: int
     model: str = ""  # the model it asked for a new collection
+    walk_complete: bool = False  # total is final
 
     @classmethod
     def from_proto(cls, j: gateway_pb2.Job) -> Job:
@@ -168,6 +169,7 @@ class Job:
             j.created_at_ms,
             j.updated_at_ms,
             j.model,
+            j.walk_complete,
         )
 
 

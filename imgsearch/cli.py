@@ -126,6 +126,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "collection": job.collection,
         "folder": job.folder,
         "total": job.total,
+        "walk_complete": job.walk_complete,
         "done": job.done,
         "indexed": job.indexed,
         "duplicates": job.duplicates,
@@ -163,7 +164,7 @@ def follow(args: argparse.Namespace, c: Client, job: Job) -> Job:
 
     try:
         for last in c.watch_job(job.job_id, stream_s=watch_stream_s(), on_reconnect=reconnecting):
-            bar.total = last.total
+            bar.total, bar.growing = last.total, not last.walk_complete
             bar.update(
                 last.done, indexed=last.indexed, duplicates=last.duplicates, failed=last.failed
             )
@@ -392,6 +393,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         tls=args.tls,
         web_port=None if args.no_web else port(args.web_port, "WEB_PORT", 8080),
         with_models=args.with_models,
+        jobs_url=args.jobs_url,
     )
 
 
@@ -487,6 +489,13 @@ def add_up(sub: Sub, common: argparse.ArgumentParser) -> None:
         help="also start an embedder for MODEL (e.g. tirg_css, composed image+text search) "
         "on the embedder's port + 10, and route collections of that model to it (repeat "
         "for more)",
+    )
+    up.add_argument(
+        "--jobs-url",
+        default="",
+        metavar="URL",
+        help="keep folder jobs in NATS JetStream at URL (nats://host:4222), shared with "
+        "other gateways; default: files under <data-dir>/jobs",
     )
     up.set_defaults(func=cmd_up)
 

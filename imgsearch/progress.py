@@ -18,12 +18,13 @@ class Progress:
         self.quiet = quiet
         self.tty = self.stream.isatty()
         self._last = 0.0
+        self.growing = False  # total is still growing (a job's walk): not final yet
 
     def update(self, done: int, **counts: int) -> None:
         if self.quiet:
             return
         now = time.monotonic()
-        final = done >= self.total
+        final = done >= self.total and not self.growing
         if not self.tty and not final and now - self._last < 5.0:
             return
         self._last = now
@@ -31,7 +32,8 @@ class Progress:
         filled = int(width * done / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
         extra = " ".join(f"{k}={v}" for k, v in counts.items())
-        line = f"{self.label} [{bar}] {done}/{self.total} {extra}"
+        more = "+" if self.growing else ""
+        line = f"{self.label} [{bar}] {done}/{self.total}{more} {extra}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
         else:

@@ -259,18 +259,23 @@ def run(
     tls: bool = False,
     web_port: int | None = 8080,
     with_models: Sequence[str] = (),
+    jobs_url: str = "",
 ) -> int:
     """``host``: where all services (and their metrics) listen; loopback
     unless told otherwise. ``tls``: every port over TLS (HTTPS for the web
     face), the gateway's calls to the embedder and index over mTLS.
     ``web_port``: the HTTP face's port (None: no web face). ``with_models``:
-    more embedders, one per model (e.g. tirg_css), beside the default one."""
+    more embedders, one per model (e.g. tirg_css), beside the default one.
+    ``jobs_url``: jobs on that NATS server (empty: GATEWAY_JOBS_URL as the
+    environment says, by default the local store)."""
     dial = dial_address(host)
     data = Path(data_dir).resolve()
     (data / "images").mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     env = environment(data, host, dial, gateway_port, embedder_port, index_port, web_port)
+    if jobs_url:
+        env["GATEWAY_JOBS_URL"] = jobs_url
     reach = with_tls(data, host, dial, env) if tls else Reach(host, dial)
     extras = extra_embedders(with_models, env, dial, embedder_port)
     services = [

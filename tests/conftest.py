@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,27 +322,48 @@ def mariadb_url() -> str:
     return MARIADB_URL
 
 
+class NatsServer:
+    """A nats-server of our own with JetStream on a free port, its store in
+    ``store``; ``stop`` and ``start`` again keep the port and the store (a
+    restart). Debian's nats-server: `make install` puts it in when root and
+    apt exist."""
+
+    def __init__(self, store: Path, args: Sequence[str] = ()) -> None:
+        self.args = list(args)  # e.g. TLS flags
+        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not Path(self.binary).exists():
+            pytest.fail("nats-server is not installed (apt-get install nats-server)")
+        self.store = store
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.address = ["-a", "127.0.0.1", "-p", str(self.port)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NatsServer:
+        self.proc = subprocess.Popen(
+            [self.binary, *self.address, "-js", "-sd", str(self.store), *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if not wait_port("127.0.0.1", self.port, 20):
+            pytest.fail("nats-server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A nats-server of our own with JetStream, on a free port (Debian's
-    nats-server; `make install` puts it in when root and apt exist)."""
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(binary).exists():
-        pytest.fail("nats-server is not installed (apt-get install nats-server)")
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """The URL of a nats-server the session shares (tests keep apart by prefix)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
     try:
-        if not wait_port("127.0.0.1", port, 20):
-            pytest.fail("nats-server did not start")
-        yield f"nats://127.0.0.1:{port}"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,9 @@ class JobOut(BaseModel):
     created_at_ms: int
     updated_at_ms: int
     model: str = Field(default="", description="the model the job asked for a new collection")
+    walk_complete: bool = Field(
+        default=False, description="the folder is walked to the end: total is final"
+    )
 
     @classmethod
     def of(cls, j: c.Job) -> JobOut:
@@ -116,6 +119,7 @@ class JobOut(BaseModel):
             created_at_ms=j.created_at_ms,
             updated_at_ms=j.updated_at_ms,
             model=j.model,
+            walk_complete=j.walk_complete,
         )
 
 

@@ -158,7 +158,7 @@ class StartIndexJobRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms", "model")
+    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms", "model", "walk_complete")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Job(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    WALK_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     total: int
@@ -189,7 +190,8 @@ class Job(_message.Message):
     created_at_ms: int
     updated_at_ms: int
     model: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    walk_complete: bool
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., model: _Optional[str] = ..., walk_complete: _Optional[bool] = ...) -> None: ...
 
 class StartIndexJobResponse(_message.Message):
     __slots__ = ("job",)

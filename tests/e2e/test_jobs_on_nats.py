@@ -1,8 +1,8 @@
 """Jobs on NATS JetStream (GATEWAY_JOBS_URL): two gateways with their own data
 folders share one nats-server, one embedder and one index. A job started
-through one is listed, watched, canceled and resumed through the other, and
-a gateway killed mid-job has its job finished by the other, every file
-counted once."""
+through one is listed, watched, canceled and resumed through the other; a
+gateway killed mid-job has its chunks finished by the other, and a job
+outlives a nats-server restart, every file counted once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -21,6 +23,7 @@ from tests.conftest import (
     CLOTHING,
     ROOT,
     SHARED,
+    NatsServer,
     Server,
     channel,
     free_port,
@@ -42,10 +45,22 @@ def shared_jobs(nats_url: str, prefix: str) -> dict[str, object]:
     return {
         "jobs_url": nats_url,
         "jobs_prefix": prefix,
-        "jobs_lease_s": 3.0,
+        "jobs_ack_wait_s": 3.0,
         "embed_batch": 4,
         "job_concurrency": 1,
     }
+
+
+def distinct_photos(folder: Path, n: int) -> Path:
+    """``n`` distinct files from the 64 photos: each one's bytes followed by
+    its number after the JPEG's end (decoders stop at the end marker; the
+    content hash, and so the image id, differs)."""
+    folder.mkdir(parents=True)
+    photos = sorted(CLOTHING.rglob("*.jpg"))
+    for k in range(n):
+        data = photos[k % len(photos)].read_bytes() + f"copy {k}".encode()
+        (folder / f"p{k:04d}.jpg").write_bytes(data)
+    return folder
 
 
 def count(stub: gateway_pb2_grpc.GatewayServiceStub, collection: str) -> int:
@@ -90,6 +105,7 @@ def test_every_gateway_lists_watches_cancels_and_resumes_every_job(
 
 @pytest.mark.processes
 def test_a_job_outlives_a_killed_gateway(nats_url: str, embedder: Server, tmp_path: Path) -> None:
+    folder = distinct_photos(tmp_path / "photos", 600)
     settings = shared_jobs(nats_url, f"t{uuid.uuid4().hex[:8]}")
     index = start_index(tmp_path / "index")
     port = free_port()
@@ -108,20 +124,22 @@ def test_a_job_outlives_a_killed_gateway(nats_url: str, embedder: Server, tmp_pa
         a = subprocess.Popen(
             [sys.executable, "-m", "gateway"], env=env, cwd=ROOT, stdout=out, stderr=out
         )
-    b = start_gateway(tmp_path / "b", embedder.addr, index.addr, **settings)
+    roots = (str(SHARED / "data"), str(tmp_path))  # every gateway reads the same folders
+    b = start_gateway(tmp_path / "b", embedder.addr, index.addr, allowed_roots=roots, **settings)
     try:
         assert wait_port("127.0.0.1", port, 120), log.read_text()
         via_a = gateway_pb2_grpc.GatewayServiceStub(channel(port))
-        job = wait_until(lambda: _start(via_a), 120)
-        wait_until(lambda: get_job(via_a, job.job_id).done >= 8, 120)
+        job = wait_until(lambda: _start(via_a, folder), 120)
+        wait_until(lambda: get_job(via_a, job.job_id).done >= 60, 300)
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=30)
         via_b = gateway_pb2_grpc.GatewayServiceStub(channel(b.port))
-        final = wait_job(via_b, job.job_id)  # taken over once A's lease runs out
+        final = wait_job(via_b, job.job_id)  # A's chunks go to B after AckWait
         assert final.state == SUCCEEDED, final.message
-        assert (final.done, final.failed) == (64, 0)
-        assert final.indexed + final.duplicates == 64
-        assert count(via_b, "killed") == 64
+        assert (final.total, final.done, final.walk_complete) == (600, 600, True)
+        assert final.failed == 0, final.errors[:3]
+        assert final.indexed + final.duplicates == 600
+        assert count(via_b, "killed") == 600
     finally:
         if a.poll() is None:
             a.kill()
@@ -129,11 +147,92 @@ def test_a_job_outlives_a_killed_gateway(nats_url: str, embedder: Server, tmp_pa
         index.running.stop(1)
 
 
-def _start(stub: gateway_pb2_grpc.GatewayServiceStub) -> gateway_pb2.Job | None:
+def _start(stub: gateway_pb2_grpc.GatewayServiceStub, folder: Path) -> gateway_pb2.Job | None:
     """StartIndexJob once the gateway's backends serve (None while they do not)."""
     try:
-        return start_job(stub, "killed", CLOTHING)
+        return start_job(stub, "killed", folder)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return None
         raise
+
+
+def test_a_job_outlives_a_nats_restart(embedder: Server, tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    index = start_index(tmp_path / "index")
+    settings = shared_jobs(server.url, "restart")
+    gateway = start_gateway(tmp_path / "a", embedder.addr, index.addr, **settings)
+    try:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        job = start_job(stub, "restarted", CLOTHING)
+        wait_until(lambda: get_job(stub, job.job_id).done >= 8, 120)
+        server.stop()
+        with pytest.raises(grpc.RpcError) as err:
+            start_job(stub, "refused", CLOTHING)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "GATEWAY_JOBS_URL" in (err.value.details() or "")
+        time.sleep(2)
+        server.start()
+        final = wait_until(lambda: _ended(stub, job.job_id), 300)
+        assert final.state == SUCCEEDED, final.message
+        assert (final.total, final.done, final.failed) == (64, 64, 0)
+        assert final.indexed + final.duplicates == 64
+        assert count(stub, "restarted") == 64
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
+        server.stop()
+
+
+def _ended(stub: gateway_pb2_grpc.GatewayServiceStub, job_id: str) -> gateway_pb2.Job | None:
+    """The job once it has ended; None before, or while the gateway cannot
+    reach NATS yet (UNAVAILABLE)."""
+    try:
+        job = get_job(stub, job_id)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return None
+        raise
+    ended = (SUCCEEDED, CANCELED, gateway_pb2.JOB_STATE_FAILED)
+    return job if job.state in ended else None
+
+
+def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
+    nats_url: str, embedder: Server, tmp_path: Path
+) -> None:
+    from gateway.jobstore import CHUNK, WALK, JobState, walk_ended, walked
+    from gateway.natsjobs import NatsJobStore
+    from gateway.paths import AllowedRoots
+    from gateway.walk import walk_images
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    # A gateway that walks the folder, takes chunk 0 and dies on it (never acks).
+    dying = NatsJobStore(nats_url, prefix, max_errors_kept=10, ack_wait_s=1.0)
+    folder = CLOTHING / "Hat"
+    dying.create(JobState("doomed", "doomed", str(folder), True, batch_size=4))
+    walk = dying.claim(WALK, timeout=10)
+    files = list(walk_images(folder, True, AllowedRoots([folder])))
+    for number, start in enumerate(range(0, len(files), 4)):
+        chunk = files[start : start + 4]
+        dying.put_chunk("doomed", number, chunk)
+        dying.change("doomed", partial(walked, files=len(chunk), last=chunk[-1]))
+    dying.change("doomed", walk_ended)
+    assert walk is not None
+    walk.ack()
+    held = dying.claim(CHUNK, timeout=10)
+    assert held is not None and held.chunk == 0
+    index = start_index(tmp_path / "index")
+    settings = {**shared_jobs(nats_url, prefix), "jobs_ack_wait_s": 1.0, "jobs_max_deliver": 1}
+    gateway = start_gateway(tmp_path / "g", embedder.addr, index.addr, **settings)
+    try:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        final = wait_job(stub, "doomed")
+        assert final.state == SUCCEEDED, final.message
+        assert (final.total, final.done, final.failed) == (len(files), len(files), 4)
+        assert final.indexed == len(files) - 4
+        given_up = [e for e in final.errors if "given up after 1 tries" in e.reason]
+        assert sorted(e.path for e in given_up) == files[:4]
+    finally:
+        gateway.running.stop(1)
+        index.running.stop(1)
+        dying.close()

@@ -122,9 +122,10 @@ def test_stream_ingest_search_delete_drop(stack: Stack) -> None:
 def test_server_job_and_rerun(stack: Stack) -> None:
     stub = gw(stack)
     job = start_job(stub, "jobs", CLOTHING)
-    assert job.total == 64
+    assert (job.total, job.walk_complete) == (0, False)  # answered before the walk
     final = wait_job(stub, job.job_id)
     assert final.state == gateway_pb2.JOB_STATE_SUCCEEDED
+    assert (final.total, final.walk_complete) == (64, True)
     assert (final.done, final.indexed, final.duplicates, final.failed) == (64, 64, 0, 0)
     assert count(stub, "jobs") == 64
 
@@ -142,7 +143,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
         stub,
         start_job(stub, "jobs", CLOTHING, recursive=False).job_id,
     )
-    assert flat.total == 0 and flat.state == gateway_pb2.JOB_STATE_SUCCEEDED
+    assert flat.total == 0 and flat.walk_complete and flat.state == gateway_pb2.JOB_STATE_SUCCEEDED
 
     # A name the index would refuse is refused before any job starts.
     with pytest.raises(grpc.RpcError) as err:

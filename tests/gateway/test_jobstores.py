@@ -6,18 +6,34 @@ gateway."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from gateway.jobstore import CANCELED, RUNNING, SUCCEEDED, JobState, JobStore, LocalJobStore, now_ms
+from gateway.jobstore import (
+    CANCELED,
+    CHUNK,
+    RUNNING,
+    SUCCEEDED,
+    WALK,
+    JobState,
+    JobStore,
+    Work,
+    now_ms,
+    walk_ended,
+    walked,
+)
+from gateway.localjobs import LocalJobStore
 from gateway.orchestrator import Outcome, Result
 from imagesearch.errors import ServiceError
+from tests.conftest import NatsServer
 
 
 @dataclass
@@ -45,7 +61,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     url, prefix = request.getfixturevalue("nats_url"), f"t{uuid.uuid4().hex[:8]}"
 
     def make() -> JobStore:
-        store = NatsJobStore(url, prefix, max_errors_kept=2)
+        store = NatsJobStore(url, prefix, max_errors_kept=2, ack_wait_s=2.0)
         made.append(store)
         return store
 
@@ -55,8 +71,28 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
 
 
 def new_job(store: JobStore, job_id: str, files: int, created: int = 1) -> JobState:
-    job = JobState(job_id, "photos", "/data", True, batch_size=4, created_at_ms=created)
-    return store.create(job, (f"/data/{job_id}-{n}.jpg" for n in range(files)))
+    """A job whose walk (claimed from the store's queue) found ``files``
+    files, in chunks of 4."""
+    job = store.create(
+        JobState(job_id, "photos", "/data", True, batch_size=4, created_at_ms=created)
+    )
+    assert job.total == 0 and not job.walk_done
+    walk = claim(store, WALK)
+    assert (walk.kind, walk.job_id) == (WALK, job_id)
+    names = [f"/data/{job_id}-{n}.jpg" for n in range(files)]
+    for number, start in enumerate(range(0, files, 4)):
+        chunk = names[start : start + 4]
+        store.put_chunk(job_id, number, chunk)
+        store.change(job_id, partial(walked, files=len(chunk), last=chunk[-1]))
+    store.change(job_id, walk_ended)
+    walk.ack()
+    return store.get(job_id)
+
+
+def claim(store: JobStore, kind: str) -> Work:
+    work = store.claim(kind, timeout=10)
+    assert work is not None, f"no {kind} was queued"
+    return work
 
 
 def results(files: list[str], failed: int = 0) -> list[Result]:
@@ -66,32 +102,64 @@ def results(files: list[str], failed: int = 0) -> list[Result]:
     return out
 
 
-def test_chunks_are_counted_once_however_often_they_are_recorded(
+def test_chunks_are_queued_and_counted_once_however_often_they_are_recorded(
     stores: Stores,
 ) -> None:
     store = stores.make()
     job = new_job(store, "a", 10)
-    assert job.total == 10 and job.chunks == 3
-    chunks = list(store.todo("a"))
-    assert [n for n, _ in chunks] == [0, 1, 2] and [len(f) for _, f in chunks] == [4, 4, 2]
-    assert store.record("a", 2, results(chunks[2][1], failed=2))
-    assert store.record("a", 0, results(chunks[0][1], failed=1))
-    assert not store.record("a", 0, results(chunks[0][1]))  # delivered twice: no change
-    assert not store.record("a", 2, results(chunks[2][1]))
+    assert (job.total, job.chunks, job.walk_done, job.walk_last) == (10, 3, True, "/data/a-9.jpg")
+    units = [claim(store, CHUNK) for _ in range(3)]
+    assert [(w.job_id, w.chunk) for w in units] == [("a", 0), ("a", 1), ("a", 2)]
+    files = [store.chunk_files("a", n) for n in range(3)]
+    assert [len(f) for f in files] == [4, 4, 2] and files[2] == ["/data/a-8.jpg", "/data/a-9.jpg"]
+    assert store.record("a", 2, results(files[2], failed=2))
+    assert store.record("a", 0, results(files[0], failed=1))
+    assert not store.record("a", 0, results(files[0]))  # delivered twice: no change
+    assert not store.record("a", 2, results(files[2]))
+    for unit in units:
+        unit.ack()
     job = store.get("a")
-    assert (job.done, job.indexed, job.failed) == (6, 3, 3)
+    assert (job.done, job.indexed, job.failed, job.state) == (6, 3, 3, "pending")
     assert len(job.errors) == 2  # max_errors_kept
-    assert (job.batch_cursor, job.batches_ahead) == (1, [2])
-    assert [n for n, _ in store.todo("a")] == [1]  # what a resumed runner takes
+    assert (job.batch_cursor, job.batches_ahead, job.left()) == (1, [2], [1])
     other = stores.make()  # a restarted gateway
-    assert other.get("a") == job and [n for n, _ in other.todo("a")] == [1]
+    assert other.get("a") == job and other.chunk_files("a", 1) == files[1]
+    assert other.record("a", 1, results(files[1]))
+    assert other.get("a").state == SUCCEEDED  # the last chunk of a walked job ends it
+
+
+def test_a_walk_that_ends_after_its_chunks_ends_the_job(stores: Stores) -> None:
+    store = stores.make()
+    store.create(JobState("e", "photos", "/data", True, batch_size=4))
+    claim(store, WALK).ack()
+    store.put_chunk("e", 0, ["/data/x.jpg"])
+    store.change("e", lambda j: walked(j, 1, "/data/x.jpg"))
+    store.record("e", 0, results(["/data/x.jpg"]))
+    assert store.get("e").state == "pending"  # the walk may find more
+    assert store.change("e", walk_ended).state == SUCCEEDED  # type: ignore[union-attr]
+    empty = new_job(store, "none", 0)
+    assert (empty.state, empty.total, empty.chunks) == (SUCCEEDED, 0, 0)
+
+
+def test_requeue_gives_out_what_is_left(stores: Stores) -> None:
+    store = stores.make()
+    new_job(store, "r", 12)
+    for _ in range(3):
+        claim(store, CHUNK).ack()  # taken and dropped (as for a canceled job)
+    assert store.claim(CHUNK, timeout=0.5) is None
+    store.record("r", 1, results(store.chunk_files("r", 1)))
+    job = store.get("r")
+    store.requeue("r", walk=not job.walk_done, chunks=job.left())
+    again = [claim(store, CHUNK) for _ in range(2)]
+    assert sorted(w.chunk for w in again) == [0, 2]
+    assert store.claim(WALK, timeout=0.5) is None
 
 
 def test_records_from_many_threads_and_stores_all_count(stores: Stores) -> None:
     first = stores.make()
     second = stores.peer(first)
     new_job(first, "m", 40)  # 10 chunks
-    chunks = list(first.todo("m"))
+    chunks = [(n, first.chunk_files("m", n)) for n in range(10)]
 
     def record(store: JobStore, mine: list[tuple[int, list[str]]]) -> None:
         for number, files in mine:
@@ -107,6 +175,7 @@ def test_records_from_many_threads_and_stores_all_count(stores: Stores) -> None:
         t.join()
     job = second.get("m")
     assert (job.done, job.indexed, job.batch_cursor, job.batches_ahead) == (40, 40, 10, [])
+    assert job.state == SUCCEEDED
 
 
 def test_updates_can_be_conditional_and_bump_the_version(stores: Stores) -> None:
@@ -159,10 +228,73 @@ def test_a_watcher_sees_changes_made_through_another_store(stores: Stores) -> No
 
     thread = threading.Thread(target=watch)
     thread.start()
-    for number, files in writer.todo("w"):
-        writer.record("w", number, results(files))
-    writer.update("w", state=SUCCEEDED)
+    for number in range(2):
+        writer.record("w", number, results(writer.chunk_files("w", number)))
     assert done.wait(20)
     thread.join()
     assert seen[-1].state == SUCCEEDED and seen[-1].done == 8
     assert [j.version for j in seen] == sorted({j.version for j in seen})  # in order, no repeats
+
+
+@pytest.mark.nats
+def test_a_chunk_not_acked_in_time_is_given_out_again_and_counted_once(nats_url: str) -> None:
+    from gateway.natsjobs import NatsJobStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    first = NatsJobStore(nats_url, prefix, max_errors_kept=2, ack_wait_s=1.0)
+    second = NatsJobStore(nats_url, prefix, max_errors_kept=2, ack_wait_s=1.0)
+    try:
+        new_job(first, "late", 4)
+        taken = claim(first, CHUNK)  # its gateway hangs: no ack, no touch
+        files = first.chunk_files("late", 0)
+        again = claim(second, CHUNK)  # after AckWait, to another gateway
+        assert (again.chunk, again.delivered) == (0, 2)
+        assert second.record("late", 0, results(files))
+        again.ack()
+        assert not first.record("late", 0, results(files))  # the first one wakes up late
+        taken.ack()
+        job = second.get("late")
+        assert (job.done, job.indexed, job.state) == (4, 4, SUCCEEDED)
+
+        new_job(first, "busy", 4)
+        kept = claim(first, CHUNK)
+        for _ in range(4):  # touched every half AckWait: not given out again
+            time.sleep(0.5)
+            kept.touch()
+        assert second.claim(CHUNK, timeout=0.5) is None
+        kept.ack()
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.nats
+def test_the_nats_store_speaks_mtls_and_names_the_server_when_it_cannot(tmp_path: Path) -> None:
+    from gateway.natsjobs import NatsJobStore
+    from gateway.settings import GatewaySettings
+    from imagesearch.tls import local_pki
+
+    pki, _ = local_pki(tmp_path / "pki", ["127.0.0.1"])
+    flags = ["--tls", "--tlscert", str(pki.server_cert), "--tlskey", str(pki.server_key)]
+    flags += ["--tlsverify", "--tlscacert", str(pki.ca)]
+    server = NatsServer(tmp_path / "nats", flags).start()
+    url = f"tls://127.0.0.1:{server.port}"
+    try:
+        mtls = GatewaySettings(
+            jobs_url=url,
+            jobs_prefix="tls",
+            jobs_tls_ca=str(pki.ca),
+            jobs_tls_cert=str(pki.client_cert),
+            jobs_tls_key=str(pki.client_key),
+        )
+        store = NatsJobStore.open(mtls)
+        try:
+            assert new_job(store, "t", 5).total == 5
+        finally:
+            store.close()
+        with pytest.raises(ServiceError) as err:  # no client certificate
+            NatsJobStore.open(GatewaySettings(jobs_url=url, jobs_tls_ca=str(pki.ca)))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert url in err.value.message and "GATEWAY_JOBS_URL" in err.value.message
+    finally:
+        server.stop()

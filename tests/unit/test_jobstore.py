@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
 import pytest
 
-from gateway.jobstore import LocalJobStore
+from gateway.localjobs import LocalJobStore
 from imagesearch.errors import ServiceError
 from tests.gateway.test_jobstores import new_job
 
@@ -25,9 +26,36 @@ def test_a_damaged_state_file_becomes_a_failed_job(tmp_path: Path) -> None:
 def test_an_unreadable_file_list_is_data_loss(tmp_path: Path) -> None:
     store = LocalJobStore(tmp_path, max_errors_kept=5)
     new_job(store, "d", 3)
-    (tmp_path / "d.files").unlink()
+    (tmp_path / "d.chunks").unlink()
     with pytest.raises(ServiceError) as err:
-        store.todo("d")
+        LocalJobStore(tmp_path, max_errors_kept=5).chunk_files("d", 0)
     assert (
         err.value.code == grpc.StatusCode.DATA_LOSS and "start the job again" in err.value.message
     )
+
+
+def test_a_job_saved_by_the_previous_version_is_read_and_continued(tmp_path: Path) -> None:
+    # Before the streamed walk: the whole list in <id>.files, no walk fields,
+    # and the lease fields of that version.
+    old = {
+        "job_id": "old",
+        "collection": "photos",
+        "folder": "/data",
+        "recursive": True,
+        "state": "running",
+        "total": 10,
+        "done": 4,
+        "indexed": 4,
+        "batch_size": 4,
+        "batch_cursor": 1,
+        "runner": "host/1/abc",
+        "heartbeat_ms": 1,
+    }
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    lines = [json.dumps({"format": "imagesearch-job-files", "version": 1})]
+    lines += [json.dumps(f"/data/{n}.jpg") for n in range(10)]
+    (tmp_path / "old.files").write_text("\n".join(lines) + "\n")
+    store = LocalJobStore(tmp_path, max_errors_kept=5)
+    job = store.get("old")
+    assert (job.walk_done, job.walked_chunks, job.left()) == (True, 3, [1, 2])
+    assert store.chunk_files("old", 2) == ["/data/8.jpg", "/data/9.jpg"]

@@ -14,9 +14,10 @@ import pytest
 from gateway.deadline import Deadline
 from gateway.jobstore import advance
 from gateway.orchestrator import ImageLimit
-from gateway.paths import AllowedRoots, walk_images
+from gateway.paths import AllowedRoots
 from gateway.servicer import code_number, convert
 from gateway.settings import GatewaySettings
+from gateway.walk import walk_images
 from imagesearch import errors, ids
 from imagesearch.channels import service_config
 from imagesearch.client import ImageSearchError, JobState, Query
@@ -239,7 +240,7 @@ def test_allowed_roots_refuse_escapes(tmp_path: Path) -> None:
         with pytest.raises(errors.ServiceError) as err:
             roots.resolve(bad)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [p.name for p in walk_images(root, True, roots)] == ["a.jpg"]
+    assert [Path(p).name for p in walk_images(root, True, roots)] == ["a.jpg"]
 
 
 def test_byte_budget_waits_for_room_and_lets_a_giant_through_alone() -> None:

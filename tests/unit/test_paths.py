@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.paths import AllowedRoots, walk_images
+from gateway.paths import AllowedRoots
+from gateway.walk import walk_images
 from imagesearch import errors
 
 ANY_SIZE = (lambda _size: None, 1 << 20)  # check_size, max_bytes: nothing here is large
