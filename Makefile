@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-search bench-embedder fuzz clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -97,6 +97,9 @@ bench-camera: install
 # kill -9 of each service, a Milvus and a MariaDB restart, each mid-job (root: restarts MariaDB).
 bench-faults: install
 	$(PY) bench/faults.py
+
+bench-jobs: install
+	$(PY) bench/jobs.py
 
 bench-search: install
 	$(PY) bench/search.py

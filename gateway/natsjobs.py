@@ -313,10 +313,25 @@ class NatsJobStore:
     def watch(
         self, job_id: str, is_active: Callable[[], bool], interval: float
     ) -> Iterator[JobState]:
-        """Yields the job now and whenever its version changes, read from the
-        bucket at most every ``interval`` (so a job running on another gateway
-        is seen too), until it ends or the watcher goes away."""
-        return follow(lambda: self.get(job_id), is_active, interval, lambda _: time.sleep(interval))
+        """Yields the job now and whenever its key changes in the bucket (a
+        KV watch, so a job worked on by other gateways is followed too), at
+        most every ``interval``, until it ends or the watcher goes away."""
+        watcher = self._call(self._kv.watch(job_id, meta_only=True))
+
+        async def next_change() -> None:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await watcher.updates(timeout=1.0)
+
+        try:
+            yield from follow(
+                lambda: self.get(job_id),
+                is_active,
+                interval,
+                lambda _: self._call(next_change(), timeout=10),
+            )
+        finally:
+            with contextlib.suppress(errors.ServiceError):
+                self._call(watcher.stop(), timeout=5)
 
     def unfinished(self) -> list[JobState]:
         return [j for j in self._all() if not j.terminal]
