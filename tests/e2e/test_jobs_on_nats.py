@@ -28,6 +28,7 @@ from tests.conftest import (
     channel,
     free_port,
     get_job,
+    spawn_embedder,
     start_gateway,
     start_index,
     start_job,
@@ -236,3 +237,42 @@ def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
         gateway.running.stop(1)
         index.running.stop(1)
         dying.close()
+
+
+@pytest.mark.processes
+def test_a_job_failed_by_an_outage_is_resumed_through_another_gateway(
+    nats_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "embedder.log"
+    embedder = spawn_embedder(port, log, EMBEDDER_MAX_BATCH="4")
+    index = start_index(tmp_path / "index")
+    settings = {
+        **shared_jobs(nats_url, f"t{uuid.uuid4().hex[:8]}"),
+        "backend_wait_s": 0.5,
+        "job_outage_s": 2.0,
+    }
+    a = start_gateway(tmp_path / "a", f"127.0.0.1:{port}", index.addr, **settings)
+    b = start_gateway(tmp_path / "b", f"127.0.0.1:{port}", index.addr, **settings)
+    try:
+        via_a = gateway_pb2_grpc.GatewayServiceStub(channel(a.port))
+        via_b = gateway_pb2_grpc.GatewayServiceStub(channel(b.port))
+        job = start_job(via_b, "outage", CLOTHING)
+        wait_until(lambda: get_job(via_b, job.job_id).done >= 8, 120)
+        embedder.send_signal(signal.SIGKILL)
+        embedder.wait()
+        failed = wait_job(via_b, job.job_id, timeout=120)
+        assert failed.state == gateway_pb2.JOB_STATE_FAILED, failed.message
+        assert "GATEWAY_JOB_OUTAGE_S" in failed.message and failed.done < 64
+        embedder = spawn_embedder(port, log, EMBEDDER_MAX_BATCH="4")
+        via_a.ResumeJob(gateway_pb2.ResumeJobRequest(job_id=job.job_id), timeout=30)
+        final = wait_job(via_a, job.job_id, timeout=240)
+        assert final.state == SUCCEEDED, final.message
+        assert (final.total, final.done, final.failed) == (64, 64, 0)
+        assert final.indexed + final.duplicates == 64
+        assert count(via_a, "outage") == 64
+    finally:
+        embedder.kill()
+        a.running.stop(1)
+        b.running.stop(1)
+        index.running.stop(1)
