@@ -206,18 +206,21 @@ class NatsJobStore:
         return self._read(job_id)[0]
 
     def _all(self) -> list[JobState]:
-        try:
-            keys = self._call(self._kv.keys())
-        except NoKeysError:
-            return []
-        jobs = []
-        for key in keys:
+        """Every job, read in one round of concurrent gets (a job expired
+        between the listing and its get is left out)."""
+
+        async def read_all() -> list[Any]:
             try:
-                jobs.append(self.get(key))
-            except errors.ServiceError as exc:
-                if exc.code != grpc.StatusCode.NOT_FOUND:  # expired meanwhile: skip
-                    raise
-        return jobs
+                keys = await self._kv.keys()
+            except NoKeysError:
+                return []
+            got = await asyncio.gather(*(self._kv.get(k) for k in keys), return_exceptions=True)
+            for entry in got:
+                if isinstance(entry, BaseException) and not isinstance(entry, KeyNotFoundError):
+                    raise entry
+            return [e for e in got if not isinstance(e, BaseException) and e.value is not None]
+
+        return [JobState.load(json.loads(e.value)) for e in self._call(read_all())]
 
     def page(
         self, collection: str, size: int, after: tuple[int, str] | None
