@@ -186,8 +186,18 @@ class Backends:
         self.embedders = [self.default_embedder] + [
             Embedder(key, addr, tls, name) for key, addr in settings.embedder_routes.items()
         ]
-        self.index_dep = Dependency("index", settings.index_addr, INDEX_SERVICE, tls, name)
+        # Writes go to the index writer; reads to the readers, when there are any.
+        split = bool(settings.index_read_addr) and settings.index_read_addr != settings.index_addr
+        writer_name = "index writer" if split else "index"
+        self.index_dep = Dependency(writer_name, settings.index_addr, INDEX_SERVICE, tls, name)
         self.index = index_pb2_grpc.IndexServiceStub(self.index_dep.channel)
+        self.index_read_dep = (
+            Dependency("index reader", settings.index_read_addr, INDEX_SERVICE, tls, name)
+            if split
+            else self.index_dep
+        )
+        self.index_reader = index_pb2_grpc.IndexServiceStub(self.index_read_dep.channel)
+        self.split_reads = split
         self._closed = threading.Event()
         self._collection_models: dict[str, tuple[str, float]] = {}  # name -> (model id, when)
         self._lock = threading.Lock()
@@ -197,13 +207,15 @@ class Backends:
         for e in self.embedders:
             e.dep.close()
         self.index_dep.close()
+        if self.index_read_dep is not self.index_dep:
+            self.index_read_dep.close()
 
     def wait_serving(self, interval: float = 0.5) -> bool:
         """Blocks until the default embedder and the index have answered
         SERVING once (True), or until the gateway closes (False). The
         embedders of other models are not waited for: one that is down fails
         only its own collections' calls (UNAVAILABLE naming it)."""
-        deps = [self.default_embedder.dep, self.index_dep]
+        deps = [self.default_embedder.dep, self.index_dep, self.index_read_dep]
         while not self._closed.is_set():
             if all([d.check_serving() for d in deps]):
                 return True
@@ -289,7 +301,7 @@ class Backends:
             known = self._collection_models.get(collection)
         if known is not None and now - known[1] < COLLECTION_MODEL_TTL_S:
             return known[0]
-        listed = self.index_call(
+        listed = self.index_read(
             "ListCollections", index_pb2.IndexServiceListCollectionsRequest(), deadline
         )
         with self._lock:
@@ -412,7 +424,32 @@ class Backends:
     # -- index -----------------------------------------------------------
 
     def index_call(self, method: str, request: Any, deadline: Deadline) -> Any:
+        """A call to the index writer: writes, Reconcile, and reads that must
+        see this gateway's own writes (what an ingest checks before storing)."""
         return self._call(self.index_dep, getattr(self.index, method), request, deadline)
+
+    def index_read(self, method: str, request: Any, deadline: Deadline) -> Any:
+        """A read from the index readers (the writer when there are none),
+        which may lag the writer by their INDEX_READ_STALENESS_S."""
+        stub = self.index_reader
+        return self._call(self.index_read_dep, getattr(stub, method), request, deadline)
+
+    def index_read_or_writer(self, method: str, request: Any, deadline: Deadline) -> Any:
+        """A read from the readers, asked again of the writer when a reader
+        does not know what it names (NOT_FOUND: an image or collection newer
+        than the reader's view). The reader's answer stands if the writer
+        cannot be reached."""
+        try:
+            return self.index_read(method, request, deadline)
+        except errors.ServiceError as exc:
+            if not self.split_reads or exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            try:
+                return self.index_call(method, request, deadline)
+            except errors.ServiceError as again:
+                if again.code == grpc.StatusCode.UNAVAILABLE:
+                    raise exc from None
+                raise
 
     def upsert(
         self, request: index_pb2.IndexServiceUpsertRequest, deadline: Deadline

@@ -255,7 +255,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if images
             else ("", [])
         )
-        response = self.backends.index_call(
+        response = self.backends.index_read_or_writer(
             "Search",
             index_pb2.IndexServiceSearchRequest(
                 collection=collection,
@@ -479,7 +479,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         forwarded = index_pb2.IndexServiceCountRequest(
             collection=self._collection(request.collection)
         )
-        response = self.backends.index_call("Count", forwarded, Deadline.of(context))
+        response = self.backends.index_read("Count", forwarded, Deadline.of(context))
         return convert(response, gateway_pb2.CountResponse)
 
     def Delete(
@@ -512,7 +512,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             f"{path}: no image that a server job indexed is stored under this path in "
             f"{collection!r}"
         )
-        reply = self.backends.index_call(
+        reply = self.backends.index_read(
             "Get",
             index_pb2.IndexServiceGetRequest(collection=collection, paths=[path]),
             Deadline.of(context),
@@ -538,7 +538,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetThumbnailRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.GetThumbnailResponse:
         collection = self._collection(request.collection)
-        reply = self.backends.index_call(
+        reply = self.backends.index_read(
             "GetThumbnails",
             index_pb2.IndexServiceGetThumbnailsRequest(
                 collection=collection, image_ids=[request.image_id]
@@ -572,7 +572,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ListCollectionsResponse:
         forwarded = convert(request, index_pb2.IndexServiceListCollectionsRequest)
         deadline = Deadline.of(context)
-        response = self.backends.index_call("ListCollections", forwarded, deadline)
+        response = self.backends.index_read("ListCollections", forwarded, deadline)
         listed = convert(response, gateway_pb2.ListCollectionsResponse)
         composing = self.backends.composing_models(deadline)
         for c in listed.collections:

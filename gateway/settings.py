@@ -36,7 +36,18 @@ class GatewaySettings(ServerSettings):
             "one its IndexImages/StartIndexJob `model` names, else GATEWAY_EMBEDDER_ADDR's"
         },
     )
-    index_addr: str = field(default="localhost:50053", metadata={"help": "index target"})
+    index_addr: str = field(
+        default="localhost:50053",
+        metadata={"help": "index target: the index writer (every write and Reconcile)"},
+    )
+    index_read_addr: str = field(
+        default="",
+        metadata={
+            "help": "index readers (INDEX_ROLE=reader; dns:///index-reader:50053 for several) "
+            "for Search, Count, ListCollections, GetThumbnail and GetImage; empty: "
+            "GATEWAY_INDEX_ADDR. They see writes within their INDEX_READ_STALENESS_S"
+        },
+    )
     data_dir: str = field(default="./data", metadata={"help": "where job state is kept"})
     allowed_roots: tuple[str, ...] = field(
         default=(),

@@ -1,12 +1,16 @@
 """Cutting a list of files into consecutive groups bounded by bytes (and
 count), so that a call or a batch holds a bounded amount of memory; used by
-gateway jobs and the typed client."""
+gateway jobs and the typed client; and any stream of values in lists of a
+fixed size."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def file_size(path: str | Path) -> int:
@@ -35,3 +39,16 @@ def byte_groups(
         size += length
     if group:
         yield group, size
+
+
+def batched(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``values`` in lists of ``size`` (the last may be shorter), read as
+    they come (itertools.batched, which Python 3.11 lacks)."""
+    batch: list[T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -29,21 +29,31 @@ def build_store(settings: IndexSettings, writer: WriterLock | None = None) -> In
             settings.row_cache,
             settings.row_cache_mb * 1024 * 1024,
             tls=settings.database_tls(),
+            read_only=settings.reader,
+            max_age_s=settings.read_staleness_s if settings.reader else None,
         ),
         open_vector_store(settings),
         writer,
+        read_only=settings.reader,
     )
 
 
-def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningServer:
-    """Serves at once: health answers (liveness SERVING, the IndexService
-    NOT_SERVING) while the start-up Reconcile runs in the background, however
-    large the collections; calls wait for it, then it turns SERVING."""
+def take_writer_lock(settings: IndexSettings) -> WriterLock:
     writer = WriterLock(settings.database_url, settings.table_prefix)
     try:
         writer.acquire()  # StoreLocked: another index writes here; fatal
     except errors.ServiceError:  # the database is away: taken before the first write
         logs.event(log, "writer_lock.deferred", logging.WARNING, database=writer.safe_url)
+    return writer
+
+
+def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningServer:
+    """Serves at once: health answers (liveness SERVING, the IndexService
+    NOT_SERVING) while the start-up Reconcile runs in the background, however
+    large the collections; calls wait for it, then it turns SERVING. A reader
+    (INDEX_ROLE=reader) takes no writer lock, runs no Reconcile, and serves
+    at once."""
+    writer = None if settings.reader else take_writer_lock(settings)
     store = store or build_store(settings, writer)
     ready = Readiness("the index is still reconciling its stores at start-up")
     servicer = IndexServicer(
@@ -58,7 +68,7 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
     )
 
     def reconcile_then_serve() -> None:
-        if settings.reconcile_on_start:
+        if settings.reconcile_on_start and not settings.reader:
             try:
                 store.reconcile()  # logs what it found and did
             except errors.ServiceError as exc:  # a backend down at start is not fatal
@@ -69,11 +79,13 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
     threading.Thread(target=reconcile_then_serve, name="start-up-reconcile", daemon=True).start()
     running.on_stop.append(store.vectors.close)
     running.on_stop.append(store.meta.dispose)
-    running.on_stop.append(writer.release)
+    if writer is not None:
+        running.on_stop.append(writer.release)
     logs.event(
         log,
         "serving",
         service=SERVICE_NAME,
+        role=settings.role,
         port=running.port,
         milvus=settings.milvus_uri,
         database=store.meta.safe_url,

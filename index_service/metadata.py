@@ -125,10 +125,17 @@ class MetadataStore:
         row_cache: int = 0,
         row_cache_bytes: int = 256 * 1024 * 1024,
         tls: dict[str, str] | None = None,
+        read_only: bool = False,
+        max_age_s: float | None = None,
     ) -> None:
         """``tls``: PyMySQL's ``ssl`` argument (CA, client certificate) for a
-        MySQL URL; PyMySQL then refuses a server that does not offer TLS."""
+        MySQL URL; PyMySQL then refuses a server that does not offer TLS.
+        ``read_only``: a reader's store, which creates no tables. ``max_age_s``:
+        cached collections and rows are dropped when this old (a reader: the
+        writer changes the tables without telling it)."""
         self.url = url
+        self.read_only = read_only
+        self.max_age_s = max_age_s
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         parsed = make_url(url)
         # A server connection may die between calls: ping it before use. A
@@ -207,6 +214,7 @@ class MetadataStore:
         self._row_bytes: dict[str, int] = {}  # estimated size of each collection's rows
         self._writes = 0
         self._cache_lock = threading.Lock()
+        self._cache_born = time.monotonic()
 
     # -- plumbing --------------------------------------------------------
 
@@ -215,9 +223,7 @@ class MetadataStore:
         """One transaction; database outages become UNAVAILABLE."""
         try:
             if not self._created:
-                self.md.create_all(self.engine)
-                self._add_missing_columns()
-                self._created = True
+                self._create()
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
@@ -233,6 +239,31 @@ class MetadataStore:
                     "lost the connection to the metadata database; retry"
                 ) from None
             raise
+
+    def _create(self) -> None:
+        """The tables, made when missing (a reader only checks they exist)."""
+        if self.read_only:
+            have = set(inspect(self.engine).get_table_names())
+            if not {t.name for t in self.md.sorted_tables} <= have:
+                raise errors.unavailable(
+                    "the index writer has not created its tables in the database yet; "
+                    "start it (INDEX_ROLE=writer), then retry"
+                )
+        else:
+            self.md.create_all(self.engine)
+            self._add_missing_columns()
+        self._created = True
+
+    def _expire_caches(self) -> None:
+        """Drops every cached collection and row once they are ``max_age_s`` old."""
+        if self.max_age_s is None or time.monotonic() - self._cache_born < self.max_age_s:
+            return
+        with self._cache_lock:
+            self._writes += 1  # a read in flight keeps what it fetched to itself
+            self._rows.clear()
+            self._row_bytes.clear()
+            self._collections.clear()
+            self._cache_born = time.monotonic()
 
     def _add_missing_columns(self) -> None:
         """Tables made by an older version lack columns added since: add them
@@ -273,6 +304,7 @@ class MetadataStore:
     def get_collection(self, name: str) -> CollectionRow | None:
         """The collection's row; cached, since every search asks (this service
         is the only writer of the table, and invalidates on create and drop)."""
+        self._expire_caches()
         cached = self._collections.get(name)
         if cached is not None:
             return cached
@@ -465,6 +497,7 @@ class MetadataStore:
         search needs them. Ready rows come from the row cache where they can
         (INDEX_ROW_CACHE); the rows it returns must not be modified."""
         wanted = list(dict.fromkeys(ids))
+        self._expire_caches()
         if not ready_only or self.row_cache <= 0:
             return self._fetch_records(name, wanted, ready_only)
         with self._cache_lock:
@@ -548,21 +581,45 @@ class MetadataStore:
             )
             return [r.image_id for r in rows]
 
-    def ids_by_status(self, name: str, status: str) -> list[int]:
+    def id_pages(self, name: str, status: str, size: int = CHUNK) -> Iterator[list[int]]:
+        """The ids of the collection's rows with ``status``, in pages of up
+        to ``size`` in id order (each page read after the last id of the one
+        before, so memory does not grow with the collection, and rows whose
+        status changes meanwhile are neither skipped nor read twice)."""
         img = self.images
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(img.c.image_id).where(and_(img.c.collection == name, img.c.status == status))
-            )
-            return [r.image_id for r in rows]
+        after: int | None = None
+        while True:
+            where = and_(img.c.collection == name, img.c.status == status)
+            if after is not None:
+                where = and_(where, img.c.image_id > after)
+            with self._tx() as conn:
+                page = [
+                    r.image_id
+                    for r in conn.execute(
+                        select(img.c.image_id).where(where).order_by(img.c.image_id).limit(size)
+                    )
+                ]
+            if page:
+                yield page
+            if len(page) < size:
+                return
+            after = page[-1]
 
-    def all_ids(self, name: str) -> set[int]:
+    def known_ids(self, name: str, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` have a row in the collection."""
         img = self.images
+        found: set[int] = set()
         with self._tx() as conn:
-            return {
-                r.image_id
-                for r in conn.execute(select(img.c.image_id).where(img.c.collection == name))
-            }
+            for chunk in _chunks(list(ids)):
+                found.update(
+                    r.image_id
+                    for r in conn.execute(
+                        select(img.c.image_id).where(
+                            and_(img.c.collection == name, img.c.image_id.in_(chunk))
+                        )
+                    )
+                )
+        return found
 
     def delete_images(self, name: str, ids: Sequence[int]) -> list[int]:
         """Deletes rows and all their paths; returns the ids that existed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.client.utils import mkts_from_unixtime
 
 from imagesearch import errors, logs
-from index_service.settings import IndexSettings
+from index_service.settings import IndexSettings, is_lite
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,6 @@ ID_FIELD = "id"
 VECTOR_FIELD = "vector"
 MAX_TOPK = 16384  # Milvus' limit on one search
 CHUNK = 1000
-
-
-def is_lite(uri: str) -> bool:
-    """A Milvus Lite file, not a server's address."""
-    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
 def score_of(metric: str, raw: float) -> tuple[float, float]:
@@ -52,6 +49,9 @@ class MilvusVectors:
         self.metric = settings.metric.upper()
         self.index_type = settings.index_type.upper()
         self.consistency = settings.milvus_consistency
+        # A reader asks for data at most this old (the writer's own writes are
+        # not in its session): a guarantee timestamp of now minus the staleness.
+        self.staleness_s = settings.read_staleness_s if settings.reader else None
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._known: set[str] = set()
@@ -148,6 +148,15 @@ class MilvusVectors:
             return {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
         return {}
 
+    def _reads(self) -> dict[str, Any]:
+        """The consistency arguments of a search or read."""
+        if self.staleness_s is None:
+            return {"consistency_level": self.consistency}
+        return {
+            "consistency_level": "Customized",
+            "guarantee_timestamp": mkts_from_unixtime(time.time() - self.staleness_s),
+        }
+
     def search_params(self, top_k: int) -> dict[str, Any]:
         s = self.settings
         params: dict[str, Any] = {}
@@ -235,7 +244,7 @@ class MilvusVectors:
                     mname,
                     filter=f"{ID_FIELD} in {chunk}",
                     output_fields=[ID_FIELD],
-                    consistency_level="Strong" if strong else self.consistency,
+                    **({"consistency_level": "Strong"} if strong else self._reads()),
                 )
                 found.update(int(r[ID_FIELD]) for r in rows)
         return found
@@ -247,7 +256,7 @@ class MilvusVectors:
                 mname,
                 ids=[int(x) for x in ids],
                 output_fields=[VECTOR_FIELD],
-                consistency_level=self.consistency,
+                **self._reads(),
             )
         return {int(r[ID_FIELD]): np.asarray(r[VECTOR_FIELD], dtype=np.float32) for r in rows}
 
@@ -290,7 +299,7 @@ class MilvusVectors:
                 limit=min(limit, MAX_TOPK),
                 filter=expr,
                 search_params=self.search_params(limit),
-                consistency_level=self.consistency,
+                **self._reads(),
             )
         return [
             [(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits]

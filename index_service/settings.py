@@ -8,6 +8,13 @@ from typing import ClassVar
 from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
 
 METRICS = ("IP", "COSINE", "L2")
+
+
+def is_lite(uri: str) -> bool:
+    """A Milvus Lite file, not a server's address."""
+    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
 
 
@@ -98,6 +105,26 @@ class IndexSettings(ServerSettings):
     hnsw_ef: int = field(default=128, metadata={"help": "HNSW: ef at search (raised to top_k)"})
     max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
     reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
+    role: str = field(
+        default="writer",
+        metadata={
+            "help": "writer (the one index that writes its stores; takes the writer lock, "
+            "runs Reconcile) or reader (any number beside it, on the same Milvus server and "
+            "database: serves Search, Get, Count, ListCollections and GetThumbnails, refuses "
+            "writes)"
+        },
+    )
+    read_staleness_s: float = field(
+        default=1.0,
+        metadata={
+            "help": "reader: the writer's changes (new rows, deletes, drops) are seen within "
+            "this long (its caches last this long; its Milvus reads ask for data this old)"
+        },
+    )
+
+    @property
+    def reader(self) -> bool:
+        return self.role == "reader"
 
     def milvus_tls(self) -> dict[str, object]:
         """pymilvus' TLS keyword arguments (none: plaintext)."""
@@ -149,5 +176,14 @@ class IndexSettings(ServerSettings):
                 f"INDEX_MILVUS_CONSISTENCY={self.milvus_consistency!r}: use Session, Strong, "
                 "Bounded or Eventually"
             )
+        if self.role not in ("writer", "reader"):
+            raise SettingsError(f"INDEX_ROLE={self.role!r}: use writer or reader")
+        if self.reader and is_lite(self.milvus_uri):
+            raise SettingsError(
+                "INDEX_ROLE=reader needs a Milvus server (INDEX_MILVUS_URI=http://host:19530): "
+                "a Milvus Lite file is opened by one process, the writer"
+            )
+        if self.read_staleness_s <= 0:
+            raise SettingsError("INDEX_READ_STALENESS_S must be > 0")
         if not self.table_prefix.replace("_", "").isalnum() and self.table_prefix:
             raise SettingsError("INDEX_TABLE_PREFIX may hold only letters, digits and _")

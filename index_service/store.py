@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imagesearch import errors, logs
+from imagesearch.batching import batched
 from index_service import names
 from index_service.metadata import (
     PENDING,
@@ -45,6 +46,7 @@ MAX_TOP_K = 1000
 MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
 OVERFETCH = 4  # hits asked for beyond top_k, for rows pending or gone
+RECONCILE_PAGE = 2000  # vector ids checked against SQL at a time
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,33 @@ def ways_back(name: str, stored: str) -> str:
 
 class IndexStore:
     def __init__(
-        self, meta: MetadataStore, vectors: VectorStore, writer: WriterLock | None = None
+        self,
+        meta: MetadataStore,
+        vectors: VectorStore,
+        writer: WriterLock | None = None,
+        read_only: bool = False,
     ) -> None:
         self.meta = meta
         self.vectors = vectors
         self.metric = vectors.metric
         self.writer = writer  # one index per store (index_service.writer)
+        self.read_only = read_only  # a reader (INDEX_ROLE=reader): every write refused
         self._write = threading.Lock()  # one writer thread: keeps the two stores in step
+
+    def _writable(self) -> None:
+        """Refuses a write on a reader, before anything else is checked."""
+        if self.read_only:
+            raise errors.failed_precondition(
+                "this index is a reader (INDEX_ROLE=reader): it serves Search, Get, Count, "
+                "ListCollections and GetThumbnails; send writes and Reconcile to the index "
+                "writer (the gateway's GATEWAY_INDEX_ADDR)"
+            )
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """Holds the write lock, with the store's writer lock taken first
-        (taken here when the database was away at start)."""
+        (taken here when the database was away at start). A reader refuses."""
+        self._writable()
         with self._write:
             if self.writer is not None and not self.writer.held:
                 try:
@@ -136,6 +153,7 @@ class IndexStore:
     # -- writes ----------------------------------------------------------
 
     def upsert(self, name: str, model: str, dim: int, items: list[Item]) -> list[UpsertResult]:
+        self._writable()
         names.collection(name)
         if not model:
             raise errors.invalid_argument(
@@ -199,6 +217,7 @@ class IndexStore:
         self, name: str, image_ids: list[int], paths: list[str], prefix: str
     ) -> tuple[int, int]:
         """Returns (images deleted, paths removed)."""
+        self._writable()
         self.collection(name)
         for p in paths:
             names.path(p)
@@ -221,6 +240,7 @@ class IndexStore:
         return len(gone), removed
 
     def drop(self, name: str) -> bool:
+        self._writable()
         names.collection(name)
         with self._writing():
             existed = self.meta.drop_collection(name)
@@ -342,38 +362,43 @@ class IndexStore:
         self.collection(name)
         return self.meta.get_thumbnails(name, image_ids)
 
+    def _reconcile_collection(self, name: str, report: ReconcileReport) -> None:
+        """Both stores of one collection brought in step, a page of ids at a
+        time (memory does not grow with the collection): pending rows whose
+        vector is stored become ready, vectors without a row go, and ready
+        rows whose vector is gone become pending again."""
+        for pending in self.meta.id_pages(name, PENDING):
+            have = self.vectors.existing(name, pending, strong=True)
+            self.meta.mark_ready(name, sorted(have))
+            report.marked_ready += len(have)
+            lacking = [i for i in pending if i not in have]
+            report.needs_reembedding += [(name, r) for r in self.meta.pending_rows(name, lacking)]
+        for stored in batched(self.vectors.all_ids(name), RECONCILE_PAGE):
+            known = self.meta.known_ids(name, stored)
+            orphans = [i for i in stored if i not in known]
+            self.vectors.delete(name, orphans)
+            report.orphan_vectors_deleted += len(orphans)
+        # Ready rows whose vector is gone (vector data lost): pending again, so
+        # that indexing the file again repairs them instead of being skipped
+        # as a duplicate.
+        for ready in self.meta.id_pages(name, READY):
+            have = self.vectors.existing(name, ready, strong=True)
+            lost = [i for i in ready if i not in have]
+            if lost:
+                self.meta.mark_pending(name, lost)
+                report.missing_vectors += len(lost)
+                report.needs_reembedding += [(name, r) for r in self.meta.pending_rows(name, lost)]
+
     def reconcile(self, name: str = "", thumbnails_limit: int = 0) -> ReconcileReport:
         """``thumbnails_limit``: also list (up to that many) ready images
         without a thumbnail, for the gateway to make them."""
+        self._writable()
         report = ReconcileReport()
         targets = [self.collection(name)] if name else self.meta.list_collections()
         with self._writing():
             for row in targets:
                 self.vectors.ensure(row.name, row.dim)
-                pending = self.meta.ids_by_status(row.name, PENDING)
-                if pending:
-                    have = self.vectors.existing(row.name, pending, strong=True)
-                    self.meta.mark_ready(row.name, sorted(have))
-                    report.marked_ready += len(have)
-                    lacking = [i for i in pending if i not in have]
-                    report.needs_reembedding += [
-                        (row.name, r) for r in self.meta.pending_rows(row.name, lacking)
-                    ]
-                known = self.meta.all_ids(row.name)
-                stored = set(self.vectors.all_ids(row.name))
-                orphans = [i for i in stored if i not in known]
-                self.vectors.delete(row.name, orphans)
-                report.orphan_vectors_deleted += len(orphans)
-                # Ready rows whose vector is gone (vector data lost): pending
-                # again, so that indexing the file again repairs them instead
-                # of being skipped as a duplicate.
-                lost = [i for i in self.meta.ids_by_status(row.name, READY) if i not in stored]
-                if lost:
-                    self.meta.mark_pending(row.name, lost)
-                    report.missing_vectors += len(lost)
-                    report.needs_reembedding += [
-                        (row.name, r) for r in self.meta.pending_rows(row.name, lost)
-                    ]
+                self._reconcile_collection(row.name, report)
                 if thumbnails_limit > 0:
                     room = thumbnails_limit - len(report.needs_thumbnail)
                     missing, first = self.meta.ready_without_thumbnail(row.name, room)

@@ -244,3 +244,27 @@ def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:
     # The default embedder and everything else are as in the base file.
     assert gateway["environment"]["GATEWAY_EMBEDDER_ADDR"] == "dns:///embedder:50052"
     assert set(services) - {"embedder-tirg"} == set(config(ROOT / "docker-compose.yml")["services"])
+
+
+def test_readers_override_adds_index_readers_the_gateway_reads_from() -> None:
+    """docker-compose.readers.yml: index readers on the writer's Milvus and
+    MySQL; the gateway reads from them and writes to the writer."""
+    from gateway.settings import GatewaySettings
+    from imagesearch.settings import load_settings
+    from index_service.settings import IndexSettings
+
+    base = config(ROOT / "docker-compose.yml")["services"]
+    services = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.readers.yml")["services"]
+    reader = services["index-reader"]
+    settings = load_settings(IndexSettings, "INDEX_", env=reader["environment"])
+    writer = load_settings(IndexSettings, "INDEX_", env=services["index"]["environment"])
+    assert (settings.role, writer.role) == ("reader", "writer")
+    assert (settings.milvus_uri, settings.database_url) == (writer.milvus_uri, writer.database_url)
+    assert "ports" not in reader and reader["deploy"]["resources"]["limits"]["memory"]
+    assert reader["depends_on"]["index"]["condition"] == "service_healthy"
+    gateway = load_settings(GatewaySettings, "GATEWAY_", env=services["gateway"]["environment"])
+    assert (gateway.index_addr, gateway.index_read_addr) == (
+        "index:50053",
+        "dns:///index-reader:50053",
+    )
+    assert set(services) - {"index-reader"} == set(base)

@@ -254,3 +254,41 @@ def test_pods_are_locked_down() -> None:
     assert client["spec"]["commonName"] == GATEWAY_CLIENT_NAME
     served = next(c for c in certs if c["metadata"]["name"] == "imagesearch-tls")
     assert {"embedder-headless", "index", "gateway", "web"} <= set(served["spec"]["dnsNames"])
+
+
+def test_index_readers_scale_beside_one_writer() -> None:
+    d = docs()
+    writer = d[("Deployment", "index")]["spec"]
+    assert writer["replicas"] == 1 and writer["strategy"]["type"] == "Recreate"
+    assert d[("PodDisruptionBudget", "index")]["spec"]["maxUnavailable"] == 1
+    readers = d[("Deployment", "index-reader")]["spec"]
+    assert readers["replicas"] >= 2 and readers["strategy"]["type"] == "RollingUpdate"
+    (container,) = readers["template"]["spec"]["containers"]
+    assert {"name": "INDEX_ROLE", "value": "reader"} in container["env"]
+    assert "INDEX_ROLE" not in d[("ConfigMap", "imagesearch")]["data"]  # writers by default
+    assert d[("HorizontalPodAutoscaler", "index-reader")]["spec"]["scaleTargetRef"]["name"] == (
+        "index-reader"
+    )
+    assert d[("PodDisruptionBudget", "index-reader")]["spec"]["minAvailable"] == 1
+    # The writer's Service reaches the writer only; the readers' is headless.
+    assert d[("Service", "index")]["spec"]["selector"]["app.kubernetes.io/component"] == "writer"
+    headless = d[("Service", "index-reader")]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"]["app.kubernetes.io/component"] == "reader"
+    config = d[("ConfigMap", "imagesearch")]["data"]
+    assert config["GATEWAY_INDEX_ADDR"] == "index:50053"
+    assert config["GATEWAY_INDEX_READ_ADDR"] == "dns:///index-reader:50053"
+    # The readers' network rules are the writer's: the gateway in, Milvus and MySQL out.
+    reader, intruder = pod("index-reader"), Pod({"app": "intruder"})
+    outside = Pod({}, external=True)
+    assert allowed(pod("gateway"), reader, 50053) and not allowed(intruder, reader, 50053)
+    assert not allowed(pod("web"), reader, 50053)
+    assert allowed(reader, outside, 19530) and allowed(reader, outside, 3306)
+    assert not allowed(reader, outside, 443)
+    # Locked down and probed as the writer is (test_pods_are_locked_down).
+    writer_pod, reader_pod = writer["template"]["spec"], readers["template"]["spec"]
+    for key in ("securityContext", "volumes", "automountServiceAccountToken"):
+        assert reader_pod[key] == writer_pod[key], key
+    (writer_container,) = writer_pod["containers"]
+    for key in ("securityContext", "ports", "volumeMounts", "readinessProbe", "livenessProbe"):
+        assert container[key] == writer_container[key], key

@@ -1,0 +1,259 @@
+"""Index readers (INDEX_ROLE=reader) beside one writer, on a real Milvus
+server and the local MariaDB: they serve reads, refuse writes, never
+reconcile, see the writer's changes within INDEX_READ_STALENESS_S, and keep
+searches answering through the gateway while the writer is down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    Server,
+    channel,
+    clothing_images,
+    drop_sql_tables,
+    free_port,
+    start_gateway,
+    start_index,
+    start_job,
+    unique_prefix,
+    wait_job,
+    wait_port,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.milvus_server]
+STALENESS_S = 1.0
+SLACK_S = 4.0  # a Milvus time tick and a loaded 2-core box on top of the bound
+
+
+@dataclass
+class Backends:
+    milvus: str
+    database: str
+    prefix: str
+
+    def settings(self, **more: object) -> dict[str, object]:
+        return {
+            "milvus_uri": self.milvus,
+            "database_url": self.database,
+            "table_prefix": self.prefix,
+            "milvus_prefix": self.prefix,
+            "read_staleness_s": STALENESS_S,
+            **more,
+        }
+
+
+@pytest.fixture
+def backends(milvus_server: str, mariadb_url: str) -> Iterator[Backends]:
+    prefix = unique_prefix()
+    yield Backends(milvus_server, mariadb_url, prefix)
+    drop_sql_tables(mariadb_url, prefix)
+
+
+def search_first(stub: gateway_pb2_grpc.GatewayServiceStub, collection: str, rel: str) -> str:
+    hits = stub.Search(
+        gateway_pb2.SearchRequest(
+            collection=collection, image=(CLOTHING / rel).read_bytes(), top_k=3
+        ),
+        timeout=60,
+    ).hits
+    return hits[0].path if hits else ""
+
+
+def count_on(index: index_pb2_grpc.IndexServiceStub, collection: str) -> int:
+    request = index_pb2.IndexServiceCountRequest(collection=collection)
+    return index.Count(request, timeout=30).count
+
+
+def unit(dim: int) -> np.ndarray:
+    vector = np.zeros(dim, dtype=np.float32)
+    vector[0] = 1.0
+    return vector
+
+
+def item(sha256: bytes, path: str, dim: int) -> index_pb2.UpsertItem:
+    return index_pb2.UpsertItem(sha256=sha256, path=path, vector=unit(dim).tobytes())
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status ``call`` ends with (OK when it answers)."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_readers_serve_refuse_writes_and_see_the_writers_changes(
+    embedder: Server, backends: Backends, tmp_path: Path
+) -> None:
+    writer = start_index(tmp_path / "w", **backends.settings())
+    reader = start_index(tmp_path / "r", **backends.settings(role="reader"))
+    gateway = start_gateway(tmp_path, embedder.addr, writer.addr, index_read_addr=reader.addr)
+    try:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        job = wait_job(stub, start_job(stub, "shared", CLOTHING).job_id)
+        assert (job.state, job.indexed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64)
+        direct = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
+        wait_until(lambda: count_on(direct, "shared") == 64, STALENESS_S + SLACK_S)
+        time.sleep(STALENESS_S)  # the last vectors, stored a moment ago, are in its view now
+        for rel, _ in clothing_images()[::8]:  # searched through the reader
+            assert search_first(stub, "shared", rel) == str(CLOTHING / rel)
+
+        # Every write sent to the reader is refused, naming its role; nothing changes.
+        writes = {
+            "Upsert": index_pb2.IndexServiceUpsertRequest(
+                collection="shared",
+                model="m",
+                dim=4,
+                items=[item(bytes(range(32)), "/x.jpg", 4)],
+            ),
+            "Delete": index_pb2.IndexServiceDeleteRequest(collection="shared", path_prefix="/"),
+            "DropCollection": index_pb2.IndexServiceDropCollectionRequest(collection="shared"),
+            "Reconcile": index_pb2.IndexServiceReconcileRequest(collection="shared"),
+        }
+        for method, request in writes.items():
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(direct, method)(request, timeout=30)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, method
+            assert "INDEX_ROLE=reader" in (err.value.details() or ""), method
+        assert count_on(direct, "shared") == 64
+
+        # A delete and a drop on the writer reach the reader within the bound.
+        pants = str(CLOTHING / "Pants") + "/"
+        stub.Delete(gateway_pb2.DeleteRequest(collection="shared", path_prefix=pants), timeout=60)
+        started = time.monotonic()
+        wait_until(lambda: count_on(direct, "shared") == 56, STALENESS_S + SLACK_S)
+        pants_photo = next(rel for rel, _ in clothing_images() if rel.startswith("Pants/"))
+        wait_until(
+            lambda: not search_first(stub, "shared", pants_photo).startswith(pants),
+            STALENESS_S + SLACK_S,
+        )
+        seen_after = time.monotonic() - started
+        stub.DropCollection(gateway_pb2.DropCollectionRequest(collection="shared"), timeout=60)
+        wait_until(
+            lambda: code_of(lambda: count_on(direct, "shared")) == grpc.StatusCode.NOT_FOUND,
+            STALENESS_S + SLACK_S,
+        )
+        print(f"the reader saw the delete after {seen_after:.2f}s")
+    finally:
+        gateway.running.stop(1)
+        reader.running.stop(1)
+        writer.running.stop(1)
+
+
+def test_only_the_writer_reconciles(backends: Backends, tmp_path: Path) -> None:
+    from pymilvus import MilvusClient
+
+    writer = start_index(tmp_path / "w", **backends.settings())
+    direct = index_pb2_grpc.IndexServiceStub(channel(writer.running.port))
+    direct.Upsert(
+        index_pb2.IndexServiceUpsertRequest(
+            collection="orphans", model="m", dim=8, items=[item(bytes(32), "/a.jpg", 8)]
+        ),
+        timeout=60,
+    )
+    # A vector with no row in SQL: what Reconcile deletes.
+    milvus = MilvusClient(uri=backends.milvus)
+    name = f"{backends.prefix}orphans"
+    milvus.insert(name, [{"id": 424242, "vector": unit(8).tolist()}])
+    readers = [
+        start_index(tmp_path / f"r{k}", **backends.settings(role="reader")) for k in range(2)
+    ]
+    try:
+        for reader in readers:
+            stub = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
+            assert count_on(stub, "orphans") == 1  # serving, beside the writer's lock
+        left = milvus.query(name, filter="id == 424242", consistency_level="Strong")
+        assert len(left) == 1  # neither reader reconciled at start
+        report = direct.Reconcile(
+            index_pb2.IndexServiceReconcileRequest(collection="orphans"), timeout=60
+        )
+        assert report.orphan_vectors_deleted == 1
+    finally:
+        for reader in readers:
+            reader.running.stop(1)
+        writer.running.stop(1)
+        milvus.close()
+
+
+@pytest.mark.processes
+def test_searches_outlive_the_writer_and_writes_resume_with_it(
+    embedder: Server, backends: Backends, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEX_")}
+    env.update({f"INDEX_{k.upper()}": str(v) for k, v in backends.settings().items()})
+    env.update(INDEX_HOST="127.0.0.1", INDEX_PORT=str(port))
+    log = tmp_path / "writer.log"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "index_service"], env=env, cwd=ROOT, stdout=out, stderr=out
+            )
+
+    writer = spawn()
+    reader = start_index(tmp_path / "r", **backends.settings(role="reader"))
+    try:
+        assert wait_port("127.0.0.1", port, 120), log.read_text()
+        gateway = start_gateway(
+            tmp_path,
+            embedder.addr,
+            f"127.0.0.1:{port}",
+            index_read_addr=reader.addr,
+            backend_wait_s=1.0,
+        )
+        try:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+            job = wait_job(stub, start_job(stub, "kept", CLOTHING).job_id)
+            assert job.indexed == 64
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+            count = gateway_pb2.CountRequest(collection="kept")
+            wait_until(lambda: stub.Count(count, timeout=30).count == 64, STALENESS_S + SLACK_S)
+            rel = clothing_images()[3][0]
+            assert search_first(stub, "kept", rel) == str(CLOTHING / rel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Delete(
+                    gateway_pb2.DeleteRequest(collection="kept", path_prefix="/"), timeout=60
+                )
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "index writer" in (err.value.details() or "")
+            writer = spawn()
+            gone = wait_until(lambda: _delete_hats(stub), 120)
+            assert gone.deleted == 8
+        finally:
+            gateway.running.stop(1)
+    finally:
+        if writer.poll() is None:
+            writer.terminate()
+            writer.wait(timeout=60)
+        reader.running.stop(1)
+
+
+def _delete_hats(stub: gateway_pb2_grpc.GatewayServiceStub) -> gateway_pb2.DeleteResponse | None:
+    try:
+        hats = str(CLOTHING / "Hat") + "/"
+        return stub.Delete(
+            gateway_pb2.DeleteRequest(collection="kept", path_prefix=hats), timeout=60
+        )
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return None
+        raise

@@ -1,0 +1,65 @@
+"""An index reader's rules that need no server: what it refuses, and how
+long its caches last (two stores on one SQLite file stand for a writer and a
+reader on one database)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from imagesearch.errors import ServiceError
+from imagesearch.settings import SettingsError, load_settings
+from index_service.metadata import CollectionRow, MetadataStore
+from index_service.settings import IndexSettings
+
+
+def test_a_reader_needs_a_milvus_server() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(IndexSettings, "INDEX_", env={"INDEX_ROLE": "reader"})
+    assert "Milvus server" in str(err.value)
+    server = {"INDEX_ROLE": "reader", "INDEX_MILVUS_URI": "http://milvus:19530"}
+    assert load_settings(IndexSettings, "INDEX_", env=server).reader
+    with pytest.raises(SettingsError):
+        load_settings(IndexSettings, "INDEX_", env={"INDEX_ROLE": "follower"})
+
+
+def test_a_reader_store_refuses_every_write(tmp_path: Path) -> None:
+    from index_service.app import build_store
+
+    settings = IndexSettings(
+        role="reader",
+        milvus_uri="http://127.0.0.1:1",  # never reached: refused before
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+    )
+    store = build_store(settings)
+    writes = [
+        lambda: store.upsert("c", "m", 4, []),
+        lambda: store.delete("c", [1], [], ""),
+        lambda: store.drop("c"),
+        lambda: store.reconcile(),
+    ]
+    for write in writes:
+        with pytest.raises(ServiceError) as err:
+            write()
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "INDEX_ROLE=reader" in err.value.message
+    store.meta.dispose()
+
+
+def test_a_reader_creates_no_tables_and_sees_changes_within_its_age(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    reader = MetadataStore(url, read_only=True, max_age_s=0.3)
+    with pytest.raises(ServiceError) as err:
+        reader.get_collection("c")
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "writer" in err.value.message
+    writer = MetadataStore(url)
+    writer.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
+    assert reader.get_collection("c") is not None  # cached from now on
+    assert writer.drop_collection("c")
+    time.sleep(0.35)
+    assert reader.get_collection("c") is None  # the cache has aged out
+    writer.dispose()
+    reader.dispose()
