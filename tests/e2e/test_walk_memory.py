@@ -75,6 +75,7 @@ def test_walking_200k_entries_needs_no_more_memory_than_1k(
         GATEWAY_DATA_DIR=str(tmp_path / "gw"),
         GATEWAY_ALLOWED_ROOTS=f"{SHARED / 'data'},{tmp_path}",
         GATEWAY_JOB_CONCURRENCY="1",
+        MALLOC_ARENA_MAX="2",  # as `imgsearch up` and the images run it
     )
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
