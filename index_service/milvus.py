@@ -20,7 +20,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.utils import mkts_from_unixtime
 
 from imagesearch import errors, logs
-from index_service.settings import IndexSettings, is_lite
+from index_service.settings import IndexSettings, derived_nlist, derived_pq_m, is_lite
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,20 @@ class MilvusVectors:
 
     # -- collections -----------------------------------------------------
 
-    def index_params(self) -> dict[str, Any]:
+    def index_params(self, dim: int) -> dict[str, Any]:
+        """Build parameters of a collection of ``dim``-d vectors (INDEX_NLIST
+        and INDEX_PQ_M 0: derived from ``dim``)."""
         s = self.settings
         if self.index_type.startswith("IVF"):
-            return {"nlist": s.nlist}
+            params: dict[str, Any] = {"nlist": s.nlist or derived_nlist(dim)}
+            if self.index_type == "IVF_PQ":
+                m = s.pq_m or derived_pq_m(dim)
+                if dim % m:
+                    raise errors.invalid_argument(
+                        f"INDEX_PQ_M={m} does not divide the vectors' {dim} dimensions"
+                    )
+                params.update(m=m, nbits=8)
+            return params
         if self.index_type == "HNSW":
             return {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
         return {}
@@ -188,10 +198,11 @@ class MilvusVectors:
                 field_name=VECTOR_FIELD,
                 index_type=self.index_type,
                 metric_type=self.metric,
-                params=self.index_params(),
+                params=self.index_params(dim),
             )
+            shards = {} if self.lite else {"num_shards": self.settings.milvus_shards}
             c.create_collection(
-                mname, schema=schema, index_params=index, consistency_level="Strong"
+                mname, schema=schema, index_params=index, consistency_level="Strong", **shards
             )
             self._known.add(mname)
         logs.event(

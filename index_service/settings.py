@@ -15,7 +15,26 @@ def is_lite(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
-INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTOINDEX")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "AUTOINDEX")
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+SEGMENT_MB = 512  # Milvus' default segment size: an IVF index is built per segment
+
+
+def derived_nlist(dim: int) -> int:
+    """IVF clusters for a segment of ``dim``-d float vectors: about 4 x the
+    square root of the rows a full segment holds (Milvus builds the index
+    per segment, so the collection's size does not change it)."""
+    rows = SEGMENT_MB * 1024 * 1024 // (dim * 4)
+    return max(16, min(65536, round(4 * rows**0.5)))
+
+
+def derived_pq_m(dim: int) -> int:
+    """IVF_PQ sub-vectors: 8 dimensions each (the largest divisor of ``dim``
+    up to dim / 8 when 8 does not divide it)."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
 
 
 @dataclass(frozen=True)
@@ -98,7 +117,24 @@ class IndexSettings(ServerSettings):
             "IVF_FLAT, AUTOINDEX)"
         },
     )
-    nlist: int = field(default=1024, metadata={"help": "IVF: clusters"})
+    nlist: int = field(
+        default=1024,
+        metadata={
+            "help": "IVF: clusters per segment; 0: derived from the collection's dim (4 x "
+            "the square root of the rows a 512 MiB segment holds: 1024 for 2048-d, 1295 for 1280-d)"
+        },
+    )
+    pq_m: int = field(
+        default=0,
+        metadata={"help": "IVF_PQ: sub-vectors per vector; 0: one per 8 dimensions"},
+    )
+    milvus_shards: int = field(
+        default=1,
+        metadata={
+            "help": "shards of each new collection (Milvus server, 1-16): its writes spread "
+            "over that many channels and data nodes; fixed when the collection is made"
+        },
+    )
     nprobe: int = field(default=16, metadata={"help": "IVF: clusters searched"})
     hnsw_m: int = field(default=16, metadata={"help": "HNSW: M"})
     hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW: efConstruction"})
@@ -171,6 +207,15 @@ class IndexSettings(ServerSettings):
             raise SettingsError(
                 f"INDEX_INDEX_TYPE={self.index_type!r}: use one of {', '.join(INDEX_TYPES)}"
             )
+        if is_lite(self.milvus_uri) and self.index_type.upper() not in LITE_INDEX_TYPES:
+            raise SettingsError(
+                f"INDEX_INDEX_TYPE={self.index_type!r} needs a Milvus server; Milvus Lite "
+                f"builds {', '.join(LITE_INDEX_TYPES)}"
+            )
+        if not 1 <= self.milvus_shards <= 16:
+            raise SettingsError("INDEX_MILVUS_SHARDS must be between 1 and 16")
+        if self.nlist < 0 or self.pq_m < 0:
+            raise SettingsError("INDEX_NLIST and INDEX_PQ_M must be >= 0 (0: derived)")
         if self.milvus_consistency not in ("Session", "Strong", "Bounded", "Eventually"):
             raise SettingsError(
                 f"INDEX_MILVUS_CONSISTENCY={self.milvus_consistency!r}: use Session, Strong, "

@@ -63,3 +63,24 @@ def test_a_reader_creates_no_tables_and_sees_changes_within_its_age(tmp_path: Pa
     assert reader.get_collection("c") is None  # the cache has aged out
     writer.dispose()
     reader.dispose()
+
+
+def test_large_collection_settings_are_checked_and_derived() -> None:
+    from index_service.settings import derived_nlist, derived_pq_m
+
+    # 4 x sqrt(rows of a 512 MiB segment): 65,536 rows of 2048-d, 104,857 of 1280-d.
+    assert (derived_nlist(2048), derived_nlist(1280), derived_nlist(256)) == (1024, 1295, 2896)
+    assert (derived_pq_m(2048), derived_pq_m(1280), derived_pq_m(100)) == (256, 160, 10)
+    server = {"INDEX_MILVUS_URI": "http://milvus:19530"}
+    for bad in (
+        {"INDEX_INDEX_TYPE": "IVF_PQ"},  # Milvus Lite builds no PQ index
+        {**server, "INDEX_MILVUS_SHARDS": "17"},
+        {**server, "INDEX_NLIST": "-1"},
+    ):
+        with pytest.raises(SettingsError):
+            load_settings(IndexSettings, "INDEX_", env=bad)
+    pq = {**server, "INDEX_INDEX_TYPE": "IVF_PQ", "INDEX_NLIST": "0", "INDEX_MILVUS_SHARDS": "4"}
+    settings = load_settings(IndexSettings, "INDEX_", env=pq)
+    from index_service.milvus import MilvusVectors
+
+    assert MilvusVectors(settings).index_params(2048) == {"nlist": 1024, "m": 256, "nbits": 8}
