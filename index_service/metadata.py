@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     func,
@@ -46,6 +47,7 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Select
 
 from imagesearch import errors, logs
 
@@ -115,6 +117,30 @@ class NewImage:
 def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
+
+
+def records_query(img: Table, pt: Table) -> Select[Any]:
+    """Rows joined with their paths, for a collection's ids (parameters
+    ``name`` and ``ids``): built once, since every search runs it and
+    building and keying a statement costs more CPU than SQLite's answer. The
+    status is checked by the caller, not in SQL: with it in the WHERE clause
+    SQLite prefers the (collection, status) index and scans every ready row of
+    the collection instead of the few ids asked."""
+    return (
+        select(img, pt.c.path, pt.c.origin)
+        .select_from(
+            img.outerjoin(
+                pt, and_(pt.c.collection == img.c.collection, pt.c.image_id == img.c.image_id)
+            )
+        )
+        .where(
+            and_(
+                img.c.collection == bindparam("name"),
+                img.c.image_id.in_(bindparam("ids", expanding=True)),
+            )
+        )
+        .order_by(pt.c.created_at_ms, pt.c.path)
+    )
 
 
 class MetadataStore:
@@ -203,6 +229,7 @@ class MetadataStore:
             **opts,
         )
         self.md = md
+        self._records_query = records_query(self.images, self.paths)
         self._created = False
         self._collections: dict[str, CollectionRow] = {}
         # Ready rows by collection, for searches (this service is the only
@@ -524,28 +551,10 @@ class MetadataStore:
 
     def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
         """One query per chunk of ids: rows joined with their paths."""
-        img, pt = self.images, self.paths
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:
             for chunk in _chunks(ids):
-                # The status is checked below, not in SQL: with it in the WHERE
-                # clause SQLite prefers the (collection, status) index and scans
-                # every ready row of the collection instead of the few ids asked.
-                cond = and_(img.c.collection == name, img.c.image_id.in_(chunk))
-                query = (
-                    select(img, pt.c.path, pt.c.origin)
-                    .select_from(
-                        img.outerjoin(
-                            pt,
-                            and_(
-                                pt.c.collection == img.c.collection, pt.c.image_id == img.c.image_id
-                            ),
-                        )
-                    )
-                    .where(cond)
-                    .order_by(pt.c.created_at_ms, pt.c.path)
-                )
-                for r in conn.execute(query):
+                for r in conn.execute(self._records_query, {"name": name, "ids": list(chunk)}):
                     if ready_only and r.status != READY:
                         continue
                     row = out.get(r.image_id)
