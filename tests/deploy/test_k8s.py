@@ -292,3 +292,23 @@ def test_index_readers_scale_beside_one_writer() -> None:
     (writer_container,) = writer_pod["containers"]
     for key in ("securityContext", "ports", "volumeMounts", "readinessProbe", "livenessProbe"):
         assert container[key] == writer_container[key], key
+
+
+def test_embedders_sit_on_gpu_nodes_spread_out_and_drain_one_at_a_time() -> None:
+    d = docs()
+    pod_spec = d[("Deployment", "embedder")]["spec"]["template"]["spec"]
+    (term,) = pod_spec["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]} in term[
+        "matchExpressions"
+    ]
+    keys = {c["topologyKey"] for c in pod_spec["topologySpreadConstraints"]}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in pod_spec["topologySpreadConstraints"]:
+        assert matches(c["labelSelector"], pod("embedder").labels)
+    # Every Deployment of ours has a PodDisruptionBudget selecting its pods.
+    budgets = [b["spec"] for (kind, _), b in d.items() if kind == "PodDisruptionBudget"]
+    for name in (*OURS, "index-reader"):
+        covering = [b for b in budgets if matches(b["selector"], pod(name).labels)]
+        assert len(covering) == 1, name
