@@ -370,7 +370,7 @@ class JobManager:
         touch_every = self.settings.jobs_ack_wait_s / 3
         last_touch = time.monotonic()
         while True:
-            closing = self._stop.wait(CHECK_S)
+            closing = self._stop.wait(min(CHECK_S, touch_every))
             with self._lock:
                 working = list(self._working.values())
             touch = self.store.shared and time.monotonic() - last_touch >= touch_every
