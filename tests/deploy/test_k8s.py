@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,3 +313,35 @@ def test_embedders_sit_on_gpu_nodes_spread_out_and_drain_one_at_a_time() -> None
     for name in (*OURS, "index-reader"):
         covering = [b for b in budgets if matches(b["selector"], pod(name).labels)]
         assert len(covering) == 1, name
+
+
+def test_the_queue_depth_autoscaler_reads_a_metric_the_embedder_exports() -> None:
+    from embedder_service.batcher import QUEUE_DEPTH
+
+    examples = K8S / "examples"
+    hpa_file = examples / "embedder-queue-hpa.yaml"
+    result = subprocess.run(
+        [str(VENV_BIN / "kubernetes-validate"), "--strict", str(hpa_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    hpa = yaml.safe_load(hpa_file.read_text())
+    assert hpa["metadata"]["name"] == "embedder"  # replaces the CPU one of embedder.yaml
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "embedder"
+    (metric,) = hpa["spec"]["metrics"]
+    exported = QUEUE_DEPTH._name  # the name /metrics carries
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == exported
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    adapter = yaml.safe_load((examples / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["seriesQuery"].startswith(exported + "{")
+    assert rule["name"]["as"] == exported
+    # The embedder's pods are scraped on the port its image serves metrics on.
+    template = docs()[("Deployment", "embedder")]["spec"]["template"]
+    port = template["metadata"]["annotations"]["prometheus.io/port"]
+    (container,) = template["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": int(port)} in container["ports"]
+    served = re.search(r"EMBEDDER_METRICS_PORT=(\d+)", (ROOT / "Dockerfile").read_text())
+    assert served is not None and served.group(1) == port
