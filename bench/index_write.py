@@ -7,6 +7,11 @@ after another, into an index started as a process:
 1. Milvus Lite + SQLite (the embedded default);
 2. a Milvus server (PyPI milvus==2.3.5, started here) + the local MariaDB.
 
+On the server, two baselines in the same run write the same vectors straight
+into Milvus, with no rows, no SQL and no gRPC hop before it: with pymilvus'
+row API (as the writer did before) and with the column-wise requests the
+writer sends (index_service.milvus_wire): the most the writer could reach.
+
 Prints vectors/s for each, then a JSON line for the server run:
 {"backend": "milvus-server+mariadb", "vectors_per_s": ...}.
 
@@ -105,6 +110,65 @@ def write_rate(port: int, n: int, batch: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def milvus_alone(uri: str, n: int, batch: int, columnar: bool) -> float:
+    """Vectors/s of upserts straight into a new Milvus collection."""
+    from pymilvus import DataType, MilvusClient
+
+    from index_service import milvus_wire
+
+    client = MilvusClient(uri=uri)
+    name = f"alone_{uuid.uuid4().hex[:8]}"
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    index = client.prepare_index_params()
+    index.add_index(
+        field_name="vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 1024}
+    )
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    vectors = np.random.default_rng(n).standard_normal((n, DIM)).astype(np.float32)
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            ids = list(range(first, min(first + batch, n)))
+            if columnar:
+                request = milvus_wire.write_request(
+                    "upsert", name, "id", ids, "vector", vectors[ids]
+                )
+                milvus_wire.send(client, request, 600)
+            else:
+                client.upsert(name, [{"id": i, "vector": vectors[i].tolist()} for i in ids])
+        return n / (time.perf_counter() - start)
+    finally:
+        client.drop_collection(name)
+        client.close()
+
+
+def cpu_seconds(pattern: str) -> float:
+    """CPU time so far of the processes whose command line holds ``pattern``."""
+    total = 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if pattern.encode() in cmdline:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def settle(limit_s: float = 120.0) -> None:
+    """Waits until the Milvus server is idle (its flushes and index builds of
+    the run before done), so that each run starts from the same state."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds("milvus run")
+        time.sleep(2)
+        if cpu_seconds("milvus run") - before < 0.2:  # under 10% of a core
+            return
+
+
 def drop_tables(prefix: str) -> None:
     from sqlalchemy import MetaData, create_engine
 
@@ -142,10 +206,23 @@ def main() -> None:
             }
             try:
                 with index_process(Path(tmp) / "server", server) as port:
+                    settle()
                     server_rate = write_rate(port, args.vectors, args.batch)
             finally:
                 drop_tables(prefix)
+            settle()
+            rows = milvus_alone(uri, args.vectors, args.batch, columnar=False)
+            settle()
+            columns = milvus_alone(uri, args.vectors, args.batch, columnar=True)
         print(f"Milvus server + MariaDB:      {server_rate:8.0f} vectors/s")
+        print(
+            f"  Milvus alone, pymilvus rows: {rows:8.0f} vectors/s "
+            f"(the writer: {server_rate / rows:.2f}x)"
+        )
+        print(
+            f"  Milvus alone, column-wise:   {columns:8.0f} vectors/s "
+            f"(the writer: {server_rate / columns:.2f}x of it)"
+        )
         print(json.dumps({"backend": "milvus-server+mariadb", "vectors_per_s": round(server_rate)}))
 
 

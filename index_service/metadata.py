@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -414,7 +414,7 @@ class MetadataStore:
                 out.update({r.path: (r.image_id, r.origin) for r in rows})
         return out
 
-    def write_pending(
+    def write_rows(
         self,
         name: str,
         model: str,
@@ -422,19 +422,27 @@ class MetadataStore:
         new_paths: Sequence[tuple[str, int]],
         moved_paths: Sequence[tuple[str, int]],
         origins: Mapping[str, str] | None = None,
+        thumbnails: Mapping[int, bytes] | None = None,
+        vectors_stored: Callable[[], None] | None = None,
+        ready: Sequence[int] = (),
     ) -> list[int]:
-        """In one transaction: inserts new image rows as pending, adds paths,
-        re-points paths whose file now has other bytes (or that a server job
-        takes back from a stream). ``origins``: each path's origin (default
-        STREAM). Returns the ids of images left with no path (their rows are
-        deleted here; the caller deletes their vectors)."""
-        origin = (origins or {}).get
-        ts = now_ms()
-        img, pt = self.images, self.paths
+        """In one transaction: inserts new image rows, adds paths, re-points
+        paths whose file now has other bytes (or that a server job takes back
+        from a stream; ``origins``: each path's origin, default STREAM), and
+        stores the ``thumbnails`` of images that have none. Returns the ids
+        of images left with no path (their rows and thumbnails are deleted
+        here; the caller deletes their vectors).
+
+        The new rows are pending, unless ``vectors_stored`` is given: it is
+        called last, before the commit, and waits until the batch's vectors
+        are stored (raising if they were not: nothing is committed); the new
+        rows and the ``ready`` ids are then written ready."""
+        status = PENDING if vectors_stored is None else READY
         with self._write(name) as conn:
+            ts = now_ms()
             if new_images:
                 conn.execute(
-                    insert(img),
+                    insert(self.images),
                     [
                         {
                             "collection": name,
@@ -444,16 +452,17 @@ class MetadataStore:
                             "width": n.width,
                             "height": n.height,
                             "model": model,
-                            "status": PENDING,
+                            "status": status,
                             "created_at_ms": ts,
                             "updated_at_ms": ts,
                         }
                         for n in new_images
                     ],
                 )
+            origin = (origins or {}).get
             if new_paths:
                 conn.execute(
-                    insert(pt),
+                    insert(self.paths),
                     [
                         {
                             "collection": name,
@@ -465,18 +474,47 @@ class MetadataStore:
                         for path, iid in new_paths
                     ],
                 )
-            previous: set[int] = set()
-            for path, iid in moved_paths:
-                old = conn.execute(
-                    select(pt.c.image_id).where(and_(pt.c.collection == name, pt.c.path == path))
-                ).scalar_one()
-                previous.add(old)
-                conn.execute(
-                    update(pt)
-                    .where(and_(pt.c.collection == name, pt.c.path == path))
-                    .values(image_id=iid, created_at_ms=ts, origin=origin(path, STREAM))
-                )
-            return self._delete_pathless(conn, name, previous)
+            previous = self._move_paths(conn, name, moved_paths, origins or {}, ts)
+            orphaned = self._delete_pathless(conn, name, previous)
+            gone = set(orphaned)
+            kept = {i: data for i, data in (thumbnails or {}).items() if data and i not in gone}
+            self._put_thumbnails(conn, name, kept)
+            if vectors_stored is not None:
+                vectors_stored()
+                self._update_status(conn, name, ready, READY, ts)
+            return orphaned
+
+    def write_pending(
+        self,
+        name: str,
+        model: str,
+        new_images: Sequence[NewImage],
+        new_paths: Sequence[tuple[str, int]],
+        moved_paths: Sequence[tuple[str, int]] = (),
+    ) -> list[int]:
+        """write_rows with the new rows pending (their vectors not stored yet)."""
+        return self.write_rows(name, model, new_images, new_paths, moved_paths)
+
+    def _move_paths(
+        self,
+        conn: Connection,
+        name: str,
+        moved_paths: Sequence[tuple[str, int]],
+        origins: Mapping[str, str],
+        ts: int,
+    ) -> set[int]:
+        """Re-points each path to its new image; returns the images they named."""
+        pt = self.paths
+        previous: set[int] = set()
+        for path, iid in moved_paths:
+            here = and_(pt.c.collection == name, pt.c.path == path)
+            previous.add(conn.execute(select(pt.c.image_id).where(here)).scalar_one())
+            conn.execute(
+                update(pt)
+                .where(here)
+                .values(image_id=iid, created_at_ms=ts, origin=origins.get(path, STREAM))
+            )
+        return previous
 
     def _delete_pathless(self, conn: Connection, name: str, candidates: Iterable[int]) -> list[int]:
         img, pt = self.images, self.paths
@@ -507,15 +545,19 @@ class MetadataStore:
         self._set_status(name, ids, PENDING)
 
     def _set_status(self, name: str, ids: Sequence[int], status: str) -> None:
-        img = self.images
-        ts = now_ms()
         with self._write(name) as conn:
-            for chunk in _chunks(list(ids)):
-                conn.execute(
-                    update(img)
-                    .where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
-                    .values(status=status, updated_at_ms=ts)
-                )
+            self._update_status(conn, name, ids, status, now_ms())
+
+    def _update_status(
+        self, conn: Connection, name: str, ids: Sequence[int], status: str, ts: int
+    ) -> None:
+        img = self.images
+        for chunk in _chunks(list(ids)):
+            conn.execute(
+                update(img)
+                .where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
+                .values(status=status, updated_at_ms=ts)
+            )
 
     def records(
         self, name: str, ids: Sequence[int], *, ready_only: bool = True
@@ -662,26 +704,29 @@ class MetadataStore:
     def put_thumbnails(self, name: str, items: Mapping[int, bytes]) -> int:
         """Stores the thumbnails of images that have none yet (a thumbnail
         never changes: the image id is the content); returns how many."""
+        with self._tx() as conn:
+            return self._put_thumbnails(conn, name, items)
+
+    def _put_thumbnails(self, conn: Connection, name: str, items: Mapping[int, bytes]) -> int:
         th = self.thumbnails
         added = 0
-        with self._tx() as conn:
-            for chunk in _chunks(sorted(i for i, data in items.items() if data)):
-                have = {
-                    r.image_id
-                    for r in conn.execute(
-                        select(th.c.image_id).where(
-                            and_(th.c.collection == name, th.c.image_id.in_(chunk))
-                        )
+        for chunk in _chunks(sorted(i for i, data in items.items() if data)):
+            have = {
+                r.image_id
+                for r in conn.execute(
+                    select(th.c.image_id).where(
+                        and_(th.c.collection == name, th.c.image_id.in_(chunk))
                     )
-                }
-                rows = [
-                    {"collection": name, "image_id": i, "data": items[i]}
-                    for i in chunk
-                    if i not in have
-                ]
-                if rows:
-                    conn.execute(insert(th), rows)
-                    added += len(rows)
+                )
+            }
+            rows = [
+                {"collection": name, "image_id": i, "data": items[i]}
+                for i in chunk
+                if i not in have
+            ]
+            if rows:
+                conn.execute(insert(th), rows)
+                added += len(rows)
         return added
 
     def get_thumbnails(self, name: str, ids: Sequence[int]) -> dict[int, bytes]:

@@ -20,6 +20,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.utils import mkts_from_unixtime
 
 from imagesearch import errors, logs
+from index_service import milvus_wire
 from index_service.settings import IndexSettings, derived_nlist, derived_pq_m, is_lite
 
 log = logging.getLogger(__name__)
@@ -231,11 +232,15 @@ class MilvusVectors:
         mname = self.milvus_name(name)
         with self._calling(f"upsert into {name}") as c:
             for i in range(0, len(ids), CHUNK):
-                rows = [
-                    {ID_FIELD: int(iid), VECTOR_FIELD: vec.tolist()}
-                    for iid, vec in zip(ids[i : i + CHUNK], vectors[i : i + CHUNK], strict=True)
-                ]
-                c.upsert(mname, rows)
+                request = milvus_wire.write_request(
+                    "upsert",
+                    mname,
+                    ID_FIELD,
+                    ids[i : i + CHUNK],
+                    VECTOR_FIELD,
+                    vectors[i : i + CHUNK],
+                )
+                milvus_wire.send(c, request, self.settings.milvus_timeout_s)
 
     def delete(self, name: str, ids: Sequence[int]) -> None:
         if not ids:

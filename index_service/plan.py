@@ -66,20 +66,20 @@ def unpack_vector(raw: bytes, dim: int, what: str) -> np.ndarray:
             f"{what}: the vector has {len(raw)} bytes, expected {dim} float32 values "
             f"({dim * 4} bytes) for this collection"
         )
-    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    vec = np.frombuffer(raw, dtype="<f4").astype(np.float64)
     if not np.all(np.isfinite(vec)):
         raise errors.invalid_argument(f"{what}: the vector contains NaN or infinity")
     norm = float(np.linalg.norm(vec))
     if norm == 0.0:
         raise errors.invalid_argument(f"{what}: the vector is all zeros")
-    return vec / norm
+    return (vec / norm).astype(np.float32)
 
 
 def check_items(items: Sequence[Item], dim: int) -> list[Checked]:
     """INVALID_ARGUMENT, naming the item, for a batch that cannot be stored
     at all: a bad digest, a negative size, a vector that is not ``dim``
-    finite, non-zero float32 values."""
-    checked = []
+    finite, non-zero float32 values. The vectors are normalised as one
+    array; the first bad one is named as if checked alone."""
     for n, item in enumerate(items):
         what = f"item #{n} ({item.path[:60] or 'no path'})"
         if len(item.sha256) != ids.SHA256_BYTES:
@@ -88,9 +88,21 @@ def check_items(items: Sequence[Item], dim: int) -> list[Checked]:
             )
         if item.size < 0 or item.width < 0 or item.height < 0:
             raise errors.invalid_argument(f"{what}: size, width and height must not be negative")
-        vector = unpack_vector(item.vector, dim, what)
-        checked.append(Checked(item, ids.image_id_from_sha256(item.sha256), vector))
-    return checked
+        if len(item.vector) != dim * 4:
+            unpack_vector(item.vector, dim, what)  # raises, naming the length
+    if not items:
+        return []
+    matrix = np.frombuffer(b"".join(it.vector for it in items), dtype="<f4").reshape(-1, dim)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(matrix, axis=1)  # NaN or inf where any value is
+        unit = matrix / norms[:, None]
+    for row in np.flatnonzero(~np.isfinite(norms) | (norms == 0.0)).tolist():
+        item = items[row]  # refused, or so large that float32 squares overflow
+        unit[row] = unpack_vector(item.vector, dim, f"item #{row} ({item.path[:60] or 'no path'})")
+    return [
+        Checked(item, ids.image_id_from_sha256(item.sha256), vector)
+        for item, vector in zip(items, unit, strict=True)
+    ]
 
 
 def plan_upsert(

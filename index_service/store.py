@@ -1,7 +1,12 @@
 """The index's logic over both stores, with the write order that keeps them
 consistent through a crash:
 
-* Upsert: SQL rows as ``pending`` -> vectors into the vector store -> rows ``ready``.
+* Upsert: the vectors go to the vector store while SQL writes the rows in one
+  transaction, which commits them ``ready`` only once the vectors are stored.
+  A crash or a refused write leaves at worst vectors with no row: deleted at
+  once where the database says so, else by the next Reconcile; searches never
+  show them (they keep ready rows only). Reconcile waits for writes (one
+  write lock), so it never sees a batch half written.
 * Delete / Drop: SQL first -> vectors. A crash leaves at worst a vector with
   no row, which searches skip and Reconcile deletes.
 * Reconcile: pending rows whose vector exists become ready; pending rows
@@ -10,10 +15,12 @@ consistent through a crash:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -108,6 +115,8 @@ class IndexStore:
         self.writer = writer  # one index per store (index_service.writer)
         self.read_only = read_only  # a reader (INDEX_ROLE=reader): every write refused
         self._write = threading.Lock()  # one writer thread: keeps the two stores in step
+        # Vectors are sent while SQL writes the rows of the same batch.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-writes")
 
     def _writable(self) -> None:
         """Refuses a write on a reader, before anything else is checked."""
@@ -193,25 +202,48 @@ class IndexStore:
         self.vectors.ensure(name, dim)
 
     def _apply(self, name: str, model: str, plan: UpsertPlan) -> None:
-        """Writes ``plan`` in the order that survives a crash: rows pending,
-        thumbnails, vectors, rows ready; then the vectors no row keeps."""
-        orphaned = self.meta.write_pending(
-            name,
-            model,
-            plan.new_images,
-            list(plan.new_paths.items()),
-            list(plan.moved_paths.items()),
-            plan.origins,
-        )
-        thumbnails = {k: v for k, v in plan.thumbnails.items() if k not in orphaned}
-        if thumbnails:
-            self.meta.put_thumbnails(name, thumbnails)
-        if plan.to_embed:
-            keys = list(plan.to_embed)
-            self.vectors.upsert(name, keys, np.stack([plan.to_embed[k] for k in keys]))
-            self.meta.mark_ready(name, keys)
+        """Writes ``plan``: its vectors are sent while SQL writes its rows in
+        one transaction, which commits them ready once the vectors are stored
+        (nothing, if they were not); then the vectors no row keeps go."""
+        keys = list(plan.to_embed)
+        if not keys:
+            paths, moved = list(plan.new_paths.items()), list(plan.moved_paths.items())
+            orphaned = self.meta.write_rows(
+                name, model, [], paths, moved, plan.origins, plan.thumbnails
+            )
+        else:
+            vectors = np.stack([plan.to_embed[k] for k in keys])
+            context = contextvars.copy_context()  # the call's request id, in logs
+            sending = self._sender.submit(context.run, self.vectors.upsert, name, keys, vectors)
+            new = {n.image_id for n in plan.new_images}
+            try:
+                orphaned = self.meta.write_rows(
+                    name,
+                    model,
+                    plan.new_images,
+                    list(plan.new_paths.items()),
+                    list(plan.moved_paths.items()),
+                    plan.origins,
+                    plan.thumbnails,
+                    vectors_stored=sending.result,
+                    ready=[k for k in keys if k not in new],  # rows left pending before
+                )
+            except BaseException:
+                self._withdraw(name, sorted(new), sending)
+                raise
         if orphaned:
             self.vectors.delete(name, orphaned)
+
+    def _withdraw(self, name: str, new: list[int], sending: Future[None]) -> None:
+        """The batch's rows did not commit: the vectors of its new images, if
+        stored, go (those without a row after all; Reconcile does it where
+        the database cannot say)."""
+        try:
+            if not new or sending.exception() is not None:
+                return
+            self.vectors.delete(name, sorted(set(new) - self.meta.known_ids(name, new)))
+        except errors.ServiceError as exc:
+            logs.event(log, "upsert.withdraw_failed", logging.WARNING, error=exc.message)
 
     def delete(
         self, name: str, image_ids: list[int], paths: list[str], prefix: str

@@ -464,6 +464,58 @@ def test_start_up_reconcile_deletes_orphan_vectors(
     store.meta.dispose()
 
 
+def test_a_refused_row_write_withdraws_the_batchs_vectors(tmp_path: Path) -> None:
+    """The vectors are sent while SQL writes the rows: when the database
+    refuses the rows (here a trigger), nothing of the batch stays, in SQL or
+    in Milvus, and the earlier batch is untouched."""
+    from sqlalchemy import text
+
+    from index_service.app import build_store
+    from index_service.plan import Item
+
+    store = build_store(index_settings(tmp_path))
+    batch = [Item(digest(n), f"/a/{n}.jpg", 1, 1, 1, vector(n).tobytes()) for n in range(4)]
+    store.upsert("photos", MODEL, DIM, batch[:2])
+    with store.meta.engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON {store.meta.paths.name} "
+                "WHEN NEW.path = '/a/3.jpg' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    with pytest.raises(Exception, match="refused"):
+        store.upsert("photos", MODEL, DIM, batch[2:])
+    refused = [ids.image_id_from_sha256(digest(n)) for n in (2, 3)]
+    kept = [ids.image_id_from_sha256(digest(n)) for n in (0, 1)]
+    assert store.meta.known_ids("photos", refused + kept) == set(kept)
+    assert store.vectors.existing("photos", refused + kept, strong=True) == set(kept)
+    assert store.count("photos") == (2, 0)
+    store.vectors.close()
+    store.meta.dispose()
+
+
+def test_a_refused_vector_write_commits_no_rows(tmp_path: Path) -> None:
+    """Milvus refuses the vectors (its collection was dropped behind the
+    index's back): the rows written beside them are not committed, so a
+    retry is not taken for a duplicate."""
+    from imagesearch import errors
+    from index_service.app import build_store
+    from index_service.plan import Item
+
+    store = build_store(index_settings(tmp_path))
+    batch = [Item(digest(n), f"/a/{n}.jpg", 1, 1, 1, vector(n).tobytes()) for n in range(4)]
+    store.upsert("photos", MODEL, DIM, batch[:2])
+    milvus = store.vectors._connect()  # type: ignore[attr-defined]
+    milvus.drop_collection(store.vectors.milvus_name("photos"))  # type: ignore[attr-defined]
+    with pytest.raises(errors.ServiceError):
+        store.upsert("photos", MODEL, DIM, batch[2:])
+    refused = [ids.image_id_from_sha256(digest(n)) for n in (2, 3)]
+    assert store.meta.known_ids("photos", refused) == set()
+    assert store.meta.path_owners("photos", ["/a/2.jpg", "/a/3.jpg"]) == {}
+    store.vectors.close()
+    store.meta.dispose()
+
+
 @pytest.mark.mariadb
 def test_database_outage_gives_unavailable_then_recovers(mariadb_url: str, tmp_path: Path) -> None:
     """MariaDB behind a proxy that we cut: UNAVAILABLE with a clear message,
