@@ -97,6 +97,7 @@ class Dependency:
         service: str,
         tls: ClientTls | None = None,
         server_name: str = "",
+        health_checked: bool = False,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -107,6 +108,7 @@ class Dependency:
             max_message_bytes=CHANNEL_MESSAGE_BYTES,
             credentials=tls.credentials() if tls is not None else None,
             server_name=server_name,
+            health_checked=health_checked,
         )
         self._state = grpc.ChannelConnectivity.IDLE
         self.served = threading.Event()
@@ -163,7 +165,8 @@ class Embedder:
     def __init__(self, key: str, addr: str, tls: ClientTls | None, server_name: str) -> None:
         self.key = key  # its GATEWAY_EMBEDDERS name; "" for GATEWAY_EMBEDDER_ADDR
         label = f"embedder for {key}" if key else "embedder"
-        self.dep = Dependency(label, addr, EMBEDDER_SERVICE, tls, server_name)
+        # Replicas that warm up or drain (NOT_SERVING) get no Embed calls.
+        self.dep = Dependency(label, addr, EMBEDDER_SERVICE, tls, server_name, health_checked=True)
         self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.dep.channel)
         self.model: EmbedderModel | None = None
 

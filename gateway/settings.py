@@ -20,6 +20,13 @@ class GatewaySettings(ServerSettings):
     max_message_mb: int = server_field(
         "max_message_mb", 4, "largest gRPC message from clients (stream chunks)"
     )
+    max_connection_age_s: float = server_field(
+        "max_connection_age_s",
+        0.0,
+        "a client's connection is closed after this long (GOAWAY), and its calls still "
+        "open SHUTDOWN_GRACE_S later are cut: off by default here, where uploads and "
+        "job watches run for minutes",
+    )
     embedder_addr: str = field(
         default="localhost:50052",
         metadata={

@@ -17,12 +17,17 @@ def service_config(
     services: Sequence[str],
     attempts: int = RETRY_ATTEMPTS,
     methods: Sequence[tuple[str, str]] = (),
+    health_service: str = "",
 ) -> str:
     """Retries every method of ``services``, plus the (service, method) pairs
-    in ``methods``."""
+    in ``methods``. With ``health_service``, calls go only to the replicas
+    whose health (watched over each connection) says SERVING for it: one
+    that drains or warms up gets none."""
     names: list[dict[str, str]] = [{"service": s} for s in services]
     names += [{"service": s, "method": m} for s, m in methods]
     config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if health_service:
+        config["healthCheckConfig"] = {"serviceName": health_service}
     if names:
         config["methodConfig"] = [
             {
@@ -56,13 +61,16 @@ def make_channel(
     methods: Sequence[tuple[str, str]] = (),
     credentials: grpc.ChannelCredentials | None = None,
     server_name: str = "",
+    health_checked: bool = False,
 ) -> grpc.Channel:
     """A channel to ``target`` (``host:port``, ``dns:///name:port`` or
     ``ipv4:127.0.0.1:1,127.0.0.1:2``), over TLS when ``credentials`` are given;
     ``server_name``: the name expected in the server's certificate, when it
-    is not the target's host."""
+    is not the target's host; ``health_checked``: calls go only to replicas
+    whose health says SERVING for ``services[0]``."""
+    health = services[0] if health_checked and services else ""
     options = [
-        ("grpc.service_config", service_config(services, retry_attempts, methods)),
+        ("grpc.service_config", service_config(services, retry_attempts, methods, health)),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

@@ -46,6 +46,8 @@ class CallLimits:
     idle_s: float = 60.0  # a client stream's silence, a unary call's missing body
     per_connection: int = 100  # HTTP/2 streams on one connection (more wait client-side)
     open_rpcs: int = 1000  # every call of every kind, health included (gRPC's own cap)
+    connection_age_s: float = 0.0  # a connection is sent GOAWAY after this long (0: never)
+    connection_grace_s: float = 20.0  # ... and its calls get this long to finish
 
     def __post_init__(self) -> None:
         """Refuses a cap below 1 or an idle limit of 0, naming the setting
@@ -55,6 +57,10 @@ class CallLimits:
                 raise ValueError(f"{self.setting(name)} must be >= 1")
         if self.idle_s <= 0:
             raise ValueError(f"{self.prefix}STREAM_IDLE_S must be > 0")
+        if self.connection_age_s < 0 or self.connection_grace_s < 0:
+            raise ValueError(
+                f"{self.prefix}MAX_CONNECTION_AGE_S and {self.prefix}SHUTDOWN_GRACE_S must be >= 0"
+            )
 
     def setting(self, name: str) -> str:
         """The setting behind the cap ``name`` (a field), as a user sets it."""
@@ -76,7 +82,16 @@ class CallLimits:
             ("grpc.keepalive_permit_without_calls", 1),
             # A connection with no call for 10 minutes is closed.
             ("grpc.max_connection_idle_ms", 600_000),
-        ]
+        ] + (
+            [
+                # Long-lived clients (a gateway's channel to its embedders)
+                # reconnect now and then, so replicas added since get calls.
+                ("grpc.max_connection_age_ms", int(self.connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.connection_grace_s * 1000)),
+            ]
+            if self.connection_age_s > 0
+            else []
+        )
 
 
 class Slots:

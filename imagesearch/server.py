@@ -206,8 +206,14 @@ def start_metrics(port: int, host: str) -> None:
         start_http_server(port, addr=host.strip("[]"))
 
 
-def serve_until_signal(running: RunningServer, name: str, grace: float = 10.0) -> None:
-    """Blocks until SIGTERM/SIGINT, then stops gracefully."""
+def serve_until_signal(
+    running: RunningServer, name: str, *, drain: float = 0.0, grace: float = 10.0
+) -> None:
+    """Blocks until SIGTERM/SIGINT, then drains and stops: health says
+    NOT_SERVING at once (liveness stays up) while calls are still taken for
+    ``drain`` seconds, so that load balancers and clients' health checks move
+    away; then new calls are refused (GOAWAY) and those in progress get
+    ``grace`` seconds to finish. A second signal cuts the drain short."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
@@ -222,5 +228,10 @@ def serve_until_signal(running: RunningServer, name: str, grace: float = 10.0) -
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGHUP, reload)
     stop.wait()
+    if drain > 0:
+        running.set_serving(False, live=True)
+        logs.event(log, "shutdown.draining", service=name, seconds=drain)
+        stop.clear()
+        stop.wait(drain)
     running.stop(grace)
     logs.event(log, "shutdown.done", service=name)

@@ -39,5 +39,7 @@ def run(
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 3
     start_metrics(settings_any.metrics_port, settings_any.host)
-    serve_until_signal(running, name)
+    serve_until_signal(
+        running, name, drain=settings_any.drain_s, grace=settings_any.shutdown_grace_s
+    )
     return 0

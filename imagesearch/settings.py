@@ -82,6 +82,29 @@ class ServerSettings:
         },
     )
     max_message_mb: int = field(default=4, metadata={"help": "largest gRPC message"})
+    max_connection_age_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "a client's connection is closed after this long (GOAWAY; its calls "
+            "finish within SHUTDOWN_GRACE_S) so that clients spread over replicas added "
+            "since; 0: never"
+        },
+    )
+    drain_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "on SIGTERM: seconds it answers health NOT_SERVING while still serving, "
+            "so that load balancers and clients' health checks move away before it stops "
+            "taking calls (Kubernetes: 5)"
+        },
+    )
+    shutdown_grace_s: float = field(
+        default=20.0,
+        metadata={
+            "help": "on SIGTERM, after DRAIN_S: new calls are refused and the calls in "
+            "progress get this long to finish; then it exits"
+        },
+    )
     metrics_port: int = field(default=0, metadata={"help": "Prometheus port (0: off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING"})
     tls_cert: str = field(
@@ -124,6 +147,8 @@ class ServerSettings:
             idle_s=self.stream_idle_s,
             per_connection=self.max_streams_per_connection,
             open_rpcs=self.max_open_rpcs,
+            connection_age_s=self.max_connection_age_s,
+            connection_grace_s=self.shutdown_grace_s,
         )
 
     def server_options(self) -> dict[str, Any]:

@@ -41,6 +41,13 @@ def derived_pq_m(dim: int) -> int:
 class IndexSettings(ServerSettings):
     env_prefix: ClassVar[str] = "INDEX_"
     port: int = server_field("port", 50053)
+    max_connection_age_s: float = server_field(
+        "max_connection_age_s",
+        0.0,
+        "a client's connection is closed after this long (GOAWAY), and its calls still "
+        "open SHUTDOWN_GRACE_S later are cut: off by default here, where a Reconcile of "
+        "a large collection runs for minutes",
+    )
     max_message_mb: int = server_field("max_message_mb", 128)
     milvus_uri: str = field(
         default="./data/milvus.db",

@@ -345,3 +345,21 @@ def test_the_queue_depth_autoscaler_reads_a_metric_the_embedder_exports() -> Non
     assert {"name": "metrics", "containerPort": int(port)} in container["ports"]
     served = re.search(r"EMBEDDER_METRICS_PORT=(\d+)", (ROOT / "Dockerfile").read_text())
     assert served is not None and served.group(1) == port
+
+
+def test_a_drained_pod_finishes_before_kubernetes_kills_it() -> None:
+    """Every gRPC service drains (DRAIN_S) and then lets its calls finish
+    (SHUTDOWN_GRACE_S) within its pod's terminationGracePeriodSeconds."""
+    d = docs()
+    config = d[("ConfigMap", "imagesearch")]["data"]
+    for name, prefix in (
+        ("embedder", "EMBEDDER_"),
+        ("index", "INDEX_"),
+        ("index-reader", "INDEX_"),
+        ("gateway", "GATEWAY_"),
+    ):
+        spec = d[("Deployment", name)]["spec"]["template"]["spec"]
+        budget = spec.get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+        drain = float(config[f"{prefix}DRAIN_S"])
+        grace = float(config[f"{prefix}SHUTDOWN_GRACE_S"])
+        assert drain > 0 and drain + grace + 2 <= budget, name
