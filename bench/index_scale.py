@@ -1,0 +1,219 @@
+"""Large collections: memory, recall and search time per Milvus index type.
+
+One collection of N clustered, unit-length vectors on a Milvus server (PyPI
+milvus==2.3.5, started here), indexed in turn with each index type at the
+parameters the index service would choose (``INDEX_NLIST=0`` and
+``INDEX_PQ_M=0``: derived from the dimension; HNSW and nprobe at their
+defaults). For each type: the build time, the Milvus server's resident
+memory with the collection loaded minus released, the index size per vector
+that the type implies, recall@10 of Q held-out queries against the exact
+top 10 (numpy, inner product: what FLAT returns), and the median time of one
+search.
+
+The vectors are synthetic: 2,000 Gaussian clusters in the unit sphere, so
+that neighbourhoods exist as they do in CNN features (uniform random vectors
+have none, and understate IVF and PQ recall). Real features differ; the
+figures are for sizing, not a promise of recall.
+
+    .venv/bin/python -m bench.index_scale [--vectors 1000000] [--dim 256]
+        [--queries 1000] [--types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, milvus_server
+from bench.index_write import cpu_seconds, settle
+
+TOP_K = 10
+CLUSTERS = 2000
+BATCH = 10_000
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors around CLUSTERS centres (same centres for every seed)."""
+    centres = np.random.default_rng(0).standard_normal((CLUSTERS, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for first in range(0, n, 100_000):
+        rows = min(100_000, n - first)
+        picked = centres[rng.integers(0, CLUSTERS, rows)]
+        out[first : first + rows] = picked + 0.6 * rng.standard_normal((rows, dim))
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids (row numbers) of the exact top ``k`` by inner product, per query."""
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    best = np.zeros((len(queries), 0), dtype=np.float32)
+    for first in range(0, len(data), 200_000):
+        scores = queries @ data[first : first + 200_000].T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        best = np.hstack([best, np.take_along_axis(scores, top, axis=1)])
+        best_ids = np.hstack([best_ids, top + first])
+        keep = np.argsort(-best, axis=1)[:, :k]
+        best = np.take_along_axis(best, keep, axis=1)
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+    return best_ids
+
+
+def rss_mb(pattern: str) -> float:
+    """Resident memory of the processes whose command line holds ``pattern``."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            if pattern.encode() not in cmdline:
+                continue
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def implied_bytes(index_type: str, dim: int, params: dict[str, int]) -> float:
+    """Bytes per vector the index type holds in memory (vectors, codes and
+    links; IVF centroids and PQ codebooks are per segment and left out)."""
+    if index_type == "HNSW":
+        return 4 * dim + 2 * params["M"] * 4 * 1.1 + 8  # level 0 links, a few upper ones, id
+    if index_type == "IVF_SQ8":
+        return dim + 8
+    if index_type == "IVF_PQ":
+        return params["m"] * params.get("nbits", 8) / 8 + 8
+    return 4 * dim + 8  # FLAT, IVF_FLAT
+
+
+def build(
+    client: Any, name: str, index_type: str, dim: int
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Indexes the collection with ``index_type`` as the index service would;
+    returns (build params, search params, seconds until every row is indexed)."""
+    from index_service.milvus import MilvusVectors
+    from index_service.settings import IndexSettings
+
+    vectors = MilvusVectors(
+        IndexSettings(milvus_uri="http://127.0.0.1:19530", index_type=index_type, nlist=0, pq_m=0)
+    )
+    params = vectors.index_params(dim)
+    index = client.prepare_index_params()
+    index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
+    start = time.perf_counter()
+    client.create_index(name, index)
+    while True:
+        info = client.describe_index(name, "vector")
+        # (pending_index_rows can stay above 0 after a compaction on 2.3.5)
+        if info.get("state") == "Finished" and info["indexed_rows"] >= info["total_rows"]:
+            break
+        time.sleep(2)
+    seconds = time.perf_counter() - start
+    return params, vectors.search_params(TOP_K)["params"], seconds
+
+
+def measure(
+    client: Any, name: str, queries: np.ndarray, truth: np.ndarray, search: dict[str, Any]
+) -> tuple[float, float]:
+    """(recall@10, median ms of one search)."""
+    found, times = 0, []
+    for q, expected in zip(queries, truth, strict=True):
+        start = time.perf_counter()
+        hits = client.search(
+            name,
+            data=[q],
+            limit=TOP_K,
+            search_params={"metric_type": "IP", "params": search},
+            consistency_level="Eventually",  # nothing is written while it runs
+        )[0]
+        times.append(time.perf_counter() - start)
+        found += len({int(h["id"]) for h in hits} & set(expected.tolist()))
+    return found / truth.size, float(np.median(times)) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--types", default="HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ")
+    args = parser.parse_args()
+    from pymilvus import DataType, MilvusClient
+
+    from index_service import milvus_wire
+
+    print(machine())
+    data = clustered(args.vectors, args.dim, seed=1)
+    queries = clustered(args.queries, args.dim, seed=2)
+    start = time.perf_counter()
+    truth = exact_top(data, queries, TOP_K)
+    print(
+        f"{args.vectors:,} x {args.dim}-d vectors; exact top {TOP_K} of {args.queries} queries in {time.perf_counter() - start:.1f} s"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, milvus_server(Path(tmp) / "milvus") as uri:
+        client = MilvusClient(uri=uri)
+        name = f"scale_{uuid.uuid4().hex[:8]}"
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=args.dim)
+        client.create_collection(name, schema=schema, consistency_level="Strong")
+        start = time.perf_counter()
+        for first in range(0, args.vectors, BATCH):
+            ids = list(range(first, min(first + BATCH, args.vectors)))
+            request = milvus_wire.write_request("insert", name, "id", ids, "vector", data[ids])
+            milvus_wire.send(client, request, 600)
+        client.flush(name)
+        print(f"inserted and flushed in {time.perf_counter() - start:.0f} s")
+        for index_type in args.types.split(","):
+            params, search, seconds = build(client, name, index_type, args.dim)
+            settle()
+            released = rss_mb("milvus run")
+            client.load_collection(name)
+            settle()
+            loaded = rss_mb("milvus run")
+            cpu = cpu_seconds("milvus run")
+            recall, ms = measure(client, name, queries, truth, search)
+            cpu_ms = (cpu_seconds("milvus run") - cpu) / len(queries) * 1000
+            row = {
+                "index": index_type,
+                "params": params,
+                "search": search,
+                "build_s": round(seconds),
+                "loaded_mb": round(loaded - released),
+                "implied_bytes_per_vector": round(implied_bytes(index_type, args.dim, params)),
+                "recall_at_10": round(recall, 4),
+                "search_ms": round(ms, 2),
+                "milvus_cpu_ms_per_search": round(cpu_ms, 2),
+            }
+            rows.append(row)
+            print(json.dumps(row))
+            client.release_collection(name)
+            client.drop_index(name, "vector")
+        client.drop_collection(name)
+        client.close()
+    print(
+        "\n| index | params | build s | loaded MiB | bytes/vector (implied) | recall@10 | search ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['index']} | {r['params']}, {r['search']} | {r['build_s']} | {r['loaded_mb']} "
+            f"| {r['implied_bytes_per_vector']} | {r['recall_at_10']:.3f} | {r['search_ms']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
