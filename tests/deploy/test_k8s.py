@@ -363,3 +363,18 @@ def test_a_drained_pod_finishes_before_kubernetes_kills_it() -> None:
         drain = float(config[f"{prefix}DRAIN_S"])
         grace = float(config[f"{prefix}SHUTDOWN_GRACE_S"])
         assert drain > 0 and drain + grace + 2 <= budget, name
+
+
+def test_embedder_pods_share_one_compile_and_weights_cache() -> None:
+    """A new embedder pod loads the kernels and weights an earlier pod made,
+    from one ReadWriteMany claim, instead of compiling again."""
+    d = docs()
+    spec = d[("Deployment", "embedder")]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "torch-cache"]
+    claim = d[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "torch-cache"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[var].startswith(mount["mountPath"] + "/"), var
