@@ -242,8 +242,10 @@ class IndexStore:
             if not new or sending.exception() is not None:
                 return
             self.vectors.delete(name, sorted(set(new) - self.meta.known_ids(name, new)))
-        except errors.ServiceError as exc:
-            logs.event(log, "upsert.withdraw_failed", logging.WARNING, error=exc.message)
+        except Exception as exc:  # best effort: the refusal is what the caller hears
+            logs.event(
+                log, "upsert.withdraw_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"
+            )
 
     def delete(
         self, name: str, image_ids: list[int], paths: list[str], prefix: str

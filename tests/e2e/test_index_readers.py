@@ -228,7 +228,11 @@ def test_searches_outlive_the_writer_and_writes_resume_with_it(
             count = gateway_pb2.CountRequest(collection="kept")
             wait_until(lambda: stub.Count(count, timeout=30).count == 64, STALENESS_S + SLACK_S)
             rel = clothing_images()[3][0]
-            assert search_first(stub, "kept", rel) == str(CLOTHING / rel)
+            # The reader sees the job's last vectors within its staleness bound.
+            wait_until(
+                lambda: search_first(stub, "kept", rel) == str(CLOTHING / rel),
+                STALENESS_S + SLACK_S,
+            )
             with pytest.raises(grpc.RpcError) as err:
                 stub.Delete(
                     gateway_pb2.DeleteRequest(collection="kept", path_prefix="/"), timeout=60

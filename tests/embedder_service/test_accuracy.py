@@ -68,11 +68,16 @@ def reference(request: pytest.FixtureRequest) -> tuple[str, np.ndarray]:
 
 
 @pytest.mark.compile
-def test_defaults_agree_with_plain_fp32(reference: tuple[str, np.ndarray]) -> None:
+def test_defaults_agree_with_plain_fp32(
+    reference: tuple[str, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
     model, reference_vectors = reference
     fast, runner = vectors(model)  # every speed default
     # The compiled path is what is checked here wherever it can run (CI has g++).
-    assert runner.compiled or not shutil.which(os.environ.get("CXX", "g++"))
+    failures = [
+        getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "model.compile_failed"
+    ]
+    assert runner.compiled or not shutil.which(os.environ.get("CXX", "g++")), failures
     cosine, overlap = agreement(reference_vectors, fast)
     print(f"{model} defaults (compiled={runner.compiled}) vs eager fp32: min cosine {cosine:.6f}")
     assert cosine >= 0.99 and overlap >= 0.9, (cosine, overlap)
