@@ -308,16 +308,16 @@ class MilvusVectors:
         costs a second retrieval phase inside Milvus."""
         mname = self.milvus_name(name)
         expr = f"{ID_FIELD} in {[int(x) for x in only_ids]}" if only_ids is not None else ""
+        request = milvus_wire.search_request(
+            mname,
+            vectors,
+            min(limit, MAX_TOPK),
+            self.search_params(limit),
+            expr,
+            self._reads(),
+        )
         with self._calling(f"search {name}") as c:
-            results = c.search(
-                mname,
-                data=[v.tolist() for v in vectors],
-                limit=min(limit, MAX_TOPK),
-                filter=expr,
-                search_params=self.search_params(limit),
-                **self._reads(),
-            )
+            results = milvus_wire.search(c, request, self.settings.milvus_timeout_s)
         return [
-            [(int(h[ID_FIELD] if ID_FIELD in h else h["id"]), float(h["distance"])) for h in hits]
-            for hits in results
+            list(zip(ids.tolist(), distances.tolist(), strict=True)) for ids, distances in results
         ]

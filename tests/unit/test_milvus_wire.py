@@ -53,3 +53,44 @@ def test_float64_and_strided_vectors_are_sent_as_float32() -> None:
 def test_ids_and_vectors_must_match() -> None:
     with pytest.raises(ValueError, match="3 ids"):
         milvus_wire.write_request("upsert", "c", "id", [1, 2, 3], "vector", np.ones((2, 4)))
+
+
+def pymilvus_search(
+    vectors: np.ndarray, limit: int, params: dict, expr: str, reads: dict
+) -> milvus_pb2.SearchRequest:
+    """The request pymilvus' MilvusClient.search builds (Python floats)."""
+    from pymilvus.client.prepare import Prepare
+
+    return Prepare.search_requests_with_expr(
+        "c", [v.tolist() for v in vectors], "", params, limit, expr, None, None, -1, **reads
+    )
+
+
+SEARCH_CASES = [
+    ({"metric_type": "IP", "params": {"nprobe": 16}}, "", {"consistency_level": "Session"}),
+    ({"metric_type": "L2", "params": {"ef": 64}}, "id in [1, 2]", {"consistency_level": "Strong"}),
+    ({"metric_type": "COSINE", "params": {}}, "", {"consistency_level": "Bounded"}),
+    (
+        {"metric_type": "IP", "params": {"nprobe": 8}},
+        "",
+        {"consistency_level": "Customized", "guarantee_timestamp": 449_000_000_000_000_000},
+    ),
+]
+
+
+@pytest.mark.parametrize(("params", "expr", "reads"), SEARCH_CASES)
+@pytest.mark.parametrize(("queries", "dim"), [(1, 2048), (3, 16)])
+def test_the_search_is_pymilvus_own_byte_for_byte(
+    params: dict, expr: str, reads: dict, queries: int, dim: int
+) -> None:
+    rng = np.random.default_rng(dim)
+    vectors = rng.standard_normal((queries, dim)).astype(np.float32)
+    ours = milvus_wire.search_request("c", vectors, 14, params, expr, reads)
+    theirs = pymilvus_search(vectors, 14, params, expr, dict(reads))
+    assert ours.SerializeToString() == theirs.SerializeToString()
+
+
+def test_a_search_does_not_change_the_callers_consistency_arguments() -> None:
+    reads = {"consistency_level": "Session"}
+    milvus_wire.search_request("c", np.ones((1, 4)), 5, {"metric_type": "IP"}, "", reads)
+    assert reads == {"consistency_level": "Session"}
