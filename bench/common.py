@@ -200,3 +200,52 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+@contextmanager
+def index_process(data: Path, env_extra: dict[str, str]) -> Iterator[int]:
+    """The index as a process with ``env_extra``; yields its port once SERVING."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "INDEX_HOST": "127.0.0.1",
+        "INDEX_PORT": str(port),
+        "INDEX_LOG_LEVEL": "WARNING",
+        **env_extra,
+    }
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / "index.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "index_service"], env=env, stdout=log, stderr=log, cwd=ROOT
+        )
+    try:
+        wait_healthy(port, "imagesearch.v1.IndexService")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def cpu_seconds_of(pattern: str) -> float:
+    """CPU time so far of the processes whose command line holds ``pattern``."""
+    total = 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if pattern.encode() in cmdline:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def settle(limit_s: float = 120.0) -> None:
+    """Waits until the Milvus server is idle (its flushes and index builds of
+    the run before done), so that each run starts from the same state."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds_of("milvus run")
+        time.sleep(2)
+        if cpu_seconds_of("milvus run") - before < 0.2:  # under 10% of a core
+            return

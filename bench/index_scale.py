@@ -34,8 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, milvus_server
-from bench.index_write import cpu_seconds, settle
+from bench.common import cpu_seconds_of, machine, milvus_server, settle
 
 TOP_K = 10
 CLUSTERS = 2000
@@ -184,9 +183,9 @@ def main() -> None:
             client.load_collection(name)
             settle()
             loaded = rss_mb("milvus run")
-            cpu = cpu_seconds("milvus run")
+            cpu = cpu_seconds_of("milvus run")
             recall, ms = measure(client, name, queries, truth, search)
-            cpu_ms = (cpu_seconds("milvus run") - cpu) / len(queries) * 1000
+            cpu_ms = (cpu_seconds_of("milvus run") - cpu) / len(queries) * 1000
             row = {
                 "index": index_type,
                 "params": params,

@@ -22,49 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, free_port, machine, milvus_server, wait_healthy
+from bench.common import index_process, machine, milvus_server, settle
 from imagesearch.v1 import index_pb2
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
 DIM = 2048
-
-
-@contextmanager
-def index_process(data: Path, env_extra: dict[str, str]) -> Iterator[int]:
-    """The index as a process with ``env_extra``; yields its port once SERVING."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "INDEX_HOST": "127.0.0.1",
-        "INDEX_PORT": str(port),
-        "INDEX_LOG_LEVEL": "WARNING",
-        **env_extra,
-    }
-    data.mkdir(parents=True, exist_ok=True)
-    with (data / "index.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "index_service"], env=env, stdout=log, stderr=log, cwd=ROOT
-        )
-    try:
-        wait_healthy(port, "imagesearch.v1.IndexService")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def requests(n: int, batch: int, seed: int) -> list[index_pb2.IndexServiceUpsertRequest]:
@@ -142,31 +114,6 @@ def milvus_alone(uri: str, n: int, batch: int, columnar: bool) -> float:
     finally:
         client.drop_collection(name)
         client.close()
-
-
-def cpu_seconds(pattern: str) -> float:
-    """CPU time so far of the processes whose command line holds ``pattern``."""
-    total = 0
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if pattern.encode() in cmdline:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        except OSError:
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def settle(limit_s: float = 120.0) -> None:
-    """Waits until the Milvus server is idle (its flushes and index builds of
-    the run before done), so that each run starts from the same state."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        before = cpu_seconds("milvus run")
-        time.sleep(2)
-        if cpu_seconds("milvus run") - before < 0.2:  # under 10% of a core
-            return
 
 
 def drop_tables(prefix: str) -> None:

@@ -25,8 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, milvus_server
-from bench.index_write import cpu_seconds, index_process, settle
+from bench.common import cpu_seconds_of, index_process, machine, milvus_server, settle
 from bench.search import DIM, fill
 
 MODEL = "bench-model"
@@ -41,15 +40,15 @@ def probe(
     calls: int, search: Callable[[np.ndarray], None], queries: np.ndarray
 ) -> dict[str, float]:
     """ms per search: wall, and the CPU of the index, Milvus and this client."""
-    before = {"index": cpu_seconds("-m index_service"), "milvus": cpu_seconds("milvus run")}
+    before = {"index": cpu_seconds_of("-m index_service"), "milvus": cpu_seconds_of("milvus run")}
     mine, start = own_cpu(), time.perf_counter()
     for q in queries[:calls]:
         search(q)
     wall = time.perf_counter() - start
     out = {
         "wall": wall,
-        "index": cpu_seconds("-m index_service") - before["index"],
-        "milvus": cpu_seconds("milvus run") - before["milvus"],
+        "index": cpu_seconds_of("-m index_service") - before["index"],
+        "milvus": cpu_seconds_of("milvus run") - before["milvus"],
         "client": own_cpu() - mine,
     }
     return {k: v / calls * 1000 for k, v in out.items()}
