@@ -175,6 +175,8 @@ class MilvusVectors:
             params = {"nprobe": s.nprobe}
         elif self.index_type == "HNSW":
             params = {"ef": max(s.hnsw_ef, top_k)}
+        elif self.index_type == "DISKANN":
+            params = {"search_list": max(s.diskann_search_list, top_k)}
         return {"metric_type": self.metric, "params": params}
 
     def exists(self, name: str) -> bool:

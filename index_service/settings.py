@@ -15,7 +15,7 @@ def is_lite(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
-INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "AUTOINDEX")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTOINDEX")
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 SEGMENT_MB = 512  # Milvus' default segment size: an IVF index is built per segment
 
@@ -120,8 +120,9 @@ class IndexSettings(ServerSettings):
     index_type: str = field(
         default="FLAT",
         metadata={
-            "help": "FLAT, IVF_FLAT, IVF_SQ8, HNSW or AUTOINDEX (Milvus Lite: FLAT, "
-            "IVF_FLAT, AUTOINDEX)"
+            "help": "FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW, DISKANN (the graph on the query "
+            "nodes' disks, PQ codes in memory) or AUTOINDEX (Milvus Lite: FLAT, IVF_FLAT, "
+            "AUTOINDEX)"
         },
     )
     nlist: int = field(
@@ -146,6 +147,9 @@ class IndexSettings(ServerSettings):
     hnsw_m: int = field(default=16, metadata={"help": "HNSW: M"})
     hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW: efConstruction"})
     hnsw_ef: int = field(default=128, metadata={"help": "HNSW: ef at search (raised to top_k)"})
+    diskann_search_list: int = field(
+        default=100, metadata={"help": "DISKANN: search_list at search (raised to top_k)"}
+    )
     max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
     reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
     role: str = field(
