@@ -275,8 +275,10 @@ sys.addaudithook(_python_process_hook)  # cannot be removed; acts only around un
 
 
 def allows_processes(item: pytest.Item) -> bool:
-    """Marked ``processes``, or ``milvus_server`` (milvus-server is a script)."""
-    return any(item.get_closest_marker(m) for m in ("processes", "milvus_server"))
+    """Marked ``processes``, ``milvus_server`` (milvus-server is a script) or
+    ``compile`` (with a cold cache, Inductor compiles in worker processes of
+    this Python); none of them is in `make test-fast`."""
+    return any(item.get_closest_marker(m) for m in ("processes", "milvus_server", "compile"))
 
 
 @pytest.hookimpl(wrapper=True)
