@@ -14,8 +14,9 @@ it), for each model setting and query option:
         [--configs mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,...]
         [--weights bundled]
 
-Each config (EMBEDDER_MODEL/EMBEDDER_POOLING[/CROP]; CROP sets
-EMBEDDER_IMAGE_SIZE, and EMBEDDER_RESIZE in the same 256:224 ratio) starts
+Each config (EMBEDDER_MODEL/EMBEDDER_POOLING[/CROP][@EMBEDDER_DTYPE]; CROP
+sets EMBEDDER_IMAGE_SIZE, and EMBEDDER_RESIZE in the same 256:224 ratio;
+@int8 beside @bfloat16 compares precisions, int8 compiled) starts
 its own services; every option (as it is, any_rotation) runs on the same
 collection.
 """
@@ -154,7 +155,7 @@ def main() -> int:
     p.add_argument(
         "--configs",
         default="mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,efficientnet_lite0/gem",
-        help="MODEL/POOLING[/CROP] configs to compare",
+        help="MODEL/POOLING[/CROP][@DTYPE] configs to compare",
     )
     p.add_argument("--weights", default="bundled")
     args = p.parse_args()
@@ -169,14 +170,18 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="imgsearch-quality-"))
     try:
         for config in args.configs.split(","):
-            model, pooling, *crop = config.split("/")
+            spec, _, dtype = config.partition("@")
+            model, pooling, *crop = spec.split("/")
             env = {
                 "EMBEDDER_MODEL": model,
                 "EMBEDDER_WEIGHTS": args.weights,
                 "EMBEDDER_POOLING": pooling,
-                "EMBEDDER_COMPILE": "false",
+                # int8 runs compiled only; the others eager (the same vectors, sooner).
+                "EMBEDDER_COMPILE": "auto" if dtype == "int8" else "false",
                 "GATEWAY_MAX_QUERIES": "64",
             }
+            if dtype:
+                env["EMBEDDER_DTYPE"] = dtype
             if crop:
                 env["EMBEDDER_IMAGE_SIZE"] = crop[0]
                 env["EMBEDDER_RESIZE"] = str(round(int(crop[0]) * 256 / 224))

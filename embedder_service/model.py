@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
+from embedder_service import int8
+from embedder_service.decode import Decoder
 from embedder_service.families import Family, Loaded, open_model
 from embedder_service.settings import EmbedderSettings
 from embedder_service.tirg import checkpoint as composed_checkpoint
@@ -39,9 +41,23 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
+def wants_int8(
+    setting: str, device: torch.device, compiles: bool, flags: set[str] | None = None
+) -> bool:
+    """EMBEDDER_DTYPE=int8, or auto on a CPU with VNNI or AMX (``flags``: this
+    CPU's) when the model is compiled (int8 is fast only once Inductor lowers
+    it to oneDNN). Whether int8 then stays is the guard's call."""
+    if setting == "int8":
+        return True
+    if setting != "auto" or device.type != "cpu" or not compiles:
+        return False
+    return int8.cpu_has_int8_dot(flags)
+
+
 def pick_dtype(setting: str, device: torch.device, bf16_safe: bool = True) -> torch.dtype:
-    """EMBEDDER_DTYPE; auto: float16 on CUDA, else bfloat16 where the CPU has
-    it natively and the family stays accurate in it (``Family.bf16_safe``)."""
+    """EMBEDDER_DTYPE other than int8; auto: float16 on CUDA, else bfloat16
+    where the CPU has it natively and the family stays accurate in it
+    (``Family.bf16_safe``)."""
     if setting == "float32":
         return torch.float32
     if setting == "bfloat16":
@@ -110,7 +126,9 @@ class ModelRunner:
         if family.input_size:
             size = resize = family.input_size
         self.device = pick_device(settings.device)
-        self.dtype = pick_dtype(settings.dtype, self.device, family.bf16_safe)
+        fallback = "auto" if settings.dtype == "int8" else settings.dtype
+        self.dtype = pick_dtype(fallback, self.device, family.bf16_safe)
+        self.precision = ""  # "int8" once quantized; self.dtype is then the rest's
         self.channels_last = settings.channels_last
         net = loaded.net.eval()
         if settings.fuse_bn and self.fuses_bn:
@@ -118,10 +136,12 @@ class ModelRunner:
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.eager = net
         self.compile_mode = settings.compile
         self.compiled = settings.compile != "false" and self.compiles
-        self.forward = compile_for_inference(net) if self.compiled else net
+        self.eager = net
+        if self.compiles and wants_int8(settings.dtype, self.device, self.compiled):
+            self.eager = self._int8(net, settings, family, size, resize)
+        self.forward = compile_for_inference(self.eager) if self.compiled else self.eager
         self.max_batch = settings.max_batch
         with torch.inference_mode():
             probe = torch.zeros(1, 3, size, size, dtype=torch.uint8)
@@ -134,7 +154,7 @@ class ModelRunner:
             pretrained=weights.pretrained,
             pooling=loaded.pooling,
             device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
+            dtype=self.precision or str(self.dtype).removeprefix("torch."),
             image_size=size,
             note=weights.note,
             resize=resize,
@@ -161,6 +181,56 @@ class ModelRunner:
                 logging.WARNING,
                 note="random weights: vectors are meaningless, use only for shape and speed tests",
             )
+
+    def _int8(
+        self,
+        net: torch.nn.Module,
+        settings: EmbedderSettings,
+        family: Family,
+        size: int,
+        resize: int,
+    ) -> torch.nn.Module:
+        """``net`` quantized to int8 when the guard holds; else ``net`` itself,
+        which then runs in self.dtype, and the log says why."""
+        if self.device.type != "cpu":
+            raise ValueError(
+                f"EMBEDDER_DTYPE=int8 runs on x86 CPUs; the model is on {self.device} "
+                "(use float16 there, or EMBEDDER_DEVICE=cpu)"
+            )
+        if not int8.cpu_has_int8_dot():
+            logs.event(
+                log,
+                "model.int8_slow",
+                logging.WARNING,
+                note="this CPU has neither VNNI nor AMX: int8 runs, but slower than bfloat16",
+            )
+        rest = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        decoder = Decoder(settings.max_pixels, resize, size, whole=family.input_size > 0)
+        calibrate, check = int8.calibration_batches(decoder, self.channels_last)
+        result = int8.quantize(net, calibrate, check, family.int8_depthwise, rest)
+        if not result.agreement.holds:
+            logs.event(
+                log,
+                "model.int8_refused",
+                logging.WARNING,
+                model=family.name,
+                agreement=str(result.agreement),
+                note=f"{family.name} loses too much in int8 (floors: median "
+                f"{int8.MEDIAN_FLOOR}, p5 {int8.P5_FLOOR}); running "
+                f"{str(self.dtype).removeprefix('torch.')} instead",
+            )
+            return net
+        logs.event(
+            log,
+            "model.int8",
+            model=family.name,
+            agreement=str(result.agreement),
+            rest=str(rest).removeprefix("torch."),
+            depthwise=family.int8_depthwise,
+            seconds=round(result.seconds, 1),
+        )
+        self.dtype, self.precision = rest, "int8"
+        return result.net
 
     def buckets(self) -> list[int]:
         """Batch sizes the model runs at when compiled (graphs are specialised

@@ -53,6 +53,9 @@ class Family:
     # (tests/embedder_service/test_accuracy.py measures the bundled ones);
     # EMBEDDER_DTYPE=auto keeps an unsafe family in float32 on the CPU.
     bf16_safe: bool = True
+    # EMBEDDER_DTYPE=int8 quantizes depthwise convolutions too; False keeps
+    # them in floating point (MobileNetV2 loses too much otherwise).
+    int8_depthwise: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN_255  # per channel, on 0..255 pixels
     std: tuple[float, ...] = IMAGENET_STD_255
     size_multiple: int = 1  # EMBEDDER_IMAGE_SIZE must be a multiple of this

@@ -1,7 +1,8 @@
 """Accuracy guard: the defaults (BN folded, channels-last, auto precision,
 torch.compile with frozen weights) agree with plain eager fp32 on real photos
-with real pretrained weights (cosine >= 0.99 per image, top-10 overlap >= 90%),
-and the default picks fp32 where bf16 would not."""
+with real pretrained weights (cosine >= 0.99 per image, top-10 overlap >= 90%;
+in int8, which auto picks on CPUs with VNNI/AMX, median cosine >= 0.98 and
+each photo its own nearest), and the default picks fp32 where bf16 would not."""
 
 from __future__ import annotations
 
@@ -78,9 +79,40 @@ def test_defaults_agree_with_plain_fp32(
         getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "model.compile_failed"
     ]
     assert runner.compiled or not shutil.which(os.environ.get("CXX", "g++")), failures
+    if runner.info.dtype == "int8":  # auto on a CPU with VNNI/AMX: int8's own floors
+        check_int8(reference_vectors, fast)
+        return
     cosine, overlap = agreement(reference_vectors, fast)
     print(f"{model} defaults (compiled={runner.compiled}) vs eager fp32: min cosine {cosine:.6f}")
     assert cosine >= 0.99 and overlap >= 0.9, (cosine, overlap)
+
+
+def check_int8(reference_vectors: np.ndarray, int8_vectors: np.ndarray) -> None:
+    """int8's contract (issue 29): median cosine to fp32 >= 0.98 on the
+    clothing photos, and each photo its own nearest among the 64."""
+    cosines = np.sum(reference_vectors * int8_vectors, axis=1)
+    median, p5 = float(np.median(cosines)), float(np.percentile(cosines, 5))
+    print(f"int8 vs fp32: median cosine {median:.4f}, p5 {p5:.4f}, min {cosines.min():.4f}")
+    assert median >= 0.98, (median, p5)
+    first = np.argmax(int8_vectors @ int8_vectors.T, axis=1)
+    assert (first == np.arange(len(first))).all(), np.flatnonzero(first != np.arange(len(first)))
+
+
+@pytest.mark.compile
+def test_int8_stays_close_to_fp32_and_finds_a_bf16_collection(
+    reference: tuple[str, np.ndarray],
+) -> None:
+    model, reference_vectors = reference
+    quantized, runner = vectors(model, device="cpu", dtype="int8", compile="true")
+    assert runner.info.dtype == "int8", "the int8 guard refused a bundled model"
+    check_int8(reference_vectors, quantized)
+    # A collection embedded in bf16 (the earlier default here), searched by
+    # int8 queries: the same model id, so it is searched, and each photo
+    # finds itself first.
+    bf16, bf16_runner = vectors(model, device="cpu", dtype="bfloat16", compile="false")
+    assert bf16_runner.info.model_id == runner.info.model_id
+    first = np.argmax(quantized @ bf16.T, axis=1)
+    assert (first == np.arange(len(first))).all(), np.flatnonzero(first != np.arange(len(first)))
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")

@@ -3,6 +3,7 @@ settings and runners read it, and a new family is one entry away."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from embedder_service.families import FAMILIES, Family, bundled_image_models
-from embedder_service.model import ComposingRunner, make_runner, pick_dtype
+from embedder_service import int8
+from embedder_service.families import FAMILIES, Family, bundled_image_models, open_model
+from embedder_service.model import ComposingRunner, ModelRunner, make_runner, pick_dtype, wants_int8
 from embedder_service.settings import EmbedderSettings
 from embedder_service.weights import Weights
 from imagesearch.settings import SettingsError
@@ -71,3 +73,49 @@ def test_a_new_family_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert vectors.shape == (3, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
     with pytest.raises(SettingsError, match="tiny needs a multiple of 16"):
         settings("tiny", image_size=232).validate()
+
+
+def test_auto_tries_int8_only_on_cpus_with_vnni_or_amx() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert wants_int8("auto", cpu, True, {"avx2", "avx512f", "avx512_vnni"})
+    assert wants_int8("auto", cpu, True, {"avx2", "amx_bf16", "amx_int8", "amx_tile"})
+    assert wants_int8("auto", cpu, True, {"avx2", "avx_vnni"})
+    assert not wants_int8("auto", cpu, True, {"avx2", "avx512f", "avx512_bf16"})
+    assert not wants_int8("auto", cpu, False, {"avx512_vnni"})  # uncompiled: int8 is slow
+    assert not wants_int8("auto", cuda, True, {"avx512_vnni"})
+    assert not wants_int8("bfloat16", cpu, True, {"amx_int8"})
+    assert wants_int8("int8", cpu, True, set())
+    # This machine's answer comes from its own flags.
+    flags = int8.cpu_flags()
+    assert flags, "no CPU flags read from /proc/cpuinfo"
+    assert int8.cpu_has_int8_dot() == bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def test_int8_settings_refuse_what_cannot_run_int8() -> None:
+    base: dict[str, Any] = {"weights": "random", "dtype": "int8"}
+    with pytest.raises(SettingsError, match="needs EMBEDDER_COMPILE auto or true"):
+        EmbedderSettings(model="resnet50", compile="false", **base).validate()
+    with pytest.raises(SettingsError, match="tirg_css does not run in int8"):
+        EmbedderSettings(model="tirg_css", **base).validate()
+    with pytest.raises(SettingsError, match="use float16 on CUDA"):
+        EmbedderSettings(model="resnet50", device="cuda", **base).validate()
+    EmbedderSettings(model="resnet50", **base).validate()
+    with pytest.raises(SettingsError, match="or int8"):
+        EmbedderSettings(model="resnet50", dtype="int4").validate()
+
+
+def test_the_int8_guard_falls_back_where_int8_strays(caplog: pytest.LogCaptureFixture) -> None:
+    """MobileNetV2 with its depthwise convolutions in int8 too strays from fp32
+    (median cosine ~0.96 on the calibration check photos): the runner says so
+    and serves float32, the precision its family keeps on the CPU."""
+    family, loaded = open_model("mobilenet_v2", "bundled", "none")
+    straying = dataclasses.replace(family, int8_depthwise=True)
+    runner = ModelRunner(settings("mobilenet_v2", dtype="int8"), straying, loaded)
+    assert runner.info.dtype == "float32" and runner.precision == ""
+    refused = [r for r in caplog.records if r.getMessage() == "model.int8_refused"]
+    assert refused and "loses too much in int8" in str(getattr(refused[0], "fields", {}))
+    # The same family as registered (depthwise kept in floating point) passes.
+    kept = ModelRunner(settings("mobilenet_v2", dtype="int8"), family, loaded)
+    assert kept.info.dtype == "int8"
+    vectors = kept.embed(np.zeros((2, 224, 224, 3), dtype=np.uint8))
+    assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
