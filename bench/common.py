@@ -42,7 +42,15 @@ def cpu_flags() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+                wanted = (
+                    "avx2",
+                    "avx512f",
+                    "avx512_bf16",
+                    "avx512_vnni",
+                    "avx_vnni",
+                    "amx_bf16",
+                    "amx_int8",
+                )
                 return " ".join(f for f in wanted if f in have) or "none of avx2/avx512/amx"
     except OSError:
         pass

@@ -205,7 +205,12 @@ def main() -> int:
     p.add_argument(
         "--compile", default="", help="EMBEDDER_COMPILE for our side (default: the service default)"
     )
-    p.add_argument("--dtype", default="", help="EMBEDDER_DTYPE for our side (default: auto)")
+    p.add_argument(
+        "--dtype",
+        default="",
+        help="EMBEDDER_DTYPE for our side (default: auto); a comma list runs ours once each, "
+        "against the same baseline (int8,bfloat16,float32)",
+    )
     p.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for our services")
     p.add_argument(
         "--thumbnails-ab",
@@ -217,11 +222,9 @@ def main() -> int:
     env = {"EMBEDDER_MODEL": "resnet50", "EMBEDDER_WEIGHTS": "random"}
     if args.compile:
         env["EMBEDDER_COMPILE"] = args.compile
-    if args.dtype:
-        env["EMBEDDER_DTYPE"] = args.dtype
     env.update(kv.split("=", 1) for kv in args.env)
     if args.camera:
-        return camera(args.n, args.skip_baseline, env)
+        return camera(args.n, args.skip_baseline, {**env, "EMBEDDER_DTYPE": args.dtype or "auto"})
 
     folder = make_photos(args.n)
     paths = sorted(folder.glob("*.jpg"))
@@ -244,15 +247,17 @@ def main() -> int:
             print(
                 f"baseline (seed 002 loop, eager fp32, batch 128):  {seconds:7.1f} s  {base_rate:7.1f} img/s"
             )
-        seconds, startup, indexed = ours(folder, tmp / "ours", env)
-        rate = indexed / seconds
-        settings = ", ".join(f"{k}={v}" for k, v in env.items())
-        print(
-            f"imgsearch (server job via gateway; {settings}):  {seconds:7.1f} s  {rate:7.1f} img/s"
-            f"  (services started in {startup:.1f} s, not counted)"
-        )
-        if base_rate:
-            print(f"ratio imgsearch / baseline: {rate / base_rate:.2f}x")
+        for dtype in args.dtype.split(",") if args.dtype else [""]:
+            run_env = {**env, "EMBEDDER_DTYPE": dtype} if dtype else env
+            seconds, startup, indexed = ours(folder, tmp / f"ours-{dtype}", run_env)
+            rate = indexed / seconds
+            settings = ", ".join(f"{k}={v}" for k, v in run_env.items())
+            print(
+                f"imgsearch (server job via gateway; {settings}):  {seconds:7.1f} s  "
+                f"{rate:7.1f} img/s  (services started in {startup:.1f} s, not counted)"
+            )
+            if base_rate:
+                print(f"ratio imgsearch / baseline: {rate / base_rate:.2f}x", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

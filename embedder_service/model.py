@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,10 +138,13 @@ class ModelRunner:
             net = net.to(memory_format=torch.channels_last)
         self.compile_mode = settings.compile
         self.compiled = settings.compile != "false" and self.compiles
-        self.eager = net
+        self.eager = net  # what runs when compiling fails: the float model, in self.float_dtype
+        self.float_dtype = self.dtype
+        quantized = None
         if self.compiles and wants_int8(settings.dtype, self.device, self.compiled):
-            self.eager = self._int8(net, settings, family, size, resize)
-        self.forward = compile_for_inference(self.eager) if self.compiled else self.eager
+            quantized = self._int8(net, settings, family, size, resize)
+        model = quantized or net
+        self.forward = compile_for_inference(model) if self.compiled else model
         self.max_batch = settings.max_batch
         with torch.inference_mode():
             probe = torch.zeros(1, 3, size, size, dtype=torch.uint8)
@@ -189,9 +192,9 @@ class ModelRunner:
         family: Family,
         size: int,
         resize: int,
-    ) -> torch.nn.Module:
-        """``net`` quantized to int8 when the guard holds; else ``net`` itself,
-        which then runs in self.dtype, and the log says why."""
+    ) -> torch.nn.Module | None:
+        """``net`` quantized to int8 when the guard holds; else None (``net``
+        then runs in self.dtype), and the log says why."""
         if self.device.type != "cpu":
             raise ValueError(
                 f"EMBEDDER_DTYPE=int8 runs on x86 CPUs; the model is on {self.device} "
@@ -219,7 +222,7 @@ class ModelRunner:
                 f"{int8.MEDIAN_FLOOR}, p5 {int8.P5_FLOOR}); running "
                 f"{str(self.dtype).removeprefix('torch.')} instead",
             )
-            return net
+            return None
         logs.event(
             log,
             "model.int8",
@@ -290,7 +293,13 @@ class ModelRunner:
             )
             self.forward = self.eager
             self.compiled = False
-            return self.forward(batch)
+            if self.precision == "int8":  # int8 uncompiled is slower than float: not that
+                self.dtype, self.precision = self.float_dtype, ""
+                self.info = replace(self.info, dtype=str(self.dtype).removeprefix("torch."))
+                logs.event(log, "model.int8_dropped", logging.WARNING, dtype=self.info.dtype)
+            float32 = self.dtype == torch.float32
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=not float32):
+                return self.forward(batch)
 
     def warm_up(self) -> float:
         """Runs every batch shape once (compiling them when EMBEDDER_COMPILE is

@@ -1,6 +1,6 @@
 """EMBEDDER_COMPILE on a machine where torch.compile cannot work (here: the C++
-compiler Inductor needs is missing): `auto` serves eager and says so, `true`
-refuses to start. Run as real processes, since Inductor reads CXX at import.
+compiler Inductor needs is missing): `auto` serves eager and says so (the
+float model, where auto had quantized it to int8), `true` refuses to start. Run as real processes, since Inductor reads CXX at import.
 On the CPU: on a GPU, Inductor writes Triton kernels and needs no C++ compiler."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedder_service import int8
 from imagesearch import healthcheck
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 from tests.conftest import (
@@ -59,6 +60,8 @@ def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server
         text = log.read_text()
         assert "model.compile_failed" in text and "running eager" in text, text
         assert "compiled=False" in text, text
+        if int8.cpu_has_int8_dot():  # auto quantized first; uncompiled, the float model serves
+            assert "model.int8 " in text and "model.int8_dropped" in text, text
 
         path = clothing_images()[0][0]
         request = embedder_pb2.EmbedderServiceEmbedRequest(
