@@ -16,6 +16,7 @@ this from a venv that has them besides the project's:
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import CLOTHING, machine
 from embedder_service import int8

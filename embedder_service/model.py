@@ -143,7 +143,7 @@ class ModelRunner:
         quantized = None
         if self.compiles and wants_int8(settings.dtype, self.device, self.compiled):
             quantized = self._int8(net, settings, family, size, resize)
-        model = quantized or net
+        model = net if quantized is None else quantized
         self.forward = compile_for_inference(model) if self.compiled else model
         self.max_batch = settings.max_batch
         with torch.inference_mode():
