@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imagesearch import healthcheck
+from imagesearch import cpus, healthcheck
 from tools.milvus_server import milvus_server as milvus_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,23 +38,11 @@ def machine() -> str:
 
 def cpu_flags() -> str:
     """The CPU features that change the figures (avx2, avx512f, avx512_bf16, avx512_vnni, amx)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                wanted = (
-                    "avx2",
-                    "avx512f",
-                    "avx512_bf16",
-                    "avx512_vnni",
-                    "avx_vnni",
-                    "amx_bf16",
-                    "amx_int8",
-                )
-                return " ".join(f for f in wanted if f in have) or "none of avx2/avx512/amx"
-    except OSError:
-        pass
-    return "unknown"
+    have = cpus.cpu_flags()
+    if not have:
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    return " ".join(f for f in wanted if f in have) or "none of avx2/avx512/amx"
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -32,7 +32,7 @@ from bench.common import CLOTHING, machine
 from embedder_service import int8
 from embedder_service.decode import Decoder
 from embedder_service.families import open_model
-from embedder_service.model import compile_for_inference
+from embedder_service.model import compile_for_inference, cpu_has_native_bf16
 
 Run = Callable[[np.ndarray], np.ndarray]  # uint8 NCHW -> vectors
 
@@ -54,7 +54,7 @@ def timed(run: Run, batch: np.ndarray, seconds: float) -> float:
 
 
 def torch_pt2e(net: torch.nn.Module, calibrate: np.ndarray, depthwise: bool) -> Run:
-    rest = torch.bfloat16 if int8.cpu_flags() & {"avx512_bf16", "amx_bf16"} else torch.float32
+    rest = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     images = torch.from_numpy(calibrate)
     quantized = int8.quantize(fuse(net), images, images[:2], depthwise, rest).net
     forward = compile_for_inference(quantized)

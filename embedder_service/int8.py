@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from embedder_service.decode import Decoder
+from imagesearch.cpus import cpu_flags
 
 CALIBRATION_DIR = Path(__file__).with_name("calibration")
 # The guard: cosine of int8 to fp32 vectors on the check photos.
@@ -31,15 +32,6 @@ MEDIAN_FLOOR = 0.98
 P5_FLOOR = 0.95
 # Instructions that execute int8 dot products (VNNI: 4 x int8 per lane; AMX: tiles).
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
 
 
 def cpu_has_int8_dot(flags: set[str] | None = None) -> bool:

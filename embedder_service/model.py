@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,16 +19,13 @@ from embedder_service.settings import EmbedderSettings
 from embedder_service.tirg import checkpoint as composed_checkpoint
 from embedder_service.tirg.net import ComposedRetrieval
 from imagesearch import logs
+from imagesearch.cpus import cpu_flags
 
 log = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def pick_device(setting: str) -> torch.device:

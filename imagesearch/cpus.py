@@ -1,7 +1,8 @@
 """How many CPUs this process may really use: the cores it is allowed to run
 on, further limited by a container's CPU quota (cgroup v2 ``cpu.max`` or
 v1 ``cpu.cfs_quota_us``). ``os.cpu_count()`` reports the node's cores, which
-in a container limited to 2 CPUs on a 64-core node means 64 threads."""
+in a container limited to 2 CPUs on a 64-core node means 64 threads. And
+which instructions they have (``cpu_flags``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ import os
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The instruction-set flags of this machine's CPU (empty where
+    /proc/cpuinfo cannot be read): what the embedder's precision and the
+    benchmarks' labels go by."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 def quota_cpus(root: Path = CGROUP) -> float | None:

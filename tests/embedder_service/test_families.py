@@ -16,6 +16,7 @@ from embedder_service.families import FAMILIES, Family, bundled_image_models, op
 from embedder_service.model import ComposingRunner, ModelRunner, make_runner, pick_dtype, wants_int8
 from embedder_service.settings import EmbedderSettings
 from embedder_service.weights import Weights
+from imagesearch.cpus import cpu_flags
 from imagesearch.settings import SettingsError
 
 
@@ -86,7 +87,7 @@ def test_auto_tries_int8_only_on_cpus_with_vnni_or_amx() -> None:
     assert not wants_int8("bfloat16", cpu, True, {"amx_int8"})
     assert wants_int8("int8", cpu, True, set())
     # This machine's answer comes from its own flags.
-    flags = int8.cpu_flags()
+    flags = cpu_flags()
     assert flags, "no CPU flags read from /proc/cpuinfo"
     assert int8.cpu_has_int8_dot() == bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
