@@ -94,7 +94,12 @@ def check_int8(reference_vectors: np.ndarray, int8_vectors: np.ndarray) -> None:
     median, p5 = float(np.median(cosines)), float(np.percentile(cosines, 5))
     print(f"int8 vs fp32: median cosine {median:.4f}, p5 {p5:.4f}, min {cosines.min():.4f}")
     assert median >= 0.98, (median, p5)
-    first = np.argmax(int8_vectors @ int8_vectors.T, axis=1)
+    assert_each_finds_itself(int8_vectors, int8_vectors)
+
+
+def assert_each_finds_itself(queries: np.ndarray, collection: np.ndarray) -> None:
+    """Query i's nearest vector in ``collection`` is vector i, for every i."""
+    first = np.argmax(queries @ collection.T, axis=1)
     assert (first == np.arange(len(first))).all(), np.flatnonzero(first != np.arange(len(first)))
 
 
@@ -111,8 +116,7 @@ def test_int8_stays_close_to_fp32_and_finds_a_bf16_collection(
     # finds itself first.
     bf16, bf16_runner = vectors(model, device="cpu", dtype="bfloat16", compile="false")
     assert bf16_runner.info.model_id == runner.info.model_id
-    first = np.argmax(quantized @ bf16.T, axis=1)
-    assert (first == np.arange(len(first))).all(), np.flatnonzero(first != np.arange(len(first)))
+    assert_each_finds_itself(quantized, bf16)
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")

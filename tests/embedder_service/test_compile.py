@@ -1,7 +1,8 @@
 """EMBEDDER_COMPILE on a machine where torch.compile cannot work (here: the C++
 compiler Inductor needs is missing): `auto` serves eager and says so (the
-float model, where auto had quantized it to int8), `true` refuses to start. Run as real processes, since Inductor reads CXX at import.
-On the CPU: on a GPU, Inductor writes Triton kernels and needs no C++ compiler."""
+float model, where auto had quantized it to int8), `true` refuses to start.
+Run as real processes, since Inductor reads CXX at import. On the CPU: on a
+GPU, Inductor writes Triton kernels and needs no C++ compiler."""
 
 from __future__ import annotations
 
