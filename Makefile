@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder fuzz clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder images smoke-images fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -106,6 +106,19 @@ bench-search: install
 
 bench-embedder: install
 	$(PY) bench/embedder.py
+
+# The four Docker images, by hand (several GB; never in make test).
+# BASE_IMAGE: where Docker Hub is out of reach, one deploy/docker/debian-base.sh
+# made; IMAGES_ARGS: more for deploy/docker/images.py build, e.g.
+# "--network host --secret id=ca,src=/path/to/ca-bundle.crt".
+BASE_IMAGE ?=
+IMAGES_ARGS ?=
+images:
+	$(PYTHON) deploy/docker/images.py build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(IMAGES_ARGS)
+
+# Starts the four images on loopback, indexes and searches the clothing fixture.
+smoke-images: install
+	$(PY) deploy/docker/images.py smoke
 
 # Coverage-guided fuzzing (atheris) of the decoder and of the gateway's
 # request messages, FUZZ_SECONDS each; crash inputs land in fuzz-artifacts/.

