@@ -199,8 +199,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def index_process(data: Path, env_extra: dict[str, str]) -> Iterator[int]:
+def index_process(data: Path, env_extra: dict[str, str], cwd: Path = ROOT) -> Iterator[int]:
     """The index as a process with ``env_extra``; yields its port once SERVING."""
+    with index_process_pid(data, env_extra, cwd) as (port, _pid):
+        yield port
+
+
+@contextmanager
+def index_process_pid(
+    data: Path, env_extra: dict[str, str], cwd: Path = ROOT
+) -> Iterator[tuple[int, int]]:
+    """As index_process, yielding (port, pid); ``cwd``: the checkout whose
+    code it runs (``python -m`` imports from there first)."""
     port = free_port()
     env = {
         **os.environ,
@@ -212,11 +222,11 @@ def index_process(data: Path, env_extra: dict[str, str]) -> Iterator[int]:
     data.mkdir(parents=True, exist_ok=True)
     with (data / "index.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "index_service"], env=env, stdout=log, stderr=log, cwd=ROOT
+            [sys.executable, "-m", "index_service"], env=env, stdout=log, stderr=log, cwd=cwd
         )
     try:
         wait_healthy(port, "imagesearch.v1.IndexService")
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=60)

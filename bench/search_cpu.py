@@ -8,24 +8,41 @@ results overlap). CPU seconds of each process from /proc before and after:
 the index, Milvus, and this client. In the same run, the same searches
 straight through pymilvus (no index) as the baseline.
 
+--against REF: a second index runs the code of git revision REF (a
+temporary worktree) on the same Milvus and database, and the two are probed
+in turn, ROUNDS times each, so that a change is measured against what it
+changes in one run (this box's speed drifts by a third between runs).
+
     .venv/bin/python -m bench.search_cpu [--vectors 10000] [--searches 600]
+    .venv/bin/python -m bench.search_cpu --against HEAD~1 [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import cpu_seconds_of, index_process, machine, milvus_server, settle
+from bench.common import (
+    ROOT,
+    cpu_seconds,
+    cpu_seconds_of,
+    index_process_pid,
+    machine,
+    milvus_server,
+    settle,
+)
 from bench.search import DIM, fill
 
 MODEL = "bench-model"
@@ -37,38 +54,82 @@ def own_cpu() -> float:
 
 
 def probe(
-    calls: int, search: Callable[[np.ndarray], None], queries: np.ndarray
+    calls: int, search: Callable[[np.ndarray], None], queries: np.ndarray, index_pid: int = 0
 ) -> dict[str, float]:
     """ms per search: wall, and the CPU of the index, Milvus and this client."""
-    before = {"index": cpu_seconds_of("-m index_service"), "milvus": cpu_seconds_of("milvus run")}
+    index_cpu = (lambda: cpu_seconds(index_pid)) if index_pid else (lambda: 0.0)
+    before = {"index": index_cpu(), "milvus": cpu_seconds_of("milvus run")}
     mine, start = own_cpu(), time.perf_counter()
     for q in queries[:calls]:
         search(q)
     wall = time.perf_counter() - start
     out = {
         "wall": wall,
-        "index": cpu_seconds_of("-m index_service") - before["index"],
+        "index": index_cpu() - before["index"],
         "milvus": cpu_seconds_of("milvus run") - before["milvus"],
         "client": own_cpu() - mine,
     }
     return {k: v / calls * 1000 for k, v in out.items()}
 
 
+@contextmanager
+def worktree(ref: str) -> Iterator[Path]:
+    """A temporary checkout of ``ref`` (git worktree), removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ref"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), ref], cwd=ROOT, check=True
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT)
+
+
+def index_search(port: int, channels: ExitStack) -> Callable[[np.ndarray], None]:
+    import grpc
+
+    from imagesearch.v1 import index_pb2, index_pb2_grpc
+
+    channel = channels.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    stub = index_pb2_grpc.IndexServiceStub(channel)
+
+    def search(q: np.ndarray) -> None:
+        stub.Search(
+            index_pb2.IndexServiceSearchRequest(
+                collection="bench", vectors=[q.tobytes()], top_k=10
+            ),
+            timeout=30,
+        )
+
+    return search
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=10_000)
     parser.add_argument("--searches", type=int, default=600)
+    parser.add_argument("--against", default="", help="a git revision to compare with")
+    parser.add_argument("--rounds", type=int, default=5, help="probes of each with --against")
     args = parser.parse_args()
-    import grpc
     from pymilvus import MilvusClient
-
-    from imagesearch.v1 import index_pb2, index_pb2_grpc
 
     print(machine())
     rng = np.random.default_rng(7)
-    queries = rng.standard_normal((2 * args.searches, DIM)).astype(np.float32)
+    rounds = args.rounds if args.against else 1
+    queries = rng.standard_normal(((1 + 2 * rounds) * args.searches + 20, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    with tempfile.TemporaryDirectory() as tmp, milvus_server(Path(tmp) / "milvus") as uri:
+    fresh = iter(range(0, len(queries) - 20, args.searches))  # no query asked twice
+
+    def batch() -> np.ndarray:
+        start = next(fresh)
+        return queries[start : start + args.searches]
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        milvus_server(Path(tmp) / "milvus") as uri,
+        ExitStack() as stack,
+    ):
         data = Path(tmp)
         settings = {
             "milvus_uri": uri,
@@ -91,35 +152,44 @@ def main() -> None:
             "INDEX_MILVUS_URI": uri,
             "INDEX_DATABASE_URL": f"sqlite:///{data / 'meta.db'}",
             "INDEX_RECONCILE_ON_START": "false",
+            "INDEX_ROLE": "reader" if args.against else "writer",  # two on one store
         }
-        with (
-            index_process(data / "index", env) as port,
-            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-        ):
-            stub = index_pb2_grpc.IndexServiceStub(channel)
-
-            def through_index(q: np.ndarray) -> None:
-                stub.Search(
-                    index_pb2.IndexServiceSearchRequest(
-                        collection="bench", vectors=[q.tobytes()], top_k=10
-                    ),
-                    timeout=30,
-                )
-
-            for q in queries[-20:]:  # warm both paths
-                direct(q)
-                through_index(q)
-            a = probe(args.searches, direct, queries[: args.searches])
-            b = probe(args.searches, through_index, queries[args.searches :])
+        checkouts = {"this checkout": ROOT}
+        if args.against:
+            checkouts[args.against] = stack.enter_context(worktree(args.against))
+        indexes = {}
+        for n, (name, cwd) in enumerate(checkouts.items()):
+            port, pid = stack.enter_context(index_process_pid(data / f"index{n}", env, cwd))
+            indexes[name] = (index_search(port, stack), pid)
+        for q in queries[-20:]:  # warm every path
+            direct(q)
+            for search, _ in indexes.values():
+                search(q)
+        a = probe(args.searches, direct, batch())
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in indexes}
+        for _ in range(rounds):
+            for name, (search, pid) in indexes.items():
+                runs[name].append(probe(args.searches, search, batch(), pid))
         client.close()
     print(f"{args.vectors} vectors, {args.searches} serial searches each, ms per search:")
     print("| path | wall | index CPU | Milvus CPU | client CPU |")
     print("|---|---|---|---|---|")
-    for name, r in (("pymilvus direct (top 14)", a), ("Index.Search (top 10)", b)):
+    rows = [("pymilvus direct (top 14)", a)]
+    for name, probes in runs.items():
+        label = "Index.Search (top 10)" if not args.against else f"Index.Search, {name}"
+        rows.append((label, {k: statistics.median(p[k] for p in probes) for k in probes[0]}))
+    for label, r in rows:
         print(
-            f"| {name} | {r['wall']:.2f} | {r['index']:.2f} | {r['milvus']:.2f} | "
+            f"| {label} | {r['wall']:.2f} | {r['index']:.2f} | {r['milvus']:.2f} | "
             f"{r['client']:.2f} |"
         )
+    if args.against:
+        ours, theirs = (statistics.median(p["index"] for p in runs[n]) for n in runs)
+        each = ", ".join(
+            f"{x['index']:.2f}/{y['index']:.2f}" for x, y in zip(*runs.values(), strict=True)
+        )
+        print(f"medians of {rounds} rounds; index CPU per round (this/{args.against}): {each}")
+        print(f"index CPU, this checkout / {args.against}: {ours / theirs:.3f}")
 
 
 if __name__ == "__main__":
