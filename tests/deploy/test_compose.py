@@ -259,6 +259,8 @@ def test_readers_override_adds_index_readers_the_gateway_reads_from() -> None:
     settings = load_settings(IndexSettings, "INDEX_", env=reader["environment"])
     writer = load_settings(IndexSettings, "INDEX_", env=services["index"]["environment"])
     assert (settings.role, writer.role) == ("reader", "writer")
+    # Readers' connections age out (gateways spread over new ones); the writer's not.
+    assert settings.max_connection_age_s > 0 and writer.max_connection_age_s == 0
     assert (settings.milvus_uri, settings.database_url) == (writer.milvus_uri, writer.database_url)
     assert "ports" not in reader and reader["deploy"]["resources"]["limits"]["memory"]
     assert reader["depends_on"]["index"]["condition"] == "service_healthy"

@@ -267,6 +267,11 @@ def test_index_readers_scale_beside_one_writer() -> None:
     (container,) = readers["template"]["spec"]["containers"]
     assert {"name": "INDEX_ROLE", "value": "reader"} in container["env"]
     assert "INDEX_ROLE" not in d[("ConfigMap", "imagesearch")]["data"]  # writers by default
+    # Readers close connections after a while, so gateways spread over new ones;
+    # the writer keeps them (a Reconcile runs for minutes).
+    ages = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert float(ages["INDEX_MAX_CONNECTION_AGE_S"]) > 0
+    assert "INDEX_MAX_CONNECTION_AGE_S" not in d[("ConfigMap", "imagesearch")]["data"]
     assert d[("HorizontalPodAutoscaler", "index-reader")]["spec"]["scaleTargetRef"]["name"] == (
         "index-reader"
     )
