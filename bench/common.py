@@ -7,6 +7,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -255,3 +256,17 @@ def settle(limit_s: float = 120.0) -> None:
         time.sleep(2)
         if cpu_seconds_of("milvus run") - before < 0.2:  # under 10% of a core
             return
+
+
+@contextmanager
+def worktree(ref: str) -> Iterator[Path]:
+    """A temporary checkout of ``ref`` (git worktree), removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ref"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), ref], cwd=ROOT, check=True
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT)

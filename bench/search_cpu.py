@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ from bench.common import (
     machine,
     milvus_server,
     settle,
+    worktree,
 )
 from bench.search import DIM, fill
 
@@ -70,20 +70,6 @@ def probe(
         "client": own_cpu() - mine,
     }
     return {k: v / calls * 1000 for k, v in out.items()}
-
-
-@contextmanager
-def worktree(ref: str) -> Iterator[Path]:
-    """A temporary checkout of ``ref`` (git worktree), removed afterwards."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ref"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "--quiet", str(path), ref], cwd=ROOT, check=True
-        )
-        try:
-            yield path
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT)
 
 
 def index_search(port: int, channels: ExitStack) -> Callable[[np.ndarray], None]:
