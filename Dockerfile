@@ -28,7 +28,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python3 -m venv /opt/venv \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
 WORKDIR /app
-COPY pyproject.toml README.md constraints.txt ./
+# Only what the dependency layers read: an edit of README.md (which the
+# project's own install needs, below) rebuilds no dependency layer.
+COPY pyproject.toml constraints.txt ./
 COPY deploy/install_deps.py deploy/install_deps.py
 
 # The embedder: the PyPI torch 2.14.1 wheel is the CUDA build (it carries the
@@ -42,6 +44,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ \
     $(python3 -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
     && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca python deploy/install_deps.py embedder
+COPY README.md README.md
 COPY protos protos
 COPY imagesearch imagesearch
 COPY embedder_service embedder_service
@@ -56,6 +59,7 @@ CMD ["python", "-m", "embedder_service"]
 
 FROM base AS index
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca python deploy/install_deps.py index
+COPY README.md README.md
 COPY protos protos
 COPY imagesearch imagesearch
 COPY index_service index_service
@@ -71,6 +75,7 @@ CMD ["python", "-m", "index_service"]
 # The gateway needs none of torch, pymilvus or SQLAlchemy.
 FROM base AS gateway
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca python deploy/install_deps.py
+COPY README.md README.md
 COPY protos protos
 COPY imagesearch imagesearch
 COPY gateway gateway
@@ -88,6 +93,7 @@ CMD ["python", "-m", "gateway"]
 # pymilvus or SQLAlchemy either.
 FROM base AS web
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=ca python deploy/install_deps.py web
+COPY README.md README.md
 COPY protos protos
 COPY imagesearch imagesearch
 COPY web_service web_service

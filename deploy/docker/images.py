@@ -30,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("embedder", "index", "gateway", "web")
@@ -152,7 +153,9 @@ def http_ok(url: str) -> Callable[[], bool]:
 
 
 def run_container(name: str, image: str, env: dict[str, str], mounts: Sequence[str] = ()) -> None:
-    cmd = [*docker_cmd(), "run", "-d", "--rm", "--name", name, "--network", "host"]
+    # No --rm: a container that exits keeps its logs for the failure message;
+    # smoke removes every container at the end.
+    cmd = [*docker_cmd(), "run", "-d", "--name", name, "--network", "host"]
     for key, value in env.items():
         cmd += ["-e", f"{key}={value}"]
     for mount in mounts:
@@ -160,7 +163,13 @@ def run_container(name: str, image: str, env: dict[str, str], mounts: Sequence[s
     subprocess.run([*cmd, image], check=True, capture_output=True)
 
 
-def cli(*argv: str) -> object:
+def check(ok: bool, what: str) -> None:
+    """Fails the smoke run with ``what`` (not an assert: those vanish under -O)."""
+    if not ok:
+        raise SystemExit(f"smoke test failed: {what}")
+
+
+def cli(*argv: str) -> Any:  # the CLI's --json answer
     done = subprocess.run(
         [str(Path(sys.executable).parent / "imgsearch"), *argv, "--json"],
         capture_output=True,
@@ -217,15 +226,15 @@ def smoke(args: argparse.Namespace) -> dict[str, object]:
     t = time.monotonic()
     report = cli("index", "--gateway", gateway, "-c", "smoke", str(fixture))
     index_s = round(time.monotonic() - t, 1)
-    assert isinstance(report, dict) and report["indexed"] == len(photos), report
+    check(isinstance(report, dict) and report["indexed"] == len(photos), f"upload: {report}")
     jobs = cli("index", "--gateway", gateway, "-c", "smoke_job", "--server", "/data/images/fixture")
-    assert isinstance(jobs, list) and len(jobs) == 1, jobs
+    check(isinstance(jobs, list) and len(jobs) == 1, f"server job: {jobs}")
     job = jobs[0]
-    assert job["state"] == "succeeded" and job["indexed"] == len(photos), job
+    check(job["state"] == "succeeded" and job["indexed"] == len(photos), f"server job: {job}")
     misses = []
     for photo in photos:
         hits = cli("search", "--gateway", gateway, "-c", "smoke", "-k", "1", str(photo))
-        assert isinstance(hits, list)
+        check(isinstance(hits, list), f"search: {hits}")
         name = photo.relative_to(fixture).as_posix()
         if not hits or not str(hits[0]["path"]).endswith(name):
             misses.append(name)
@@ -235,11 +244,11 @@ def smoke(args: argparse.Namespace) -> dict[str, object]:
         f"http://127.0.0.1:{ports['web']}/v1/collections/smoke/count", timeout=10
     ) as answer:
         web_count = json.load(answer)["count"]
-    assert web_count == len(photos), web_count
+    check(web_count == len(photos), f"the web face counted {web_count}")
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10) as m:
-        assert b"imagesearch_embedder_queue_depth" in m.read()
+        check(b"imagesearch_embedder_queue_depth" in m.read(), "no queue depth in /metrics")
     log = container_logs(f"{SMOKE}-embedder", 1000).splitlines()
-    ready_line = next((ln for ln in log if "event=serving" in ln), "")
+    serving_line = next((ln for ln in log if "event=serving" in ln), "")
     warm_start_s = None
     if args.cache:  # a second embedder pod on the cache the first one filled
         subprocess.run([*docker_cmd(), "rm", "-f", f"{SMOKE}-embedder"], capture_output=True)
@@ -248,7 +257,8 @@ def smoke(args: argparse.Namespace) -> dict[str, object]:
         warm = wait_all({"embedder": time.monotonic()}, {"embedder": ready}, args.start_timeout)
         warm_start_s = warm["embedder"]
         hits = cli("search", "--gateway", gateway, "-c", "smoke", "-k", "1", str(photos[0]))
-        assert isinstance(hits, list) and str(hits[0]["path"]).endswith(photos[0].name), hits
+        found = isinstance(hits, list) and str(hits[0]["path"]).endswith(photos[0].name)
+        check(found, f"the second embedder's search: {hits}")
     return {
         "start_s": start_s,
         "photos": len(photos),
@@ -257,7 +267,7 @@ def smoke(args: argparse.Namespace) -> dict[str, object]:
         "job": job["state"],
         "web_count": web_count,
         "size_mb": {t: image_size_mb(image_name(t, args.tag)) for t in TARGETS},
-        "embedder_ready": ready_line[-300:],
+        "embedder_serving": serving_line[-300:],
         "embedder_start_with_its_cache_s": warm_start_s,
     }
 
