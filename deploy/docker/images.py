@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -92,12 +91,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 # -- smoke --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def container_logs(container: str, lines: int = 30) -> str:
     done = subprocess.run(
         [*docker_cmd(), "logs", "--tail", str(lines), container], capture_output=True, text=True
@@ -122,10 +115,10 @@ def wait_all(
     time runs out."""
     seconds: dict[str, float] = {}
     while len(seconds) < len(ready):
-        for name, check in ready.items():
+        for name, is_ready in ready.items():
             if name in seconds:
                 continue
-            if check():
+            if is_ready():
                 seconds[name] = round(time.monotonic() - started[name], 1)
                 print(f"{name}: SERVING {seconds[name]} s after its start", flush=True)
             elif not running(f"{SMOKE}-{name}") or time.monotonic() - started[name] > timeout:
@@ -180,7 +173,9 @@ def cli(*argv: str) -> Any:  # the CLI's --json answer
     return json.loads(done.stdout)
 
 
-def smoke(args: argparse.Namespace) -> dict[str, object]:
+def smoke(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.common import free_port  # on sys.path: cmd_smoke put the checkout there
+
     ports = {name: free_port() for name in ("embedder", "index", "gateway", "web", "metrics")}
     fixture = args.fixture.resolve()
     photos = sorted(p for p in fixture.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
@@ -283,7 +278,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         if not args.keep:
             names = [f"{SMOKE}-{t}" for t in TARGETS]
             subprocess.run([*docker_cmd(), "rm", "-f", *names], capture_output=True)
-    for name, seconds in result["start_s"].items():  # type: ignore[attr-defined]
+    for name, seconds in result["start_s"].items():
         print(f"{name:<9} SERVING after {seconds:>6.1f} s")
     print(
         f"indexed {result['photos']} photos in {result['index_upload_s']} s; "
