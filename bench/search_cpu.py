@@ -11,7 +11,9 @@ straight through pymilvus (no index) as the baseline.
 --against REF: a second index runs the code of git revision REF (a
 temporary worktree) on the same Milvus and database, and the two are probed
 in turn, ROUNDS times each, so that a change is measured against what it
-changes in one run (this box's speed drifts by a third between runs).
+changes in one run (this box's speed drifts by a third between runs). Both
+are readers (the only way two share a store), with a staleness bound of an
+hour so that their row caches hold through the run as a writer's do.
 
     .venv/bin/python -m bench.search_cpu [--vectors 10000] [--searches 600]
     .venv/bin/python -m bench.search_cpu --against HEAD~1 [--rounds 5]
@@ -140,6 +142,8 @@ def main() -> None:
             "INDEX_RECONCILE_ON_START": "false",
             "INDEX_ROLE": "reader" if args.against else "writer",  # two on one store
         }
+        if args.against:  # readers whose row caches last the run, as a writer's do
+            env["INDEX_READ_STALENESS_S"] = "3600"
         checkouts = {"this checkout": ROOT}
         if args.against:
             checkouts[args.against] = stack.enter_context(worktree(args.against))

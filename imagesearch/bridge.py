@@ -7,6 +7,11 @@ streams, slow bodies and reflection sessions cannot take the threads that
 other callers need, and health answers on the loop however busy the threads
 are.
 
+A servicer method written as a coroutine (``async def``, such as the
+index's Search) runs on the loop itself once its request is in and its slot
+taken: it takes no thread, and must not block (what blocks goes to a
+thread: ``asyncio.to_thread``).
+
 Every unary method is served as a client stream whose one message is read with
 a time limit, so a call whose body never arrives is ended after
 ``*_STREAM_IDLE_S`` (DEADLINE_EXCEEDED, with a sentence) like a client stream
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import queue
 import threading
@@ -341,7 +347,13 @@ class Bridge(grpc.aio.ServerInterceptor):
                 sync = self._admit(method, context)
                 request = await self._first(method, context)
                 slot = self.slots[kind].take(method)
-                response = await self._in_thread(pool, slot, handle, request, sync)
+                if inspect.iscoroutinefunction(handle):
+                    try:
+                        response = await handle(request, sync)
+                    finally:
+                        slot.release()
+                else:
+                    response = await self._in_thread(pool, slot, handle, request, sync)
             except (Exception, asyncio.CancelledError) as exc:
                 await call.fail(exc)
             call.finish(grpc.StatusCode.OK)

@@ -328,6 +328,11 @@ class MetadataStore:
 
     # -- collections -----------------------------------------------------
 
+    def cached_collection(self, name: str) -> CollectionRow | None:
+        """The collection's row if it is cached (no I/O; None: ask ``get_collection``)."""
+        self._expire_caches()
+        return self._collections.get(name)
+
     def get_collection(self, name: str) -> CollectionRow | None:
         """The collection's row; cached, since every search asks (this service
         is the only writer of the table, and invalidates on create and drop)."""
@@ -590,6 +595,19 @@ class MetadataStore:
                     self._rows.setdefault(name, {}).update(found)
                     self._row_bytes[name] = self._row_bytes.get(name, 0) + size
         return out
+
+    def cached_records(self, name: str, ids: Sequence[int]) -> dict[int, ImageRow] | None:
+        """``records(name, ids)`` when every one of them is in the row cache
+        (no I/O), else None."""
+        self._expire_caches()
+        with self._cache_lock:
+            cached = self._rows.get(name)
+            if cached is None:
+                return None
+            try:
+                return {i: cached[i] for i in ids}
+            except KeyError:
+                return None
 
     def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
         """One query per chunk of ids: rows joined with their paths."""

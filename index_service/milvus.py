@@ -5,6 +5,7 @@ server (http://host:19530)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -21,6 +22,7 @@ from pymilvus.client.utils import mkts_from_unixtime
 
 from imagesearch import errors, logs
 from index_service import milvus_wire
+from index_service.milvus_aio import AioSearches
 from index_service.settings import IndexSettings, derived_nlist, derived_pq_m, is_lite
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class MilvusVectors:
         # not in its session): a guarantee timestamp of now minus the staleness.
         self.staleness_s = settings.read_staleness_s if settings.reader else None
         self._client: MilvusClient | None = None
+        self._aio: AioSearches | None = None  # searches from the server's loop
         self._lock = threading.Lock()
         self._known: set[str] = set()
 
@@ -81,17 +84,24 @@ class MilvusVectors:
     def _calling(self, what: str) -> Iterator[MilvusClient]:
         try:
             yield self._connect()
-        except errors.ServiceError:
-            raise
-        except MilvusException as exc:
+        except Exception as exc:
+            raise self._failure(what, exc) from None
+
+    def _failure(self, what: str, exc: Exception) -> Exception:
+        """What a client is told when a call to Milvus fails: UNAVAILABLE
+        (and the connection dropped) when Milvus is away, INTERNAL when it
+        refused; its words go to the log."""
+        if isinstance(exc, errors.ServiceError):
+            return exc
+        if isinstance(exc, MilvusException):
             text = str(exc).lower()
             if any(w in text for w in ("connect", "unavailable", "timeout", "deadline", "closed")):
                 self._reset()
                 self._log_outage(what, exc)
-                raise errors.unavailable(
+                return errors.unavailable(
                     f"Milvus is unavailable during {what}; retry later (the index's log has "
                     "the details)"
-                ) from None
+                )
             logs.event(
                 log,
                 "milvus.refused",
@@ -99,17 +109,17 @@ class MilvusVectors:
                 during=what,
                 error=f"{exc.code}: {exc.message}",
             )
-            raise errors.ServiceError(
+            return errors.ServiceError(
                 grpc.StatusCode.INTERNAL,
                 f"Milvus refused {what} (its code {exc.code}); the index's log has its words",
-            ) from None
-        except Exception as exc:  # grpc errors, refused connections, ...
-            self._reset()
-            self._log_outage(what, exc)
-            raise errors.unavailable(
-                f"Milvus is unavailable during {what} ({type(exc).__name__}); retry later "
-                "(the index's log has the details)"
-            ) from None
+            )
+        # grpc errors, refused connections, ...
+        self._reset()
+        self._log_outage(what, exc)
+        return errors.unavailable(
+            f"Milvus is unavailable during {what} ({type(exc).__name__}); retry later "
+            "(the index's log has the details)"
+        )
 
     def _log_outage(self, what: str, exc: BaseException) -> None:
         """Where Milvus is and what it said go to the log, not to clients."""
@@ -125,7 +135,10 @@ class MilvusVectors:
     def _reset(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            aio, self._aio = self._aio, None
             self._known.clear()
+        if aio is not None:
+            aio.close()
         if client is not None:
             with contextlib.suppress(Exception):  # already broken: nothing to close
                 client.close()
@@ -298,6 +311,25 @@ class MilvusVectors:
             finally:
                 it.close()
 
+    def _search_request(
+        self, name: str, vectors: np.ndarray, limit: int, only_ids: Sequence[int] | None
+    ) -> Any:
+        expr = f"{ID_FIELD} in {[int(x) for x in only_ids]}" if only_ids is not None else ""
+        return milvus_wire.search_request(
+            self.milvus_name(name),
+            vectors,
+            min(limit, MAX_TOPK),
+            self.search_params(limit),
+            expr,
+            self._reads(),
+        )
+
+    @staticmethod
+    def _hits(results: list[tuple[np.ndarray, np.ndarray]]) -> list[list[tuple[int, float]]]:
+        return [
+            list(zip(ids.tolist(), distances.tolist(), strict=True)) for ids, distances in results
+        ]
+
     def search(
         self,
         name: str,
@@ -308,18 +340,40 @@ class MilvusVectors:
         """Per query, (id, raw distance) best first. No output fields are asked
         for: hits carry their primary key, and on a server any output field
         costs a second retrieval phase inside Milvus."""
-        mname = self.milvus_name(name)
-        expr = f"{ID_FIELD} in {[int(x) for x in only_ids]}" if only_ids is not None else ""
-        request = milvus_wire.search_request(
-            mname,
-            vectors,
-            min(limit, MAX_TOPK),
-            self.search_params(limit),
-            expr,
-            self._reads(),
-        )
+        request = self._search_request(name, vectors, limit, only_ids)
         with self._calling(f"search {name}") as c:
             results = milvus_wire.search(c, request, self.settings.milvus_timeout_s)
-        return [
-            list(zip(ids.tolist(), distances.tolist(), strict=True)) for ids, distances in results
-        ]
+        return self._hits(results)
+
+    def _aio_searches(self) -> AioSearches | None:
+        """The asyncio channel of the running loop, opened on first use once
+        pymilvus is connected (None before that, or from another loop)."""
+        with self._lock:
+            client, aio = self._client, self._aio
+            if client is not None and aio is None:
+                aio = self._aio = AioSearches(
+                    self.settings, client._get_connection().server_address
+                )
+        return aio if aio is not None and aio.bound_here() else None
+
+    async def search_async(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        limit: int,
+        only_ids: Sequence[int] | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """``search`` from the server's event loop, awaited on an asyncio
+        channel (index_service.milvus_aio). Until pymilvus has connected (at
+        start, after an outage), on a thread through ``search``, so that
+        connecting never blocks the loop."""
+        aio = self._aio_searches()
+        if aio is None:
+            return await asyncio.to_thread(self.search, name, vectors, limit, only_ids)
+        request = self._search_request(name, vectors, limit, only_ids)
+        try:
+            response = await aio.search(request, self.settings.milvus_timeout_s)
+            results = milvus_wire.search_results(response, request)
+        except Exception as exc:
+            raise self._failure(f"search {name}", exc) from None
+        return self._hits(results)

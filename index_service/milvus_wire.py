@@ -130,9 +130,13 @@ def search_request(
 def search(
     client: MilvusClient, request: Any, timeout: float | None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Sends a SearchRequest; per query, its hits' int64 ids and raw
-    distances, best first. MilvusException if Milvus refuses it."""
-    response = client._get_connection()._stub.Search(request, timeout=timeout)
+    """Sends a SearchRequest on the client's blocking stub; see ``search_results``."""
+    return search_results(client._get_connection()._stub.Search(request, timeout=timeout), request)
+
+
+def search_results(response: Any, request: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query of ``request``, its hits' int64 ids and raw distances, best
+    first, from Milvus' SearchResults. MilvusException if Milvus refused it."""
     check_status(response.status)
     result = response.results
     ids = np.asarray(result.ids.int_id.data, dtype=np.int64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from imagesearch import errors
@@ -90,11 +92,14 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
             results=out, indexed=len(results) - dups - refused, duplicates=dups
         )
 
-    def Search(
+    async def Search(
         self, request: index_pb2.IndexServiceSearchRequest, context: grpc.ServicerContext
     ) -> index_pb2.IndexServiceSearchResponse:
-        self.ready.wait(context)
-        results = self.store.search(
+        """Served on the event loop (imagesearch.bridge): a search whose
+        rows are cached takes no thread (IndexStore.search_async)."""
+        if not self.ready.is_set():
+            await asyncio.to_thread(self.ready.wait, context)
+        results = await self.store.search_async(
             request.collection,
             list(request.vectors),
             list(request.image_ids),

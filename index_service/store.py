@@ -15,14 +15,16 @@ consistent through a crash:
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -54,6 +56,12 @@ MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
 OVERFETCH = 4  # hits asked for beyond top_k, for rows pending or gone
 RECONCILE_PAGE = 2000  # vector ids checked against SQL at a time
+
+
+# One round of a search: the query vectors and how many hits to fetch; and
+# what comes back: per query, (id, raw distance) best first, and their rows.
+SearchRound = tuple[np.ndarray, int]
+RoundResult = tuple[list[list[tuple[int, float]]], dict[int, ImageRow]]
 
 
 @dataclass(frozen=True)
@@ -299,18 +307,7 @@ class IndexStore:
         model: str = "",
     ) -> list[list[Hit]]:
         row = self.collection(name)
-        if model and query_vectors and model != row.model:
-            raise errors.failed_precondition(
-                f"collection {name!r} holds vectors of model {row.model!r}, the query was "
-                f"embedded with {model!r}. " + ways_back(name, row.model)
-            )
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-        if not (0.0 <= min_score <= 1.0) or math.isnan(min_score):
-            raise errors.invalid_argument(f"min_score must be between 0 and 1, got {min_score}")
-        if not query_vectors and not query_ids:
-            raise errors.invalid_argument("Search needs at least one query vector or image id")
-        queries = [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
+        queries = self._queries(row, query_vectors, query_ids, top_k, min_score, model)
         if query_ids:
             known = self.meta.records(name, query_ids)
             missing = [i for i in query_ids if i not in known]
@@ -331,17 +328,97 @@ class IndexStore:
                 return [[] for _ in queries]
             if len(candidates) <= PREFIX_FILTER_LIMIT:
                 only_ids = candidates
-        # Hits whose row is pending or gone are skipped, and with a prefix too
-        # broad to pass to the vector store as ids, hits are filtered here: ask for a few
-        # more than top_k, and ask again, 4x deeper, for the queries that came
-        # up short while the vector store still had more to give.
         filtered_here = bool(prefix) and only_ids is None
+        rounds = self._rounds(queries, top_k, prefix, min_score, filtered_here)
+        try:
+            batch, fetch = next(rounds)
+            while True:
+                raw = self.vectors.search(name, batch, fetch, only_ids)
+                rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
+                batch, fetch = rounds.send((raw, rows))
+        except StopIteration as done:
+            return cast(list[list[Hit]], done.value)
+
+    async def search_async(
+        self,
+        name: str,
+        query_vectors: list[bytes],
+        query_ids: list[int],
+        top_k: int,
+        prefix: str = "",
+        min_score: float = 0.0,
+        model: str = "",
+    ) -> list[list[Hit]]:
+        """``search`` on the server's event loop: the vector search is awaited
+        and the rows come from the row cache, so a search by vectors whose
+        hits are cached takes no thread. What needs SQL (the collection's
+        row or a hit's not yet cached, queries by id, a path prefix) runs on
+        a thread, so the loop never waits on the database."""
+        row = self.meta.cached_collection(name)
+        if row is None or query_ids or prefix:
+            return await asyncio.to_thread(
+                self.search, name, query_vectors, query_ids, top_k, prefix, min_score, model
+            )
+        queries = self._queries(row, query_vectors, query_ids, top_k, min_score, model)
+        rounds = self._rounds(queries, top_k, prefix, min_score, False)
+        try:
+            batch, fetch = next(rounds)
+            while True:
+                raw = await self.vectors.search_async(name, batch, fetch)
+                ids = [iid for hits in raw for iid, _ in hits]
+                rows = self.meta.cached_records(name, ids)
+                if rows is None:
+                    rows = await asyncio.to_thread(self.meta.records, name, ids)
+                batch, fetch = rounds.send((raw, rows))
+        except StopIteration as done:
+            return cast(list[list[Hit]], done.value)
+
+    def _queries(
+        self,
+        row: CollectionRow,
+        query_vectors: list[bytes],
+        query_ids: list[int],
+        top_k: int,
+        min_score: float,
+        model: str,
+    ) -> list[np.ndarray]:
+        """The search's arguments checked, and its query vectors unpacked."""
+        if model and query_vectors and model != row.model:
+            raise errors.failed_precondition(
+                f"collection {row.name!r} holds vectors of model {row.model!r}, the query was "
+                f"embedded with {model!r}. " + ways_back(row.name, row.model)
+            )
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        if not (0.0 <= min_score <= 1.0) or math.isnan(min_score):
+            raise errors.invalid_argument(f"min_score must be between 0 and 1, got {min_score}")
+        if not query_vectors and not query_ids:
+            raise errors.invalid_argument("Search needs at least one query vector or image id")
+        return [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
+
+    def _rounds(
+        self,
+        queries: list[np.ndarray],
+        top_k: int,
+        prefix: str,
+        min_score: float,
+        filtered_here: bool,
+    ) -> Generator[SearchRound, RoundResult, list[list[Hit]]]:
+        """The search's logic without its I/O: yields the queries to search
+        and how many hits to fetch, is sent back the hits and their rows,
+        and returns each query's hits (``search`` and ``search_async`` do
+        the I/O).
+
+        Hits whose row is pending or gone are skipped, and with a prefix too
+        broad to pass to the vector store as ids (``filtered_here``), hits
+        are filtered here: ask for a few more than top_k, and ask again, 4x
+        deeper, for the queries that came up short while the vector store
+        still had more to give."""
         fetch = min(self.vectors.max_top_k, (top_k * 8 if filtered_here else top_k) + OVERFETCH)
         out: list[list[Hit]] = [[] for _ in queries]
         todo = list(range(len(queries)))
         while todo:
-            raw = self.vectors.search(name, np.stack([queries[q] for q in todo]), fetch, only_ids)
-            rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
+            raw, rows = yield np.stack([queries[q] for q in todo]), fetch
             short = []
             for q, hits in zip(todo, raw, strict=True):
                 out[q], complete = self._choose(hits, rows, top_k, prefix, min_score)

@@ -79,6 +79,12 @@ class VectorStore(Protocol):
         ``only_ids``: among those ids only."""
         ...
 
+    async def search_async(
+        self, name: str, vectors: np.ndarray, limit: int, only_ids: Sequence[int] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """``search`` awaited on the server's event loop, which it never blocks."""
+        ...
+
 
 def open_vector_store(settings: IndexSettings) -> VectorStore:
     """The store INDEX_MILVUS_URI names: a Milvus server's address

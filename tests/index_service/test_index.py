@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from imagesearch import ids
+from imagesearch import errors, ids
 from imagesearch.v1 import index_pb2, index_pb2_grpc
 from tests.conftest import (
     ROOT,
@@ -883,3 +883,179 @@ def test_a_model_mismatch_names_every_setting_of_the_stored_model() -> None:
         "EMBEDDER_RESIZE=292 EMBEDDER_IMAGE_SIZE=256," in full
     )
     assert "sha256 starts 579344248a93:" in full
+
+
+def test_searches_on_the_event_loop_answer_as_the_threaded_ones(
+    index_backend: dict[str, object], tmp_path: Path
+) -> None:
+    """IndexStore.search_async (what Search serves, on the server's event
+    loop) gives the hits of IndexStore.search for the same queries: by
+    vectors (the asyncio channel to Milvus, rows from the cache or read on a
+    thread), with min_score, by stored id and with a path prefix (both on a
+    thread); and its errors are the same."""
+    import asyncio
+
+    from index_service.app import build_store
+    from index_service.plan import Item
+
+    store = build_store(index_settings(tmp_path, **index_backend))
+    store.upsert(
+        "photos",
+        MODEL,
+        DIM,
+        [
+            Item(digest(n), f"/photos/{n % 3}/{n}.jpg", 1, 1, 1, vector(n).tobytes())
+            for n in range(30)
+        ],
+    )
+    stored_id = ids.image_id_from_sha256(digest(4))
+    cases: list[dict[str, Any]] = [
+        {"query_vectors": [vector(n).tobytes() for n in (1, 2, 3)], "top_k": 5},
+        {"query_vectors": [vector(7).tobytes()], "top_k": 10, "min_score": 0.3},
+        {"query_vectors": [vector(8).tobytes()], "top_k": 4, "prefix": "/photos/1/"},
+        {"query_vectors": [], "query_ids": [stored_id], "top_k": 3},
+    ]
+
+    def hits(found: list[list[Any]]) -> list[list[tuple[int, float]]]:
+        return [[(h.image_id, round(h.score, 5)) for h in q] for q in found]
+
+    async def on_the_loop() -> list[Any]:
+        out: list[Any] = []
+        for case in cases * 2:  # the second time, every row is cached
+            out.append(hits(await store.search_async("photos", **{"query_ids": [], **case})))
+        for bad in ({"top_k": 0}, {"top_k": 3, "model": "another-model"}):
+            with pytest.raises(errors.ServiceError) as err:
+                await store.search_async("photos", [vector(1).tobytes()], [], **bad)
+            out.append(err.value.code)
+        with pytest.raises(errors.ServiceError) as err:
+            await store.search_async("nowhere", [vector(1).tobytes()], [], 3)
+        out.append(err.value.code)
+        return out
+
+    try:
+        threaded = [hits(store.search("photos", **{"query_ids": [], **case})) for case in cases]
+        looped = asyncio.run(on_the_loop())
+        assert looped[: 2 * len(cases)] == threaded * 2
+        assert threaded[0][0][0][0] == ids.image_id_from_sha256(digest(1))  # itself first
+        assert all(score >= 0.3 for _, score in threaded[1][0])
+        assert looped[2 * len(cases) :] == [
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.NOT_FOUND,
+        ]
+        assert store.vectors._aio is not None  # type: ignore[attr-defined]  # the loop's channel served
+    finally:
+        store.vectors.close()
+        store.meta.dispose()
+
+
+@pytest.mark.milvus_server
+def test_searches_on_the_loop_survive_a_milvus_outage(milvus_server: str, tmp_path: Path) -> None:
+    """Milvus cut off while searches run on the asyncio channel: Search
+    answers UNAVAILABLE naming Milvus; once it is back, searches answer
+    again without a restart (the channel is opened anew)."""
+    from urllib.parse import urlparse
+
+    proxy = TcpProxy(urlparse(milvus_server).port or 19530)
+    prefix = unique_prefix()
+    server: Server = start_index(
+        tmp_path,
+        milvus_uri=f"http://127.0.0.1:{proxy.port}",
+        milvus_prefix=prefix,
+        table_prefix=prefix,
+        milvus_timeout_s=3.0,
+    )
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        upsert(stub, [item(n) for n in range(6)])
+        first = ids.image_id_from_sha256(digest(2))
+        assert search(stub, vector(2))[0].image_id == first
+        proxy.cut()
+        with pytest.raises(grpc.RpcError) as err:
+            search(stub, vector(2))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Milvus" in str(err.value.details())
+        proxy.restore()
+        assert search(stub, vector(2))[0].image_id == first
+    finally:
+        server.running.stop(1)
+        proxy.close()
+
+
+def test_the_asyncio_channel_sends_milvus_credentials_as_pymilvus_does() -> None:
+    """A secured Milvus reads the user (or token) and the database from each
+    call's headers. A gRPC server here records what a search sends: through
+    the searches' own channel, and through pymilvus' stub made with the same
+    settings; the headers must be the same."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pymilvus.client.grpc_handler import GrpcHandler
+    from pymilvus.grpc_gen import milvus_pb2
+
+    from index_service.milvus_aio import SEARCH, AioSearches
+    from index_service.settings import IndexSettings
+
+    seen: list[dict[str, str]] = []
+
+    def record(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen.append(
+            {
+                k: str(v)
+                for k, v in context.invocation_metadata()
+                if k in ("authorization", "dbname")
+            }
+        )
+        return milvus_pb2.SearchResults().SerializeToString()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    method = grpc.unary_unary_rpc_method_handler(record)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SEARCH.split("/")[1], {"Search": method})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    request = milvus_pb2.SearchRequest(collection_name="photos")
+    cases = [
+        {},
+        {"milvus_user": "root", "milvus_password": "Milvus", "milvus_db_name": "photos"},
+        {"milvus_token": "root:Milvus"},
+    ]
+    try:
+        for case in cases:
+            pymilvus_kw = {k.removeprefix("milvus_"): v for k, v in case.items()}
+            GrpcHandler(uri=f"http://{address}", **pymilvus_kw)._stub.Search(request, timeout=10)
+
+            async def ours(settings: IndexSettings) -> None:
+                searches = AioSearches(settings, address)
+                await searches.search(request, 10)
+                await searches.channel.close(None)
+
+            asyncio.run(ours(IndexSettings(**case)))  # type: ignore[arg-type]
+            assert seen[-1] == seen[-2], case
+        assert seen[0] == {}
+        assert seen[2]["dbname"] == "photos" and seen[2]["authorization"]
+        assert seen[4]["authorization"]
+    finally:
+        server.stop(None)
+
+
+def test_searches_on_the_loop_give_back_their_call_slot(tmp_path: Path) -> None:
+    """Search runs on the event loop, not on a handler thread, within the
+    same cap on calls: with INDEX_MAX_CALLS=2, forty searches in a row, half
+    of them refused (a bad top_k), all answer as themselves, none with
+    RESOURCE_EXHAUSTED (each gave its slot back, refused or not)."""
+    server = start_index(tmp_path, max_calls=2)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        upsert(stub, [item(n) for n in range(4)])
+        for n in range(20):
+            assert search(stub, vector(n % 4))[0].image_id == ids.image_id_from_sha256(
+                digest(n % 4)
+            )
+            assert code_of(lambda: search(stub, vector(1), top_k=0)) == (
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
+    finally:
+        server.running.stop(1)
