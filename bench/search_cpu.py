@@ -15,8 +15,12 @@ changes in one run (this box's speed drifts by a third between runs). Both
 are readers (the only way two share a store), with a staleness bound of an
 hour so that their row caches hold through the run as a writer's do.
 
+--clients N: N callers at once, each on its own connection (the searches
+are shared out among them), with the latencies' p50 and p99; the pymilvus
+baseline stays serial.
+
     .venv/bin/python -m bench.search_cpu [--vectors 10000] [--searches 600]
-    .venv/bin/python -m bench.search_cpu --against HEAD~1 [--rounds 5]
+    .venv/bin/python -m bench.search_cpu --against HEAD~1 [--rounds 5] [--clients 8]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -56,14 +61,37 @@ def own_cpu() -> float:
 
 
 def probe(
-    calls: int, search: Callable[[np.ndarray], None], queries: np.ndarray, index_pid: int = 0
+    calls: int,
+    search: Callable[[np.ndarray], None] | list[Callable[[np.ndarray], None]],
+    queries: np.ndarray,
+    index_pid: int = 0,
 ) -> dict[str, float]:
-    """ms per search: wall, and the CPU of the index, Milvus and this client."""
+    """ms per search: wall, and the CPU of the index, Milvus and this client;
+    with a list of searches (one connection each), as many clients at once,
+    each taking the next query, and their latencies' p50 and p99."""
+    searches = search if isinstance(search, list) else [search]
     index_cpu = (lambda: cpu_seconds(index_pid)) if index_pid else (lambda: 0.0)
     before = {"index": index_cpu(), "milvus": cpu_seconds_of("milvus run")}
+    todo = iter(queries[:calls])
+    take = threading.Lock()
+    latencies: list[float] = []
+
+    def client(one: Callable[[np.ndarray], None]) -> None:
+        while True:
+            with take:
+                q = next(todo, None)
+            if q is None:
+                return
+            started = time.perf_counter()
+            one(q)
+            latencies.append(time.perf_counter() - started)
+
     mine, start = own_cpu(), time.perf_counter()
-    for q in queries[:calls]:
-        search(q)
+    threads = [threading.Thread(target=client, args=(one,)) for one in searches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     wall = time.perf_counter() - start
     out = {
         "wall": wall,
@@ -71,7 +99,11 @@ def probe(
         "milvus": cpu_seconds_of("milvus run") - before["milvus"],
         "client": own_cpu() - mine,
     }
-    return {k: v / calls * 1000 for k, v in out.items()}
+    per_call = {k: v / calls * 1000 for k, v in out.items()}
+    latencies.sort()
+    per_call["p50"] = latencies[len(latencies) // 2] * 1000
+    per_call["p99"] = latencies[int(len(latencies) * 0.99)] * 1000
+    return per_call
 
 
 def index_search(port: int, channels: ExitStack) -> Callable[[np.ndarray], None]:
@@ -99,6 +131,9 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=600)
     parser.add_argument("--against", default="", help="a git revision to compare with")
     parser.add_argument("--rounds", type=int, default=5, help="probes of each with --against")
+    parser.add_argument(
+        "--clients", type=int, default=1, help="Index.Search callers at once (default serial)"
+    )
     args = parser.parse_args()
     from pymilvus import MilvusClient
 
@@ -150,27 +185,31 @@ def main() -> None:
         indexes = {}
         for n, (name, cwd) in enumerate(checkouts.items()):
             port, pid = stack.enter_context(index_process_pid(data / f"index{n}", env, cwd))
-            indexes[name] = (index_search(port, stack), pid)
+            indexes[name] = ([index_search(port, stack) for _ in range(args.clients)], pid)
         for q in queries[-20:]:  # warm every path
             direct(q)
-            for search, _ in indexes.values():
-                search(q)
-        a = probe(args.searches, direct, batch())
+            for searches, _ in indexes.values():
+                searches[0](q)
+        a = probe(args.searches, direct, batch())  # one client: pymilvus' own cost
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in indexes}
         for _ in range(rounds):
-            for name, (search, pid) in indexes.items():
-                runs[name].append(probe(args.searches, search, batch(), pid))
+            for name, (searches, pid) in indexes.items():
+                runs[name].append(probe(args.searches, searches, batch(), pid))
         client.close()
-    print(f"{args.vectors} vectors, {args.searches} serial searches each, ms per search:")
-    print("| path | wall | index CPU | Milvus CPU | client CPU |")
-    print("|---|---|---|---|---|")
+    print(
+        f"{args.vectors} vectors, {args.searches} searches each, Index.Search from "
+        f"{args.clients} client(s) at once; ms per search (wall: the run's time / searches):"
+    )
+    print("| path | wall | p50 | p99 | index CPU | Milvus CPU | client CPU |")
+    print("|---|---|---|---|---|---|---|")
     rows = [("pymilvus direct (top 14)", a)]
     for name, probes in runs.items():
         label = "Index.Search (top 10)" if not args.against else f"Index.Search, {name}"
         rows.append((label, {k: statistics.median(p[k] for p in probes) for k in probes[0]}))
     for label, r in rows:
         print(
-            f"| {label} | {r['wall']:.2f} | {r['index']:.2f} | {r['milvus']:.2f} | "
+            f"| {label} | {r['wall']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['index']:.2f} | "
+            f"{r['milvus']:.2f} | "
             f"{r['client']:.2f} |"
         )
     if args.against:
