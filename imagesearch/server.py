@@ -43,12 +43,22 @@ _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS: less
+    CPU per call than asyncio's own loop, bench/RESULTS.md), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover -- Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def server_loop() -> asyncio.AbstractEventLoop:
     """The event loop every server of this process runs on (started once)."""
     global _loop
     with _loop_lock:
         if _loop is None:
-            loop = asyncio.new_event_loop()
+            loop = _new_loop()
             threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True).start()
             _loop = loop
         return _loop

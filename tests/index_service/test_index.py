@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from imagesearch import errors, ids
+from imagesearch.server import server_loop
 from imagesearch.v1 import index_pb2, index_pb2_grpc
 from tests.conftest import (
     ROOT,
@@ -1057,5 +1058,18 @@ def test_searches_on_the_loop_give_back_their_call_slot(tmp_path: Path) -> None:
             assert code_of(lambda: search(stub, vector(1), top_k=0)) == (
                 grpc.StatusCode.INVALID_ARGUMENT
             )
+    finally:
+        server.running.stop(1)
+
+
+def test_the_servers_loop_is_uvloop(tmp_path: Path) -> None:
+    """uvloop is a dependency on Linux and the servers' loop is one (less
+    CPU per call, bench/RESULTS.md); a search is answered on it."""
+    server = start_index(tmp_path)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        upsert(stub, [item(0)])
+        assert search(stub, vector(0))[0].image_id == ids.image_id_from_sha256(digest(0))
+        assert type(server_loop()).__module__.split(".")[0] == "uvloop"
     finally:
         server.running.stop(1)
