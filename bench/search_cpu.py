@@ -13,7 +13,8 @@ temporary worktree) on the same Milvus and database, and the two are probed
 in turn, ROUNDS times each, so that a change is measured against what it
 changes in one run (this box's speed drifts by a third between runs). Both
 are readers (the only way two share a store), with a staleness bound of an
-hour so that their row caches hold through the run as a writer's do.
+hour (--staleness) so that their row caches hold through the run as a
+writer's do, whatever the code compared.
 
 --clients N: N callers at once, each on its own connection (the searches
 are shared out among them), with the latencies' p50 and p99; the pymilvus
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=1, help="Index.Search callers at once (default serial)"
     )
+    parser.add_argument(
+        "--staleness", type=float, default=3600.0, help="with --against: INDEX_READ_STALENESS_S"
+    )
     args = parser.parse_args()
     from pymilvus import MilvusClient
 
@@ -178,7 +182,7 @@ def main() -> None:
             "INDEX_ROLE": "reader" if args.against else "writer",  # two on one store
         }
         if args.against:  # readers whose row caches last the run, as a writer's do
-            env["INDEX_READ_STALENESS_S"] = "3600"
+            env["INDEX_READ_STALENESS_S"] = str(args.staleness)
         checkouts = {"this checkout": ROOT}
         if args.against:
             checkouts[args.against] = stack.enter_context(worktree(args.against))

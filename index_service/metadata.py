@@ -156,9 +156,13 @@ class MetadataStore:
     ) -> None:
         """``tls``: PyMySQL's ``ssl`` argument (CA, client certificate) for a
         MySQL URL; PyMySQL then refuses a server that does not offer TLS.
-        ``read_only``: a reader's store, which creates no tables. ``max_age_s``:
-        cached collections and rows are dropped when this old (a reader: the
-        writer changes the tables without telling it)."""
+        ``read_only``: a reader's store, which creates no tables. ``max_age_s``
+        (a reader: the writer changes the tables without telling it): a
+        thread reads every collection's write count (which the writer bumps
+        in each of its write transactions) twice per ``max_age_s`` and drops
+        the cached rows of those that changed, so a quiet collection keeps
+        its rows; whatever was cached is dropped anyway once that check is
+        ``max_age_s`` late (the database down, say)."""
         self.url = url
         self.read_only = read_only
         self.max_age_s = max_age_s
@@ -190,6 +194,9 @@ class MetadataStore:
             Column("metric", String(16), nullable=False),
             Column("index_type", String(32), nullable=False),
             Column("created_at_ms", BigInteger, nullable=False),
+            # Write transactions on the collection's rows: readers drop their
+            # cached rows of a collection when this (or created_at_ms) changes.
+            Column("writes", BigInteger, nullable=False, server_default="0"),
             **opts,
         )
         self.images = Table(
@@ -241,7 +248,12 @@ class MetadataStore:
         self._row_bytes: dict[str, int] = {}  # estimated size of each collection's rows
         self._writes = 0
         self._cache_lock = threading.Lock()
-        self._cache_born = time.monotonic()
+        # A reader's caches were current as of this time (its last check of
+        # the collections' write counts, or its last full drop).
+        self._checked = time.monotonic()
+        self._seen: dict[str, tuple[int, int]] = {}  # collection -> (created_at_ms, writes)
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     # -- plumbing --------------------------------------------------------
 
@@ -282,19 +294,79 @@ class MetadataStore:
         self._created = True
 
     def _expire_caches(self) -> None:
-        """Drops every cached collection and row once they are ``max_age_s`` old."""
-        if self.max_age_s is None or time.monotonic() - self._cache_born < self.max_age_s:
+        """A reader's: starts the check of the write counts (first use), and
+        drops every cached collection and row when that check is late."""
+        if self.max_age_s is None:
+            return
+        if self._watcher is None:
+            self._start_watching(self.max_age_s)
+        if time.monotonic() - self._checked < self.max_age_s:
             return
         with self._cache_lock:
             self._writes += 1  # a read in flight keeps what it fetched to itself
             self._rows.clear()
             self._row_bytes.clear()
             self._collections.clear()
-            self._cache_born = time.monotonic()
+            self._checked = time.monotonic()
+
+    def _start_watching(self, max_age_s: float) -> None:
+        with self._cache_lock:
+            if self._watcher is not None:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, args=(max_age_s / 2,), name="row-cache-check", daemon=True
+            )
+        self._watcher.start()
+
+    def _watch(self, period_s: float) -> None:
+        """Every ``period_s``: the collections' write counts; the cached rows
+        and row of each collection whose count changed (or that is gone or
+        was made anew) are dropped."""
+        c = self.collections
+        query = select(c.c.name, c.c.created_at_ms, c.c.writes)
+        failing = False
+        while not self._stop_watching.wait(period_s):
+            started = time.monotonic()
+            try:
+                with self.engine.connect() as conn:
+                    seen = {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
+            except Exception as exc:  # the caches age out meanwhile (_expire_caches)
+                if not failing:
+                    logs.event(
+                        log, "row_cache.check_failed", logging.WARNING, error=type(exc).__name__
+                    )
+                failing = True
+                continue
+            failing = False
+            with self._cache_lock:
+                cached = set(self._rows) | set(self._collections)
+                changed = {
+                    n
+                    for n in cached | set(seen) | set(self._seen)
+                    if seen.get(n) != self._seen.get(n)
+                }
+                if changed:  # a read in flight keeps what it fetched to itself
+                    self._writes += 1
+                for name in changed | (cached - set(seen)):
+                    self._rows.pop(name, None)
+                    self._row_bytes.pop(name, None)
+                    self._collections.pop(name, None)
+                self._seen = seen
+                self._checked = started  # what the query saw is at least this recent
 
     def _add_missing_columns(self) -> None:
         """Tables made by an older version lack columns added since: add them
         (create_all makes missing tables only)."""
+        if "writes" not in {
+            c["name"] for c in inspect(self.engine).get_columns(self.collections.name)
+        }:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {self.collections.name} ADD COLUMN writes BIGINT "
+                        "NOT NULL DEFAULT 0"
+                    )
+                )
         have = {c["name"] for c in inspect(self.engine).get_columns(self.paths.name)}
         if "origin" not in have:
             with self.engine.begin() as conn:
@@ -314,9 +386,12 @@ class MetadataStore:
         """A transaction that changes the collection's rows. Cached rows of
         the collection are dropped after it, committed or not (a failed
         commit may still have landed)."""
+        c = self.collections
         try:
             with self._tx() as conn:
                 yield conn
+                # Readers drop their cached rows of the collection.
+                conn.execute(update(c).where(c.c.name == name).values(writes=c.c.writes + 1))
         finally:
             with self._cache_lock:
                 self._writes += 1
@@ -324,6 +399,9 @@ class MetadataStore:
                 self._row_bytes.pop(name, None)
 
     def dispose(self) -> None:
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         self.engine.dispose()
 
     # -- collections -----------------------------------------------------
@@ -340,6 +418,7 @@ class MetadataStore:
         cached = self._collections.get(name)
         if cached is not None:
             return cached
+        writes = self._writes
         with self._tx() as conn:
             row = conn.execute(
                 select(self.collections).where(self.collections.c.name == name)
@@ -347,7 +426,9 @@ class MetadataStore:
         if row is None:
             return None
         found = CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
-        self._collections[name] = found
+        with self._cache_lock:
+            if writes == self._writes:  # no write (or change seen by a reader) meanwhile
+                self._collections[name] = found
         return found
 
     def create_collection(self, row: CollectionRow) -> None:

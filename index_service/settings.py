@@ -165,7 +165,8 @@ class IndexSettings(ServerSettings):
         default=1.0,
         metadata={
             "help": "reader: the writer's changes (new rows, deletes, drops) are seen within "
-            "this long (its caches last this long; its Milvus reads ask for data this old)"
+            "this long (its cached rows of a collection the writer changed are dropped within "
+            "this long; its Milvus reads ask for data this old)"
         },
     )
 

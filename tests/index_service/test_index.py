@@ -695,7 +695,7 @@ def test_tables_from_before_path_origins_get_the_column(
     its rows count as streamed names, which a server job can take back."""
     from sqlalchemy import text
 
-    from index_service.metadata import STREAM, MetadataStore
+    from index_service.metadata import STREAM, CollectionRow, MetadataStore
 
     url = (
         request.getfixturevalue("mariadb_url")
@@ -707,6 +707,7 @@ def test_tables_from_before_path_origins_get_the_column(
     assert old.list_collections() == []  # creates the tables
     with old.engine.begin() as conn:
         conn.execute(text(f"ALTER TABLE {prefix}image_paths DROP COLUMN origin"))
+        conn.execute(text(f"ALTER TABLE {prefix}collections DROP COLUMN writes"))
         conn.execute(
             text(
                 f"INSERT INTO {prefix}image_paths (collection, path, image_id, created_at_ms) "
@@ -716,6 +717,10 @@ def test_tables_from_before_path_origins_get_the_column(
     old.dispose()
     upgraded = MetadataStore(url, prefix)
     assert upgraded.path_owners("c", ["/old/a.jpg"]) == {"/old/a.jpg": (7, STREAM)}
+    upgraded.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
+    upgraded.delete_images("c", [7])  # a write, which counts itself for readers
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT writes FROM {prefix}collections")).scalar() == 1
     upgraded.dispose()
     if backend == "mariadb":
         drop_sql_tables(url, prefix)

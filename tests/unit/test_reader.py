@@ -12,7 +12,7 @@ import pytest
 
 from imagesearch.errors import ServiceError
 from imagesearch.settings import SettingsError, load_settings
-from index_service.metadata import CollectionRow, MetadataStore
+from index_service.metadata import CollectionRow, MetadataStore, NewImage
 from index_service.settings import IndexSettings
 
 
@@ -63,6 +63,42 @@ def test_a_reader_creates_no_tables_and_sees_changes_within_its_age(tmp_path: Pa
     assert reader.get_collection("c") is None  # the cache has aged out
     writer.dispose()
     reader.dispose()
+
+
+def test_a_reader_keeps_a_quiet_collections_rows_and_drops_changed_ones(tmp_path: Path) -> None:
+    """A reader's cached rows outlive its staleness bound while the writer
+    leaves their collection alone, and are dropped within the bound once it
+    writes there (its write count changes); another collection's rows stay.
+    With the check failing (its table unreadable), everything ages out."""
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    writer = MetadataStore(url)
+    for name in ("quiet", "busy"):
+        writer.create_collection(CollectionRow(name, "m", 4, "IP", "FLAT"))
+        images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in (1, 2)]
+        writer.write_rows(name, "m", images, [], [], vectors_stored=lambda: None)
+    reader = MetadataStore(url, row_cache=100, read_only=True, max_age_s=0.4)
+    for name in ("quiet", "busy"):
+        assert reader.get_collection(name) is not None
+    time.sleep(0.5)  # the first check has run (it drops what was cached before it)
+    for name in ("quiet", "busy"):
+        assert set(reader.records(name, [1, 2])) == {1, 2}
+        assert reader.get_collection(name) is not None
+    time.sleep(1.0)  # 2.5 bounds: nothing was written
+    for name in ("quiet", "busy"):
+        assert reader.cached_records(name, [1, 2]) is not None
+        assert reader.cached_collection(name) is not None
+    assert writer.delete_images("busy", [2]) == [2]
+    time.sleep(0.45)
+    assert reader.cached_records("busy", [1, 2]) is None  # dropped: it changed
+    assert set(reader.records("busy", [1, 2])) == {1}
+    assert reader.cached_records("quiet", [1, 2]) is not None  # kept
+
+    with writer.engine.begin() as conn:  # the check fails from now on
+        conn.exec_driver_sql("ALTER TABLE imgsearch_collections RENAME TO moved")
+    time.sleep(0.45)
+    assert reader.cached_records("quiet", [1, 2]) is None  # aged out
+    reader.dispose()
+    writer.dispose()
 
 
 def test_large_collection_settings_are_checked_and_derived() -> None:
