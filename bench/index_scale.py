@@ -17,6 +17,9 @@ figures are for sizing, not a promise of recall.
 
     .venv/bin/python -m bench.index_scale [--vectors 1000000] [--dim 256]
         [--queries 1000] [--types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ]
+
+A type written IVF_PQ:M builds IVF_PQ with M sub-vectors (``INDEX_PQ_M=M``)
+instead of the derived number, e.g. ``--types IVF_PQ,IVF_PQ:64``.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def implied_bytes(index_type: str, dim: int, params: dict[str, int]) -> float:
 
 
 def build(
-    client: Any, name: str, index_type: str, dim: int
+    client: Any, name: str, index_type: str, dim: int, pq_m: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Indexes the collection with ``index_type`` as the index service would;
     returns (build params, search params, seconds until every row is indexed)."""
@@ -106,7 +109,9 @@ def build(
     from index_service.settings import IndexSettings
 
     vectors = MilvusVectors(
-        IndexSettings(milvus_uri="http://127.0.0.1:19530", index_type=index_type, nlist=0, pq_m=0)
+        IndexSettings(
+            milvus_uri="http://127.0.0.1:19530", index_type=index_type, nlist=0, pq_m=pq_m
+        )
     )
     params = vectors.index_params(dim)
     index = client.prepare_index_params()
@@ -176,8 +181,9 @@ def main() -> None:
             milvus_wire.send(client, request, 600)
         client.flush(name)
         print(f"inserted and flushed in {time.perf_counter() - start:.0f} s")
-        for index_type in args.types.split(","):
-            params, search, seconds = build(client, name, index_type, args.dim)
+        for spec in args.types.split(","):
+            index_type, _, pq_m = spec.partition(":")
+            params, search, seconds = build(client, name, index_type, args.dim, int(pq_m or 0))
             settle()
             released = rss_mb("milvus run")
             client.load_collection(name)
@@ -187,7 +193,7 @@ def main() -> None:
             recall, ms = measure(client, name, queries, truth, search)
             cpu_ms = (cpu_seconds_of("milvus run") - cpu) / len(queries) * 1000
             row = {
-                "index": index_type,
+                "index": spec,
                 "params": params,
                 "search": search,
                 "build_s": round(seconds),

@@ -143,6 +143,63 @@ def records_query(img: Table, pt: Table) -> Select[Any]:
     )
 
 
+def define_tables(md: MetaData, p: str) -> tuple[Table, Table, Table, Table]:
+    """The collections, images, image_paths and thumbnails tables, named with
+    the prefix ``p``."""
+    opts: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+    collections = Table(
+        f"{p}collections",
+        md,
+        Column("name", String(64), primary_key=True),
+        Column("model", String(255), nullable=False),
+        Column("dim", Integer, nullable=False),
+        Column("metric", String(16), nullable=False),
+        Column("index_type", String(32), nullable=False),
+        Column("created_at_ms", BigInteger, nullable=False),
+        # Write transactions on the collection's rows: readers drop their
+        # cached rows of a collection when this (or created_at_ms) changes.
+        Column("writes", BigInteger, nullable=False, server_default="0"),
+        **opts,
+    )
+    images = Table(
+        f"{p}images",
+        md,
+        Column("collection", String(64), primary_key=True),
+        Column("image_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("sha256", String(64), nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("width", Integer, nullable=False),
+        Column("height", Integer, nullable=False),
+        Column("model", String(255), nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("created_at_ms", BigInteger, nullable=False),
+        Column("updated_at_ms", BigInteger, nullable=False),
+        Index(f"{p}ix_images_status", "collection", "status"),
+        **opts,
+    )
+    paths = Table(
+        f"{p}image_paths",
+        md,
+        Column("collection", String(64), primary_key=True),
+        Column("path", String(700), primary_key=True),
+        Column("image_id", BigInteger, nullable=False),
+        Column("created_at_ms", BigInteger, nullable=False),
+        Column("origin", String(8), nullable=False, server_default=STREAM),
+        Index(f"{p}ix_paths_image", "collection", "image_id"),
+        **opts,
+    )
+    thumbnails = Table(
+        f"{p}thumbnails",
+        md,
+        Column("collection", String(64), primary_key=True),
+        Column("image_id", BigInteger, primary_key=True, autoincrement=False),
+        # BLOB is 64 KiB on MySQL; a thumbnail may be larger (up to 1024 px).
+        Column("data", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
+        **opts,
+    )
+    return collections, images, paths, thumbnails
+
+
 class MetadataStore:
     def __init__(
         self,
@@ -183,58 +240,7 @@ class MetadataStore:
             kwargs["connect_args"] = connect
         self.engine: Engine = create_engine(url, **kwargs)
         md = MetaData()
-        opts: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-        p = table_prefix
-        self.collections = Table(
-            f"{p}collections",
-            md,
-            Column("name", String(64), primary_key=True),
-            Column("model", String(255), nullable=False),
-            Column("dim", Integer, nullable=False),
-            Column("metric", String(16), nullable=False),
-            Column("index_type", String(32), nullable=False),
-            Column("created_at_ms", BigInteger, nullable=False),
-            # Write transactions on the collection's rows: readers drop their
-            # cached rows of a collection when this (or created_at_ms) changes.
-            Column("writes", BigInteger, nullable=False, server_default="0"),
-            **opts,
-        )
-        self.images = Table(
-            f"{p}images",
-            md,
-            Column("collection", String(64), primary_key=True),
-            Column("image_id", BigInteger, primary_key=True, autoincrement=False),
-            Column("sha256", String(64), nullable=False),
-            Column("size", BigInteger, nullable=False),
-            Column("width", Integer, nullable=False),
-            Column("height", Integer, nullable=False),
-            Column("model", String(255), nullable=False),
-            Column("status", String(8), nullable=False),
-            Column("created_at_ms", BigInteger, nullable=False),
-            Column("updated_at_ms", BigInteger, nullable=False),
-            Index(f"{p}ix_images_status", "collection", "status"),
-            **opts,
-        )
-        self.paths = Table(
-            f"{p}image_paths",
-            md,
-            Column("collection", String(64), primary_key=True),
-            Column("path", String(700), primary_key=True),
-            Column("image_id", BigInteger, nullable=False),
-            Column("created_at_ms", BigInteger, nullable=False),
-            Column("origin", String(8), nullable=False, server_default=STREAM),
-            Index(f"{p}ix_paths_image", "collection", "image_id"),
-            **opts,
-        )
-        self.thumbnails = Table(
-            f"{p}thumbnails",
-            md,
-            Column("collection", String(64), primary_key=True),
-            Column("image_id", BigInteger, primary_key=True, autoincrement=False),
-            # BLOB is 64 KiB on MySQL; a thumbnail may be larger (up to 1024 px).
-            Column("data", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
-            **opts,
-        )
+        self.collections, self.images, self.paths, self.thumbnails = define_tables(md, table_prefix)
         self.md = md
         self._records_query = records_query(self.images, self.paths)
         self._created = False
@@ -389,9 +395,10 @@ class MetadataStore:
         c = self.collections
         try:
             with self._tx() as conn:
-                yield conn
-                # Readers drop their cached rows of the collection.
+                # Readers drop their cached rows of the collection. First, so
+                # that it runs while an upsert's vectors are being stored.
                 conn.execute(update(c).where(c.c.name == name).values(writes=c.c.writes + 1))
+                yield conn
         finally:
             with self._cache_lock:
                 self._writes += 1
