@@ -16,12 +16,17 @@ are readers (the only way two share a store), with a staleness bound of an
 hour (--staleness) so that their row caches hold through the run as a
 writer's do, whatever the code compared.
 
+--row-cache 0: every search reads its hits' rows from SQL (the cost of a
+collection larger than the row cache, or of one whose rows were just
+dropped by a write).
+
 --clients N: N callers at once, each on its own connection (the searches
 are shared out among them), with the latencies' p50 and p99; the pymilvus
 baseline stays serial.
 
     .venv/bin/python -m bench.search_cpu [--vectors 10000] [--searches 600]
     .venv/bin/python -m bench.search_cpu --against HEAD~1 [--rounds 5] [--clients 8]
+        [--row-cache 0]
 """
 
 from __future__ import annotations
@@ -138,6 +143,12 @@ def main() -> None:
     parser.add_argument(
         "--staleness", type=float, default=3600.0, help="with --against: INDEX_READ_STALENESS_S"
     )
+    parser.add_argument(
+        "--row-cache",
+        type=int,
+        default=None,
+        help="INDEX_ROW_CACHE of every index (0: each search reads its hits' rows from SQL)",
+    )
     args = parser.parse_args()
     from pymilvus import MilvusClient
 
@@ -183,6 +194,8 @@ def main() -> None:
         }
         if args.against:  # readers whose row caches last the run, as a writer's do
             env["INDEX_READ_STALENESS_S"] = str(args.staleness)
+        if args.row_cache is not None:
+            env["INDEX_ROW_CACHE"] = str(args.row_cache)
         checkouts = {"this checkout": ROOT}
         if args.against:
             checkouts[args.against] = stack.enter_context(worktree(args.against))

@@ -97,8 +97,9 @@ class IndexSettings(ServerSettings):
     row_cache: int = field(
         default=100_000,
         metadata={
-            "help": "ready image rows kept in memory for searches (0: off); safe because "
-            "this service is the only writer of its tables"
+            "help": "ready image rows kept in memory for searches (0: off); the writer "
+            "drops a collection's rows when it writes to it, a reader once it sees the "
+            "collection's write count change (within INDEX_READ_STALENESS_S)"
         },
     )
     row_cache_mb: int = field(
