@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagesearch import errors, logs
+from index_service.row_cache import RowCache
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ READY = "ready"
 SERVER = "server"
 STREAM = "stream"
 CHUNK = 500  # ids per IN (...) clause
+# A collection is loaded whole into the row cache once it has had no write
+# for this long (and a search missed the cache).
+LOAD_QUIET_S = 2.0
 
 
 def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -95,11 +99,6 @@ class ImageRow:
     updated_at_ms: int
     paths: list[str] = field(default_factory=list)
     server_paths: list[str] = field(default_factory=list)  # found by server jobs
-
-
-def row_bytes(row: ImageRow) -> int:
-    """A cached row's memory, roughly: the object and its strings."""
-    return 400 + len(row.sha256) + len(row.model) + sum(80 + len(p) for p in row.paths)
 
 
 @dataclass(frozen=True)
@@ -256,14 +255,14 @@ class MetadataStore:
         self._records_sql: dict[int, str] = {}  # records_sql by number of ids
         self._created = False
         self._collections: dict[str, CollectionRow] = {}
-        # Ready rows by collection, for searches (this service is the only
-        # writer: every write below drops its collection's rows on the way
-        # out). A read stores what it fetched only if no write ran meanwhile.
-        self.row_cache = row_cache
-        self.row_cache_bytes = row_cache_bytes
-        self._rows: dict[str, dict[int, ImageRow]] = {}
-        self._row_bytes: dict[str, int] = {}  # estimated size of each collection's rows
+        # Ready rows by collection, for searches (a writer's every write
+        # below drops its collection's rows on the way out; a reader's check
+        # drops those of collections that changed). A read stores what it
+        # fetched only if no write (or change seen) happened meanwhile.
+        self.row_cache = RowCache(row_cache, row_cache_bytes)
         self._writes = 0
+        self._changed_at: dict[str, float] = {}  # when a collection's rows were last dropped
+        self._loads: set[str] = set()  # collections being loaded, or tried since a change
         self._cache_lock = threading.Lock()
         # A reader's caches were current as of this time (its last check of
         # the collections' write counts, or its last full drop).
@@ -321,8 +320,8 @@ class MetadataStore:
             return
         with self._cache_lock:
             self._writes += 1  # a read in flight keeps what it fetched to itself
-            self._rows.clear()
-            self._row_bytes.clear()
+            self.row_cache.clear()
+            self._loads.clear()
             self._collections.clear()
             self._checked = time.monotonic()
 
@@ -356,7 +355,7 @@ class MetadataStore:
                 continue
             failing = False
             with self._cache_lock:
-                cached = set(self._rows) | set(self._collections)
+                cached = self.row_cache.names() | set(self._collections)
                 changed = {
                     n
                     for n in cached | set(seen) | set(self._seen)
@@ -365,8 +364,7 @@ class MetadataStore:
                 if changed:  # a read in flight keeps what it fetched to itself
                     self._writes += 1
                 for name in changed | (cached - set(seen)):
-                    self._rows.pop(name, None)
-                    self._row_bytes.pop(name, None)
+                    self._dropped(name)
                     self._collections.pop(name, None)
                 self._seen = seen
                 self._checked = started  # what the query saw is at least this recent
@@ -413,8 +411,14 @@ class MetadataStore:
         finally:
             with self._cache_lock:
                 self._writes += 1
-                self._rows.pop(name, None)
-                self._row_bytes.pop(name, None)
+                self._dropped(name)
+
+    def _dropped(self, name: str) -> None:
+        """The collection changed: its cached rows go, and it may be loaded
+        whole again once it has been quiet a while (under the cache lock)."""
+        self.row_cache.drop(name)
+        self._loads.discard(name)
+        self._changed_at[name] = time.monotonic()
 
     def dispose(self) -> None:
         self._stop_watching.set()
@@ -671,42 +675,98 @@ class MetadataStore:
         (INDEX_ROW_CACHE); the rows it returns must not be modified."""
         wanted = list(dict.fromkeys(ids))
         self._expire_caches()
-        if not ready_only or self.row_cache <= 0:
+        if not ready_only or not self.row_cache.on:
             return self._fetch_records(name, wanted, ready_only)
         with self._cache_lock:
-            cached = self._rows.get(name, {})
-            out = {i: cached[i] for i in wanted if i in cached}
+            known = self.row_cache.answer(name, wanted)
+            if known is not None:
+                return known
+            out = self.row_cache.found(name, wanted)
             writes = self._writes
         missing = [i for i in wanted if i not in out]
-        if missing:
-            found = self._fetch_records(name, missing, ready_only=True)
-            out.update(found)
-            with self._cache_lock:
-                if writes == self._writes:  # no write ran meanwhile: still current
-                    held = sum(len(rows) for rows in self._rows.values())
-                    size = sum(row_bytes(r) for r in found.values())
-                    if (
-                        held + len(found) > self.row_cache
-                        or sum(self._row_bytes.values()) + size > self.row_cache_bytes
-                    ):
-                        self._rows.clear()
-                        self._row_bytes.clear()
-                    self._rows.setdefault(name, {}).update(found)
-                    self._row_bytes[name] = self._row_bytes.get(name, 0) + size
+        if not missing:
+            return out
+        found = self._fetch_records(name, missing, ready_only=True)
+        out.update(found)
+        with self._cache_lock:
+            if writes == self._writes:  # no write ran meanwhile: still current
+                self.row_cache.add(name, found)
+        self._load_soon(name)
         return out
 
     def cached_records(self, name: str, ids: Sequence[int]) -> dict[int, ImageRow] | None:
-        """``records(name, ids)`` when every one of them is in the row cache
+        """``records(name, ids)`` when the row cache knows every one of them
         (no I/O), else None."""
         self._expire_caches()
         with self._cache_lock:
-            cached = self._rows.get(name)
-            if cached is None:
-                return None
-            try:
-                return {i: cached[i] for i in ids}
-            except KeyError:
-                return None
+            return self.row_cache.answer(name, ids)
+
+    def _load_soon(self, name: str) -> None:
+        """Starts loading every ready row of the collection into the cache,
+        unless it is being loaded, was tried since its last change, or
+        changed less than LOAD_QUIET_S ago (while a writer writes to it, its
+        rows are read per search)."""
+        with self._cache_lock:
+            if (
+                name in self._loads
+                or self.row_cache.whole(name)
+                or time.monotonic() - self._changed_at.get(name, -LOAD_QUIET_S) < LOAD_QUIET_S
+            ):
+                return
+            self._loads.add(name)
+        threading.Thread(
+            target=self._load, args=(name,), name="row-cache-load", daemon=True
+        ).start()
+
+    def _load(self, name: str) -> None:
+        """Reads the collection's ready rows page by page, and caches them
+        whole if they fit beside what else is cached and nothing was written
+        (or seen to change) meanwhile. A collection too large is counted,
+        not read: its rows stay cached per search."""
+        with self._cache_lock:
+            writes = self._writes
+            limit = self.row_cache.max_rows
+        started = time.monotonic()
+        try:
+            if self.ready_at_most(name, limit + 1) > limit:
+                return
+            rows: dict[int, ImageRow] = {}
+            for page in self.id_pages(name, READY):
+                rows.update(self._fetch_records(name, page, ready_only=True))
+                if writes != self._writes:
+                    break
+            with self._cache_lock:
+                if writes == self._writes:  # tried: it is cached, or does not fit
+                    if self.row_cache.put_whole(name, rows):
+                        logs.event(
+                            log,
+                            "row_cache.loaded",
+                            collection=name,
+                            rows=len(rows),
+                            seconds=round(time.monotonic() - started, 3),
+                        )
+                    return
+        except Exception as exc:  # searches read their rows per search, as before
+            logs.event(
+                log, "row_cache.load_failed", logging.WARNING, collection=name, error=repr(exc)
+            )
+        with self._cache_lock:  # a write came first, or it failed: try again later
+            if name in self._loads and not self.row_cache.whole(name):
+                self._loads.discard(name)
+                self._changed_at[name] = time.monotonic()
+
+    def ready_at_most(self, name: str, limit: int) -> int:
+        """The collection's ready rows, counted up to ``limit`` (so that the
+        count of a huge collection costs no more than ``limit`` index entries)."""
+        img = self.images
+        first = (
+            select(img.c.image_id)
+            .where(and_(img.c.collection == name, img.c.status == READY))
+            .limit(limit)
+            .subquery()
+        )
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).select_from(first)).scalar_one())
 
     def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
         """One query per chunk of ids: rows joined with their paths."""

@@ -603,7 +603,6 @@ def test_a_hit_lists_the_first_paths_and_counts_the_rest(tmp_path: Path) -> None
 
 def test_row_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
     from index_service.app import build_store, start
-    from index_service.metadata import row_bytes
 
     settings = index_settings(tmp_path, row_cache_mb=1)
     store = build_store(settings)
@@ -612,11 +611,10 @@ def test_row_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
         stub = index_pb2_grpc.IndexServiceStub(channel(running.port))
         long = "/" + "x" * 600  # ~700 bytes a path: 1 MiB holds ~800 rows, not 2000
         upsert(stub, [item(n, path=f"{long}/{n}.jpg") for n in range(2000)])
-        cached = store.meta._rows
         most = 0
         for n in range(0, 2000, 25):
             search(stub, vector(n), top_k=50)
-            held = sum(row_bytes(r) for rows in cached.values() for r in rows.values())
+            held = store.meta.row_cache.held()[1]
             most = max(most, held)
             assert held <= 1024 * 1024
         assert most > 512 * 1024  # it does cache, up to near the bound

@@ -1,0 +1,102 @@
+"""The row cache loads a quiet collection whole after a search misses it, so
+later searches read no SQL, even for hits whose rows are not ready; a write
+drops it, a collection larger than the cache is never held whole (SQLite
+stores, no server)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from index_service import metadata
+from index_service.metadata import CollectionRow, MetadataStore, NewImage
+
+READY_IDS = list(range(1, 301))
+PENDING_ID = 1000
+
+
+def until(check: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def quiet_s(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(metadata, "LOAD_QUIET_S", 0.3)
+    return 0.3
+
+
+def filled(tmp_path: Path, row_cache: int) -> MetadataStore:
+    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=row_cache)
+    store.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
+    images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in READY_IDS]
+    paths = [(f"/p/{n}.jpg", n) for n in READY_IDS]
+    store.write_rows("c", "m", images, paths, [], vectors_stored=lambda: None)
+    pending = NewImage(PENDING_ID, "f" * 64, f"/p/{PENDING_ID}.jpg", 10, 4, 3)
+    store.write_pending("c", "m", [pending], [(pending.path, PENDING_ID)], [])
+    return store
+
+
+def test_a_quiet_collection_is_loaded_whole_and_dropped_on_a_write(
+    tmp_path: Path, quiet_s: float
+) -> None:
+    store = filled(tmp_path, row_cache=1000)
+    assert set(store.records("c", [1, 2])) == {1, 2}  # just written: not loaded yet
+    time.sleep(quiet_s * 2)
+    assert store.cached_records("c", READY_IDS) is None
+    assert set(store.records("c", [3])) == {3}  # a miss, after a quiet while: loads
+    assert until(lambda: store.cached_records("c", READY_IDS) is not None)
+    whole = store.cached_records("c", READY_IDS)
+    assert whole is not None and sorted(whole) == READY_IDS
+    assert whole[7].paths == ["/p/7.jpg"] and whole[7].sha256 == f"{7:064x}"
+    # A pending row's hit is known not to be ready without asking SQL.
+    assert store.cached_records("c", [5, PENDING_ID]) == {5: whole[5]}
+    assert set(store.records("c", [5, PENDING_ID, 99_999])) == {5}
+
+    assert store.delete_images("c", [2]) == [2]  # a write drops the collection
+    assert store.cached_records("c", [1]) is None
+    assert set(store.records("c", [1, 2])) == {1}  # read from SQL, not loaded yet
+    assert store.cached_records("c", [1, 3]) is None
+    time.sleep(quiet_s * 2)
+    store.records("c", [4])
+    assert until(lambda: store.cached_records("c", [1, 3]) is not None)
+    assert sorted(store.cached_records("c", READY_IDS) or {}) == READY_IDS[:1] + READY_IDS[2:]
+    store.dispose()
+
+
+def test_a_collection_larger_than_the_cache_is_not_loaded(tmp_path: Path, quiet_s: float) -> None:
+    store = filled(tmp_path, row_cache=100)
+    time.sleep(quiet_s * 2)
+    for n in (1, 2, 3):
+        assert set(store.records("c", [n])) == {n}
+    time.sleep(0.5)  # time for a load, were one started
+    assert store.cached_records("c", [1, 2, 3]) is not None  # cached per search
+    assert store.cached_records("c", [4]) is None  # not loaded
+    assert store.row_cache.held()[0] <= 100
+    store.dispose()
+
+
+def test_a_reader_loads_too_and_drops_the_collection_when_it_changes(
+    tmp_path: Path, quiet_s: float
+) -> None:
+    writer = filled(tmp_path, row_cache=0)
+    reader = MetadataStore(
+        f"sqlite:///{tmp_path / 'meta.db'}", row_cache=1000, read_only=True, max_age_s=0.4
+    )
+    time.sleep(quiet_s * 2)
+    reader.records("c", [1])
+    assert until(lambda: reader.cached_records("c", READY_IDS) is not None)
+    images = [NewImage(500, "e" * 64, "/p/500.jpg", 10, 4, 3)]
+    writer.write_rows("c", "m", images, [("/p/500.jpg", 500)], [], vectors_stored=lambda: None)
+    # Within the reader's bound, the new row is seen (the whole collection
+    # it held was dropped when the write count changed).
+    assert until(lambda: 500 in reader.records("c", [500]), seconds=1.0)
+    reader.dispose()
+    writer.dispose()
