@@ -6,6 +6,7 @@ stores, no server)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,8 +34,16 @@ def quiet_s(monkeypatch: pytest.MonkeyPatch) -> float:
     return 0.3
 
 
-def filled(tmp_path: Path, row_cache: int) -> MetadataStore:
-    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=row_cache)
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
+    return f"sqlite:///{tmp_path / 'meta.db'}"
+
+
+def filled(url: str, row_cache: int) -> MetadataStore:
+    """A store on its own tables: 300 ready rows and a pending one in "c"."""
+    store = MetadataStore(url, f"rc{uuid.uuid4().hex[:8]}_", row_cache=row_cache)
     store.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
     images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in READY_IDS]
     paths = [(f"/p/{n}.jpg", n) for n in READY_IDS]
@@ -45,9 +54,9 @@ def filled(tmp_path: Path, row_cache: int) -> MetadataStore:
 
 
 def test_a_quiet_collection_is_loaded_whole_and_dropped_on_a_write(
-    tmp_path: Path, quiet_s: float
+    url: str, quiet_s: float
 ) -> None:
-    store = filled(tmp_path, row_cache=1000)
+    store = filled(url, row_cache=1000)
     assert set(store.records("c", [1, 2])) == {1, 2}  # just written: not loaded yet
     time.sleep(quiet_s * 2)
     assert store.cached_records("c", READY_IDS) is None
@@ -68,11 +77,12 @@ def test_a_quiet_collection_is_loaded_whole_and_dropped_on_a_write(
     store.records("c", [4])
     assert until(lambda: store.cached_records("c", [1, 3]) is not None)
     assert sorted(store.cached_records("c", READY_IDS) or {}) == READY_IDS[:1] + READY_IDS[2:]
+    store.md.drop_all(store.engine)
     store.dispose()
 
 
-def test_a_collection_larger_than_the_cache_is_not_loaded(tmp_path: Path, quiet_s: float) -> None:
-    store = filled(tmp_path, row_cache=100)
+def test_a_collection_larger_than_the_cache_is_not_loaded(url: str, quiet_s: float) -> None:
+    store = filled(url, row_cache=100)
     time.sleep(quiet_s * 2)
     for n in (1, 2, 3):
         assert set(store.records("c", [n])) == {n}
@@ -80,15 +90,20 @@ def test_a_collection_larger_than_the_cache_is_not_loaded(tmp_path: Path, quiet_
     assert store.cached_records("c", [1, 2, 3]) is not None  # cached per search
     assert store.cached_records("c", [4]) is None  # not loaded
     assert store.row_cache.held()[0] <= 100
+    store.md.drop_all(store.engine)
     store.dispose()
 
 
 def test_a_reader_loads_too_and_drops_the_collection_when_it_changes(
     tmp_path: Path, quiet_s: float
 ) -> None:
-    writer = filled(tmp_path, row_cache=0)
+    writer = filled(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=0)
     reader = MetadataStore(
-        f"sqlite:///{tmp_path / 'meta.db'}", row_cache=1000, read_only=True, max_age_s=0.4
+        writer.url,
+        writer.collections.name[: -len("collections")],
+        row_cache=1000,
+        read_only=True,
+        max_age_s=0.4,
     )
     time.sleep(quiet_s * 2)
     reader.records("c", [1])
