@@ -14,6 +14,7 @@ Tables (names carry INDEX_TABLE_PREFIX):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -60,8 +61,11 @@ SERVER = "server"
 STREAM = "stream"
 CHUNK = 500  # ids per IN (...) clause
 # A collection is loaded whole into the row cache once it has had no write
-# for this long (and a search missed the cache).
+# for this long (and a search missed the cache), and for at least
+# LOAD_QUIET_FACTOR times as long as its last load took: a collection written
+# now and then is reloaded with at most a tenth of a core.
 LOAD_QUIET_S = 2.0
+LOAD_QUIET_FACTOR = 10.0
 
 
 def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -262,6 +266,7 @@ class MetadataStore:
         self.row_cache = RowCache(row_cache, row_cache_bytes)
         self._writes = 0
         self._changed_at: dict[str, float] = {}  # when a collection's rows were last dropped
+        self._load_s: dict[str, float] = {}  # how long its last load took
         self._loads: set[str] = set()  # collections being loaded, or tried since a change
         self._cache_lock = threading.Lock()
         # A reader's caches were current as of this time (its last check of
@@ -704,13 +709,14 @@ class MetadataStore:
     def _load_soon(self, name: str) -> None:
         """Starts loading every ready row of the collection into the cache,
         unless it is being loaded, was tried since its last change, or
-        changed less than LOAD_QUIET_S ago (while a writer writes to it, its
+        changed too recently (LOAD_QUIET_S; while a writer writes to it, its
         rows are read per search)."""
         with self._cache_lock:
             if (
                 name in self._loads
                 or self.row_cache.whole(name)
-                or time.monotonic() - self._changed_at.get(name, -LOAD_QUIET_S) < LOAD_QUIET_S
+                or time.monotonic() - self._changed_at.get(name, -math.inf)
+                < max(LOAD_QUIET_S, LOAD_QUIET_FACTOR * self._load_s.get(name, 0.0))
             ):
                 return
             self._loads.add(name)
@@ -736,6 +742,7 @@ class MetadataStore:
                 if writes != self._writes:
                     break
             with self._cache_lock:
+                self._load_s[name] = time.monotonic() - started
                 if writes == self._writes:  # tried: it is cached, or does not fit
                     if self.row_cache.put_whole(name, rows):
                         logs.event(
@@ -743,7 +750,7 @@ class MetadataStore:
                             "row_cache.loaded",
                             collection=name,
                             rows=len(rows),
-                            seconds=round(time.monotonic() - started, 3),
+                            seconds=round(self._load_s[name], 3),
                         )
                     return
         except Exception as exc:  # searches read their rows per search, as before
@@ -751,6 +758,7 @@ class MetadataStore:
                 log, "row_cache.load_failed", logging.WARNING, collection=name, error=repr(exc)
             )
         with self._cache_lock:  # a write came first, or it failed: try again later
+            self._load_s[name] = time.monotonic() - started
             if name in self._loads and not self.row_cache.whole(name):
                 self._loads.discard(name)
                 self._changed_at[name] = time.monotonic()
