@@ -273,7 +273,7 @@ class MetadataStore:
         # the collections' write counts, or its last full drop).
         self._checked = time.monotonic()
         self._seen: dict[str, tuple[int, int]] = {}  # collection -> (created_at_ms, writes)
-        self._stop_watching = threading.Event()
+        self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
 
     # -- plumbing --------------------------------------------------------
@@ -346,7 +346,7 @@ class MetadataStore:
         c = self.collections
         query = select(c.c.name, c.c.created_at_ms, c.c.writes)
         failing = False
-        while not self._stop_watching.wait(period_s):
+        while not self._closing.wait(period_s):
             started = time.monotonic()
             try:
                 with self.engine.connect() as conn:
@@ -426,7 +426,7 @@ class MetadataStore:
         self._changed_at[name] = time.monotonic()
 
     def dispose(self) -> None:
-        self._stop_watching.set()
+        self._closing.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.engine.dispose()
@@ -739,8 +739,8 @@ class MetadataStore:
             rows: dict[int, ImageRow] = {}
             for page in self.id_pages(name, READY):
                 rows.update(self._fetch_records(name, page, ready_only=True))
-                if writes != self._writes:
-                    break
+                if writes != self._writes or self._closing.is_set():
+                    break  # a write came first, or the store is being closed
             with self._cache_lock:
                 self._load_s[name] = time.monotonic() - started
                 if writes == self._writes:  # tried: it is cached, or does not fit
