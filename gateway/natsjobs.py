@@ -207,13 +207,15 @@ class NatsJobStore:
 
     def _all(self) -> list[JobState]:
         """Every job, read in one round of concurrent gets (a job expired
-        between the listing and its get is left out)."""
+        between the listing and its get is left out). The keys are the
+        subjects of the bucket's stream, as the server lists them: nats-py's
+        ``KeyValue.keys()`` reads them through a watch, which lists a job
+        that changes meanwhile twice, or not at all."""
+        bucket = f"{self.prefix}_jobs"
 
         async def read_all() -> list[Any]:
-            try:
-                keys = await self._kv.keys()
-            except NoKeysError:
-                return []
+            info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
+            keys = [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
             got = await asyncio.gather(*(self._kv.get(k) for k in keys), return_exceptions=True)
             for entry in got:
                 if isinstance(entry, BaseException) and not isinstance(entry, KeyNotFoundError):

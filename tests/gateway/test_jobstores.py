@@ -298,3 +298,30 @@ def test_the_nats_store_speaks_mtls_and_names_the_server_when_it_cannot(tmp_path
         assert url in err.value.message and "GATEWAY_JOBS_URL" in err.value.message
     finally:
         server.stop()
+
+
+def test_a_job_changing_while_jobs_are_listed_is_listed_once(stores: Stores) -> None:
+    """On NATS the listing reads the bucket's keys through a watch, which also
+    delivers a key again when its job changes meanwhile; each job is listed
+    once all the same."""
+    store = stores.make()
+    other = stores.peer(store)
+    for n in range(3):
+        new_job(store, f"k{n}", 1, created=100 + n)
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set() and n < 2000:  # bounded: a job's counters keep changing
+            other.update(f"k{n % 3}", state=RUNNING)
+            n += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(40):
+            listed, _ = store.page("", 10, None)
+            assert sorted(j.job_id for j in listed) == ["k0", "k1", "k2"]
+    finally:
+        stop.set()
+        worker.join()
