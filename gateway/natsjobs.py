@@ -100,6 +100,7 @@ class NatsJobStore:
     ) -> None:
         self.url = url
         self.prefix = prefix
+        self._jobs_bucket = f"{prefix}_jobs"
         self.max_errors_kept = max_errors_kept
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -139,9 +140,7 @@ class NatsJobStore:
             **options,
         )
         self._js = js = self._nc.jetstream()
-        self._kv = await js.create_key_value(
-            bucket=f"{self.prefix}_jobs", history=1, replicas=replicas
-        )
+        self._kv = await js.create_key_value(bucket=self._jobs_bucket, history=1, replicas=replicas)
         self._chunks = await js.create_key_value(
             bucket=f"{self.prefix}_chunks", history=1, replicas=replicas
         )
@@ -211,7 +210,7 @@ class NatsJobStore:
         subjects of the bucket's stream, as the server lists them: nats-py's
         ``KeyValue.keys()`` reads them through a watch, which lists a job
         that changes meanwhile twice, or not at all."""
-        bucket = f"{self.prefix}_jobs"
+        bucket = self._jobs_bucket
 
         async def read_all() -> list[Any]:
             info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")

@@ -144,7 +144,7 @@ def records_sql(engine: Engine, img: Table, pt: Table, n: int) -> str:
     status) index and scans every ready row of the collection instead of the
     few ids asked."""
     q = engine.dialect.identifier_preparer
-    mark = "?" if engine.dialect.paramstyle in ("qmark", "numeric") else "%s"
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"  # SQLite; PyMySQL
     cols = ", ".join(f"i.{q.quote(c)}" for c in RECORD_COLUMNS)
     return (
         f"SELECT {cols}, p.{q.quote('path')}, p.{q.quote('origin')} "
@@ -725,43 +725,51 @@ class MetadataStore:
         ).start()
 
     def _load(self, name: str) -> None:
-        """Reads the collection's ready rows page by page, and caches them
-        whole if they fit beside what else is cached and nothing was written
-        (or seen to change) meanwhile. A collection too large is counted,
-        not read: its rows stay cached per search."""
-        with self._cache_lock:
-            writes = self._writes
-            limit = self.row_cache.max_rows
+        """Loads the collection whole (``_load_whole``); if a write came
+        first, the store is closing or the load failed, it may be tried again
+        once the collection has been quiet a while."""
         started = time.monotonic()
         try:
-            if self.ready_at_most(name, limit + 1) > limit:
-                return
-            rows: dict[int, ImageRow] = {}
-            for page in self.id_pages(name, READY):
-                rows.update(self._fetch_records(name, page, ready_only=True))
-                if writes != self._writes or self._closing.is_set():
-                    break  # a write came first, or the store is being closed
-            with self._cache_lock:
-                self._load_s[name] = time.monotonic() - started
-                if writes == self._writes:  # tried: it is cached, or does not fit
-                    if self.row_cache.put_whole(name, rows):
-                        logs.event(
-                            log,
-                            "row_cache.loaded",
-                            collection=name,
-                            rows=len(rows),
-                            seconds=round(self._load_s[name], 3),
-                        )
-                    return
+            tried = self._load_whole(name, started)
         except Exception as exc:  # searches read their rows per search, as before
             logs.event(
                 log, "row_cache.load_failed", logging.WARNING, collection=name, error=repr(exc)
             )
-        with self._cache_lock:  # a write came first, or it failed: try again later
+            tried = False
+        with self._cache_lock:
             self._load_s[name] = time.monotonic() - started
-            if name in self._loads and not self.row_cache.whole(name):
+            if not tried and name in self._loads:
                 self._loads.discard(name)
                 self._changed_at[name] = time.monotonic()
+
+    def _load_whole(self, name: str, started: float) -> bool:
+        """Reads the collection's ready rows page by page, and caches them
+        whole if they fit beside what else is cached and nothing was written
+        (or seen to change) meanwhile. A collection too large is counted,
+        not read: its rows stay cached per search. False: stopped early (a
+        write, or the store closing)."""
+        with self._cache_lock:
+            writes = self._writes
+            limit = self.row_cache.max_rows
+        if self.ready_at_most(name, limit + 1) > limit:
+            return True
+        rows: dict[int, ImageRow] = {}
+        for page in self.id_pages(name, READY):
+            if writes != self._writes or self._closing.is_set():
+                return False
+            rows.update(self._fetch_records(name, page, ready_only=True))
+        with self._cache_lock:
+            if writes != self._writes:
+                return False
+            if self.row_cache.put_whole(name, rows):
+                logs.event(
+                    log,
+                    "row_cache.loaded",
+                    collection=name,
+                    rows=len(rows),
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            return True
 
     def ready_at_most(self, name: str, limit: int) -> int:
         """The collection's ready rows, counted up to ``limit`` (so that the
