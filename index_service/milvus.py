@@ -55,6 +55,10 @@ class MilvusVectors:
         # A reader asks for data at most this old (the writer's own writes are
         # not in its session): a guarantee timestamp of now minus the staleness.
         self.staleness_s = settings.read_staleness_s if settings.reader else None
+        # Candidates re-ranked on their stored vectors per hit (INDEX_REFINE):
+        # PQ codes order neighbours coarsely, the stored vectors exactly.
+        self.refine = settings.refine or (8 if self.index_type == "IVF_PQ" else 1)
+        self.max_top_k = MAX_TOPK // self.refine
         self._client: MilvusClient | None = None
         self._aio: AioSearches | None = None  # searches from the server's loop
         self._lock = threading.Lock()
@@ -282,14 +286,19 @@ class MilvusVectors:
 
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         mname = self.milvus_name(name)
+        out: dict[int, np.ndarray] = {}
         with self._calling(f"get from {name}") as c:
-            rows = c.get(
-                mname,
-                ids=[int(x) for x in ids],
-                output_fields=[VECTOR_FIELD],
-                **self._reads(),
-            )
-        return {int(r[ID_FIELD]): np.asarray(r[VECTOR_FIELD], dtype=np.float32) for r in rows}
+            for i in range(0, len(ids), CHUNK):
+                rows = c.get(
+                    mname,
+                    ids=[int(x) for x in ids[i : i + CHUNK]],
+                    output_fields=[VECTOR_FIELD],
+                    **self._reads(),
+                )
+                out.update(
+                    (int(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], dtype=np.float32)) for r in rows
+                )
+        return out
 
     def all_ids(self, name: str) -> Iterator[int]:
         mname = self.milvus_name(name)
@@ -340,10 +349,34 @@ class MilvusVectors:
         """Per query, (id, raw distance) best first. No output fields are asked
         for: hits carry their primary key, and on a server any output field
         costs a second retrieval phase inside Milvus."""
-        request = self._search_request(name, vectors, limit, only_ids)
+        request = self._search_request(name, vectors, limit * self.refine, only_ids)
         with self._calling(f"search {name}") as c:
             results = milvus_wire.search(c, request, self.settings.milvus_timeout_s)
-        return self._hits(results)
+        hits = self._hits(results)
+        return self._reranked(name, vectors, hits, limit) if self.refine > 1 else hits
+
+    def _reranked(
+        self, name: str, vectors: np.ndarray, hits: list[list[tuple[int, float]]], limit: int
+    ) -> list[list[tuple[int, float]]]:
+        """Each query's candidates ordered by their exact distance to it, on
+        the vectors Milvus stores, the best ``limit`` kept (a candidate whose
+        vector is gone by now is left out)."""
+        stored = self.get_vectors(name, sorted({iid for found in hits for iid, _ in found}))
+        out: list[list[tuple[int, float]]] = []
+        for query, found in zip(vectors, hits, strict=True):
+            ids = [iid for iid, _ in found if iid in stored]
+            if not ids:
+                out.append([])
+                continue
+            candidates = np.stack([stored[iid] for iid in ids])
+            if self.metric == "L2":  # Milvus' L2 distance is the squared one
+                raw = ((candidates - query) ** 2).sum(axis=1)
+                order = np.argsort(raw, kind="stable")
+            else:  # IP, and COSINE on unit vectors
+                raw = candidates @ query
+                order = np.argsort(-raw, kind="stable")
+            out.append([(ids[i], float(raw[i])) for i in order[:limit]])
+        return out
 
     def _aio_searches(self) -> AioSearches | None:
         """The asyncio channel of the running loop, opened on first use once
@@ -368,7 +401,7 @@ class MilvusVectors:
         start, after an outage), on a thread through ``search``, so that
         connecting never blocks the loop."""
         aio = self._aio_searches()
-        if aio is None:
+        if aio is None or self.refine > 1:  # (the vectors are read through pymilvus)
             return await asyncio.to_thread(self.search, name, vectors, limit, only_ids)
         request = self._search_request(name, vectors, limit, only_ids)
         try:

@@ -137,6 +137,15 @@ class IndexSettings(ServerSettings):
         default=0,
         metadata={"help": "IVF_PQ: sub-vectors per vector; 0: one per 8 dimensions"},
     )
+    refine: int = field(
+        default=0,
+        metadata={
+            "help": "candidates re-ranked on their stored vectors, per hit asked for: a "
+            "search takes N x top_k from Milvus and orders them by their exact distance to "
+            "the query (one read of their vectors more); 0: 8 for IVF_PQ, 1 (none) for the "
+            "others"
+        },
+    )
     milvus_shards: int = field(
         default=1,
         metadata={
@@ -227,6 +236,8 @@ class IndexSettings(ServerSettings):
             )
         if not 1 <= self.milvus_shards <= 16:
             raise SettingsError("INDEX_MILVUS_SHARDS must be between 1 and 16")
+        if not 0 <= self.refine <= 64:
+            raise SettingsError("INDEX_REFINE must be between 0 (derived) and 64")
         if self.nlist < 0 or self.pq_m < 0:
             raise SettingsError("INDEX_NLIST and INDEX_PQ_M must be >= 0 (0: derived)")
         if self.milvus_consistency not in ("Session", "Strong", "Bounded", "Eventually"):

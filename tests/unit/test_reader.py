@@ -112,6 +112,7 @@ def test_large_collection_settings_are_checked_and_derived() -> None:
         {"INDEX_INDEX_TYPE": "IVF_PQ"},  # Milvus Lite builds no PQ index
         {**server, "INDEX_MILVUS_SHARDS": "17"},
         {**server, "INDEX_NLIST": "-1"},
+        {**server, "INDEX_REFINE": "65"},
     ):
         with pytest.raises(SettingsError):
             load_settings(IndexSettings, "INDEX_", env=bad)
@@ -119,4 +120,10 @@ def test_large_collection_settings_are_checked_and_derived() -> None:
     settings = load_settings(IndexSettings, "INDEX_", env=pq)
     from index_service.milvus import MilvusVectors
 
-    assert MilvusVectors(settings).index_params(2048) == {"nlist": 1024, "m": 256, "nbits": 8}
+    pq_vectors = MilvusVectors(settings)
+    assert pq_vectors.index_params(2048) == {"nlist": 1024, "m": 256, "nbits": 8}
+    # IVF_PQ re-ranks 8 x its hits on the stored vectors unless told otherwise; the others none.
+    assert (pq_vectors.refine, pq_vectors.max_top_k) == (8, 2048)
+    flat = MilvusVectors(load_settings(IndexSettings, "INDEX_", env=server))
+    told = MilvusVectors(load_settings(IndexSettings, "INDEX_", env={**pq, "INDEX_REFINE": "1"}))
+    assert (flat.refine, told.refine, flat.max_top_k) == (1, 1, 16384)
