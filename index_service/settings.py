@@ -49,6 +49,12 @@ class IndexSettings(ServerSettings):
         "a large collection runs for minutes",
     )
     max_message_mb: int = server_field("max_message_mb", 128)
+    rpc_workers: int = server_field(
+        "rpc_workers",
+        16,
+        "threads that run unary calls (streams have their own); Search runs on the event "
+        "loop instead, its SQL reads and re-ranks (INDEX_REFINE) on asyncio's own threads",
+    )
     milvus_uri: str = field(
         default="./data/milvus.db",
         metadata={"help": "Milvus Lite file (*.db) or server URI (http://host:19530)"},
