@@ -75,6 +75,7 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
                 logs.event(log, "reconcile.skipped", logging.WARNING, reason=exc.message)
         ready.set()
         running.set_serving(True)
+        store.meta.load_at_start()
 
     threading.Thread(target=reconcile_then_serve, name="start-up-reconcile", daemon=True).start()
     running.on_stop.append(store.vectors.close)

@@ -707,10 +707,40 @@ class MetadataStore:
             return self.row_cache.answer(name, ids)
 
     def _load_soon(self, name: str) -> None:
-        """Starts loading every ready row of the collection into the cache,
-        unless it is being loaded, was tried since its last change, or
-        changed too recently (LOAD_QUIET_S; while a writer writes to it, its
-        rows are read per search)."""
+        """Starts loading every ready row of the collection into the cache
+        (see ``_claim_load``)."""
+        if self._claim_load(name):
+            threading.Thread(
+                target=self._load, args=(name,), name="row-cache-load", daemon=True
+            ).start()
+
+    def load_at_start(self) -> None:
+        """Loads every collection whole into the row cache, one after another
+        on a thread, as far as they fit: an index that starts (a reader
+        added under load, a writer restarted) serves its first searches
+        without SQL."""
+        if not self.row_cache.on:
+            return
+
+        def load_each() -> None:
+            try:
+                names = [row.name for row in self.list_collections()]
+            except Exception as exc:  # searches load them later, one by one
+                logs.event(log, "row_cache.load_failed", logging.WARNING, error=repr(exc))
+                return
+            for name in names:
+                if self._closing.is_set():
+                    return
+                if self._claim_load(name):
+                    self._load(name)
+
+        threading.Thread(target=load_each, name="row-cache-load", daemon=True).start()
+
+    def _claim_load(self, name: str) -> bool:
+        """Whether to load the collection now: not while it is being loaded,
+        once tried since its last change, or while it changed too recently
+        (LOAD_QUIET_S; while a writer writes to it, its rows are read per
+        search). True: it is counted as being loaded."""
         with self._cache_lock:
             if (
                 name in self._loads
@@ -718,11 +748,9 @@ class MetadataStore:
                 or time.monotonic() - self._changed_at.get(name, -math.inf)
                 < max(LOAD_QUIET_S, LOAD_QUIET_FACTOR * self._load_s.get(name, 0.0))
             ):
-                return
+                return False
             self._loads.add(name)
-        threading.Thread(
-            target=self._load, args=(name,), name="row-cache-load", daemon=True
-        ).start()
+            return True
 
     def _load(self, name: str) -> None:
         """Loads the collection whole (``_load_whole``); if a write came

@@ -115,3 +115,24 @@ def test_a_reader_loads_too_and_drops_the_collection_when_it_changes(
     assert until(lambda: 500 in reader.records("c", [500]), seconds=1.0)
     reader.dispose()
     writer.dispose()
+
+
+def test_an_index_that_starts_loads_its_collections_whole(url: str) -> None:
+    """A restarted writer or an added reader holds its collections whole
+    before any search asks, as far as they fit."""
+    store = filled(url, row_cache=0)
+    prefix = store.collections.name[: -len("collections")]
+    store.create_collection(CollectionRow("empty", "m", 4, "IP", "FLAT"))
+    started = MetadataStore(url, prefix, row_cache=1000)
+    started.load_at_start()
+    assert until(lambda: started.cached_records("c", READY_IDS) is not None)
+    assert started.cached_records("c", [PENDING_ID]) == {}  # known not ready, no SQL
+    assert until(lambda: started.row_cache.whole("empty"))
+    small = MetadataStore(url, prefix, row_cache=100)  # "c" does not fit: read per search
+    small.load_at_start()
+    assert until(lambda: small.row_cache.whole("empty"))
+    assert not small.row_cache.whole("c") and small.cached_records("c", [1]) is None
+    for one in (small, started):
+        one.dispose()
+    store.md.drop_all(store.engine)
+    store.dispose()
