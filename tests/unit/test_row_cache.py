@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from index_service import metadata
-from index_service.metadata import CollectionRow, MetadataStore, NewImage
+from index_service.metadata import CollectionRow, ImageRow, MetadataStore, NewImage
 
 READY_IDS = list(range(1, 301))
 PENDING_ID = 1000
@@ -135,4 +135,30 @@ def test_an_index_that_starts_loads_its_collections_whole(url: str) -> None:
     for one in (small, started):
         one.dispose()
     store.md.drop_all(store.engine)
+    store.dispose()
+
+
+def test_a_load_stopped_by_the_store_closing_caches_nothing_as_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load is read page by page (500 rows); one stopped after its first
+    page because the store closes must not hold those rows as the whole
+    collection, which would answer that the others are not ready."""
+    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=10_000)
+    store.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
+    numbers = range(1, 1201)
+    images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in numbers]
+    paths = [(f"/p/{n}.jpg", n) for n in numbers]
+    store.write_rows("c", "m", images, paths, [], vectors_stored=lambda: None)
+    read_page = store._fetch_records
+
+    def then_close(name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
+        rows = read_page(name, ids, ready_only)
+        store._closing.set()  # the store closes while the load reads
+        return rows
+
+    monkeypatch.setattr(store, "_fetch_records", then_close)
+    store._load("c")
+    assert not store.row_cache.whole("c")
+    assert store.cached_records("c", [1200]) is None  # not "known not ready"
     store.dispose()
