@@ -773,13 +773,13 @@ class MetadataStore:
     def _load_whole(self, name: str, started: float) -> bool:
         """Reads the collection's ready rows page by page, and caches them
         whole if they fit beside what else is cached and nothing was written
-        (or seen to change) meanwhile. A collection too large is counted,
-        not read: its rows stay cached per search. False: stopped early (a
-        write, or the store closing)."""
+        (or seen to change) meanwhile. A collection with more rows than fit
+        beside the others is counted, not read: its rows stay cached per
+        search. False: stopped early (a write, or the store closing)."""
         with self._cache_lock:
             writes = self._writes
-            limit = self.row_cache.max_rows
-        if self.ready_at_most(name, limit + 1) > limit:
+            room = self.row_cache.room(name)
+        if self.ready_at_most(name, room + 1) > room:
             return True
         rows: dict[int, ImageRow] = {}
         for page in self.id_pages(name, READY):

@@ -68,15 +68,16 @@ class RowCache:
         self._rows.setdefault(name, {}).update(rows)
         self._bytes[name] = self._bytes.get(name, 0) + size
 
+    def room(self, name: str) -> int:
+        """Rows the collection may have in place of its cached ones without
+        dropping others'."""
+        return self.max_rows - sum(len(r) for n, r in self._rows.items() if n != name)
+
     def fits(self, name: str, count: int, size: int) -> bool:
         """Whether ``count`` rows of ``size`` bytes would fit in place of the
         collection's cached ones without dropping others."""
-        rows, held = self.held()
-        mine = len(self._rows.get(name, {}))
-        return (
-            rows - mine + count <= self.max_rows
-            and held - self._bytes.get(name, 0) + size <= self.max_bytes
-        )
+        held = sum(b for n, b in self._bytes.items() if n != name)
+        return count <= self.room(name) and held + size <= self.max_bytes
 
     def put_whole(self, name: str, rows: dict[int, ImageRow]) -> bool:
         """Every ready row of the collection, replacing what was cached of
