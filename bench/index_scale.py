@@ -22,8 +22,9 @@ A type written IVF_PQ:M builds IVF_PQ with M sub-vectors (``INDEX_PQ_M=M``)
 instead of the derived number, e.g. ``--types IVF_PQ,IVF_PQ:64``.
 
 --refine R,...: for IVF_PQ, also the recall and search time when R x 10
-candidates are re-ranked by their stored vectors (``INDEX_PQ_REFINE=R``:
-what the index does), and Milvus' resident memory after those reads.
+candidates are re-ranked on their stored vectors (``INDEX_REFINE=R``,
+through the index's own vector store), and Milvus' resident memory after
+those reads.
 """
 
 from __future__ import annotations
@@ -140,30 +141,26 @@ def measure(
     queries: np.ndarray,
     truth: np.ndarray,
     search: dict[str, Any],
-    refine: int = 1,
+    index: Any = None,
 ) -> tuple[float, float]:
-    """(recall@10, median ms of one search); with ``refine`` > 1, the top
-    ``refine`` x 10 re-ranked by their stored vectors, as the index does."""
+    """(recall@10, median ms of one search); with ``index`` (the index's
+    MilvusVectors), its search, which re-ranks as INDEX_REFINE says."""
     found, times = 0, []
     for q, expected in zip(queries, truth, strict=True):
         start = time.perf_counter()
-        hits = client.search(
-            name,
-            data=[q],
-            limit=TOP_K * refine,
-            search_params={"metric_type": "IP", "params": search},
-            consistency_level="Eventually",  # nothing is written while it runs
-        )[0]
-        ids = [int(h["id"]) for h in hits]
-        if refine > 1:
-            rows = client.get(
-                name, ids=ids, output_fields=["vector"], consistency_level="Eventually"
-            )
-            stored = np.array([r["vector"] for r in rows], dtype=np.float32)
-            order = np.argsort(-(stored @ q))[:TOP_K]
-            ids = [int(rows[i]["id"]) for i in order]
+        if index is not None:
+            ids = [iid for iid, _ in index.search(name, q[None, :], TOP_K)[0]]
+        else:
+            hits = client.search(
+                name,
+                data=[q],
+                limit=TOP_K,
+                search_params={"metric_type": "IP", "params": search},
+                consistency_level="Eventually",  # nothing is written while it runs
+            )[0]
+            ids = [int(h["id"]) for h in hits]
         times.append(time.perf_counter() - start)
-        found += len(set(ids[:TOP_K]) & set(expected.tolist()))
+        found += len(set(ids) & set(expected.tolist()))
     return found / truth.size, float(np.median(times)) * 1000
 
 
@@ -178,6 +175,8 @@ def main() -> None:
     from pymilvus import DataType, MilvusClient
 
     from index_service import milvus_wire
+    from index_service.milvus import MilvusVectors
+    from index_service.settings import IndexSettings
 
     print(machine())
     data = clustered(args.vectors, args.dim, seed=1)
@@ -229,8 +228,18 @@ def main() -> None:
             print(json.dumps(row))
             if index_type == "IVF_PQ":
                 for factor in [int(f) for f in args.refine.split(",") if f]:
+                    index = MilvusVectors(
+                        IndexSettings(
+                            milvus_uri=uri,
+                            milvus_prefix="",
+                            milvus_consistency="Eventually",
+                            index_type="IVF_PQ",
+                            refine=factor,
+                        )
+                    )
                     cpu = cpu_seconds_of("milvus run")
-                    recall, ms = measure(client, name, queries, truth, search, factor)
+                    recall, ms = measure(client, name, queries, truth, search, index)
+                    # (not closed: it shares pymilvus' connection with ``client``)
                     cpu_ms = (cpu_seconds_of("milvus run") - cpu) / len(queries) * 1000
                     settle()
                     row = {
