@@ -126,6 +126,11 @@ def not_terminal(job: JobState) -> bool:
     return not job.terminal
 
 
+def resumable(job: JobState) -> bool:
+    """FAILED or CANCELED: ended with work left."""
+    return job.terminal and job.state != SUCCEEDED
+
+
 def unless_ended(changes: Callable[[JobState], dict[str, object]]) -> Change:
     """``changes`` for a job that has not ended; none for one that has."""
     return lambda job: None if job.terminal else changes(job)
@@ -285,17 +290,15 @@ class JobManager:
     def resume(self, job_id: str) -> JobState:
         """Queues again what a FAILED or CANCELED job has left: its walk if it
         had not ended, and the chunks not recorded. A running job is left
-        alone and the answer says so; of two resumes at once, one queues."""
-        job = self.get(job_id)
-        if job.state == SUCCEEDED:
-            return job
-        if not job.terminal:
-            job.message = "already running; nothing to resume"
-            return job
-        resumed = self.store.update(
-            job_id, lambda j: j.version == job.version, state=PENDING, message="resumed"
-        )
-        if resumed is None:  # changed meanwhile: another resume came first
+        alone and the answer says so; of two resumes at once, one queues.
+
+        The job may change between the read and the write without being
+        resumed: a chunk in flight when it was canceled is still recorded (on
+        any gateway). So the write's condition is the job's state, checked
+        against the stored job, not its version."""
+        self.get(job_id)  # NOT_FOUND for an unknown job
+        resumed = self.store.update(job_id, resumable, state=PENDING, message="resumed")
+        if resumed is None:  # succeeded, still running, or another resume came first
             job = self.get(job_id)
             if not job.terminal:
                 job.message = "already running; nothing to resume"

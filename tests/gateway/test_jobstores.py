@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -325,3 +325,72 @@ def test_a_job_changing_while_jobs_are_listed_is_listed_once(stores: Stores) -> 
     finally:
         stop.set()
         worker.join()
+
+
+class RecordedMeanwhile:
+    """The store a gateway's JobManager uses, on which a chunk of ``job_id``
+    is recorded through ``peer`` just before the next update: the chunk a
+    gateway still had in flight when the job was canceled, whose Upsert
+    ends after the cancel and is counted all the same."""
+
+    def __init__(self, store: JobStore, peer: JobStore, job_id: str, chunk: int) -> None:
+        self.store, self.peer, self.job_id, self.chunk = store, peer, job_id, chunk
+        self.pending = True
+
+    def update(
+        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
+    ) -> JobState | None:
+        if self.pending and job_id == self.job_id:
+            self.pending = False
+            files = self.peer.chunk_files(job_id, self.chunk)
+            assert self.peer.record(job_id, self.chunk, results(files))
+        return self.store.update(job_id, when, **changes)
+
+    def close(self) -> None:
+        """The ``stores`` fixture closes the store (a second close leaves a
+        NATS client's close coroutine never awaited)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """ResumeJob read the job, then wrote PENDING only if its version had not
+    changed, taking any change for a second resume. A chunk recorded after
+    the cancel (in flight on another gateway) left the job CANCELED, and the
+    answer said so. Here that chunk is the job's last, so the resume ends it."""
+    from gateway.clients import Backends
+    from gateway.jobs import JobManager
+    from gateway.orchestrator import ImageLimit, Ingestor
+    from gateway.paths import AllowedRoots
+    from gateway.settings import GatewaySettings
+
+    store = stores.make()
+    new_job(store, "late", 8)  # two chunks
+    store.record("late", 0, results(store.chunk_files("late", 0)))
+    assert store.update("late", state=CANCELED) is not None
+    settings = GatewaySettings(
+        data_dir=str(tmp_path / "gw"),
+        embedder_addr="127.0.0.1:9",  # never called: nothing is left to embed
+        index_addr="127.0.0.1:9",
+        allowed_roots=(str(tmp_path),),
+    )
+    backends = Backends(settings)
+    meanwhile = RecordedMeanwhile(store, stores.peer(store), "late", 1)
+    manager = JobManager(
+        settings,
+        Ingestor(backends, ImageLimit(settings.max_image_bytes)),
+        AllowedRoots(settings.roots),
+        store=cast(JobStore, meanwhile),
+    )
+    try:
+        answer = manager.resume("late")
+        assert not meanwhile.pending  # the chunk was recorded between the read and the write
+        assert answer.state == SUCCEEDED, answer
+        job = stores.peer(store).get("late")
+        assert (job.state, job.done, job.indexed) == (SUCCEEDED, 8, 8)
+    finally:
+        manager.close()
+        backends.close()
