@@ -56,6 +56,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
         max_wait_s=settings.max_wait_ms / 1000.0,
         queue_size=settings.queue_size,
         decode_workers=decode_workers,
+        sizes=runner.padded_sizes,
     )
     ready = Readiness("the embedder is still warming up its model")
     text_problem = runner.text_problem if isinstance(runner, ComposingRunner) else None

@@ -236,10 +236,13 @@ class ModelRunner:
         on shape): 1, max_batch/4 and max_batch. Eager runs any size."""
         return sorted({1, max(1, self.max_batch // 4), self.max_batch})
 
+    def padded_sizes(self) -> list[int]:
+        """The sizes a batch is padded up to now: the buckets while the model
+        runs compiled, none (any size runs as it is) when eager."""
+        return self.buckets() if self.compiled else []
+
     def _bucket(self, n: int) -> int:
-        if not self.compiled:
-            return n
-        return next((b for b in self.buckets() if b >= n), n)
+        return next((b for b in self.padded_sizes() if b >= n), n)
 
     def embed(self, images: np.ndarray, texts: Sequence[str] = ()) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm. ``texts``:
