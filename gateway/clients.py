@@ -156,6 +156,7 @@ class EmbedderModel:
     model_id: str  # identity of its vector space
     composes: bool  # takes a text with the image
     max_message_bytes: int  # largest Embed request it accepts
+    dim: int = 0  # length of its vectors
 
 
 class Embedder:
@@ -281,6 +282,7 @@ class Backends:
                 info.model_id,
                 info.composes,
                 min(info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES, CHANNEL_MESSAGE_BYTES),
+                info.dim,
             )
         return embedder.model
 
@@ -458,6 +460,19 @@ class Backends:
         self, request: index_pb2.IndexServiceUpsertRequest, deadline: Deadline
     ) -> index_pb2.IndexServiceUpsertResponse:
         return self.index_call("Upsert", request, deadline)
+
+    def make_collection(self, collection: str, deadline: Deadline, model: str = "") -> bool:
+        """Has the index make ``collection`` for the model its images would
+        be embedded with (``embedder_for``), by an Upsert of no images; False,
+        asking nothing of the index, when it exists already."""
+        if self.collection_model(collection, deadline):
+            return False
+        info = self.model_of(self.embedder_for(collection, deadline, model), deadline)
+        request = index_pb2.IndexServiceUpsertRequest(
+            collection=collection, model=info.model_id, dim=info.dim
+        )
+        self.upsert(request, deadline)
+        return True
 
     def get_ready(
         self, collection: str, ids: Sequence[int], deadline: Deadline

@@ -432,6 +432,8 @@ class JobManager:
             if self._stop.is_set():
                 return False
             self.store.put_chunk(job.job_id, number, files)
+            if number == 0:
+                self._make_collection_soon(job)
             more = partial(walked, files=len(files), last=files[-1])
             counted = self.store.change(job.job_id, unless_ended(more))
             if counted is None:
@@ -441,6 +443,31 @@ class JobManager:
         if ended is not None:
             logs.event(log, "job.walked", job_id=job.job_id, files=ended.total, chunks=number)
         return True
+
+    def _make_collection_soon(self, job: JobState) -> None:
+        """Has the index make the job's collection, if it is new, while the
+        first chunks are embedded: making one takes about a second (Milvus),
+        which the first chunks' Upserts would otherwise wait for, with the
+        embedder idle. Only once the walk has found files: an empty folder
+        makes no collection. A failure here is left to those Upserts."""
+
+        def make() -> None:
+            try:
+                if self.ingestor.backends.make_collection(
+                    job.collection, Deadline.after(60), job.model
+                ):
+                    logs.event(log, "job.collection_made", job_id=job.job_id)
+            except errors.ServiceError as exc:
+                logs.event(
+                    log,
+                    "job.collection_not_made",
+                    logging.DEBUG,
+                    job_id=job.job_id,
+                    error=exc.message,
+                    note="the job's first Upsert makes it or says why",
+                )
+
+        threading.Thread(target=make, name="collection", daemon=True).start()
 
     def _chunk_unit(self, work: Work, stop: threading.Event) -> None:
         job = self._job_of(work)

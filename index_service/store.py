@@ -178,7 +178,9 @@ class IndexStore:
             )
         if not 0 < dim <= MAX_DIM:
             raise errors.invalid_argument(f"dim {dim} is out of range 1..{MAX_DIM}")
-        if not items:
+        if not items:  # makes the collection, or checks that it holds these vectors
+            with self._writing():
+                self._ensure_collection(name, model, dim)
             return []
         checked = check_items(items, dim)
         with self._writing():

@@ -4,6 +4,7 @@ file counted once, nothing silently wrong (real gateway, index, embedder)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -62,6 +63,39 @@ def test_hostile_names_are_each_counted_once(stack: Stack) -> None:
         hit = client.search(collection="hostile", image=photos[12].read_bytes(), top_k=1)[0]
         assert hit.path == f"{folder}/caf\\xe9.jpg"
         assert client.count(collection="hostile").count == 13
+
+
+def test_a_job_makes_its_collection_while_its_first_images_are_embedded(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once its walk has found files, a job has the index make its new
+    collection (an Upsert of no images) beside the first chunks, whose
+    Upserts would otherwise wait for it; an empty folder makes none, and a
+    collection that exists is not made again."""
+    caplog.set_level(logging.INFO, logger="gateway.jobs")
+
+    def made() -> list[str]:
+        return [
+            getattr(r, "fields", {}).get("job_id", "")
+            for r in caplog.records
+            if r.getMessage() == "job.collection_made"
+        ]
+
+    empty = stack.tmp / "empty"
+    empty.mkdir()
+    with Client(stack.gateway.addr) as client:
+        job = finish(client, client.start_job(str(empty), collection="empty").job_id)
+        assert job.state == JobState.SUCCEEDED and job.total == 0
+        assert "empty" not in [c.name for c in client.list_collections()]
+        job = finish(client, client.start_job(str(CLOTHING / "Hat"), collection="hats").job_id)
+        assert job.state == JobState.SUCCEEDED and job.indexed == job.total == 8, job
+        wait_until(lambda: made() == [job.job_id], 30)
+        (hats,) = [c for c in client.list_collections() if c.name == "hats"]
+        assert hats.count == 8
+        more = finish(client, client.start_job(str(CLOTHING / "Shoes"), collection="hats").job_id)
+        assert more.state == JobState.SUCCEEDED and more.indexed == 8, more
+        assert made() == [job.job_id]
+        assert client.count(collection="hats").count == 16
 
 
 @pytest.fixture

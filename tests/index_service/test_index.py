@@ -264,6 +264,22 @@ def test_model_and_dimension_mismatch_refused(index: index_pb2_grpc.IndexService
     assert count(index) == 1
 
 
+def test_an_upsert_of_no_items_makes_the_collection_or_checks_it(
+    index: index_pb2_grpc.IndexServiceStub,
+) -> None:
+    """What a job sends while its first images are embedded."""
+    assert upsert(index, []).results == []
+    listed = index.ListCollections(index_pb2.IndexServiceListCollectionsRequest(), timeout=30)
+    assert [(c.name, c.model, c.dim) for c in listed.collections] == [("photos", MODEL, DIM)]
+    assert count(index) == 0
+    assert upsert(index, []).results == []  # made already: checked only
+    assert code_of(lambda: upsert(index, [], model="other")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: upsert(index, [], dim=32)) == grpc.StatusCode.FAILED_PRECONDITION
+    stored = upsert(index, [item(1)]).results[0]
+    assert stored.outcome == index_pb2.UPSERT_OUTCOME_INDEXED
+    assert count(index) == 1 and search(index, vector(1))[0].image_id == stored.image_id
+
+
 # The rules themselves (every bad vector, every hostile name) are unit tests
 # (tests/unit/test_checks.py); they refuse before any backend is touched, so
 # the server checks below run on one backend: the status, the message, and
