@@ -37,6 +37,11 @@ COPY deploy/install_deps.py deploy/install_deps.py
 # CUDA runtime; the host needs only the NVIDIA driver and container toolkit)
 # and falls back to the CPU when no GPU is visible.
 FROM base AS embedder
+# The embedder keeps freed buffers up to 32 MiB (glibc's largest threshold)
+# in its heap: a batch's activations reuse the pages of the one before instead
+# of being mapped and zero-filled again (int8 ingest on 2 cores 16% faster,
+# peak RSS 0.3-0.7 GiB higher; imgsearch/up.py's EMBEDDER_MMAP_THRESHOLD).
+ENV MALLOC_MMAP_THRESHOLD_=33554432
 # g++ and Python's headers: torch.compile (EMBEDDER_COMPILE=auto) builds its
 # CPU kernels with them (python:*-slim has the headers; Debian's Python needs
 # python3-dev).

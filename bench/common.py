@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from imagesearch import cpus, healthcheck
+from imgsearch.up import embedder_environment
 from tools.milvus_server import milvus_server as milvus_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +155,7 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
         "EMBEDDER_LOG_LEVEL": "WARNING",
         "INDEX_LOG_LEVEL": "WARNING",
         "GATEWAY_LOG_LEVEL": "WARNING",
-        # As `imgsearch up` and the images set them.
+        # As `imgsearch up` and the images set them (the embedder's own below).
         "MALLOC_MMAP_THRESHOLD_": "131072",
         "MALLOC_ARENA_MAX": "2",
         **env_extra,
@@ -163,9 +164,10 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
     try:
         for module in ("embedder_service", "index_service", "gateway"):
             log = (data / f"{module}.log").open("ab")
+            own = embedder_environment(env, env_extra) if module == "embedder_service" else env
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT
+                    [sys.executable, "-m", module], env=own, stdout=log, stderr=log, cwd=ROOT
                 )
             )
         for name, service in (

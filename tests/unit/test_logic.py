@@ -205,6 +205,22 @@ def test_embedders_by_model_and_the_up_command_that_sets_them() -> None:
     assert svc.env["EMBEDDER_MODEL"] == "tirg_css" and svc.env["EMBEDDER_HOST"] == "h"
     assert "EMBEDDER_WEIGHTS" not in svc.env  # the default model's weights are not its own
     assert env["EMBEDDER_MODEL"] == "mobilenet_v2"
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # as the main embedder's
+        assert svc.env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024 * 1024)
+
+
+def test_embedders_keep_larger_freed_buffers_than_the_other_services() -> None:
+    from imgsearch.up import embedder_environment, environment
+
+    env = environment(Path("/d"), "127.0.0.1", "127.0.0.1", 1, 2, 3, None)
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "131072"  # gateway, index, web
+    embedder = embedder_environment(env, user={})
+    assert embedder["MALLOC_MMAP_THRESHOLD_"] == "33554432"
+    assert {k: v for k, v in embedder.items() if k != "MALLOC_MMAP_THRESHOLD_"} == {
+        k: v for k, v in env.items() if k != "MALLOC_MMAP_THRESHOLD_"
+    }
+    mine = {**env, "MALLOC_MMAP_THRESHOLD_": "65536"}  # the user's own value stands
+    assert embedder_environment(mine, user={"MALLOC_MMAP_THRESHOLD_": "65536"}) == mine
 
 
 def test_client_query_needs_exactly_one_kind() -> None:
