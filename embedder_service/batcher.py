@@ -10,9 +10,9 @@ several small ones. A compiled model runs a few batch sizes and pads a batch
 up to the next (``sizes``); a batch that would be mostly padding is cut to
 the size below, and the rest go first into the next batch (12 images run
 as 8, then 4 with whatever has come, instead of as 32: at batch 8 an int8
-ResNet50 spends no more per image than at 32). The number of images in flight is bounded: past
-``queue_size`` a call is refused with RESOURCE_EXHAUSTED instead of queueing
-without limit. Images of a call that is canceled, or whose deadline passes,
+ResNet50 spends no more per image than at 32). The number of images in
+flight is bounded: past ``queue_size`` a call is refused with
+RESOURCE_EXHAUSTED instead of queueing without limit. Images of a call that is canceled, or whose deadline passes,
 are dropped wherever they wait (``Batcher.cancel``): not decoded if they
 are still queued for decoding, not run through the model if they wait for
 a batch.

@@ -178,13 +178,11 @@ class IndexStore:
             )
         if not 0 < dim <= MAX_DIM:
             raise errors.invalid_argument(f"dim {dim} is out of range 1..{MAX_DIM}")
-        if not items:  # makes the collection, or checks that it holds these vectors
-            with self._writing():
-                self._ensure_collection(name, model, dim)
-            return []
         checked = check_items(items, dim)
         with self._writing():
             self._ensure_collection(name, model, dim)
+            if not checked:  # no items: the collection is made, or checked
+                return []
             statuses = self.meta.statuses(name, [c.image_id for c in checked])
             owners = self.meta.path_owners(name, [it.path for it in items])
             plan = plan_upsert(checked, statuses, owners)

@@ -17,6 +17,8 @@ from typing import Any, cast
 import grpc
 import pytest
 
+from gateway.clients import Backends
+from gateway.jobs import JobManager
 from gateway.jobstore import (
     CANCELED,
     CHUNK,
@@ -31,7 +33,9 @@ from gateway.jobstore import (
     walked,
 )
 from gateway.localjobs import LocalJobStore
-from gateway.orchestrator import Outcome, Result
+from gateway.orchestrator import ImageLimit, Ingestor, Outcome, Result
+from gateway.paths import AllowedRoots
+from gateway.settings import GatewaySettings
 from imagesearch.errors import ServiceError
 from tests.conftest import NatsServer
 
@@ -361,12 +365,6 @@ def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
     changed, taking any change for a second resume. A chunk recorded after
     the cancel (in flight on another gateway) left the job CANCELED, and the
     answer said so. Here that chunk is the job's last, so the resume ends it."""
-    from gateway.clients import Backends
-    from gateway.jobs import JobManager
-    from gateway.orchestrator import ImageLimit, Ingestor
-    from gateway.paths import AllowedRoots
-    from gateway.settings import GatewaySettings
-
     store = stores.make()
     new_job(store, "late", 8)  # two chunks
     store.record("late", 0, results(store.chunk_files("late", 0)))

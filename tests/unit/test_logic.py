@@ -184,8 +184,12 @@ def test_client_retries_only_idempotent_calls() -> None:
     assert "methodConfig" not in json.loads(service_config([]))
 
 
-def test_embedders_by_model_and_the_up_command_that_sets_them() -> None:
+def test_embedders_by_model_and_the_up_command_that_sets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from imgsearch.up import extra_embedders
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)  # the user sets none
 
     settings = load_settings(
         GatewaySettings,
@@ -205,8 +209,7 @@ def test_embedders_by_model_and_the_up_command_that_sets_them() -> None:
     assert svc.env["EMBEDDER_MODEL"] == "tirg_css" and svc.env["EMBEDDER_HOST"] == "h"
     assert "EMBEDDER_WEIGHTS" not in svc.env  # the default model's weights are not its own
     assert env["EMBEDDER_MODEL"] == "mobilenet_v2"
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # as the main embedder's
-        assert svc.env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024 * 1024)
+    assert svc.env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024 * 1024)  # as the main embedder's
 
 
 def test_embedders_keep_larger_freed_buffers_than_the_other_services() -> None:
