@@ -224,6 +224,7 @@ class MetadataStore:
         tls: dict[str, str] | None = None,
         read_only: bool = False,
         max_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``tls``: PyMySQL's ``ssl`` argument (CA, client certificate) for a
         MySQL URL; PyMySQL then refuses a server that does not offer TLS.
@@ -233,8 +234,11 @@ class MetadataStore:
         in each of its write transactions) twice per ``max_age_s`` and drops
         the cached rows of those that changed, so a quiet collection keeps
         its rows; whatever was cached is dropped anyway once that check is
-        ``max_age_s`` late (the database down, say)."""
+        ``max_age_s`` late (the database down, say). ``clock``: seconds, for
+        every timing rule here (tests set it; the check's own period is real
+        time)."""
         self.url = url
+        self._clock = clock
         self.read_only = read_only
         self.max_age_s = max_age_s
         self.safe_url = make_url(url).render_as_string(hide_password=True)
@@ -269,12 +273,15 @@ class MetadataStore:
         self._load_s: dict[str, float] = {}  # how long its last load took
         self._loads: set[str] = set()  # collections being loaded, or tried since a change
         self._cache_lock = threading.Lock()
+        self._loading = 0  # load threads running
+        self._loads_ended = threading.Condition(self._cache_lock)
         # A reader's caches were current as of this time (its last check of
         # the collections' write counts, or its last full drop).
-        self._checked = time.monotonic()
+        self._checked = self._clock()
         self._seen: dict[str, tuple[int, int]] = {}  # collection -> (created_at_ms, writes)
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._start_load: threading.Thread | None = None
 
     # -- plumbing --------------------------------------------------------
 
@@ -321,14 +328,14 @@ class MetadataStore:
             return
         if self._watcher is None:
             self._start_watching(self.max_age_s)
-        if time.monotonic() - self._checked < self.max_age_s:
+        if self._clock() - self._checked < self.max_age_s:
             return
         with self._cache_lock:
             self._writes += 1  # a read in flight keeps what it fetched to itself
             self.row_cache.clear()
             self._loads.clear()
             self._collections.clear()
-            self._checked = time.monotonic()
+            self._checked = self._clock()
 
     def _start_watching(self, max_age_s: float) -> None:
         with self._cache_lock:
@@ -340,17 +347,11 @@ class MetadataStore:
         self._watcher.start()
 
     def _watch(self, period_s: float) -> None:
-        """Every ``period_s``: the collections' write counts; the cached rows
-        and row of each collection whose count changed (or that is gone or
-        was made anew) are dropped."""
-        c = self.collections
-        query = select(c.c.name, c.c.created_at_ms, c.c.writes)
+        """Every ``period_s``: ``check_writes``, until the store closes."""
         failing = False
         while not self._closing.wait(period_s):
-            started = time.monotonic()
             try:
-                with self.engine.connect() as conn:
-                    seen = {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
+                self.check_writes()
             except Exception as exc:  # the caches age out meanwhile (_expire_caches)
                 if not failing:
                     logs.event(
@@ -359,20 +360,29 @@ class MetadataStore:
                 failing = True
                 continue
             failing = False
-            with self._cache_lock:
-                cached = self.row_cache.names() | set(self._collections)
-                changed = {
-                    n
-                    for n in cached | set(seen) | set(self._seen)
-                    if seen.get(n) != self._seen.get(n)
-                }
-                if changed:  # a read in flight keeps what it fetched to itself
-                    self._writes += 1
-                for name in changed | (cached - set(seen)):
-                    self._dropped(name)
-                    self._collections.pop(name, None)
-                self._seen = seen
-                self._checked = started  # what the query saw is at least this recent
+
+    def check_writes(self) -> None:
+        """Reads the collections' write counts once; the cached rows and row
+        of each collection whose count changed (or that is gone or was made
+        anew) are dropped. A reader's thread runs it (``_watch``); raises
+        what the database raised."""
+        c = self.collections
+        started = self._clock()
+        with self.engine.connect() as conn:
+            query = select(c.c.name, c.c.created_at_ms, c.c.writes)
+            seen = {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
+        with self._cache_lock:
+            cached = self.row_cache.names() | set(self._collections)
+            changed = {
+                n for n in cached | set(seen) | set(self._seen) if seen.get(n) != self._seen.get(n)
+            }
+            if changed:  # a read in flight keeps what it fetched to itself
+                self._writes += 1
+            for name in changed | (cached - set(seen)):
+                self._dropped(name)
+                self._collections.pop(name, None)
+            self._seen = seen
+            self._checked = started  # what the query saw is at least this recent
 
     def _add_missing_columns(self) -> None:
         """Tables made by an older version lack columns added since: add them
@@ -423,7 +433,7 @@ class MetadataStore:
         whole again once it has been quiet a while (under the cache lock)."""
         self.row_cache.drop(name)
         self._loads.discard(name)
-        self._changed_at[name] = time.monotonic()
+        self._changed_at[name] = self._clock()
 
     def dispose(self) -> None:
         self._closing.set()
@@ -734,7 +744,16 @@ class MetadataStore:
                 if self._claim_load(name):
                     self._load(name)
 
-        threading.Thread(target=load_each, name="row-cache-load", daemon=True).start()
+        self._start_load = threading.Thread(target=load_each, name="row-cache-load", daemon=True)
+        self._start_load.start()
+
+    def wait_at_start(self, timeout: float) -> bool:
+        """Waits for ``load_at_start`` to have loaded (or passed over) every
+        collection; False when it still runs after ``timeout`` seconds."""
+        if self._start_load is not None:
+            self._start_load.join(timeout)
+            return not self._start_load.is_alive()
+        return True
 
     def _claim_load(self, name: str) -> bool:
         """Whether to load the collection now: not while it is being loaded,
@@ -745,18 +764,19 @@ class MetadataStore:
             if (
                 name in self._loads
                 or self.row_cache.whole(name)
-                or time.monotonic() - self._changed_at.get(name, -math.inf)
+                or self._clock() - self._changed_at.get(name, -math.inf)
                 < max(LOAD_QUIET_S, LOAD_QUIET_FACTOR * self._load_s.get(name, 0.0))
             ):
                 return False
             self._loads.add(name)
+            self._loading += 1
             return True
 
     def _load(self, name: str) -> None:
         """Loads the collection whole (``_load_whole``); if a write came
         first, the store is closing or the load failed, it may be tried again
         once the collection has been quiet a while."""
-        started = time.monotonic()
+        started = self._clock()
         try:
             tried = self._load_whole(name, started)
         except Exception as exc:  # searches read their rows per search, as before
@@ -765,10 +785,18 @@ class MetadataStore:
             )
             tried = False
         with self._cache_lock:
-            self._load_s[name] = time.monotonic() - started
+            self._load_s[name] = self._clock() - started
             if not tried and name in self._loads:
                 self._loads.discard(name)
-                self._changed_at[name] = time.monotonic()
+                self._changed_at[name] = self._clock()
+            self._loading -= 1
+            self._loads_ended.notify_all()
+
+    def wait_loads(self, timeout: float) -> bool:
+        """Waits until no collection is being loaded whole; False when one
+        still is after ``timeout`` seconds (real time)."""
+        with self._cache_lock:
+            return self._loads_ended.wait_for(lambda: self._loading == 0, timeout)
 
     def _load_whole(self, name: str, started: float) -> bool:
         """Reads the collection's ready rows page by page, and caches them
@@ -795,7 +823,7 @@ class MetadataStore:
                     "row_cache.loaded",
                     collection=name,
                     rows=len(rows),
-                    seconds=round(time.monotonic() - started, 3),
+                    seconds=round(self._clock() - started, 3),
                 )
             return True
 

@@ -1,10 +1,11 @@
 """An index reader's rules that need no server: what it refuses, and how
 long its caches last (two stores on one SQLite file stand for a writer and a
-reader on one database)."""
+reader on one database). Time is a clock the tests move (tests/clock.py);
+the readers' own check threads wait 50 s, so the tests run each check
+themselves (``check_writes``) where the thread would have."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,9 @@ from imagesearch.errors import ServiceError
 from imagesearch.settings import SettingsError, load_settings
 from index_service.metadata import CollectionRow, MetadataStore, NewImage
 from index_service.settings import IndexSettings
+from tests.clock import FakeClock
+
+AGE_S = 100.0  # a reader's bound in the clock's seconds; its check thread waits AGE_S / 2
 
 
 def test_a_reader_needs_a_milvus_server() -> None:
@@ -51,7 +55,8 @@ def test_a_reader_store_refuses_every_write(tmp_path: Path) -> None:
 
 def test_a_reader_creates_no_tables_and_sees_changes_within_its_age(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'meta.db'}"
-    reader = MetadataStore(url, read_only=True, max_age_s=0.3)
+    clock = FakeClock()
+    reader = MetadataStore(url, read_only=True, max_age_s=AGE_S, clock=clock)
     with pytest.raises(ServiceError) as err:
         reader.get_collection("c")
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and "writer" in err.value.message
@@ -59,7 +64,9 @@ def test_a_reader_creates_no_tables_and_sees_changes_within_its_age(tmp_path: Pa
     writer.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
     assert reader.get_collection("c") is not None  # cached from now on
     assert writer.drop_collection("c")
-    time.sleep(0.35)
+    clock.advance(AGE_S * 0.9)
+    assert reader.get_collection("c") is not None  # within its age: the cached row
+    clock.advance(AGE_S * 0.2)
     assert reader.get_collection("c") is None  # the cache has aged out
     writer.dispose()
     reader.dispose()
@@ -76,26 +83,35 @@ def test_a_reader_keeps_a_quiet_collections_rows_and_drops_changed_ones(tmp_path
         writer.create_collection(CollectionRow(name, "m", 4, "IP", "FLAT"))
         images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in (1, 2)]
         writer.write_rows(name, "m", images, [], [], vectors_stored=lambda: None)
-    reader = MetadataStore(url, row_cache=100, read_only=True, max_age_s=0.4)
+    clock = FakeClock()
+    reader = MetadataStore(url, row_cache=100, read_only=True, max_age_s=AGE_S, clock=clock)
     for name in ("quiet", "busy"):
         assert reader.get_collection(name) is not None
-    time.sleep(0.5)  # the first check has run (it drops what was cached before it)
+    reader.check_writes()  # the first check drops what was cached before it
+    assert reader.cached_collection("quiet") is None
     for name in ("quiet", "busy"):
         assert set(reader.records(name, [1, 2])) == {1, 2}
         assert reader.get_collection(name) is not None
-    time.sleep(1.0)  # 2.5 bounds: nothing was written
+    for _ in range(5):  # 2.5 bounds, checked twice per bound: nothing was written
+        clock.advance(AGE_S / 2)
+        reader.check_writes()
     for name in ("quiet", "busy"):
         assert reader.cached_records(name, [1, 2]) is not None
         assert reader.cached_collection(name) is not None
     assert writer.delete_images("busy", [2]) == [2]
-    time.sleep(0.45)
+    clock.advance(AGE_S / 2)
+    reader.check_writes()
     assert reader.cached_records("busy", [1, 2]) is None  # dropped: it changed
     assert set(reader.records("busy", [1, 2])) == {1}
     assert reader.cached_records("quiet", [1, 2]) is not None  # kept
 
     with writer.engine.begin() as conn:  # the check fails from now on
         conn.exec_driver_sql("ALTER TABLE imgsearch_collections RENAME TO moved")
-    time.sleep(0.45)
+    clock.advance(AGE_S / 2)
+    with pytest.raises(Exception):  # noqa: B017 (whatever the driver raises)
+        reader.check_writes()
+    assert reader.cached_records("quiet", [1, 2]) is not None  # within its age still
+    clock.advance(AGE_S / 2 + 1)
     assert reader.cached_records("quiet", [1, 2]) is None  # aged out
     reader.dispose()
     writer.dispose()

@@ -1,11 +1,12 @@
 """The row cache loads a quiet collection whole after a search misses it, so
 later searches read no SQL, even for hits whose rows are not ready; a write
 drops it, a collection larger than the cache is never held whole (SQLite
-stores, no server)."""
+stores, no server). Time is a clock the tests move (tests/clock.py): they
+set it past the quiet time instead of sleeping through it, and wait for a
+load to end, never for time to pass."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,24 +15,27 @@ import pytest
 
 from index_service import metadata
 from index_service.metadata import CollectionRow, ImageRow, MetadataStore, NewImage
+from tests.clock import FakeClock
 
 READY_IDS = list(range(1, 301))
 PENDING_ID = 1000
 
 
-def until(check: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
+def loaded(store: MetadataStore, check: Callable[[], bool]) -> bool:
+    """Waits for the loads in flight to end, then ``check``."""
+    assert store.wait_loads(timeout=60)
+    return check()
 
 
 @pytest.fixture
 def quiet_s(monkeypatch: pytest.MonkeyPatch) -> float:
     monkeypatch.setattr(metadata, "LOAD_QUIET_S", 0.3)
     return 0.3
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
@@ -41,9 +45,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'meta.db'}"
 
 
-def filled(url: str, row_cache: int) -> MetadataStore:
+def filled(url: str, row_cache: int, clock: FakeClock) -> MetadataStore:
     """A store on its own tables: 300 ready rows and a pending one in "c"."""
-    store = MetadataStore(url, f"rc{uuid.uuid4().hex[:8]}_", row_cache=row_cache)
+    store = MetadataStore(url, f"rc{uuid.uuid4().hex[:8]}_", row_cache=row_cache, clock=clock)
     store.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
     images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in READY_IDS]
     paths = [(f"/p/{n}.jpg", n) for n in READY_IDS]
@@ -54,14 +58,17 @@ def filled(url: str, row_cache: int) -> MetadataStore:
 
 
 def test_a_quiet_collection_is_loaded_whole_and_dropped_on_a_write(
-    url: str, quiet_s: float
+    url: str, quiet_s: float, clock: FakeClock
 ) -> None:
-    store = filled(url, row_cache=1000)
+    store = filled(url, row_cache=1000, clock=clock)
     assert set(store.records("c", [1, 2])) == {1, 2}  # just written: not loaded yet
-    time.sleep(quiet_s * 2)
-    assert store.cached_records("c", READY_IDS) is None
+    assert loaded(store, lambda: store.cached_records("c", READY_IDS) is None)
+    clock.advance(quiet_s * 0.9)
+    assert set(store.records("c", [1, 2])) == {1, 2}  # still too soon
+    assert loaded(store, lambda: store.cached_records("c", READY_IDS) is None)
+    clock.advance(quiet_s * 0.2)
     assert set(store.records("c", [3])) == {3}  # a miss, after a quiet while: loads
-    assert until(lambda: store.cached_records("c", READY_IDS) is not None)
+    assert loaded(store, lambda: store.cached_records("c", READY_IDS) is not None)
     whole = store.cached_records("c", READY_IDS)
     assert whole is not None and sorted(whole) == READY_IDS
     assert whole[7].paths == ["/p/7.jpg"] and whole[7].sha256 == f"{7:064x}"
@@ -73,20 +80,22 @@ def test_a_quiet_collection_is_loaded_whole_and_dropped_on_a_write(
     assert store.cached_records("c", [1]) is None
     assert set(store.records("c", [1, 2])) == {1}  # read from SQL, not loaded yet
     assert store.cached_records("c", [1, 3]) is None
-    time.sleep(quiet_s * 2)
+    clock.advance(quiet_s * 1.1)
     store.records("c", [4])
-    assert until(lambda: store.cached_records("c", [1, 3]) is not None)
+    assert loaded(store, lambda: store.cached_records("c", [1, 3]) is not None)
     assert sorted(store.cached_records("c", READY_IDS) or {}) == READY_IDS[:1] + READY_IDS[2:]
     store.md.drop_all(store.engine)
     store.dispose()
 
 
-def test_a_collection_larger_than_the_cache_is_not_loaded(url: str, quiet_s: float) -> None:
-    store = filled(url, row_cache=100)
-    time.sleep(quiet_s * 2)
+def test_a_collection_larger_than_the_cache_is_not_loaded(
+    url: str, quiet_s: float, clock: FakeClock
+) -> None:
+    store = filled(url, row_cache=100, clock=clock)
+    clock.advance(quiet_s * 1.1)
     for n in (1, 2, 3):
         assert set(store.records("c", [n])) == {n}
-    time.sleep(0.5)  # time for a load, were one started
+    assert store.wait_loads(timeout=60)  # the load tried, if any, has ended
     assert store.cached_records("c", [1, 2, 3]) is not None  # cached per search
     assert store.cached_records("c", [4]) is None  # not loaded
     assert store.row_cache.held()[0] <= 100
@@ -95,42 +104,49 @@ def test_a_collection_larger_than_the_cache_is_not_loaded(url: str, quiet_s: flo
 
 
 def test_a_reader_loads_too_and_drops_the_collection_when_it_changes(
-    tmp_path: Path, quiet_s: float
+    tmp_path: Path, quiet_s: float, clock: FakeClock
 ) -> None:
-    writer = filled(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=0)
+    writer = filled(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=0, clock=clock)
     reader = MetadataStore(
         writer.url,
         writer.collections.name[: -len("collections")],
         row_cache=1000,
         read_only=True,
-        max_age_s=0.4,
+        max_age_s=100.0,  # its own check thread waits 50 s: the test runs the checks
+        clock=clock,
     )
-    time.sleep(quiet_s * 2)
+    reader.check_writes()
+    clock.advance(quiet_s * 1.1)
     reader.records("c", [1])
-    assert until(lambda: reader.cached_records("c", READY_IDS) is not None)
+    assert loaded(reader, lambda: reader.cached_records("c", READY_IDS) is not None)
     images = [NewImage(500, "e" * 64, "/p/500.jpg", 10, 4, 3)]
     writer.write_rows("c", "m", images, [("/p/500.jpg", 500)], [], vectors_stored=lambda: None)
-    # Within the reader's bound, the new row is seen (the whole collection
-    # it held was dropped when the write count changed).
-    assert until(lambda: 500 in reader.records("c", [500]), seconds=1.0)
+    assert reader.records("c", [500]) == {}  # the whole collection held says: not there
+    # The reader's next check sees the write count change and drops what it
+    # held, so the new row is read.
+    reader.check_writes()
+    assert reader.cached_records("c", READY_IDS) is None
+    assert 500 in reader.records("c", [500])
     reader.dispose()
     writer.dispose()
 
 
-def test_an_index_that_starts_loads_its_collections_whole(url: str) -> None:
+def test_an_index_that_starts_loads_its_collections_whole(url: str, clock: FakeClock) -> None:
     """A restarted writer or an added reader holds its collections whole
     before any search asks, as far as they fit."""
-    store = filled(url, row_cache=0)
+    store = filled(url, row_cache=0, clock=clock)
     prefix = store.collections.name[: -len("collections")]
     store.create_collection(CollectionRow("empty", "m", 4, "IP", "FLAT"))
     started = MetadataStore(url, prefix, row_cache=1000)
     started.load_at_start()
-    assert until(lambda: started.cached_records("c", READY_IDS) is not None)
+    assert started.wait_at_start(timeout=60)
+    assert started.cached_records("c", READY_IDS) is not None
     assert started.cached_records("c", [PENDING_ID]) == {}  # known not ready, no SQL
-    assert until(lambda: started.row_cache.whole("empty"))
+    assert started.row_cache.whole("empty")
     small = MetadataStore(url, prefix, row_cache=100)  # "c" does not fit: read per search
     small.load_at_start()
-    assert until(lambda: small.row_cache.whole("empty"))
+    assert small.wait_at_start(timeout=60)
+    assert small.row_cache.whole("empty")
     assert not small.row_cache.whole("c") and small.cached_records("c", [1]) is None
     for one in (small, started):
         one.dispose()
@@ -139,12 +155,12 @@ def test_an_index_that_starts_loads_its_collections_whole(url: str) -> None:
 
 
 def test_a_load_stopped_by_the_store_closing_caches_nothing_as_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
     """A load is read page by page (500 rows); one stopped after its first
     page because the store closes must not hold those rows as the whole
     collection, which would answer that the others are not ready."""
-    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=10_000)
+    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}", row_cache=10_000, clock=clock)
     store.create_collection(CollectionRow("c", "m", 4, "IP", "FLAT"))
     numbers = range(1, 1201)
     images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in numbers]
@@ -158,6 +174,8 @@ def test_a_load_stopped_by_the_store_closing_caches_nothing_as_whole(
         return rows
 
     monkeypatch.setattr(store, "_fetch_records", then_close)
+    clock.advance(metadata.LOAD_QUIET_S + 1)
+    assert store._claim_load("c")
     store._load("c")
     assert not store.row_cache.whole("c")
     assert store.cached_records("c", [1200]) is None  # not "known not ready"
