@@ -28,8 +28,16 @@ def start(settings: GatewaySettings) -> RunningServer:
     ingestor = Ingestor(backends, ImageLimit(settings.max_image_bytes), settings.thumbnail_px)
     inflight = ByteBudget(settings.max_total_inflight_bytes)  # all streams and jobs
     jobs = JobManager(settings, ingestor, roots, inflight)
-    servicer = GatewayServicer(settings, backends, ingestor, jobs, roots, inflight)
     tokens = Tokens(settings.tokens_file) if settings.tokens_file else None
+    servicer = GatewayServicer(
+        settings,
+        backends,
+        ingestor,
+        jobs,
+        roots,
+        inflight,
+        caller_role=tokens.caller_role if tokens is not None else None,
+    )
     running = start_server(
         [lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

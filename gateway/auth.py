@@ -106,10 +106,9 @@ class Tokens:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def authorize(self, method: str, context: grpc.ServicerContext) -> None:
-        """The gateway's ``Authorize`` hook: UNAUTHENTICATED without a known
-        token, PERMISSION_DENIED when its role is too low."""
-        needed = required_role(method)
+    def caller_role(self, context: grpc.ServicerContext) -> Role:
+        """The role of the call's bearer token; UNAUTHENTICATED without a
+        known one."""
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
@@ -124,16 +123,28 @@ class Tokens:
         role = self.role_of(token.strip())
         if role is None:
             raise errors.ServiceError(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        return role
+
+    def authorize(self, method: str, context: grpc.ServicerContext) -> None:
+        """The gateway's ``Authorize`` hook: UNAUTHENTICATED without a known
+        token, PERMISSION_DENIED when its role is too low."""
+        needed = required_role(method)
+        role = self.caller_role(context)
         name = method.rsplit("/", 1)[-1]
         if needed is None:
             raise errors.ServiceError(
                 grpc.StatusCode.PERMISSION_DENIED, f"{name} has no role assigned: refused"
             )
-        if role < needed:
-            raise errors.ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{name} needs the {needed.name.lower()} role; this token has {role.name.lower()}",
-            )
+        refuse_below(needed, role, name)
+
+
+def refuse_below(needed: Role, role: Role, name: str) -> None:
+    """PERMISSION_DENIED when ``role`` is below ``needed``."""
+    if role < needed:
+        raise errors.ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{name} needs the {needed.name.lower()} role; this token has {role.name.lower()}",
+        )
 
 
 def required_role(method: str) -> Role | None:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ from gateway.jobstore import (
     CHUNK,
     DEFAULT_PAGE,
     FAILED,
+    JOB_ID,
     MAX_PAGE,
     PENDING,
     RUNNING,
@@ -49,6 +51,8 @@ from gateway.jobstore import (
     JobState,
     JobStore,
     Work,
+    check_job_id,
+    new_job_id,
     now_ms,
     open_job_store,
     parse_page_token,
@@ -57,7 +61,7 @@ from gateway.jobstore import (
 )
 from gateway.jobstore import page_token as token_of
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
-from gateway.paths import AllowedRoots, display_path
+from gateway.paths import OUTSIDE, AllowedRoots, display_path
 from gateway.settings import GatewaySettings
 from gateway.walk import walk_images
 from imagesearch import errors, logs
@@ -114,8 +118,13 @@ __all__ = ["JobManager", "JobState"]
 
 # A chunk's file names, JSON-encoded, stay under this (a NATS message is 1 MB).
 CHUNK_NAME_BYTES = 256 * 1024
+# Finished jobs are forgotten at most this often (GATEWAY_JOB_RETENTION_H,
+# GATEWAY_MAX_FINISHED_JOBS).
+EXPIRE_EVERY_S = 30.0
 # How often units in work are checked for a cancel and, on a shared store, touched.
 CHECK_S = 1.0
+# Pauses before a unit whose store call failed is given out again, by try.
+RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class WalkFailed(Exception):
@@ -187,6 +196,7 @@ class JobManager:
         self._working: dict[int, tuple[Work, threading.Event]] = {}
         self._ids = itertools.count()
         self._stop = threading.Event()
+        self._expired_at = -math.inf
         self.expire()
         workers = [(WALK, n) for n in range(settings.max_jobs)]
         workers += [(CHUNK, n) for n in range(settings.job_concurrency)]
@@ -241,7 +251,7 @@ class JobManager:
         try:
             job = self.store.create(
                 JobState(
-                    job_id=uuid.uuid4().hex[:12],
+                    job_id=new_job_id(),
                     collection=collection,
                     folder=str(real),
                     recursive=recursive,
@@ -257,7 +267,7 @@ class JobManager:
         return job
 
     def get(self, job_id: str) -> JobState:
-        return self.store.get(job_id)
+        return self.store.get(check_job_id(job_id))
 
     def list_jobs(
         self, collection: str = "", page_size: int = DEFAULT_PAGE, page_token: str = ""
@@ -271,8 +281,17 @@ class JobManager:
         return jobs, token_of(jobs[-1]) if more and jobs else ""
 
     def expire(self) -> int:
-        """Forgets finished jobs older than GATEWAY_JOB_RETENTION_H; returns how many went."""
-        gone = self.store.expire(now_ms() - int(self.settings.job_retention_h * 3600 * 1000))
+        """Forgets finished jobs older than GATEWAY_JOB_RETENTION_H, and the
+        least recently changed beyond GATEWAY_MAX_FINISHED_JOBS; returns how
+        many went. At start, then at most every EXPIRE_EVERY_S (StartIndexJob
+        and ListJobs ask), so that neither pays for it each time."""
+        if time.monotonic() - self._expired_at < EXPIRE_EVERY_S:
+            return 0
+        self._expired_at = time.monotonic()
+        gone = self.store.expire(
+            now_ms() - int(self.settings.job_retention_h * 3600 * 1000),
+            self.settings.max_finished_jobs,
+        )
         if gone:
             logs.event(log, "jobs.expired", count=gone)
         return gone
@@ -312,7 +331,7 @@ class JobManager:
     ) -> Iterator[JobState]:
         """Yields the job now and at every change (at most every ``interval``)
         until it ends or the watcher goes away."""
-        return self.store.watch(job_id, is_active, interval)
+        return self.store.watch(check_job_id(job_id), is_active, interval)
 
     def close(self) -> None:
         """Stops after the calls in flight. Units not done stay queued (NATS:
@@ -325,46 +344,58 @@ class JobManager:
     # -- working ---------------------------------------------------------
 
     def _serve(self, kind: str) -> None:
-        """One worker: claims units of ``kind`` and works on them until close."""
-        handle = self._walk_unit if kind == WALK else self._chunk_unit
+        """One worker: claims units of ``kind`` and works on them until close.
+        Nothing a unit or the store raises ends it: it logs, waits a little
+        longer after each failure in a row (up to 30 s) and goes on."""
+        failures = 0
         while not self._stop.is_set():
             try:
                 work = self.store.claim(kind, timeout=1.0)
-            except errors.ServiceError as exc:  # the store is down: wait for it
-                logs.event(log, "job.claim_failed", logging.WARNING, error=exc.message)
-                self._stop.wait(2.0)
-                continue
-            if work is None:
-                continue
-            if work.delivered > 1:
-                JOB_REDELIVERED.inc()
-            stop = threading.Event()
-            key = next(self._ids)
+                if work is not None:
+                    self._work_on(kind, work)
+                failures = 0
+            except Exception as exc:  # the store is down, or a bug: wait, go on
+                failures += 1
+                if isinstance(exc, errors.ServiceError):
+                    logs.event(log, "job.claim_failed", logging.WARNING, error=exc.message)
+                else:
+                    log.exception("job.worker_error", extra={"fields": {"kind": kind}})
+                self._stop.wait(min(2.0 * failures, 30.0))
+
+    def _work_on(self, kind: str, work: Work) -> None:
+        handle = self._walk_unit if kind == WALK else self._chunk_unit
+        if work.delivered > 1:
+            JOB_REDELIVERED.inc()
+        stop = threading.Event()
+        key = next(self._ids)
+        with self._lock:
+            self._working[key] = (work, stop)
+        JOBS_RUNNING.inc()
+        try:
+            handle(work, stop)
+        except errors.ServiceError as exc:  # the store failed: the unit comes back
+            logs.event(
+                log, "job.unit_unsaved", logging.WARNING, job_id=work.job_id, error=exc.message
+            )
+            if self.store.shared:  # given out again after a pause growing with its tries
+                work.retry(RETRY_DELAYS_S[min(work.delivered, len(RETRY_DELAYS_S)) - 1])
+            else:  # an in-process queue does not give it back itself
+                self._stop.wait(1.0)
+                chunks = [work.chunk] if kind == CHUNK else []
+                self.store.requeue(work.job_id, walk=kind == WALK, chunks=chunks)
+        except Exception as exc:
+            log.exception("job.crash", extra={"fields": {"job_id": work.job_id}})
+            self._fail(
+                work.job_id,
+                f"internal error ({type(exc).__name__}); the gateway's log has the details. "
+                "ResumeJob continues from here",
+            )
+            work.ack()
+            raise  # the worker backs off
+        finally:
+            JOBS_RUNNING.dec()
             with self._lock:
-                self._working[key] = (work, stop)
-            JOBS_RUNNING.inc()
-            try:
-                handle(work, stop)
-            except errors.ServiceError as exc:  # the store failed: the unit comes back
-                logs.event(
-                    log, "job.unit_unsaved", logging.WARNING, job_id=work.job_id, error=exc.message
-                )
-                if not self.store.shared:  # an in-process queue does not give it back itself
-                    self._stop.wait(1.0)
-                    chunks = [work.chunk] if kind == CHUNK else []
-                    self.store.requeue(work.job_id, walk=kind == WALK, chunks=chunks)
-            except Exception as exc:
-                log.exception("job.crash", extra={"fields": {"job_id": work.job_id}})
-                self._fail(
-                    work.job_id,
-                    f"internal error ({type(exc).__name__}); the gateway's log has the details. "
-                    "ResumeJob continues from here",
-                )
-                work.ack()
-            finally:
-                JOBS_RUNNING.dec()
-                with self._lock:
-                    del self._working[key]
+                del self._working[key]
 
     def _keep_working(self) -> None:
         """Every second: stops units whose job ended (a cancel on any gateway)
@@ -394,17 +425,53 @@ class JobManager:
                 return
 
     def _job_of(self, work: Work) -> JobState | None:
+        """The unit's job; None (the unit is done with) when it is gone, or
+        when the unit is poison: it names no job of the form StartIndexJob
+        gives, or its job's record cannot be read (terminated, counted)."""
         try:
-            return self.store.get(work.job_id)
+            return self.store.get(check_job_id(work.job_id))
         except errors.ServiceError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:  # expired: drop its units
+            if exc.code == grpc.StatusCode.NOT_FOUND and JOB_ID.fullmatch(work.job_id):
+                work.ack()  # expired: its units are dropped
+                return None
+            if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS):
+                reason = "bad_job_id" if exc.code == grpc.StatusCode.NOT_FOUND else "job_damaged"
+                work.reject(reason)
                 return None
             raise
 
+    def _outside(self, job: JobState, paths: Iterable[str]) -> str:
+        """The first of ``paths`` (the job's folder, or a chunk's files) that
+        is not under the allowed roots and the job's folder, read from the
+        names alone (nothing is opened); "" when all are. A job record or
+        chunk put into a shared store by hand is checked as one StartIndexJob
+        made."""
+        folder = os.path.normpath(job.folder)
+        if not os.path.isabs(folder) or not self.roots.contains(Path(folder)):
+            return job.folder
+        for path in paths:
+            if os.path.commonpath([folder, os.path.normpath(path)]) != folder:
+                return path
+        return ""
+
+    def _refuse_forged(self, work: Work, job: JobState, outside: str) -> None:
+        self._fail(
+            job.job_id,
+            f"PERMISSION_DENIED: {display_path(outside)[:200]} {OUTSIDE}; the job's record or "
+            "its chunks were not made by StartIndexJob",
+        )
+        work.reject("outside_roots")
+
     def _walk_unit(self, work: Work, stop: threading.Event) -> None:
         job = self._job_of(work)
-        if job is None or job.terminal or job.walk_done:
+        if job is None:
+            return
+        if job.terminal or job.walk_done:
             work.ack()
+            return
+        outside = self._outside(job, ())
+        if outside:
+            self._refuse_forged(work, job, outside)
             return
         if work.delivered > self.settings.jobs_max_deliver:
             self._fail(
@@ -471,8 +538,10 @@ class JobManager:
 
     def _chunk_unit(self, work: Work, stop: threading.Event) -> None:
         job = self._job_of(work)
-        if job is None or job.terminal or job.recorded(work.chunk):
-            work.ack()  # gone, ended (its queued chunks are dropped), or done already
+        if job is None:
+            return
+        if job.terminal or job.recorded(work.chunk):
+            work.ack()  # ended (its queued chunks are dropped), or done already
             return
         try:
             files = self.store.chunk_files(job.job_id, work.chunk)
@@ -481,6 +550,10 @@ class JobManager:
                 raise
             self._fail(job.job_id, exc.message)
             work.ack()
+            return
+        outside = self._outside(job, files)
+        if outside:
+            self._refuse_forged(work, job, outside)
             return
         if work.delivered > self.settings.jobs_max_deliver:
             self._record(job.job_id, work.chunk, self._given_up(files, work.delivered - 1))

@@ -25,15 +25,20 @@ folder and an in-process queue: the embedded default, one gateway) and
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Protocol
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Protocol, get_args, get_origin, get_type_hints
+
+from prometheus_client import Counter
 
 from gateway.orchestrator import Outcome, Result
 from gateway.settings import GatewaySettings
-from imagesearch import errors
+from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,13 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (
 )
 TERMINAL = {SUCCEEDED, FAILED, CANCELED}
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+# A job's record (its JSON) stays under RECORD_MAX_BYTES whatever its errors
+# (a NATS message is 1 MiB at most, and every change rewrites it): the file
+# errors kept take ERRORS_MAX_BYTES at most, each path and reason cut to
+# ERROR_TEXT_MAX characters; ``failed`` counts them all.
+RECORD_MAX_BYTES = 64 * 1024
+ERRORS_MAX_BYTES = 32 * 1024
+ERROR_TEXT_MAX = 600
 WALK, CHUNK = "walk", "chunk"
 
 
@@ -73,17 +85,52 @@ class JobState:
     walk_done: bool = False  # the walk has ended: total is final
     walked_chunks: int = 0  # chunks the walk has published
     walk_last: str = ""  # the last file it published (a new walk starts after it)
+    unreadable: bool = False  # stands for a record that cannot be loaded (kept until the cap)
 
     @classmethod
-    def load(cls, data: dict[str, object]) -> JobState:
+    def load(cls, data: object) -> JobState:
         """A state as saved, by this version or an older one (which listed the
-        whole folder before the job began, and knew no walk)."""
+        whole folder before the job began, and knew no walk). ValueError for
+        anything else: not an object, a field missing or of the wrong type,
+        counts that cannot be."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a job's record is a JSON object, not {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        job = cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        hints = get_type_hints(cls)
+        for name, value in data.items():
+            if name in known and not _of_type(value, hints[name]):
+                raise ValueError(f"field {name} is {type(value).__name__}, not {hints[name]}")
+        try:
+            job = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # a field without a default is missing
+            raise ValueError(str(exc)) from None
+        if job.batch_size < 1 or min(job.total, job.done, job.batch_cursor) < 0:
+            raise ValueError("batch_size, total, done or batch_cursor out of range")
+        if job.state not in {PENDING, RUNNING, *TERMINAL}:
+            raise ValueError(f"state {job.state!r} is unknown")
+        if not all({"path", "reason", "code"} <= e.keys() for e in job.errors):
+            raise ValueError("a file error lacks its path, reason or code")
         if "walk_done" not in data:
             job.walk_done = True
             job.walked_chunks = (job.total + job.batch_size - 1) // job.batch_size
         return job
+
+    @classmethod
+    def damaged(cls, job_id: str, why: str, kept: str, created_at_ms: int = 0) -> JobState:
+        """What a record that cannot be loaded is listed as: a FAILED job that
+        says so (never a stopped listing, never silently left out)."""
+        return cls(
+            job_id=job_id,
+            collection="",
+            folder="",
+            recursive=False,
+            state=FAILED,
+            message=f"the job's record is damaged ({why}); {kept}. Start the job again: "
+            "files already indexed count as duplicates",
+            created_at_ms=created_at_ms,
+            updated_at_ms=created_at_ms,
+            unreadable=True,
+        )
 
     @property
     def terminal(self) -> bool:
@@ -105,8 +152,37 @@ class JobState:
         return self.walk_done and self.batch_cursor + len(self.batches_ahead) >= self.walked_chunks
 
 
+def _of_type(value: object, hint: object) -> bool:
+    """Whether a loaded JSON value fits a field's type (int, str, bool, a list)."""
+    origin = get_origin(hint) or hint
+    if origin is list:
+        (item,) = get_args(hint) or (object,)
+        inner = get_origin(item) or item
+        return isinstance(value, list) and all(isinstance(v, inner) for v in value)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin) if isinstance(origin, type) else True
+
+
 def _nothing() -> None:
     return None
+
+
+# Units a store refused to work on, by why: a message that is no unit, a
+# unit naming no job of the form StartIndexJob gives, a job whose record
+# cannot be read, a folder or file outside GATEWAY_ALLOWED_ROOTS.
+UNITS_REJECTED = Counter(
+    "imagesearch_gateway_job_units_rejected_total",
+    "Job walks and chunks refused (terminated, never given out again), by reason",
+    ["reason"],
+)
+
+
+def rejected(reason: str, **where: object) -> None:
+    """Logs and counts a unit refused for ``reason`` (one of a few words: a
+    label; ``where`` says the rest), once: it is terminated."""
+    UNITS_REJECTED.labels(reason).inc()
+    logs.event(log, "job.unit_rejected", logging.WARNING, reason=reason, **where)
 
 
 @dataclass
@@ -122,6 +198,10 @@ class Work:
     delivered: int = 1
     ack: Callable[[], None] = _nothing
     touch: Callable[[], None] = _nothing
+    # Never to be given out again: the unit is poison (counted by reason).
+    reject: Callable[[str], None] = lambda _reason: None
+    # Give it out again after ``delay`` seconds (a failure worth another try).
+    retry: Callable[[float], None] = lambda _delay: None
 
 
 def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
@@ -143,18 +223,37 @@ def ended_if_complete(job: JobState) -> dict[str, object]:
     return {}
 
 
+def _cut(text: str) -> str:
+    if len(text) <= ERROR_TEXT_MAX:
+        return text
+    half = ERROR_TEXT_MAX // 2 - 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
+def _error_bytes(error: dict[str, object]) -> int:
+    return len(json.dumps(error)) + 2
+
+
 def count_results(
     job: JobState, chunk: int, results: Sequence[Result], max_errors: int
 ) -> dict[str, object]:
     """The changes that add one chunk's results to ``job``: counts, the first
-    ``max_errors`` errors, the chunk marked recorded, and SUCCEEDED when it
-    was the last one."""
+    errors (``max_errors`` and ERRORS_MAX_BYTES at most), the chunk marked
+    recorded, and SUCCEEDED when it was the last one."""
     errs = list(job.errors)
+    room = ERRORS_MAX_BYTES - sum(_error_bytes(e) for e in errs)
     counts = {Outcome.INDEXED: 0, Outcome.DUPLICATE: 0, Outcome.FAILED: 0}
     for r in results:
         counts[r.outcome] += 1
         if r.outcome is Outcome.FAILED and len(errs) < max_errors:
-            errs.append({"path": r.name, "reason": r.reason, "code": r.code.name})
+            error: dict[str, object] = {
+                "path": _cut(r.name),
+                "reason": _cut(r.reason),
+                "code": r.code.name,
+            }
+            room -= _error_bytes(error)
+            if room >= 0:
+                errs.append(error)
     cursor, ahead = advance(job.batch_cursor, job.batches_ahead, chunk)
     changes: dict[str, object] = {
         "done": job.done + len(results),
@@ -167,6 +266,16 @@ def count_results(
     }
     after = replace(job, batch_cursor=cursor, batches_ahead=ahead)
     return {**changes, **ended_if_complete(after)}
+
+
+def encoded(job: JobState) -> bytes:
+    """The job's record as saved, under RECORD_MAX_BYTES: should its paths
+    be so long that it is not, fewer of its errors are kept."""
+    data = json.dumps(asdict(job)).encode()
+    while len(data) > RECORD_MAX_BYTES and job.errors:
+        job.errors = job.errors[: len(job.errors) // 2]
+        data = json.dumps(asdict(job)).encode()
+    return data
 
 
 def walked(job: JobState, files: int, last: str) -> dict[str, object]:
@@ -232,12 +341,41 @@ def newest_first(
     return ordered[:size], len(ordered) > size
 
 
+def to_forget(jobs: Iterable[JobState], older_than_ms: int, keep_finished: int) -> list[JobState]:
+    """The finished jobs last changed before ``older_than_ms``, and the least
+    recently changed of the rest beyond ``keep_finished``."""
+    finished = sorted((j for j in jobs if j.terminal), key=lambda j: (j.updated_at_ms, j.job_id))
+    extra = max(0, len(finished) - keep_finished)
+    return [j for n, j in enumerate(finished) if n < extra or j.updated_at_ms < older_than_ms]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
 def not_found(job_id: str) -> errors.ServiceError:
     return errors.not_found(f"job {job_id!r} does not exist (ListJobs shows the jobs)")
+
+
+# The ids StartIndexJob gives: 12 lower-case hex digits (new_job_id).
+JOB_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it has the form StartIndexJob gives, else NOT_FOUND naming
+    it: checked before any store sees it (a NATS key may not be empty or
+    hold ``>``, a file name may not hold ``/``)."""
+    if not JOB_ID.fullmatch(job_id):
+        shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+        raise errors.not_found(
+            f"job {shown!r} does not exist: a job id is 12 hex digits, as StartIndexJob "
+            "gives (ListJobs shows the jobs)"
+        )
+    return job_id
 
 
 Change = Callable[[JobState], "dict[str, object] | None"]
@@ -279,7 +417,7 @@ class JobStore(Protocol):
 
     def open_jobs(self) -> int: ...
 
-    def expire(self, older_than_ms: int) -> int: ...
+    def expire(self, older_than_ms: int, keep_finished: int) -> int: ...
 
     def close(self) -> None: ...
 

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -28,17 +28,19 @@ import grpc
 from gateway.jobfiles import read_file_list, write_atomic
 from gateway.jobstore import (
     CHUNK,
-    FAILED,
     WALK,
     Change,
     JobState,
     Work,
     conditional,
     count_results,
+    encoded,
     follow,
     newest_first,
     not_found,
     now_ms,
+    rejected,
+    to_forget,
 )
 from gateway.orchestrator import Result
 from imagesearch import errors, logs
@@ -75,16 +77,8 @@ class LocalJobStore:
         reported as a FAILED job, never skipped silently."""
         logs.event(log, "job.damaged", logging.ERROR, file=str(path), error=str(exc))
         os.replace(path, path.with_suffix(".damaged"))
-        job = JobState(
-            job_id=path.stem,
-            collection="",
-            folder="",
-            recursive=False,
-            state=FAILED,
-            message=f"the job's state file was damaged ({type(exc).__name__}); it is "
-            f"kept as {path.stem}.damaged. Start the job again: files already indexed "
-            "count as duplicates",
-            created_at_ms=now_ms(),
+        job = JobState.damaged(
+            path.stem, type(exc).__name__, f"it is kept as {path.stem}.damaged", now_ms()
         )
         with self._lock:
             self._apply(job, {})
@@ -96,7 +90,7 @@ class LocalJobStore:
             setattr(job, key, value)
         job.updated_at_ms = now_ms()
         job.version += 1
-        write_atomic(self._path(job.job_id, "json"), json.dumps(asdict(job)).encode())
+        write_atomic(self._path(job.job_id, "json"), encoded(job))
         self._changed.notify_all()
 
     def create(self, job: JobState) -> JobState:
@@ -104,7 +98,7 @@ class LocalJobStore:
             self._jobs[job.job_id] = job
             self._apply(job, {})
             created = replace(job, errors=list(job.errors))
-        self._queues[WALK].put(Work(WALK, job.job_id))
+        self._queues[WALK].put(self._work(WALK, job.job_id))
         return created
 
     def get(self, job_id: str) -> JobState:
@@ -154,7 +148,7 @@ class LocalJobStore:
             finally:
                 os.close(fd)
             offsets[number] = offset
-        self._queues[CHUNK].put(Work(CHUNK, job_id, number))
+        self._queues[CHUNK].put(self._work(CHUNK, job_id, number))
 
     def _index(self, job_id: str) -> dict[int, int]:
         """Where each chunk's line starts (read once); call with the lock held."""
@@ -196,6 +190,13 @@ class LocalJobStore:
                 f"the job's file list cannot be read ({type(exc).__name__}); start the job again",
             ) from None
 
+    @staticmethod
+    def _work(kind: str, job_id: str, chunk: int = -1) -> Work:
+        def reject(reason: str) -> None:  # dropped from the queue already: counted
+            rejected(reason, job_id=job_id[:64], kind=kind, chunk=chunk)
+
+        return Work(kind, job_id, chunk, reject=reject)
+
     def claim(self, kind: str, timeout: float) -> Work | None:
         try:
             return self._queues[kind].get(timeout=timeout)
@@ -204,9 +205,9 @@ class LocalJobStore:
 
     def requeue(self, job_id: str, walk: bool, chunks: Iterable[int]) -> None:
         if walk:
-            self._queues[WALK].put(Work(WALK, job_id))
+            self._queues[WALK].put(self._work(WALK, job_id))
         for number in chunks:
-            self._queues[CHUNK].put(Work(CHUNK, job_id, number))
+            self._queues[CHUNK].put(self._work(CHUNK, job_id, number))
 
     def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool:
         """Adds one chunk's results to the job's counts (and its first
@@ -240,11 +241,12 @@ class LocalJobStore:
         with self._lock:
             return sum(not j.terminal for j in self._jobs.values())
 
-    def expire(self, older_than_ms: int) -> int:
-        """Forgets finished jobs last changed before ``older_than_ms`` (state
-        and files); returns how many went."""
+    def expire(self, older_than_ms: int, keep_finished: int) -> int:
+        """Forgets finished jobs last changed before ``older_than_ms``, and
+        the least recently changed beyond ``keep_finished`` (state and
+        files); returns how many went."""
         with self._lock:
-            old = [j for j in self._jobs.values() if j.terminal and j.updated_at_ms < older_than_ms]
+            old = to_forget(self._jobs.values(), older_than_ms, keep_finished)
             for job in old:
                 del self._jobs[job.job_id]
                 self._offsets.pop(job.job_id, None)

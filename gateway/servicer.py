@@ -4,7 +4,7 @@ the job manager and the backends, and builds responses."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from typing import NamedTuple, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from gateway.auth import refuse_below
 from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.deadline import Deadline
@@ -22,6 +23,7 @@ from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
 from gateway.settings import GatewaySettings
 from imagesearch import errors, ids, naming
+from imagesearch.rpcs import Role
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
 
 M = TypeVar("M", bound=Message)
@@ -74,6 +76,7 @@ def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
             )
             for e in (job.errors if with_errors else [])
         ],
+        errors_omitted=max(0, job.failed - len(job.errors)),
         collection=job.collection,
         folder=job.folder,
         recursive=job.recursive,
@@ -170,8 +173,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         jobs: JobManager,
         roots: AllowedRoots,
         inflight: ByteBudget | None = None,
+        caller_role: Callable[[grpc.ServicerContext], Role] | None = None,
     ) -> None:
+        """``caller_role``: the role of a call's token (gateway.auth); none:
+        the gateway asks for no token, and every caller may do everything."""
         self.settings = settings
+        self.caller_role = caller_role or (lambda _context: Role.ADMIN)
         # The gateway's total, shared with jobs.
         self.inflight = inflight or ByteBudget(settings.max_total_inflight_bytes)
         self.backends = backends
@@ -470,6 +477,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ResumeJobRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ResumeJobResponse:
         return gateway_pb2.ResumeJobResponse(job=job_message(self.jobs.resume(request.job_id)))
+
+    def CheckAccess(
+        self, request: gateway_pb2.CheckAccessRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CheckAccessResponse:
+        role = self.caller_role(context)  # the auth hook has checked the read role
+        if request.write:
+            refuse_below(Role.WRITE, role, "writing (IndexImages, StartIndexJob, jobs)")
+        return gateway_pb2.CheckAccessResponse(role=role.name.lower())
 
     # -- collections (forwarded to the index) ----------------------------
 

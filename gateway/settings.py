@@ -156,6 +156,13 @@ class GatewaySettings(ServerSettings):
             "older ones are forgotten at start-up and as new jobs start or are listed"
         },
     )
+    max_finished_jobs: int = field(
+        default=10_000,
+        metadata={
+            "help": "finished jobs kept at most, whatever their age (the least recently "
+            "changed are forgotten first), so that listing and starting jobs stay cheap"
+        },
+    )
     resume_jobs: bool = field(
         default=True,
         metadata={
@@ -187,10 +194,12 @@ class GatewaySettings(ServerSettings):
         },
     )
     jobs_max_deliver: int = field(
-        default=5,
+        default=20,
         metadata={
-            "help": "a chunk given out this often without being done (its gateways kept "
-            "dying on it) is given up: its files become errors on the job"
+            "help": "a walk or chunk given out this often without being done (its gateways "
+            "kept dying on it, or its store calls kept failing; with NATS each try waits "
+            "longer, 1 s growing to 60 s) is given up: a chunk's files become errors on the "
+            "job, a walk fails it, and the job ends"
         },
     )
     jobs_replicas: int = field(
@@ -314,6 +323,8 @@ class GatewaySettings(ServerSettings):
             )
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.jobs_prefix):
             raise SettingsError("GATEWAY_JOBS_PREFIX must be 1-64 letters, digits, _ or -")
+        if self.max_finished_jobs < 1:
+            raise SettingsError("GATEWAY_MAX_FINISHED_JOBS must be >= 1")
         if self.jobs_ack_wait_s < 1 or self.jobs_max_deliver < 1:
             raise SettingsError("GATEWAY_JOBS_ACK_WAIT_S and _MAX_DELIVER must be >= 1")
         if self.jobs_replicas not in (1, 3, 5):

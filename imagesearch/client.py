@@ -369,22 +369,13 @@ class Client:
     def check_access(self, write: bool, *, timeout: float | None = 10.0) -> None:
         """Raises the gateway's UNAUTHENTICATED or PERMISSION_DENIED (or
         UNAVAILABLE) when it would refuse this caller's token for reading or,
-        with ``write``, for writing; asks with a call that changes nothing (a
-        job that does not exist), so a proxy can refuse an upload before
-        reading its body."""
+        with ``write``, for writing (CheckAccess, which changes nothing), so
+        a proxy can refuse an upload before reading its body. A gateway too
+        old to know CheckAccess is let be: it checks the call itself."""
         try:
-            if write:
-                self._call(self._stub.CancelJob, gateway_pb2.CancelJobRequest(job_id=""), timeout)
-            else:
-                self._call(self._stub.GetJob, gateway_pb2.GetJobRequest(job_id=""), timeout)
+            self._call(self._stub.CheckAccess, gateway_pb2.CheckAccessRequest(write=write), timeout)
         except ImageSearchError as exc:
-            if exc.code in (
-                grpc.StatusCode.UNAUTHENTICATED,
-                grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-            ):
+            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
                 raise
 
     # -- readiness -------------------------------------------------------

@@ -47,6 +47,7 @@ GATEWAY_RPCS: dict[str, Rpc] = {
     "WatchJob": _READ,
     "GetImage": _READ,
     "GetThumbnail": _READ,
+    "CheckAccess": _READ,  # checks the write role itself when asked
     "IndexImages": Rpc(Role.WRITE, Access.WRITE, idempotent=False),
     "StartIndexJob": Rpc(Role.WRITE, Access.WRITE, idempotent=False),
     "CancelJob": Rpc(Role.WRITE, Access.WRITE, idempotent=True),

@@ -488,6 +488,32 @@ def gateway_stack(embedder: Server, tmp: Path, **gateway_overrides: object) -> I
         index.running.stop(1)
 
 
+# The job stores a gateway is tested on: its files (the embedded default) and
+# NATS JetStream, which compose and k8s ship. A module's end-to-end tests run
+# on both with ``stack_on_each_job_store`` as its ``stack``.
+JOB_STORES = ["local", pytest.param("nats", marks=pytest.mark.nats)]
+
+
+def job_store_settings(request: pytest.FixtureRequest, kind: str) -> dict[str, object]:
+    """Gateway settings for jobs in ``kind`` ("local" or "nats": the tests'
+    nats-server, a prefix of the test's own)."""
+    if kind == "local":
+        return {}
+    return {
+        "jobs_url": request.getfixturevalue("nats_url"),
+        "jobs_prefix": f"t{uuid.uuid4().hex[:10]}",
+    }
+
+
+@pytest.fixture(params=JOB_STORES)
+def stack_on_each_job_store(
+    request: pytest.FixtureRequest, embedder: Server, tmp_path: Path
+) -> Iterator[Stack]:
+    """``stack``, once with jobs in the gateway's files and once on NATS."""
+    with gateway_stack(embedder, tmp_path, **job_store_settings(request, request.param)) as s:
+        yield s
+
+
 @pytest.fixture
 def stack(embedder: Server, tmp_path: Path) -> Iterator[Stack]:
     """Gateway + index (Milvus Lite, SQLite) + the shared real-weights embedder."""

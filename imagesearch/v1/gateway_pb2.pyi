@@ -158,7 +158,7 @@ class StartIndexJobRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms", "model", "walk_complete")
+    __slots__ = ("job_id", "state", "total", "done", "indexed", "duplicates", "failed", "errors", "collection", "folder", "recursive", "message", "created_at_ms", "updated_at_ms", "model", "walk_complete", "errors_omitted")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class Job(_message.Message):
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WALK_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     total: int
@@ -191,7 +192,8 @@ class Job(_message.Message):
     updated_at_ms: int
     model: str
     walk_complete: bool
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., model: _Optional[str] = ..., walk_complete: _Optional[bool] = ...) -> None: ...
+    errors_omitted: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[FileError, _Mapping]]] = ..., collection: _Optional[str] = ..., folder: _Optional[str] = ..., recursive: _Optional[bool] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., model: _Optional[str] = ..., walk_complete: _Optional[bool] = ..., errors_omitted: _Optional[int] = ...) -> None: ...
 
 class StartIndexJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -384,3 +386,15 @@ class ReconcileResponse(_message.Message):
     thumbnails_made: int
     thumbnails_missing: int
     def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ..., thumbnails_made: _Optional[int] = ..., thumbnails_missing: _Optional[int] = ...) -> None: ...
+
+class CheckAccessRequest(_message.Message):
+    __slots__ = ("write",)
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    write: bool
+    def __init__(self, write: _Optional[bool] = ...) -> None: ...
+
+class CheckAccessResponse(_message.Message):
+    __slots__ = ("role",)
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    def __init__(self, role: _Optional[str] = ...) -> None: ...

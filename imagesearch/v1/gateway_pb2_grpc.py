@@ -109,6 +109,11 @@ class GatewayServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.FromString,
                 _registered_method=True)
+        self.CheckAccess = channel.unary_unary(
+                '/imagesearch.v1.GatewayService/CheckAccess',
+                request_serializer=imagesearch_dot_v1_dot_gateway__pb2.CheckAccessRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CheckAccessResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -219,6 +224,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAccess(self, request, context):
+        """Whether the caller's token may read (and, with `write`, write), asked
+        before the work: a proxy refuses an upload before reading its body.
+        Changes nothing. UNAUTHENTICATED without a known token, PERMISSION_DENIED
+        when `write` is asked of a read-only token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +311,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetThumbnail,
                     request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.SerializeToString,
+            ),
+            'CheckAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAccess,
+                    request_deserializer=imagesearch_dot_v1_dot_gateway__pb2.CheckAccessRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_gateway__pb2.CheckAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -703,6 +723,33 @@ class GatewayService:
             '/imagesearch.v1.GatewayService/GetThumbnail',
             imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailRequest.SerializeToString,
             imagesearch_dot_v1_dot_gateway__pb2.GetThumbnailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.GatewayService/CheckAccess',
+            imagesearch_dot_v1_dot_gateway__pb2.CheckAccessRequest.SerializeToString,
+            imagesearch_dot_v1_dot_gateway__pb2.CheckAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.nats
 SUCCEEDED, CANCELED = gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_CANCELED
+DOOMED = "d00000000001"  # a job made in the store by hand, with an id of the form gateways give
 
 
 def shared_jobs(nats_url: str, prefix: str) -> dict[str, object]:
@@ -212,14 +213,14 @@ def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
     # A gateway that walks the folder, takes chunk 0 and dies on it (never acks).
     dying = NatsJobStore(nats_url, prefix, max_errors_kept=10, ack_wait_s=1.0)
     folder = CLOTHING / "Hat"
-    dying.create(JobState("doomed", "doomed", str(folder), True, batch_size=4))
+    dying.create(JobState(DOOMED, "doomed", str(folder), True, batch_size=4))
     walk = dying.claim(WALK, timeout=10)
     files = list(walk_images(folder, True, AllowedRoots([folder])))
     for number, start in enumerate(range(0, len(files), 4)):
         chunk = files[start : start + 4]
-        dying.put_chunk("doomed", number, chunk)
-        dying.change("doomed", partial(walked, files=len(chunk), last=chunk[-1]))
-    dying.change("doomed", walk_ended)
+        dying.put_chunk(DOOMED, number, chunk)
+        dying.change(DOOMED, partial(walked, files=len(chunk), last=chunk[-1]))
+    dying.change(DOOMED, walk_ended)
     assert walk is not None
     walk.ack()
     held = dying.claim(CHUNK, timeout=10)
@@ -229,7 +230,7 @@ def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
     gateway = start_gateway(tmp_path / "g", embedder.addr, index.addr, **settings)
     try:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
-        final = wait_job(stub, "doomed")
+        final = wait_job(stub, DOOMED)
         assert final.state == SUCCEEDED, final.message
         assert (final.total, final.done, final.failed) == (len(files), len(files), 4)
         assert final.indexed == len(files) - 4

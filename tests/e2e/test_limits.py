@@ -170,7 +170,7 @@ def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
     for n in range(300):
         stamp = old_ms + n if n < 100 else now - 1000 + n  # the first 100 are 3 days old
         state = {
-            "job_id": f"job{n:04}",
+            "job_id": f"{n:012x}",
             "collection": "many",
             "folder": str(tmp_path),
             "recursive": True,
@@ -185,8 +185,8 @@ def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
             "created_at_ms": stamp,
             "updated_at_ms": stamp,
         }
-        (jobs_dir / f"job{n:04}.json").write_text(json.dumps(state))
-        (jobs_dir / f"job{n:04}.files").write_text("")
+        (jobs_dir / f"{n:012x}.json").write_text(json.dumps(state))
+        (jobs_dir / f"{n:012x}.files").write_text("")
     index = start_index(tmp_path / "index")
     gateway = start_gateway(tmp_path, embedder.addr, index.addr, job_retention_h=24.0)
     try:
@@ -203,14 +203,14 @@ def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
             token = page.next_page_token
             if not token:
                 break
-        assert seen == [f"job{n:04}" for n in range(299, 99, -1)]  # newest first, once each
-        assert not (jobs_dir / "job0000.json").exists()
-        assert not (jobs_dir / "job0000.files").exists()
+        assert seen == [f"{n:012x}" for n in range(299, 99, -1)]  # newest first, once each
+        assert not (jobs_dir / f"{0:012x}.json").exists()
+        assert not (jobs_dir / f"{0:012x}.files").exists()
         with Client(gateway.addr) as client:
-            assert len(client.get_job("job0150").errors) == 100  # GetJob has them all
+            assert len(client.get_job(f"{150:012x}").errors) == 100  # GetJob has them all
             assert len(client.list_jobs(limit=10, include_errors=True)[0].errors) == 100
             with pytest.raises(ImageSearchError) as err:
-                client.get_job("job0001")
+                client.get_job(f"{1:012x}")
             assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         gateway.running.stop(1)

@@ -212,7 +212,7 @@ def test_pages_are_newest_first_and_finished_jobs_expire(stores: Stores) -> None
     assert store.page("other", 10, None) == ([], False)
     store.update("j0", state=SUCCEEDED)
     store.update("j1", state=RUNNING)
-    assert store.expire(now_ms() + 1) == 1  # only the finished one
+    assert store.expire(now_ms() + 1, 10_000) == 1  # only the finished one
     with pytest.raises(ServiceError):
         store.get("j0")
     assert sorted(j.job_id for j in store.unfinished()) == ["j1", "j2", "j3", "j4"]
@@ -358,6 +358,9 @@ class RecordedMeanwhile:
         return getattr(self.store, name)
 
 
+LATE = "1a7e00000001"  # of the form StartIndexJob gives: JobManager checks it
+
+
 def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
     stores: Stores, tmp_path: Path
 ) -> None:
@@ -366,9 +369,9 @@ def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
     the cancel (in flight on another gateway) left the job CANCELED, and the
     answer said so. Here that chunk is the job's last, so the resume ends it."""
     store = stores.make()
-    new_job(store, "late", 8)  # two chunks
-    store.record("late", 0, results(store.chunk_files("late", 0)))
-    assert store.update("late", state=CANCELED) is not None
+    new_job(store, LATE, 8)  # two chunks
+    store.record(LATE, 0, results(store.chunk_files(LATE, 0)))
+    assert store.update(LATE, state=CANCELED) is not None
     settings = GatewaySettings(
         data_dir=str(tmp_path / "gw"),
         embedder_addr="127.0.0.1:9",  # never called: nothing is left to embed
@@ -376,7 +379,7 @@ def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
         allowed_roots=(str(tmp_path),),
     )
     backends = Backends(settings)
-    meanwhile = RecordedMeanwhile(store, stores.peer(store), "late", 1)
+    meanwhile = RecordedMeanwhile(store, stores.peer(store), LATE, 1)
     manager = JobManager(
         settings,
         Ingestor(backends, ImageLimit(settings.max_image_bytes)),
@@ -384,10 +387,10 @@ def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
         store=cast(JobStore, meanwhile),
     )
     try:
-        answer = manager.resume("late")
+        answer = manager.resume(LATE)
         assert not meanwhile.pending  # the chunk was recorded between the read and the write
         assert answer.state == SUCCEEDED, answer
-        job = stores.peer(store).get("late")
+        job = stores.peer(store).get(LATE)
         assert (job.state, job.done, job.indexed) == (SUCCEEDED, 8, 8)
     finally:
         manager.close()

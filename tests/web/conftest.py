@@ -18,9 +18,11 @@ from fastapi import FastAPI
 
 from tests.conftest import (
     CLOTHING,
+    JOB_STORES,
     Server,
     Stack,
     clothing_images,
+    job_store_settings,
     start_gateway,
     start_index,
 )
@@ -60,21 +62,36 @@ def start_web(gateway: Server, **overrides: object) -> Web:
 
 
 @pytest.fixture
+def stack(stack_on_each_job_store: Stack) -> Stack:
+    """The web face's tests run before a gateway with jobs in its files and
+    one with jobs on NATS (what compose and k8s ship)."""
+    return stack_on_each_job_store
+
+
+@pytest.fixture
 def web(stack: Stack) -> Iterator[Web]:
     running = start_web(stack.gateway)
     yield running
     running.stop()
 
 
-@pytest.fixture
-def guarded_web(embedder: Server, tmp_path: Path) -> Iterator[tuple[Web, dict[str, str]]]:
+@pytest.fixture(params=JOB_STORES)
+def guarded_web(
+    request: pytest.FixtureRequest, embedder: Server, tmp_path: Path
+) -> Iterator[tuple[Web, dict[str, str]]]:
     """The web face before a gateway with tokens: {role: token} for read,
-    write and admin."""
+    write and admin; jobs in the gateway's files, and on NATS."""
     tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in ("read", "write", "admin")}
     path = tmp_path / "tokens"
     path.write_text("".join(f"{r}:{t}\n" for r, t in tokens.items()))
     index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
+    gateway = start_gateway(
+        tmp_path,
+        embedder.addr,
+        index.addr,
+        tokens_file=str(path),
+        **job_store_settings(request, request.param),
+    )
     web = start_web(gateway)
     yield web, tokens
     web.stop()
