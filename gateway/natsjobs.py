@@ -126,6 +126,7 @@ class TlsOnlyClient(NatsClient):
         super().__init__()
         self.require_tls = require_tls
         self.refused = ""
+        self.refusal: asyncio.Event | None = None  # set on refusal (made on the loop)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if self.require_tls and not info.get("tls_required"):
@@ -134,6 +135,8 @@ class TlsOnlyClient(NatsClient):
                 "asks for it: refused before sending credentials"
             )
             logs.event(log, "jobs.store_refused", logging.ERROR, reason=self.refused)
+            if self.refusal is not None:
+                self.refusal.set()
             raise nats.errors.Error(self.refused)
         await super()._process_info(info, initial_connection)
 
@@ -220,14 +223,29 @@ class NatsJobStore:
     async def _connect(
         self, ack_wait_s: float, replicas: int, options: dict[str, Any], max_deliver: int
     ) -> None:
-        await self._nc.connect(
-            self.url,
-            name="imagesearch-gateway",
-            connect_timeout=5,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            **options,
+        """Connects (a refused server ends the tries at once), then makes or
+        checks the buckets, the stream and its consumers."""
+        self._nc.refusal = asyncio.Event()
+        connecting = asyncio.ensure_future(
+            self._nc.connect(
+                self.url,
+                name="imagesearch-gateway",
+                connect_timeout=5,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                **options,
+            )
         )
+        refused = asyncio.ensure_future(self._nc.refusal.wait())
+        try:
+            await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the caller gives up waiting (cancelled)
+            for task in (connecting, refused):
+                if not task.done():
+                    task.cancel()
+        if refused.done() and not refused.cancelled():
+            raise ConnectionRefusedError(self._nc.refused)
+        connecting.result()
         self._js = js = self._nc.jetstream()
         self._kv = await js.create_key_value(bucket=self._jobs_bucket, history=1, replicas=replicas)
         self._chunks = await js.create_key_value(

@@ -84,10 +84,20 @@ def test_base_compose_is_valid_and_complete() -> None:
     assert published_ports(services["web"]) == [("127.0.0.1", "8080", "8080")]
     # Gateways keep no state of their own: jobs live in NATS, the web face
     # reaches every replica by DNS with round_robin.
-    assert gateway["environment"]["GATEWAY_JOBS_URL"] == "nats://nats:4222"
+    assert (
+        gateway["environment"]["GATEWAY_JOBS_URL"] == "nats://imagesearch:change-me-nats@nats:4222"
+    )
     assert not [v for v in gateway.get("volumes", []) if "/data/jobs" in str(v)]
     assert services["web"]["environment"]["WEB_GATEWAY_ADDR"] == "dns:///gateway:50051"
-    assert "-js" in services["nats"]["command"] and services["nats"]["volumes"]
+    nats = services["nats"]
+    assert "-js" in nats["command"] and nats["volumes"]
+    # NATS asks for the password the gateways send, and only they share its network.
+    command = nats["command"]
+    assert command[command.index("--pass") + 1] == "change-me-nats"
+    assert cfg["networks"]["jobs"]["internal"] is True
+    on_jobs = {n for n, svc in services.items() if "jobs" in (svc.get("networks") or {})}
+    assert on_jobs == {"nats", "gateway"}
+    assert set(nats["networks"]) == {"jobs"}
     assert "web_service.healthcheck" in " ".join(services["web"]["healthcheck"]["test"])
     # Only the gateway and the web face are published.
     assert {n for n, svc in services.items() if svc.get("ports")} == {"gateway", "web"}
@@ -123,6 +133,7 @@ def published_ports(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
 def test_secrets_come_from_an_uncommitted_env_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "MYSQL_PASSWORD: ${MYSQL_PASSWORD:?" in text
+    assert "${NATS_PASSWORD:?" in text
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     tracked = subprocess.run(
         ["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True

@@ -154,7 +154,16 @@ def test_the_gateway_is_stateless_scaled_and_drained_one_at_a_time() -> None:
     volumes = gateway["template"]["spec"]["volumes"]
     claims = [v for v in volumes if "persistentVolumeClaim" in v]
     assert [v["name"] for v in claims] == ["images"]  # no job volume: jobs live in NATS
-    assert d[("ConfigMap", "imagesearch")]["data"]["GATEWAY_JOBS_URL"] == "nats://nats:4222"
+    # The jobs URL holds the NATS password: from a Secret, never the ConfigMap.
+    assert "GATEWAY_JOBS_URL" not in d[("ConfigMap", "imagesearch")]["data"]
+    (container,) = gateway["template"]["spec"]["containers"]
+    (url,) = [e for e in container["env"] if e["name"] == "GATEWAY_JOBS_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "imagesearch-nats", "key": "url"}
+    values = yaml.safe_load((ROOT / "deploy/k8s/examples/nats-values.yaml").read_text())
+    authorization = values["config"]["merge"]["authorization"]
+    assert authorization["password"] == "<< $NATS_PASSWORD >>"
+    secret = values["container"]["env"]["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "imagesearch-nats", "key": "password"}
     assert d[("HorizontalPodAutoscaler", "gateway")]["spec"]["minReplicas"] >= 2
     assert d[("PodDisruptionBudget", "gateway")]["spec"]["minAvailable"] == 1
     nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"})

@@ -21,10 +21,12 @@ from imagesearch.client import Client, JobState
 from imgsearch.sheet import sheet_size
 from tests.conftest import (
     CLOTHING,
+    JOB_STORES,
     ODD,
     VENV_BIN,
     Stack,
     free_port,
+    job_store_settings,
     start_gateway,
     start_index,
     wait_port,
@@ -33,6 +35,12 @@ from tests.conftest import (
 from tools.procs import child_pid
 
 pytestmark = pytest.mark.processes  # the imgsearch CLI and `imgsearch up` as processes
+
+
+@pytest.fixture
+def stack(stack_on_each_job_store: Stack) -> Stack:
+    """The CLI before a gateway with jobs in its files, and one on NATS."""
+    return stack_on_each_job_store
 
 
 def imgsearch(
@@ -291,11 +299,19 @@ def test_up_tls_serves_tls_only(tmp_path: Path) -> None:
         stop_up(proc, tmp_path, ports, HOST)
 
 
-@pytest.fixture
-def slow_jobs(embedder, tmp_path: Path):
-    """A gateway whose jobs take a while: two images per batch, one batch at a time."""
+@pytest.fixture(params=JOB_STORES)
+def slow_jobs(request: pytest.FixtureRequest, embedder, tmp_path: Path):
+    """A gateway whose jobs take a while: two images per batch, one batch at
+    a time; jobs in its files, and on NATS."""
     index = start_index(tmp_path / "index")
-    gateway = start_gateway(tmp_path, embedder.addr, index.addr, embed_batch=2, job_concurrency=1)
+    gateway = start_gateway(
+        tmp_path,
+        embedder.addr,
+        index.addr,
+        embed_batch=2,
+        job_concurrency=1,
+        **job_store_settings(request, request.param),
+    )
     yield gateway
     gateway.running.stop(1)
     index.running.stop(1)

@@ -5,6 +5,8 @@ gateway."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 import uuid
@@ -395,3 +397,66 @@ def test_a_resume_is_not_lost_to_a_chunk_recorded_after_the_cancel(
     finally:
         manager.close()
         backends.close()
+
+
+class PlainNats:
+    """A loopback server that speaks NATS's INFO without ``tls_required``
+    (a plaintext server, or one in the way) and keeps what clients send."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        info = {"server_id": "plain", "version": "2.9.10", "proto": 1, "max_payload": 1 << 20}
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(1.0)
+                conn.sendall(b"INFO " + json.dumps(info).encode() + b"\r\n")
+                try:
+                    while data := conn.recv(65536):
+                        self.received += data
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_with_tls_set_a_server_that_does_not_require_it_is_refused(tmp_path: Path) -> None:
+    """nats-py went on in plaintext, sending CONNECT and its credentials, to a
+    server whose INFO did not ask for TLS, even with a CA set. Refused now,
+    naming why, before anything is sent; the URL's password is never shown."""
+    from gateway.natsjobs import NatsJobStore
+    from gateway.settings import GatewaySettings
+    from imagesearch.tls import local_pki
+
+    pki, _ = local_pki(tmp_path / "pki", ["127.0.0.1"])
+    server = PlainNats()
+    url = f"nats://gateway:s3cret-pass@127.0.0.1:{server.port}"
+    try:
+        with pytest.raises(ServiceError) as err:
+            NatsJobStore.open(GatewaySettings(jobs_url=url, jobs_tls_ca=str(pki.ca)))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "does not require TLS" in err.value.message
+        assert "s3cret" not in err.value.message
+        assert f"nats://***@127.0.0.1:{server.port}" in err.value.message
+        assert b"CONNECT" not in server.received and b"s3cret" not in server.received
+    finally:
+        server.close()
+
+
+def test_credentials_in_the_jobs_url_are_never_shown() -> None:
+    from gateway.natsjobs import shown_url
+
+    assert shown_url("nats://u:p%40ss@nats:4222") == "nats://***@nats:4222"
+    assert (
+        shown_url("nats://tok3n@a:4222,nats://u:pw@b:4222") == "nats://***@a:4222,nats://***@b:4222"
+    )
+    assert shown_url("tls://nats:4222") == "tls://nats:4222"
