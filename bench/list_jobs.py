@@ -15,7 +15,6 @@ after the calls. Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -23,14 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, free_port, machine, wait_healthy, worktree
+from bench.jobs import nats_server
 
 PREFIX = "bench"
 SERVICE = "imagesearch.v1.GatewayService"
@@ -65,34 +63,6 @@ def fill(url: str, jobs: int) -> None:
 
     store._call(purge())
     store.close()
-
-
-@contextmanager
-def nats_server(store: Path) -> Iterator[str]:
-    binary = "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else "nats-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                asyncio.run(_ping(port))
-                break
-            except OSError:
-                time.sleep(0.2)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-async def _ping(port: int) -> None:
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.close()
 
 
 def measure(tree: Path, jobs: int, calls: int) -> dict[str, float]:

@@ -220,6 +220,65 @@ def test_pages_are_newest_first_and_finished_jobs_expire(stores: Stores) -> None
     assert sorted(j.job_id for j in store.unfinished()) == ["j1", "j2", "j3", "j4"]
 
 
+def test_finished_jobs_are_capped_by_count_oldest_first(stores: Stores) -> None:
+    """GATEWAY_MAX_FINISHED_JOBS: beyond it the oldest finished jobs go,
+    whatever their age; open ones stay however many; a peer's listing agrees."""
+    store = stores.make()
+    for n in range(6):
+        new_job(store, f"m{n}", 1, created=100 + n)
+        if n != 2:
+            store.update(f"m{n}", state=SUCCEEDED)
+    assert store.open_jobs() == 1
+    assert store.expire(0, keep_finished=3) == 2  # m0 and m1; m2 is open
+    listed, _ = stores.peer(store).page("", 10, None)
+    assert [j.job_id for j in listed] == ["m5", "m4", "m3", "m2"]
+    assert store.expire(0, keep_finished=3) == 0
+    assert [j.job_id for j in store.unfinished()] == ["m2"]
+
+
+@pytest.mark.nats
+def test_an_older_unbounded_consumer_is_brought_to_the_bound(nats_url: str) -> None:
+    """An older version's consumers delivered a unit for ever (max_deliver
+    -1); a store that connects now bounds them (GATEWAY_JOBS_MAX_DELIVER + 3)."""
+    import asyncio
+
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    from gateway.natsjobs import DELIVER_MARGIN, NatsJobStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    first = NatsJobStore(nats_url, prefix, 2)
+    first.close()
+
+    async def consumers(bound: int | None) -> list[int]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        got = []
+        for kind in ("walk", "chunk"):
+            name = f"{prefix}_{kind}s"
+            if bound is not None:
+                config = ConsumerConfig(
+                    durable_name=name,
+                    name=name,
+                    filter_subject=f"{prefix}.work.{kind}",
+                    ack_wait=60,
+                    max_deliver=bound,
+                )
+                await js.delete_consumer(f"{prefix}_work", name)
+                await js.add_consumer(f"{prefix}_work", config=config)
+            got.append((await js.consumer_info(f"{prefix}_work", name)).config.max_deliver)
+        await nc.close()
+        return got
+
+    assert asyncio.run(consumers(-1)) == [-1, -1]  # as an older version made them
+    store = NatsJobStore(nats_url, prefix, 2, max_deliver=7)
+    try:
+        assert asyncio.run(consumers(None)) == [7 + DELIVER_MARGIN] * 2
+    finally:
+        store.close()
+
+
 def test_a_watcher_sees_changes_made_through_another_store(stores: Stores) -> None:
     watcher = stores.make()
     writer = stores.peer(watcher)
