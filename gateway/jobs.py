@@ -421,6 +421,8 @@ class JobManager:
                         stop.set()
                     else:
                         logs.event(log, "job.touch_failed", logging.WARNING, error=exc.message)
+                except Exception:  # a bug: this thread must go on for the others
+                    log.exception("job.touch_failed", extra={"fields": {"job_id": work.job_id}})
             if closing and not working:
                 return
 

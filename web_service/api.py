@@ -161,15 +161,20 @@ def index_images(
     responses={200: {"content": {"image/jpeg": {}}}},
 )
 def thumbnail(
-    collection: Name, image_id: Annotated[str, Path(max_length=24)], client: Caller
+    request: Request,
+    collection: Name,
+    image_id: Annotated[str, Path(max_length=24)],
+    client: Caller,
 ) -> Response:
+    """An id is its image's content, so a thumbnail's ETag is its id, but the
+    browser asks again every time (no-cache): a deleted image's thumbnail is
+    gone at once (404), a kept one costs a 304 without its bytes."""
     data = client.get_thumbnail(_image_id(image_id), collection=collection)
-    # An id is its image's content: the thumbnail never changes.
-    return Response(
-        data,
-        media_type="image/jpeg",
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
-    )
+    etag = f'"{collection}-{_image_id(image_id)}"'
+    headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+    if etag in (t.strip() for t in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 @router.get(

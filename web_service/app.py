@@ -104,6 +104,7 @@ def create_app(settings: WebSettings, client: Client) -> FastAPI:
         hosts=settings.hosts,
         origins=frozenset(settings.allowed_origins),
         max_uploads=settings.max_uploads,
+        max_bodies=settings.max_bodies,
         check_caller=lambda auth, write: client.as_caller(auth).check_access(write),
     )
     app.add_middleware(SecurityHeaders)

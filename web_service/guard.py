@@ -7,10 +7,14 @@ route runs:
   as coming from another site (``Sec-Fetch-Site``, or an ``Origin`` that is
   neither this server nor one of WEB_ALLOWED_ORIGINS): 403. Requests with no
   ``Origin`` and no ``Sec-Fetch-Site`` (scripts, curl, seed 001's clients) pass;
-- an upload (a multipart body) from a caller the gateway would refuse: the
-  caller's token is checked first, so the body is never read (401/403); and
-  more uploads at once than WEB_MAX_UPLOADS: 429, so that their bodies fit the
-  pod's memory and ``/tmp``.
+- a request with a body (an upload, JSON, a form) from a caller the gateway
+  would refuse: the caller's token is checked first (for writing, except on
+  the search and count routes), so the body is never read (401/403); more
+  uploads (multipart) at once than WEB_MAX_UPLOADS, or other bodies than
+  WEB_MAX_BODIES: 429, so that their bodies fit the pod's memory and ``/tmp``;
+- a request that repeats Host, Content-Type, Content-Length,
+  Transfer-Encoding or Authorization: 400 (a guard reading one copy and a
+  route reading the other could be told two stories).
 
 Health (``/healthz``, ``/readyz``) answers whatever the Host: probes dial the
 pod's address.
@@ -32,13 +36,11 @@ from web_service.errors import error_body, http_status
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-# Upload routes and whether they write (the role the gateway will ask for).
-UPLOADS: tuple[tuple[re.Pattern[str], bool], ...] = (
-    (re.compile(r"/v1/collections/[^/]+/images"), True),
-    (re.compile(r"/img/upload"), True),
-    (re.compile(r"/v1/collections/[^/]+/search"), False),
-    (re.compile(r"/img/search"), False),
-)
+# Routes whose body a read-only token may send (searches, counts); any other
+# body's caller is checked for writing (the role the gateway will ask for).
+READ_BODIES = re.compile(r"/v1/collections/[^/]+/search|/img/search|/img/count")
+# Headers that must come once.
+SINGLE = frozenset({"host", "content-type", "content-length", "transfer-encoding", "authorization"})
 
 # (authorization header or None, write?) -> None, or raises ImageSearchError.
 CheckCaller = Callable[[str | None, bool], None]
@@ -70,6 +72,7 @@ class RequestGuard:
         origins: frozenset[str],
         max_uploads: int,
         check_caller: CheckCaller,
+        max_bodies: int = 32,
     ) -> None:
         """``hosts``: the names served (None: any); ``origins``: other sites
         allowed to change state (``https://app.example``)."""
@@ -77,7 +80,9 @@ class RequestGuard:
         self.hosts = hosts
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
         self.max_uploads = max_uploads
-        self.uploading = 0
+        self.max_bodies = max_bodies
+        self.uploading = 0  # multipart bodies being received
+        self.receiving = 0  # other bodies
         self.check_caller = check_caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,10 +90,17 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
+        repeated = ""
         for key, value in scope.get("headers", ()):
-            headers[key.decode("latin-1").lower()] = value.decode("latin-1")
+            name = key.decode("latin-1").lower()
+            if name in headers and name in SINGLE:
+                repeated = name
+            headers.setdefault(name, value.decode("latin-1"))  # the first, as routes read it
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET").upper()
+        if repeated:
+            await _answer(send, 400, "INVALID_ARGUMENT", f"the {repeated} header is sent twice")
+            return
         host = headers.get("host", "")
         if path not in OPEN_PATHS and self.hosts is not None and host_name(host) not in self.hosts:
             shown = host[:80] or "(none)"
@@ -105,20 +117,25 @@ class RequestGuard:
             if refusal:
                 await _answer(send, 403, "PERMISSION_DENIED", refusal)
                 return
-        write = upload_kind(method, path, headers.get("content-type", ""))
+        write = body_kind(method, path, headers)
         if write is None:
             await self.app(scope, receive, send)
             return
-        if self.uploading >= self.max_uploads:
+        upload = headers.get("content-type", "").lower().startswith("multipart/")
+        taken, cap, setting = (
+            (self.uploading, self.max_uploads, "uploads (WEB_MAX_UPLOADS)")
+            if upload
+            else (self.receiving, self.max_bodies, "request bodies (WEB_MAX_BODIES)")
+        )
+        if taken >= cap:
             await _answer(
                 send,
                 429,
                 "RESOURCE_EXHAUSTED",
-                f"{self.max_uploads} uploads are being received already (WEB_MAX_UPLOADS); "
-                "retry shortly",
+                f"{cap} {setting} are being received already; retry shortly",
             )
             return
-        self.uploading += 1  # one event loop: no lock needed
+        self._count(upload, 1)  # one event loop: no lock needed
         try:
             try:
                 await run_in_threadpool(self.check_caller, headers.get("authorization"), write)
@@ -127,7 +144,13 @@ class RequestGuard:
                 return
             await self.app(scope, receive, send)
         finally:
-            self.uploading -= 1
+            self._count(upload, -1)
+
+    def _count(self, upload: bool, change: int) -> None:
+        if upload:
+            self.uploading += change
+        else:
+            self.receiving += change
 
     def _cross_site(self, headers: dict[str, str], host: str, scheme: str) -> str:
         """Why a state-changing request is refused as cross-site ("" if not)."""
@@ -149,14 +172,15 @@ class RequestGuard:
         return ""
 
 
-def upload_kind(method: str, path: str, content_type: str) -> bool | None:
-    """For a multipart upload to an upload route: whether it writes; else None."""
-    if method != "POST" or not content_type.lower().startswith("multipart/"):
+def body_kind(method: str, path: str, headers: dict[str, str]) -> bool | None:
+    """For a request that carries a body: whether its caller must be checked
+    for writing (else for reading); None for one without a body."""
+    if method not in STATE_CHANGING or path in OPEN_PATHS:
         return None
-    for pattern, write in UPLOADS:
-        if pattern.fullmatch(path):
-            return write
-    return None
+    length = headers.get("content-length", "").strip()
+    if "transfer-encoding" not in headers and length in ("", "0"):
+        return None
+    return not READ_BODIES.fullmatch(path)
 
 
 async def _answer(send: Send, status: int, code: str, message: str) -> None:

@@ -57,6 +57,13 @@ class WebSettings:
             "/tmp); more get 429"
         },
     )
+    max_bodies: int = field(
+        default=32,
+        metadata={
+            "help": "other request bodies (JSON, forms) received at once, each up to "
+            "WEB_MAX_UPLOAD_MB; more get 429. Every body's caller is checked before it is read"
+        },
+    )
     max_event_streams: int = field(
         default=32,
         metadata={"help": "job progress streams (Server-Sent Events) open at once; more get 429"},
@@ -95,6 +102,8 @@ class WebSettings:
             raise SettingsError(f"WEB_PORT={self.port} is not a port number")
         if self.max_event_streams <= 0:
             raise SettingsError("WEB_MAX_EVENT_STREAMS must be at least 1")
+        if self.max_bodies <= 0:
+            raise SettingsError("WEB_MAX_BODIES must be at least 1")
         if self.max_uploads <= 0:
             raise SettingsError("WEB_MAX_UPLOADS must be at least 1")
         if self.max_upload_mb <= 0:

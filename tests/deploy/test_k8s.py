@@ -263,7 +263,28 @@ def test_pods_are_locked_down() -> None:
     client = next(c for c in certs if c["metadata"]["name"] == "imagesearch-gateway-client-tls")
     assert client["spec"]["commonName"] == GATEWAY_CLIENT_NAME
     served = next(c for c in certs if c["metadata"]["name"] == "imagesearch-tls")
-    assert {"embedder-headless", "index", "gateway", "web"} <= set(served["spec"]["dnsNames"])
+    assert {"embedder-headless", "index", "gateway"} <= set(served["spec"]["dnsNames"])
+    web = next(c for c in certs if c["metadata"]["name"] == "imagesearch-web-tls")
+    assert "web" in web["spec"]["dnsNames"] and "gateway" not in web["spec"]["dnsNames"]
+
+
+def test_the_web_face_holds_no_key_of_the_services() -> None:
+    """web.yaml mounted the services' shared certificate and key: a web face
+    taken over could pose as the index, the embedder or the gateway. It
+    mounts its own, and of the services' Secret only the CA."""
+    d = docs()
+    spec = d[("Deployment", "web")]["spec"]["template"]["spec"]
+    for volume in spec["volumes"]:
+        secret = volume.get("secret")
+        if secret and secret["secretName"] == "imagesearch-tls":
+            assert [i["key"] for i in secret["items"]] == ["ca.crt"]
+    config = d[("ConfigMap", "imagesearch")]["data"]
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    key_dir = config["WEB_TLS_KEY"].rsplit("/", 1)[0]
+    (key_volume,) = [n for n, path in mounts.items() if path == key_dir]
+    assert volumes[key_volume]["secret"]["secretName"] == "imagesearch-web-tls"
 
 
 def test_index_readers_scale_beside_one_writer() -> None:

@@ -72,7 +72,14 @@ def test_job_progress_search_thumbnails_and_delete(web: Web, stack: Stack) -> No
         thumb = requests.get(f"{web.url}{hit['thumbnail_url']}", timeout=30)
         assert thumb.status_code == 200, thumb.text
         assert thumb.headers["content-type"] == "image/jpeg"
-        assert "immutable" in thumb.headers["cache-control"]
+        # Asked again every time (a delete takes effect at once), a 304 when kept.
+        assert thumb.headers["cache-control"] == "private, no-cache" and thumb.headers["etag"]
+        again = requests.get(
+            f"{web.url}{hit['thumbnail_url']}",
+            headers={"If-None-Match": thumb.headers["etag"]},
+            timeout=30,
+        )
+        assert again.status_code == 304 and again.content == b""
         img = Image.open(io.BytesIO(thumb.content))
         assert img.format == "JPEG"
         assert max(img.size) == min(256, max(hit["width"], hit["height"]))

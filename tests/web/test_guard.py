@@ -160,3 +160,50 @@ def test_concurrent_uploads_are_capped(stack: Stack) -> None:
         assert answer.status_code == 200, answer.text
     finally:
         web.stop()
+
+
+def _open_body(
+    web: Web, path: str, declared: int, head: str = "", content_type: str = ""
+) -> socket.socket:
+    """A POST whose headers declare ``declared`` bytes of body, of which only
+    the first few are sent."""
+    parts = urlsplit(web.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    kind = content_type or "application/json"
+    sock.sendall(
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {declared}\r\n{head}\r\n" + '{"folder": "'
+        ).encode()
+    )
+    return sock
+
+
+def test_every_body_is_refused_before_it_is_read(guarded_web: tuple[Web, dict[str, str]]) -> None:
+    """JSON and form bodies were parsed (up to 64 MiB each, any number at
+    once) before the caller was checked: 16 unauthenticated 60 MiB JSON posts
+    at once are each answered 401 while their bodies have not been sent; a
+    read token's JSON to a write route gets 403 the same way; two
+    Content-Type headers (the guard read the last, routes the first) get 400."""
+    web, tokens = guarded_web
+    socks = [_open_body(web, "/v1/jobs", 60 * 1024 * 1024) for _ in range(16)]
+    try:
+        assert [_status(s) for s in socks] == [401] * 16
+    finally:
+        for s in socks:
+            s.close()
+    read = f"Authorization: Bearer {tokens['read']}\r\n"
+    for path, kind in (("/v1/jobs", ""), ("/img/load", "application/x-www-form-urlencoded")):
+        with _open_body(web, path, 60 * 1024 * 1024, read, kind) as sock:
+            assert _status(sock) == 403, path
+    twice = f"Authorization: Bearer {tokens['write']}\r\nContent-Type: multipart/form-data\r\n"
+    with _open_body(web, "/img/upload", 10_000, twice) as sock:
+        assert _status(sock) == 400
+    # A caller that may write has its JSON read and acted on.
+    answer = requests.post(
+        f"{web.url}/v1/jobs",
+        json={"folder": "/no/such/folder"},
+        headers={"Authorization": f"Bearer {tokens['write']}"},
+        timeout=60,
+    )
+    assert answer.status_code in (400, 403, 404), answer.text  # judged by the gateway
