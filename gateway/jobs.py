@@ -452,6 +452,8 @@ class JobManager:
         if not os.path.isabs(folder) or not self.roots.contains(Path(folder)):
             return job.folder
         for path in paths:
+            if not os.path.isabs(path):
+                return path
             if os.path.commonpath([folder, os.path.normpath(path)]) != folder:
                 return path
         return ""
@@ -460,7 +462,7 @@ class JobManager:
         self._fail(
             job.job_id,
             f"PERMISSION_DENIED: {display_path(outside)[:200]} {OUTSIDE}; the job's record or "
-            "its chunks were not made by StartIndexJob",
+            "its chunks were not made by StartIndexJob (or the allowed roots changed since)",
         )
         work.reject("outside_roots")
 

@@ -129,7 +129,9 @@ class TlsOnlyClient(NatsClient):
         self.refusal: asyncio.Event | None = None  # set on refusal (made on the loop)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if self.require_tls and not info.get("tls_required"):
+        """The server's greeting at each (re)connect; later INFOs (cluster
+        news on a connection already in TLS) are not greetings."""
+        if initial_connection and self.require_tls and not info.get("tls_required"):
             self.refused = (
                 "the server does not require TLS, and GATEWAY_JOBS_TLS_* or a tls:// URL "
                 "asks for it: refused before sending credentials"
@@ -293,6 +295,17 @@ class NatsJobStore:
             raise _unavailable(self.url, exc) from None
 
     def _stop_loop(self) -> None:
+        """Cancels what still runs on the loop (a connect given up on, the
+        client's reconnects), lets it end, then stops the loop."""
+
+        async def settle() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(settle(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -406,8 +419,10 @@ class NatsJobStore:
 
     def create(self, job: JobState) -> JobState:
         job.version, job.updated_at_ms = 1, now_ms()
-        self._call(self._index.put(self._index_key(job), b""))  # first: a job is never unlisted
+        # The open mark, then the listing, then the record: expiry, which
+        # passes over open jobs, never sees this one listed and unmarked.
         self._call(self._mark_open(job.job_id, True))
+        self._call(self._index.put(self._index_key(job), b""))
         self._call(self._kv.create(job.job_id, encoded(job)))
         self.requeue(job.job_id, walk=True, chunks=())
         return job
