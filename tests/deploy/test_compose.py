@@ -208,6 +208,43 @@ def test_secure_override_runs_every_hop_over_tls(tmp_path: Path) -> None:
     assert services["web"]["environment"]["WEB_GATEWAY_CA"].endswith("ca.pem")
 
 
+def test_secure_and_readers_together_leave_no_hop_in_plaintext() -> None:
+    """With the readers and the secure overlay merged, the gateway dialled the
+    readers with TLS while they listened in plaintext, and NATS spoke
+    plaintext. With docker-compose.secure-readers.yml last, every gRPC server
+    serves TLS with a key of its own, and NATS serves TLS the gateways verify."""
+    files = ("docker-compose.yml", "docker-compose.readers.yml", "docker-compose.secure.yml")
+    services = config(*(ROOT / f for f in (*files, "docker-compose.secure-readers.yml")))[
+        "services"
+    ]
+    keys: dict[str, str] = {}
+    for name, prefix in (
+        ("embedder", "EMBEDDER_"),
+        ("index", "INDEX_"),
+        ("index-reader", "INDEX_"),
+        ("gateway", "GATEWAY_"),
+    ):
+        svc = services[name]
+        env = svc["environment"]
+        assert env[f"{prefix}TLS_CERT"].endswith(f"/{name}.pem"), name
+        keys[name] = env[f"{prefix}TLS_KEY"]
+        mounted = " ".join(str(v) for v in svc["volumes"])
+        for other in {"embedder", "index", "index-reader", "gateway", "web", "nats"} - {name}:
+            assert f"/{other}-key.pem" not in mounted, (name, other)
+        if name != "gateway":
+            assert env[f"{prefix}TLS_CLIENT_NAMES"] == "imagesearch gateway", name
+            health = svc["healthcheck"]["test"]
+            assert health[4] == env[f"{prefix}HEALTH_PORT"], name
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+    assert len(set(keys.values())) == len(keys)
+    command = services["nats"]["command"]
+    assert "--tls" in command and command[command.index("--tlskey") + 1].endswith("nats-key.pem")
+    gateway = services["gateway"]["environment"]
+    assert gateway["GATEWAY_JOBS_URL"].startswith("tls://imagesearch:")
+    assert gateway["GATEWAY_JOBS_TLS_CA"].endswith("ca.pem")
+    assert gateway["GATEWAY_INDEX_READ_ADDR"] == "dns:///index-reader:50053"
+
+
 @pytest.mark.processes  # imgsearch certs
 def test_imgsearch_certs_makes_one_key_per_service(tmp_path: Path) -> None:
     """The files the secure compose file mounts are the ones the command makes."""
@@ -219,7 +256,7 @@ def test_imgsearch_certs_makes_one_key_per_service(tmp_path: Path) -> None:
     from tests.conftest import VENV_BIN
 
     args = [str(VENV_BIN / "imgsearch"), "certs", str(tmp_path)]
-    for service in ("embedder", "index", "gateway", "web"):
+    for service in ("embedder", "index", "gateway", "web", "nats", "index-reader"):
         args += ["--service", service]
     made = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
