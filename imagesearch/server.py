@@ -216,8 +216,22 @@ def start_metrics(port: int, host: str) -> None:
         start_http_server(port, addr=host.strip("[]"))
 
 
+def note_reloads() -> list[int]:
+    """Before a service starts: a SIGHUP that comes while it starts (its port
+    may already answer) is noted, not fatal (SIGHUP's default ends the
+    process); ``serve_until_signal`` runs the reload once it takes over."""
+    noted: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: noted.append(signum))
+    return noted
+
+
 def serve_until_signal(
-    running: RunningServer, name: str, *, drain: float = 0.0, grace: float = 10.0
+    running: RunningServer,
+    name: str,
+    *,
+    drain: float = 0.0,
+    grace: float = 10.0,
+    noted: list[int] | None = None,
 ) -> None:
     """Blocks until SIGTERM/SIGINT, then drains and stops: health says
     NOT_SERVING at once (liveness stays up) while calls are still taken for
@@ -237,6 +251,8 @@ def serve_until_signal(
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGHUP, reload)
+    if noted:  # a SIGHUP came while the service started
+        reload(signal.SIGHUP, None)
     stop.wait()
     if drain > 0:
         running.set_serving(False, live=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from imagesearch import logs
-from imagesearch.server import RunningServer, serve_until_signal, start_metrics
+from imagesearch.server import RunningServer, note_reloads, serve_until_signal, start_metrics
 from imagesearch.settings import SettingsError, load_settings
 
 S = TypeVar("S")
@@ -30,6 +30,7 @@ def run(
         return 2
     settings_any: Any = settings
     logs.configure(settings_any.log_level)
+    noted = note_reloads()
     try:
         running = start(settings)
     except SettingsError as exc:  # e.g. a certificate or tokens file that cannot be read
@@ -40,6 +41,10 @@ def run(
         return 3
     start_metrics(settings_any.metrics_port, settings_any.host)
     serve_until_signal(
-        running, name, drain=settings_any.drain_s, grace=settings_any.shutdown_grace_s
+        running,
+        name,
+        drain=settings_any.drain_s,
+        grace=settings_any.shutdown_grace_s,
+        noted=noted,
     )
     return 0

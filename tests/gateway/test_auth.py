@@ -255,3 +255,21 @@ def test_sighup_reloads_the_tokens_of_a_running_gateway(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_sighup_while_a_service_starts_is_noted_not_fatal() -> None:
+    """A service's port answers before serve_until_signal takes SIGHUP over;
+    a SIGHUP in between (a tokens update racing a start) ended the process
+    (SIGHUP's default). Stop 44's fresh-clone CI lost a gateway to it in
+    test_sighup_reloads_the_tokens_of_a_running_gateway."""
+    import signal
+
+    from imagesearch.server import note_reloads
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        noted = note_reloads()
+        os.kill(os.getpid(), signal.SIGHUP)  # handled on the main thread, before the next line
+        assert noted == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, before)
