@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder images smoke-images fuzz clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder chaos images smoke-images fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -97,6 +97,13 @@ bench-camera: install
 # kill -9 of each service, a Milvus and a MariaDB restart, each mid-job (root: restarts MariaDB).
 bench-faults: install
 	$(PY) bench/faults.py
+
+# The scaled stack under random faults for CHAOS_MINUTES (README, "Faults we
+# test"); CHAOS_ARGS: more flags of bench/chaos.py (--seed, --every, --plan).
+CHAOS_MINUTES ?= 10
+CHAOS_ARGS ?=
+chaos: install
+	$(PY) bench/chaos.py --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
 bench-jobs: install
 	$(PY) bench/jobs.py

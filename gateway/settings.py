@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
+from imagesearch.settings import (
+    ServerSettings,
+    SettingsError,
+    check_client_tls,
+    secret_field,
+    server_field,
+)
 from imagesearch.tls import ClientTls
 
 
@@ -170,14 +176,13 @@ class GatewaySettings(ServerSettings):
             "(false: they end FAILED; ResumeJob continues them). With NATS the queue keeps it"
         },
     )
-    jobs_url: str = field(
-        default="",
-        metadata={
-            "help": "where jobs live: empty for files under GATEWAY_DATA_DIR (one gateway), "
-            "or nats://host:4222 for NATS JetStream, shared by every gateway with the same "
-            "URL and GATEWAY_JOBS_PREFIX: all of them work on every job's chunks, and any "
-            "of them lists, watches, cancels and resumes any job"
-        },
+    jobs_url: str = secret_field(
+        "",
+        "where jobs live: empty for files under GATEWAY_DATA_DIR (one gateway), "
+        "or nats://host:4222 for NATS JetStream (nats://user:password@host:4222 with a "
+        "password), shared by every gateway with the same URL and GATEWAY_JOBS_PREFIX: all "
+        "of them work on every job's chunks, and any of them lists, watches, cancels and "
+        "resumes any job",
     )
     jobs_prefix: str = field(
         default="imagesearch",

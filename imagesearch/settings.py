@@ -3,6 +3,9 @@
 Each service declares one frozen dataclass; every field is read from
 ``<PREFIX><FIELD_NAME>`` (e.g. ``EMBEDDER_MAX_BATCH``) and can be overridden by
 ``--field-name``. The field's ``metadata["help"]`` is the documentation.
+A secret field (``secret_field``) may instead be read from the file that
+``<PREFIX><FIELD_NAME>_FILE`` names (a mounted Secret, a Docker secret), so
+no password sits in an environment or a manifest.
 """
 
 from __future__ import annotations
@@ -204,8 +207,28 @@ def server_field(name: str, default: Any, help: str | None = None) -> Any:
     return field(default=default, metadata={"help": help or base.metadata["help"]})
 
 
+def secret_field(default: str, help: str) -> Any:
+    """A field that holds a secret (a password, a URL with one, a token):
+    also read from the file ``<PREFIX><FIELD_NAME>_FILE`` names."""
+    return field(default=default, metadata={"help": help, "secret": True})
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names it."""
+
+
+def _secret_from_file(name: str, env: Mapping[str, str]) -> str | None:
+    """The value in the file ``<name>_FILE`` names (trailing newline dropped),
+    None when that is unset; both set is an error (which one wins?)."""
+    path = env.get(f"{name}_FILE", "")
+    if not path:
+        return None
+    if name in env:
+        raise SettingsError(f"{name} and {name}_FILE are both set; keep one")
+    try:
+        return open(path, encoding="utf-8").read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE={path!r} cannot be read: {exc}") from None
 
 
 def _parse(kind: Any, raw: str, name: str) -> Any:
@@ -249,7 +272,10 @@ def load_settings(
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         name = env_name(prefix, f.name)
-        if name in env:
+        secret = _secret_from_file(name, env) if f.metadata.get("secret") else None
+        if secret is not None:
+            values[f.name] = _parse(hints[f.name], secret, f"{name}_FILE")
+        elif name in env:
             values[f.name] = _parse(hints[f.name], env[name], name)
     if argv is not None:
         parser = argparse.ArgumentParser(description=description)
@@ -282,5 +308,8 @@ def settings_table(cls: type, prefix: str) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else ""
         if isinstance(default, tuple):
             default = ",".join(default)
-        rows.append((env_name(prefix, f.name), str(default), f.metadata.get("help", "")))
+        text = f.metadata.get("help", "")
+        if f.metadata.get("secret"):
+            text += f"; or {env_name(prefix, f.name)}_FILE: a file that holds it"
+        rows.append((env_name(prefix, f.name), str(default), text))
     return rows

@@ -284,7 +284,9 @@ class MilvusVectors:
                 found.update(int(r[ID_FIELD]) for r in rows)
         return found
 
-    def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def get_vectors(
+        self, name: str, ids: Sequence[int], strong: bool = False
+    ) -> dict[int, np.ndarray]:
         mname = self.milvus_name(name)
         out: dict[int, np.ndarray] = {}
         with self._calling(f"get from {name}") as c:
@@ -293,7 +295,7 @@ class MilvusVectors:
                     mname,
                     ids=[int(x) for x in ids[i : i + CHUNK]],
                     output_fields=[VECTOR_FIELD],
-                    **self._reads(),
+                    **({"consistency_level": "Strong"} if strong else self._reads()),
                 )
                 out.update(
                     (int(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], dtype=np.float32)) for r in rows

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from imagesearch.settings import ServerSettings, SettingsError, check_client_tls, server_field
+from imagesearch.settings import (
+    ServerSettings,
+    SettingsError,
+    check_client_tls,
+    secret_field,
+    server_field,
+)
 
 METRICS = ("IP", "COSINE", "L2")
 
@@ -59,11 +65,9 @@ class IndexSettings(ServerSettings):
         default="./data/milvus.db",
         metadata={"help": "Milvus Lite file (*.db) or server URI (http://host:19530)"},
     )
-    milvus_token: str = field(
-        default="", metadata={"help": "Milvus token (user:password or API key)"}
-    )
+    milvus_token: str = secret_field("", "Milvus token (user:password or API key)")
     milvus_user: str = field(default="", metadata={"help": "Milvus user (secured servers)"})
-    milvus_password: str = field(default="", metadata={"help": "Milvus password"})
+    milvus_password: str = secret_field("", "Milvus password")
     milvus_db_name: str = field(default="", metadata={"help": "Milvus database (server only)"})
     milvus_prefix: str = field(
         default="", metadata={"help": "prefix of the Milvus collection names we own"}
@@ -88,9 +92,9 @@ class IndexSettings(ServerSettings):
     milvus_tls_server_name: str = field(
         default="", metadata={"help": "name in Milvus' certificate, if not the URI's host"}
     )
-    database_url: str = field(
-        default="sqlite:///./data/meta.db",
-        metadata={"help": "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db"},
+    database_url: str = secret_field(
+        "sqlite:///./data/meta.db",
+        "SQLAlchemy URL: sqlite:///file.db or mysql+pymysql://user:pw@host/db",
     )
     database_tls_ca: str = field(
         default="",

@@ -316,6 +316,11 @@ class IndexStore:
             stored = self.vectors.get_vectors(name, query_ids)
             lost = [i for i in query_ids if i not in stored]
             if lost:
+                # A reader sees rows at once and vectors within its staleness:
+                # an image stored a moment ago is read as of every write.
+                stored.update(self.vectors.get_vectors(name, lost, strong=True))
+                lost = [i for i in query_ids if i not in stored]
+            if lost:
                 raise errors.failed_precondition(
                     f"image {lost[0]} has a row but no vector in {name!r}; run Reconcile"
                 )

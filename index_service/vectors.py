@@ -66,7 +66,12 @@ class VectorStore(Protocol):
         """Which of ``ids`` hold a vector; ``strong``: as of every write so far."""
         ...
 
-    def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
+    def get_vectors(
+        self, name: str, ids: Sequence[int], strong: bool = False
+    ) -> dict[int, np.ndarray]:
+        """The stored vectors of ``ids`` (those that have one); ``strong``: as
+        of every write so far, not only those a reader's staleness lets it see."""
+        ...
 
     def all_ids(self, name: str) -> Iterator[int]:
         """Every id of the collection, streamed (Reconcile)."""

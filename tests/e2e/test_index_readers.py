@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
+from imagesearch.ids import image_id_from_sha256
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
 from tests.conftest import (
     CLOTHING,
@@ -261,3 +262,34 @@ def _delete_hats(stub: gateway_pb2_grpc.GatewayServiceStub) -> gateway_pb2.Delet
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return None
         raise
+
+
+def test_a_reader_finds_by_id_an_image_stored_a_moment_ago(
+    backends: Backends, tmp_path: Path
+) -> None:
+    """Found by the chaos run: the reader saw the new row in SQL at once but
+    not yet its vector (it reads vectors as of its staleness), and a search
+    by the id that IndexImages had just answered failed FAILED_PRECONDITION,
+    "run Reconcile". It reads that vector as of every write instead."""
+    settings = {**backends.settings(), "read_staleness_s": 60.0}
+    writer = start_index(tmp_path / "w", **settings)
+    reader = start_index(tmp_path / "r", **{**settings, "role": "reader"})
+    try:
+        new = bytes([7] * 32)
+        index_pb2_grpc.IndexServiceStub(channel(writer.running.port)).Upsert(
+            index_pb2.IndexServiceUpsertRequest(
+                collection="fresh", model="m", dim=8, items=[item(new, "/b.jpg", 8)]
+            ),
+            timeout=60,
+        )
+        direct = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
+        reply = direct.Search(
+            index_pb2.IndexServiceSearchRequest(
+                collection="fresh", image_ids=[image_id_from_sha256(new)], top_k=2
+            ),
+            timeout=60,
+        )
+        assert len(reply.results) == 1 and reply.results[0].hits
+    finally:
+        reader.running.stop(1)
+        writer.running.stop(1)

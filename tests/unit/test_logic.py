@@ -503,3 +503,26 @@ def test_the_vector_store_is_chosen_by_its_uri() -> None:
     assert isinstance(server, MilvusVectors) and not server.lite
     assert (server.metric, server.max_top_k) == ("L2", 16384)
     assert server.score(0.0) == (0.0, 1.0)  # the same vector under L2
+
+
+def test_secrets_are_read_from_files_never_needed_in_the_environment(tmp_path: Path) -> None:
+    url = tmp_path / "db-url"
+    url.write_text("mysql+pymysql://reader:s3cret@db:3306/images\n")
+    token = tmp_path / "milvus-token"
+    token.write_text("root:pw")
+    env = {"INDEX_DATABASE_URL_FILE": str(url), "INDEX_MILVUS_TOKEN_FILE": str(token)}
+    s = load_settings(IndexSettings, "INDEX_", None, env)
+    assert s.database_url == "mysql+pymysql://reader:s3cret@db:3306/images"  # newline dropped
+    assert s.milvus_token == "root:pw"
+    nats = tmp_path / "nats-url"
+    nats.write_text("nats://gw:pw@nats:4222\n")
+    gw = load_settings(GatewaySettings, "GATEWAY_", None, {"GATEWAY_JOBS_URL_FILE": str(nats)})
+    assert gw.jobs_url == "nats://gw:pw@nats:4222"
+
+    with pytest.raises(SettingsError, match="INDEX_DATABASE_URL and INDEX_DATABASE_URL_FILE"):
+        load_settings(IndexSettings, "INDEX_", None, {**env, "INDEX_DATABASE_URL": "sqlite://"})
+    with pytest.raises(SettingsError, match=r"INDEX_MILVUS_TOKEN_FILE=.*cannot be read"):
+        load_settings(IndexSettings, "INDEX_", None, {"INDEX_MILVUS_TOKEN_FILE": str(tmp_path)})
+    # Only secrets have a _FILE form: a port is never read from a file.
+    plain = load_settings(IndexSettings, "INDEX_", None, {"INDEX_PORT_FILE": str(url)})
+    assert plain.port == IndexSettings().port
