@@ -149,6 +149,9 @@ def connect_options(settings: GatewaySettings) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if settings.jobs_creds:
         options["user_credentials"] = settings.jobs_creds
+    if settings.jobs_user:
+        options["user"] = settings.jobs_user
+        options["password"] = settings.jobs_password
     if settings.jobs_tls_ca or settings.jobs_tls_cert:
         context = ssl.create_default_context(cafile=settings.jobs_tls_ca or None)
         if settings.jobs_tls_cert:

@@ -214,6 +214,12 @@ class GatewaySettings(ServerSettings):
     jobs_creds: str = field(
         default="", metadata={"help": "with NATS: a .creds file (user JWT and NKey seed)"}
     )
+    jobs_user: str = field(
+        default="", metadata={"help": "with NATS: the user of GATEWAY_JOBS_PASSWORD"}
+    )
+    jobs_password: str = secret_field(
+        "", "with NATS: the password of GATEWAY_JOBS_USER (instead of one in the URL)"
+    )
     jobs_tls_ca: str = field(
         default="", metadata={"help": "with NATS: PEM CA that signed the server's certificate"}
     )
@@ -301,6 +307,8 @@ class GatewaySettings(ServerSettings):
 
     def validate(self) -> None:
         self.embedder_routes  # noqa: B018 -- raises on a malformed GATEWAY_EMBEDDERS
+        if bool(self.jobs_user) != bool(self.jobs_password):
+            raise SettingsError("GATEWAY_JOBS_USER and GATEWAY_JOBS_PASSWORD go together")
         check_client_tls(
             "GATEWAY_BACKEND_TLS", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key
         )

@@ -214,6 +214,18 @@ def define_tables(md: MetaData, p: str) -> tuple[Table, Table, Table, Table]:
     return collections, images, paths, thumbnails
 
 
+# MySQL/MariaDB errors that say the user lacks a privilege (not an outage).
+ACCESS_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
+
+
+def _refusal(exc: OperationalError) -> str:
+    """The server's words when it refused the user a privilege, else ''."""
+    args = getattr(exc.orig, "args", ())
+    if len(args) >= 2 and args[0] in ACCESS_DENIED:
+        return str(args[1])[:300]
+    return ""
+
+
 class MetadataStore:
     def __init__(
         self,
@@ -294,6 +306,13 @@ class MetadataStore:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
+            refused = _refusal(exc)
+            if refused:
+                # Not an outage: this database user may not do that (a reader's
+                # SELECT-only user asked to write). Retrying will not help.
+                raise errors.permission_denied(
+                    f"the metadata database refused this index's user: {refused}"
+                ) from None
             self._log_outage(exc.orig if exc.orig is not None else exc)
             raise errors.unavailable(
                 "the metadata database is unavailable; retry later (the index's log has "

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,3 +294,53 @@ def test_a_reader_finds_by_id_an_image_stored_a_moment_ago(
     finally:
         reader.running.stop(1)
         writer.running.stop(1)
+
+
+def test_a_reader_works_as_a_read_only_database_user_whose_writes_the_database_refuses(
+    embedder: Server, backends: Backends, tmp_path: Path
+) -> None:
+    """Deployments give the readers a user with only SELECT (compose's
+    deploy/mysql/reader-user.sh, the chaos run): read-only is enforced by the
+    database, not only by INDEX_ROLE. The reader serves with that user; a
+    write through the reader's own store code is refused by MariaDB."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from imagesearch.errors import ServiceError
+    from index_service.metadata import MetadataStore
+
+    user, password = f"ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    root = create_engine(backends.database)
+    database = make_url(backends.database).database
+    with root.begin() as conn:
+        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        conn.execute(text(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'"))
+    read_only = make_url(backends.database).set(username=user, password=password)
+    url = read_only.render_as_string(hide_password=False)
+    writer = start_index(tmp_path / "w", **backends.settings())
+    reader = start_index(tmp_path / "r", **backends.settings(role="reader", database_url=url))
+    gateway = start_gateway(tmp_path, embedder.addr, writer.addr, index_read_addr=reader.addr)
+    try:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel(gateway.port))
+        job = wait_job(stub, start_job(stub, "ro", CLOTHING / "Hat").job_id)
+        assert job.indexed == 8
+        direct = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
+        wait_until(lambda: count_on(direct, "ro") == 8, STALENESS_S + SLACK_S)
+
+        store = MetadataStore(url, backends.prefix)  # what the reader runs, with its user
+        try:
+            with pytest.raises(ServiceError) as err:
+                store.drop_collection("ro")
+            # MariaDB's own refusal (1142), not our code's, and not an outage.
+            assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert "command denied to user" in err.value.message, err.value.message
+        finally:
+            store.engine.dispose()
+        assert count_on(direct, "ro") == 8
+    finally:
+        gateway.running.stop(1)
+        reader.running.stop(1)
+        writer.running.stop(1)
+        with root.begin() as conn:
+            conn.execute(text(f"DROP USER '{user}'@'%'"))
+        root.dispose()

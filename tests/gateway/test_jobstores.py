@@ -39,6 +39,7 @@ from gateway.orchestrator import ImageLimit, Ingestor, Outcome, Result
 from gateway.paths import AllowedRoots
 from gateway.settings import GatewaySettings
 from imagesearch.errors import ServiceError
+from imagesearch.settings import SettingsError
 from tests.conftest import NatsServer
 
 
@@ -519,3 +520,35 @@ def test_credentials_in_the_jobs_url_are_never_shown() -> None:
         shown_url("nats://tok3n@a:4222,nats://u:pw@b:4222") == "nats://***@a:4222,nats://***@b:4222"
     )
     assert shown_url("tls://nats:4222") == "tls://nats:4222"
+
+
+@pytest.mark.nats
+def test_the_nats_password_comes_from_a_file_not_the_url(tmp_path: Path) -> None:
+    """GATEWAY_JOBS_USER and GATEWAY_JOBS_PASSWORD_FILE (a mounted Secret): no
+    password in a URL, an environment or a manifest. A wrong one is refused."""
+    from gateway.natsjobs import NatsJobStore
+    from imagesearch.settings import load_settings
+
+    server = NatsServer(tmp_path / "nats", ["--user", "gateway", "--pass", "fr0m-a-file"]).start()
+    secret = tmp_path / "nats-password"
+    secret.write_text("fr0m-a-file\n")
+    env = {
+        "GATEWAY_JOBS_URL": server.url,
+        "GATEWAY_JOBS_USER": "gateway",
+        "GATEWAY_JOBS_PASSWORD_FILE": str(secret),
+        "GATEWAY_JOBS_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+    }
+    try:
+        store = NatsJobStore.open(load_settings(GatewaySettings, "GATEWAY_", None, env))
+        try:
+            assert store.open_jobs() == 0  # connected, the stream and buckets made
+        finally:
+            store.close()
+        secret.write_text("wrong\n")
+        with pytest.raises(ServiceError) as err:
+            NatsJobStore.open(load_settings(GatewaySettings, "GATEWAY_", None, env))
+        assert "wrong" not in err.value.message
+        with pytest.raises(SettingsError, match="go together"):
+            load_settings(GatewaySettings, "GATEWAY_", None, {**env, "GATEWAY_JOBS_USER": ""})
+    finally:
+        server.stop()

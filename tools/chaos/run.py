@@ -52,7 +52,10 @@ class RunConfig:
 
 def run(config: RunConfig) -> dict[str, Any]:
     say = config.say
-    # pymilvus logs every failed connection of a ready check at ERROR.
+    # pymilvus logs every failed connection of a ready check at ERROR (its
+    # level is set when it is imported, so after that).
+    import pymilvus  # noqa: F401
+
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     shutil.rmtree(config.work, ignore_errors=True)
     config.work.mkdir(parents=True)
@@ -63,14 +66,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     photos = [p for u in units for p in u.photos]
     stack = Stack(StackConfig(config.work, folder, model=config.model, weights=config.weights))
     stack.build()
-    say(f"starting {len(stack.parts)} parts under {config.work}")
-    started = time.monotonic()
-    stack.start()
-    say(
-        f"stack ready in {time.monotonic() - started:.0f} s; {len(photos)} photos in "
-        f"{len(units)} units; faults every {config.every_s:.0f} s for {config.minutes} min"
-    )
-    rss_start = stack.rss()
     stored = Stored()
     duration = config.minutes * 60
     ingest = Ingest(stack.gateway_target, units, stored, spread_s=duration * 0.6)
@@ -81,6 +76,14 @@ def run(config: RunConfig) -> dict[str, Any]:
         stack, config.parts, seed=config.seed, every_s=config.every_s, plan=config.plan
     )
     try:
+        say(f"starting {len(stack.parts)} parts under {config.work}")
+        started = time.monotonic()
+        stack.start()
+        say(
+            f"stack ready in {time.monotonic() - started:.0f} s; {len(photos)} photos in "
+            f"{len(units)} units; faults every {config.every_s:.0f} s for {config.minutes} min"
+        )
+        rss_start = stack.rss()
         ingest.run()
         searchers.run()
         nemesis.run(duration)
@@ -118,6 +121,6 @@ def run(config: RunConfig) -> dict[str, Any]:
         nemesis.stop.set()
         searchers.stop.set()
         ingest.stop.set()
-        stack.stop()
+        stack.stop()  # whatever happened: no part outlives the run
     (config.work / "report.json").write_text(json.dumps(result, indent=1))
     return result

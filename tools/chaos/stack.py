@@ -247,6 +247,8 @@ class Stack:
             "EMBEDDER_HOST": "127.0.0.1",
             "EMBEDDER_PORT": str(port),
             "EMBEDDER_MODEL": self.config.model,
+            # As `imgsearch up` and compose: bundled weights where ImageNet's cannot be had.
+            "EMBEDDER_WEIGHTS_FALLBACK": "bundled",
             "EMBEDDER_COMPILE": "false",
             "EMBEDDER_WARMUP": "false",
         }
