@@ -220,7 +220,7 @@ ACCESS_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
 
 def _refusal(exc: OperationalError) -> str:
     """The server's words when it refused the user a privilege, else ''."""
-    args = getattr(exc.orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(exc.orig, "args", ()))
     if len(args) >= 2 and args[0] in ACCESS_DENIED:
         return str(args[1])[:300]
     return ""
