@@ -413,6 +413,18 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from imgsearch.deploy_secrets import make_secrets
+
+    made, kept = make_secrets(Path(args.folder))
+    if made:
+        print("made: " + ", ".join(p.name for p in made))
+    if kept:
+        print("kept (already there): " + ", ".join(p.name for p in kept))
+    print(f"compose reads them from {args.folder} (SECRETS_DIR); never commit them")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------
 
 
@@ -522,6 +534,16 @@ def add_certs(sub: Sub, common: argparse.ArgumentParser) -> None:
     certs.set_defaults(func=cmd_certs)
 
 
+def add_secrets(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """imgsearch secrets: the passwords compose reads from files."""
+    secrets = sub.add_parser(
+        "secrets",
+        help="make the database and NATS passwords compose reads from files (kept once made)",
+    )
+    secrets.add_argument("folder", help="where to write them (made if missing; ./secrets)")
+    secrets.set_defaults(func=cmd_secrets)
+
+
 def add_index(sub: Sub, common: argparse.ArgumentParser) -> None:
     """imgsearch index: files and folders, from here or on the server."""
     ix = sub.add_parser("index", parents=[common], help="index files or folders")
@@ -629,7 +651,7 @@ def add_jobs(sub: Sub, common: argparse.ArgumentParser) -> None:
     jb.set_defaults(func=cmd_jobs)
 
 
-COMMANDS = (add_up, add_certs, add_index, add_search, add_count, add_delete, add_drop,
+COMMANDS = (add_up, add_certs, add_secrets, add_index, add_search, add_count, add_delete, add_drop,
             add_collections, add_reconcile, add_jobs)  # fmt: skip
 
 

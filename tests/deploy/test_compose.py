@@ -84,20 +84,15 @@ def test_base_compose_is_valid_and_complete() -> None:
     assert published_ports(services["web"]) == [("127.0.0.1", "8080", "8080")]
     # Gateways keep no state of their own: jobs live in NATS, the web face
     # reaches every replica by DNS with round_robin.
-    assert (
-        gateway["environment"]["GATEWAY_JOBS_URL"] == "nats://imagesearch:change-me-nats@nats:4222"
-    )
+    assert gateway["environment"]["GATEWAY_JOBS_URL"] == "nats://nats:4222"
     assert not [v for v in gateway.get("volumes", []) if "/data/jobs" in str(v)]
     assert services["web"]["environment"]["WEB_GATEWAY_ADDR"] == "dns:///gateway:50051"
     nats = services["nats"]
     assert "-js" in nats["command"] and nats["volumes"]
-    # NATS asks for the password the gateways send, and only they share its network.
+    # NATS asks for the password the gateways send (both from secret files).
     command = nats["command"]
-    assert command[command.index("--pass") + 1] == "change-me-nats"
-    assert cfg["networks"]["jobs"]["internal"] is True
-    on_jobs = {n for n, svc in services.items() if "jobs" in (svc.get("networks") or {})}
-    assert on_jobs == {"nats", "gateway"}
-    assert set(nats["networks"]) == {"jobs"}
+    assert command[command.index("-c") + 1] == "/run/secrets/nats.conf"
+    assert gateway["environment"]["GATEWAY_JOBS_PASSWORD_FILE"] == "/run/secrets/nats-password"
     assert "web_service.healthcheck" in " ".join(services["web"]["healthcheck"]["test"])
     # Only the gateway and the web face are published.
     assert {n for n, svc in services.items() if svc.get("ports")} == {"gateway", "web"}
@@ -110,7 +105,81 @@ def test_base_compose_is_valid_and_complete() -> None:
         for dep in deps:
             assert services[svc]["depends_on"][dep]["condition"] == "service_healthy", (svc, dep)
     assert services["index"]["environment"]["INDEX_MILVUS_URI"] == "http://milvus:19530"
-    assert services["index"]["environment"]["INDEX_DATABASE_URL"].startswith("mysql+pymysql://")
+    assert services["index"]["environment"]["INDEX_DATABASE_URL_FILE"].startswith("/run/secrets/")
+
+
+# Who may reach whom: each network and the services on it.
+NETWORKS = {
+    "front": {"web", "gateway"},
+    "jobs": {"nats", "gateway"},
+    "backend": {"gateway", "embedder", "index", "index-reader", "embedder-tirg"},
+    "storage": {"index", "index-reader", "milvus", "mysql", "etcd", "minio"},
+    "egress": {"embedder"},
+}
+
+
+def test_networks_let_each_service_reach_only_what_it_calls() -> None:
+    """The web face reaches only the gateways; the gateways NATS, the
+    embedders and the index; only the index Milvus and MySQL. Every overlay
+    merged, nobody sits on the default network."""
+    cfg = config(
+        ROOT / "docker-compose.yml",
+        ROOT / "docker-compose.readers.yml",
+        ROOT / "docker-compose.composed.yml",
+        ROOT / "docker-compose.secure.yml",
+        ROOT / "docker-compose.secure-readers.yml",
+    )
+    services = cfg["services"]
+    for network, members in NETWORKS.items():
+        on = {n for n, svc in services.items() if network in (svc.get("networks") or {})}
+        assert on == members & set(services), network
+    for name, svc in services.items():
+        assert set(svc.get("networks") or {}) <= set(NETWORKS), name  # no default network
+    for internal in ("jobs", "backend", "storage"):
+        assert cfg["networks"][internal]["internal"] is True, internal
+    assert set(services["web"]["networks"]) == {"front"}
+    for store in ("milvus", "mysql"):
+        assert set(services[store]["networks"]) == {"storage"}
+
+
+def test_database_and_nats_passwords_are_files_never_environment() -> None:
+    """Every password of ours comes from a secret file; none is in an
+    environment or a command, and the readers use their SELECT-only user."""
+    cfg = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.readers.yml")
+    services = cfg["services"]
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            assert "PASSWORD" not in key or key.endswith("_FILE"), (name, key)
+            assert "mysql+pymysql://" not in str(value) and "@nats" not in str(value), name
+    assert services["index"]["environment"]["INDEX_DATABASE_URL_FILE"] == (
+        "/run/secrets/index-database-url"
+    )
+    assert services["index-reader"]["environment"]["INDEX_DATABASE_URL_FILE"] == (
+        "/run/secrets/index-reader-database-url"
+    )
+    assert {s["source"] if isinstance(s, dict) else s for s in services["index"]["secrets"]} == {
+        "index-database-url"
+    }
+    mysql = services["mysql"]
+    assert mysql["environment"]["MYSQL_ROOT_PASSWORD_FILE"] == "/run/secrets/mysql-root-password"
+    init = [str(v) for v in mysql["volumes"] if "docker-entrypoint-initdb.d" in str(v)]
+    assert init and "reader-user.sh" in init[0]
+    for secret in cfg["secrets"].values():
+        assert "/secrets/" in secret["file"]
+
+
+def mounted(env: dict[str, Any], folder: Path) -> dict[str, str]:
+    """A service's environment with its /run/secrets files made (imgsearch
+    secrets) under ``folder``, as compose would mount them."""
+    from imgsearch.deploy_secrets import make_secrets
+
+    make_secrets(folder)
+    return {
+        k: str(folder / str(v).removeprefix("/run/secrets/"))
+        if str(v).startswith("/run/secrets/")
+        else str(v)
+        for k, v in env.items()
+    }
 
 
 def published_ports(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -130,15 +199,41 @@ def published_ports(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def test_secrets_come_from_an_uncommitted_env_file() -> None:
-    text = (ROOT / "docker-compose.yml").read_text()
-    assert "MYSQL_PASSWORD: ${MYSQL_PASSWORD:?" in text
-    assert "${NATS_PASSWORD:?" in text
-    assert ".env" in (ROOT / ".gitignore").read_text().split()
+def test_secrets_come_from_uncommitted_files() -> None:
+    assert {".env", "secrets/"} <= set((ROOT / ".gitignore").read_text().split())
     tracked = subprocess.run(
-        ["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True
+        ["git", "ls-files", ".env", "secrets"], cwd=ROOT, capture_output=True, text=True
     ).stdout
     assert tracked.strip() == ""
+
+
+def test_imgsearch_secrets_makes_each_password_once(tmp_path: Path) -> None:
+    from imgsearch.deploy_secrets import make_secrets
+
+    folder = tmp_path / "secrets"
+    made, kept = make_secrets(folder)
+    assert not kept and {p.name for p in made} == {
+        "mysql-root-password",
+        "mysql-password",
+        "mysql-reader-password",
+        "index-database-url",
+        "index-reader-database-url",
+        "nats-password",
+        "nats.conf",
+    }
+    writer = (folder / "mysql-password").read_text().strip()
+    reader = (folder / "mysql-reader-password").read_text().strip()
+    assert len({writer, reader, (folder / "nats-password").read_text()}) == 3
+    assert f"imagesearch:{writer}@mysql:3306" in (folder / "index-database-url").read_text()
+    assert f"imagesearch_reader:{reader}@" in (folder / "index-reader-database-url").read_text()
+    nats = (folder / "nats-password").read_text().strip()
+    assert f'password: "{nats}"' in (folder / "nats.conf").read_text()
+    assert folder.stat().st_mode & 0o077 == 0
+    # Run again: nothing changes (the databases were made with these).
+    (folder / "index-database-url").unlink()
+    made, kept = make_secrets(folder)
+    assert [p.name for p in made] == ["index-database-url"] and len(kept) == 6
+    assert f"imagesearch:{writer}@" in (folder / "index-database-url").read_text()
 
 
 def test_cpu_override_removes_the_gpu(tmp_path: Path) -> None:
@@ -240,7 +335,8 @@ def test_secure_and_readers_together_leave_no_hop_in_plaintext() -> None:
     command = services["nats"]["command"]
     assert "--tls" in command and command[command.index("--tlskey") + 1].endswith("nats-key.pem")
     gateway = services["gateway"]["environment"]
-    assert gateway["GATEWAY_JOBS_URL"].startswith("tls://imagesearch:")
+    assert gateway["GATEWAY_JOBS_URL"] == "tls://nats:4222"
+    assert gateway["GATEWAY_JOBS_PASSWORD_FILE"] == "/run/secrets/nats-password"
     assert gateway["GATEWAY_JOBS_TLS_CA"].endswith("ca.pem")
     assert gateway["GATEWAY_INDEX_READ_ADDR"] == "dns:///index-reader:50053"
 
@@ -271,7 +367,7 @@ def test_imgsearch_certs_makes_one_key_per_service(tmp_path: Path) -> None:
     assert len(keys) == 4
 
 
-def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:
+def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to(tmp_path: Path) -> None:
     """docker-compose.composed.yml: a second embedder serving tirg_css, which
     the gateway's GATEWAY_EMBEDDERS names; both environments load with the
     services' own settings."""
@@ -286,7 +382,8 @@ def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:
     assert "ports" not in tirg and tirg["deploy"]["resources"]["limits"]["memory"]
     assert "imagesearch.healthcheck" in " ".join(tirg["healthcheck"]["test"])
     gateway = services["gateway"]
-    routes = load_settings(GatewaySettings, "GATEWAY_", env=gateway["environment"]).embedder_routes
+    env = mounted(gateway["environment"], tmp_path)
+    routes = load_settings(GatewaySettings, "GATEWAY_", env=env).embedder_routes
     assert routes == {"tirg_css": "dns:///embedder-tirg:50052"}
     assert gateway["depends_on"]["embedder-tirg"]["condition"] == "service_healthy"
     # The default embedder and everything else are as in the base file.
@@ -294,7 +391,7 @@ def test_composed_override_adds_a_tirg_embedder_the_gateway_routes_to() -> None:
     assert set(services) - {"embedder-tirg"} == set(config(ROOT / "docker-compose.yml")["services"])
 
 
-def test_readers_override_adds_index_readers_the_gateway_reads_from() -> None:
+def test_readers_override_adds_index_readers_the_gateway_reads_from(tmp_path: Path) -> None:
     """docker-compose.readers.yml: index readers on the writer's Milvus and
     MySQL; the gateway reads from them and writes to the writer."""
     from gateway.settings import GatewaySettings
@@ -304,15 +401,20 @@ def test_readers_override_adds_index_readers_the_gateway_reads_from() -> None:
     base = config(ROOT / "docker-compose.yml")["services"]
     services = config(ROOT / "docker-compose.yml", ROOT / "docker-compose.readers.yml")["services"]
     reader = services["index-reader"]
-    settings = load_settings(IndexSettings, "INDEX_", env=reader["environment"])
-    writer = load_settings(IndexSettings, "INDEX_", env=services["index"]["environment"])
+    settings = load_settings(IndexSettings, "INDEX_", env=mounted(reader["environment"], tmp_path))
+    writer_env = mounted(services["index"]["environment"], tmp_path)
+    writer = load_settings(IndexSettings, "INDEX_", env=writer_env)
     assert (settings.role, writer.role) == ("reader", "writer")
     # Readers' connections age out (gateways spread over new ones); the writer's not.
     assert settings.max_connection_age_s > 0 and writer.max_connection_age_s == 0
-    assert (settings.milvus_uri, settings.database_url) == (writer.milvus_uri, writer.database_url)
+    assert settings.milvus_uri == writer.milvus_uri
+    # The same database; the readers as imagesearch_reader (SELECT only).
+    assert settings.database_url.split("@")[1] == writer.database_url.split("@")[1]
+    assert settings.database_url.startswith("mysql+pymysql://imagesearch_reader:")
     assert "ports" not in reader and reader["deploy"]["resources"]["limits"]["memory"]
     assert reader["depends_on"]["index"]["condition"] == "service_healthy"
-    gateway = load_settings(GatewaySettings, "GATEWAY_", env=services["gateway"]["environment"])
+    gateway_env = mounted(services["gateway"]["environment"], tmp_path)
+    gateway = load_settings(GatewaySettings, "GATEWAY_", env=gateway_env)
     assert (gateway.index_addr, gateway.index_read_addr) == (
         "index:50053",
         "dns:///index-reader:50053",

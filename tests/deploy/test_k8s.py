@@ -157,8 +157,13 @@ def test_the_gateway_is_stateless_scaled_and_drained_one_at_a_time() -> None:
     # The jobs URL holds the NATS password: from a Secret, never the ConfigMap.
     assert "GATEWAY_JOBS_URL" not in d[("ConfigMap", "imagesearch")]["data"]
     (container,) = gateway["template"]["spec"]["containers"]
-    (url,) = [e for e in container["env"] if e["name"] == "GATEWAY_JOBS_URL"]
-    assert url["valueFrom"]["secretKeyRef"] == {"name": "imagesearch-nats", "key": "url"}
+    # ... and as a file of it, never an environment value.
+    assert "GATEWAY_JOBS_URL" not in {e["name"] for e in container["env"]}
+    (url,) = [e for e in container["env"] if e["name"] == "GATEWAY_JOBS_URL_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if url["value"].startswith(m["mountPath"])]
+    (volume,) = [v for v in gateway["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "imagesearch-nats"
+    assert volume["secret"]["items"] == [{"key": "url", "path": "url"}]
     values = yaml.safe_load((ROOT / "deploy/k8s/examples/nats-values.yaml").read_text())
     authorization = values["config"]["merge"]["authorization"]
     assert authorization["password"] == "<< $NATS_PASSWORD >>"
@@ -262,21 +267,76 @@ def test_pods_are_locked_down() -> None:
     certs = list(yaml.safe_load_all((K8S / "examples" / "cert-manager.yaml").read_text()))
     client = next(c for c in certs if c["metadata"]["name"] == "imagesearch-gateway-client-tls")
     assert client["spec"]["commonName"] == GATEWAY_CLIENT_NAME
-    served = next(c for c in certs if c["metadata"]["name"] == "imagesearch-tls")
-    assert {"embedder-headless", "index", "gateway"} <= set(served["spec"]["dnsNames"])
+    for service, name in OWN_CERTS.items():
+        served = next(c for c in certs if c["metadata"]["name"] == f"imagesearch-{service}-tls")
+        assert served["spec"]["dnsNames"] == [name, "localhost"], service
     web = next(c for c in certs if c["metadata"]["name"] == "imagesearch-web-tls")
     assert "web" in web["spec"]["dnsNames"] and "gateway" not in web["spec"]["dnsNames"]
+
+
+# Each service's own certificate, and the name it is dialled by.
+OWN_CERTS = {
+    "embedder": "embedder-headless",
+    "index": "index",
+    "index-reader": "index-reader",
+    "gateway": "gateway",
+}
+
+
+def test_each_pod_mounts_only_its_own_certificate_and_key() -> None:
+    """The embedder, the index writer, the readers and the gateway shared one
+    certificate and key (imagesearch-tls): any of them taken over could pose
+    as the others. Each mounts its own now."""
+    d = docs()
+    mounted: dict[str, set[str]] = {}
+    for deployment in ("embedder", "index", "index-reader", "gateway", "web"):
+        spec = d[("Deployment", deployment)]["spec"]["template"]["spec"]
+        mounted[deployment] = {
+            v["secret"]["secretName"]
+            for v in spec["volumes"]
+            if "secret" in v
+            and "tls" in v["secret"]["secretName"]
+            and "items" not in v["secret"]  # the whole Secret, key included
+        }
+    assert mounted == {
+        "embedder": {"imagesearch-embedder-tls"},
+        "index": {"imagesearch-index-tls"},
+        "index-reader": {"imagesearch-index-reader-tls"},
+        "gateway": {"imagesearch-gateway-tls", "imagesearch-gateway-client-tls"},
+        "web": {"imagesearch-web-tls"},
+    }
+
+
+def test_database_urls_are_files_and_the_readers_have_their_own_user() -> None:
+    """INDEX_DATABASE_URL came into the pods' environment from a Secret; the
+    readers held the writer's credentials. Now each mounts its Secret as a file
+    (INDEX_DATABASE_URL_FILE), the readers the SELECT-only user's."""
+    d = docs()
+    for deployment, secret in (
+        ("index", "imagesearch-db"),
+        ("index-reader", "imagesearch-db-reader"),
+    ):
+        spec = d[("Deployment", deployment)]["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        path = env["INDEX_DATABASE_URL_FILE"]
+        assert "INDEX_DATABASE_URL" not in env
+        assert all("secretRef" not in source for source in container["envFrom"])
+        (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"])]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == secret, deployment
+    assert "GRANT SELECT" in (K8S / "external.yaml").read_text()
 
 
 def test_the_web_face_holds_no_key_of_the_services() -> None:
     """web.yaml mounted the services' shared certificate and key: a web face
     taken over could pose as the index, the embedder or the gateway. It
-    mounts its own, and of the services' Secret only the CA."""
+    mounts its own, and of the gateway's Secret only the CA."""
     d = docs()
     spec = d[("Deployment", "web")]["spec"]["template"]["spec"]
     for volume in spec["volumes"]:
         secret = volume.get("secret")
-        if secret and secret["secretName"] == "imagesearch-tls":
+        if secret and secret["secretName"] == "imagesearch-gateway-tls":
             assert [i["key"] for i in secret["items"]] == ["ca.crt"]
     config = d[("ConfigMap", "imagesearch")]["data"]
     (container,) = spec["containers"]
@@ -323,8 +383,10 @@ def test_index_readers_scale_beside_one_writer() -> None:
     assert not allowed(reader, outside, 443)
     # Locked down and probed as the writer is (test_pods_are_locked_down).
     writer_pod, reader_pod = writer["template"]["spec"], readers["template"]["spec"]
-    for key in ("securityContext", "volumes", "automountServiceAccountToken"):
+    for key in ("securityContext", "automountServiceAccountToken"):
         assert reader_pod[key] == writer_pod[key], key
+    # The same volumes, each from Secrets of its own (certificate, database user).
+    assert [v["name"] for v in reader_pod["volumes"]] == [v["name"] for v in writer_pod["volumes"]]
     (writer_container,) = writer_pod["containers"]
     for key in ("securityContext", "ports", "volumeMounts", "readinessProbe", "livenessProbe"):
         assert container[key] == writer_container[key], key

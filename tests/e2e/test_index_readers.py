@@ -6,6 +6,7 @@ searches answering through the gateway while the writer is down."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -299,9 +300,10 @@ def test_a_reader_finds_by_id_an_image_stored_a_moment_ago(
 def test_a_reader_works_as_a_read_only_database_user_whose_writes_the_database_refuses(
     embedder: Server, backends: Backends, tmp_path: Path
 ) -> None:
-    """Deployments give the readers a user with only SELECT (compose's
-    deploy/mysql/reader-user.sh, the chaos run): read-only is enforced by the
-    database, not only by INDEX_ROLE. The reader serves with that user; a
+    """Deployments give the readers a user with only SELECT: compose's
+    deploy/mysql/reader-user.sh makes it (run here against MariaDB as the
+    mysql image runs it), and the chaos run's. Read-only is enforced by the
+    database, not only by INDEX_ROLE: the reader serves with that user; a
     write through the reader's own store code is refused by MariaDB."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -309,13 +311,30 @@ def test_a_reader_works_as_a_read_only_database_user_whose_writes_the_database_r
     from imagesearch.errors import ServiceError
     from index_service.metadata import MetadataStore
 
-    user, password = f"ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    user, password = "imagesearch_reader", uuid.uuid4().hex
     root = create_engine(backends.database)
-    database = make_url(backends.database).database
-    with root.begin() as conn:
-        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
-        conn.execute(text(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'"))
-    read_only = make_url(backends.database).set(username=user, password=password)
+    database = make_url(backends.database)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "mysql-root-password").write_text(database.password or "")
+    (secrets / "mysql-reader-password").write_text(password + "\n")
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    assert client, "the MariaDB client is not installed"
+    made = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "mysql" / "reader-user.sh")],
+        env={
+            **os.environ,
+            "SECRETS_DIR": str(secrets),
+            "MYSQL_DATABASE": str(database.database),
+            "MYSQL_CLIENT": f"{client} -h{database.host} -P{database.port or 3306} "
+            f"-u{database.username}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    read_only = database.set(username=user, password=password)
     url = read_only.render_as_string(hide_password=False)
     writer = start_index(tmp_path / "w", **backends.settings())
     reader = start_index(tmp_path / "r", **backends.settings(role="reader", database_url=url))

@@ -56,7 +56,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     # level is set when it is imported, so after that).
     import pymilvus  # noqa: F401
 
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in ("pymilvus", "pymilvus.milvus_client"):  # each has a level of its own
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     shutil.rmtree(config.work, ignore_errors=True)
     config.work.mkdir(parents=True)
     cache = config.photo_cache or config.work / "photos"

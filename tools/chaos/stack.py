@@ -350,6 +350,7 @@ class Stack:
                 self._setup_database()
             elif name == "milvus":
                 self._setup_milvus()
+                self._milvus_direct(part)
 
     def _install_mariadb(self) -> None:
         db = self.data("mariadb") / "db"
@@ -401,6 +402,26 @@ class Stack:
         client.update_password(MILVUS_USER, MILVUS_DEFAULT_PASSWORD, self.milvus_password)
         client.close()
         self.milvus_set = True
+
+    def _milvus_direct(self, part: Part) -> None:
+        """Restarts run the Milvus binary as the wrapper ran it (its command,
+        environment and folder, read from /proc). The wrapper test-binds each
+        port without SO_REUSEADDR, so after a kill, while the dead server's
+        connections sit in TIME_WAIT, it would move the proxy to the next free
+        port, where no client looks."""
+        for pid in part.pids():
+            proc = Path(f"/proc/{pid}")
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"/milvus") and b"run" in argv:
+                part.argv = [a.decode() for a in argv if a]
+                part.env = dict(
+                    item.decode().split("=", 1)
+                    for item in (proc / "environ").read_bytes().split(b"\0")
+                    if b"=" in item
+                )
+                part.cwd = (proc / "cwd").resolve()
+                return
+        raise RuntimeError("milvus-server runs no Milvus binary; see its log")
 
     def stop(self) -> None:
         for part in reversed(list(self.parts.values())):
