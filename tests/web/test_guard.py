@@ -5,14 +5,31 @@ would refuse (before their body is read), and more uploads than fit."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 from imagesearch.client import Client
-from tests.conftest import CLOTHING, Stack, clothing_images
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    Server,
+    Stack,
+    clothing_images,
+    free_port,
+    start_gateway,
+    start_index,
+    wait_port,
+)
 from tests.web.conftest import Web, start_web
 
 EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
@@ -207,3 +224,59 @@ def test_every_body_is_refused_before_it_is_read(guarded_web: tuple[Web, dict[st
         timeout=60,
     )
     assert answer.status_code in (400, 403, 404), answer.text  # judged by the gateway
+
+
+def _push_body(url: str, declared: int) -> int:
+    """A POST with no token that sends all of its ``declared`` bytes (as far
+    as the server lets it), then reads the status."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+            ).encode()
+            + b'{"folder": "'
+        )
+        chunk = b"x" * (1 << 20)
+        try:
+            for _ in range(declared >> 20):
+                sock.sendall(chunk)
+        except OSError:
+            pass  # refused and closed mid-body: what we want
+        return _status(sock)
+
+
+@pytest.mark.processes
+def test_bodies_pushed_at_once_leave_the_web_process_small(
+    embedder: Server, tmp_path: Path
+) -> None:
+    """The web face as its own process (python -m web_service) before a
+    gateway with tokens: 16 unauthenticated clients push 60 MiB JSON bodies
+    at once. Each gets 401, and the process's peak RSS stays under 300 MiB."""
+    path = tmp_path / "tokens"
+    path.write_text(f"write:{secrets.token_hex(16)}\n")
+    index = start_index(tmp_path / "index")
+    gateway = start_gateway(tmp_path, embedder.addr, index.addr, tokens_file=str(path))
+    port = free_port()
+    log = tmp_path / "web.log"
+    env = {**os.environ, "WEB_PORT": str(port), "WEB_GATEWAY_ADDR": gateway.addr}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "web_service"], env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        assert wait_port("127.0.0.1", port, 60), log.read_text()
+        url = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: _push_body(url, 60 * 1024 * 1024), range(16)))
+        assert codes == [401] * 16
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kib = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1])
+        print(f"web face peak RSS {peak_kib / 1024:.0f} MiB")
+        assert peak_kib < 300 * 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        gateway.running.stop(1)
+        index.running.stop(1)
