@@ -42,6 +42,22 @@ def score_of(metric: str, raw: float) -> tuple[float, float]:
     return 1.0 - raw, min(1.0, max(0.0, raw))
 
 
+# Milvus' own codes for "not now" rather than "no": a collection not (yet)
+# loaded again after Milvus restarted, a node not ready.
+MILVUS_NOT_READY_CODES = {101}
+MILVUS_AWAY_WORDS = (
+    "connect", "unavailable", "timeout", "deadline", "closed", "not loaded", "not ready",
+)  # fmt: skip
+
+
+def milvus_away(exc: MilvusException) -> bool:
+    """Milvus is away or coming back (retry later), not refusing the call:
+    found by the chaos run, where searches right after a Milvus restart
+    failed INTERNAL ("its code 101", collection not loaded) for ~20 s."""
+    text = str(exc).lower()
+    return exc.code in MILVUS_NOT_READY_CODES or any(w in text for w in MILVUS_AWAY_WORDS)
+
+
 class MilvusVectors:
     max_top_k = MAX_TOPK
 
@@ -98,8 +114,7 @@ class MilvusVectors:
         if isinstance(exc, errors.ServiceError):
             return exc
         if isinstance(exc, MilvusException):
-            text = str(exc).lower()
-            if any(w in text for w in ("connect", "unavailable", "timeout", "deadline", "closed")):
+            if milvus_away(exc):
                 self._reset()
                 self._log_outage(what, exc)
                 return errors.unavailable(

@@ -526,3 +526,17 @@ def test_secrets_are_read_from_files_never_needed_in_the_environment(tmp_path: P
     # Only secrets have a _FILE form: a port is never read from a file.
     plain = load_settings(IndexSettings, "INDEX_", None, {"INDEX_PORT_FILE": str(url)})
     assert plain.port == IndexSettings().port
+
+
+def test_a_milvus_coming_back_is_unavailable_not_internal() -> None:
+    """Found by the chaos run: for ~20 s after a Milvus restart its
+    collections are not loaded yet (its code 101), and searches failed
+    INTERNAL, which clients do not retry. That is "not now": UNAVAILABLE."""
+    from pymilvus import MilvusException
+
+    from index_service.milvus import milvus_away
+
+    assert milvus_away(MilvusException(code=101, message="collection not loaded[collection=7]"))
+    assert milvus_away(MilvusException(code=1, message="failed to connect to 127.0.0.1:19530"))
+    assert not milvus_away(MilvusException(code=1100, message="invalid parameter: dim"))
+    assert not milvus_away(MilvusException(code=100, message="collection not found[x]"))
