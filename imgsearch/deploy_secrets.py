@@ -10,7 +10,10 @@ overwritten: the databases were initialised with it):
 - index-database-url, index-reader-database-url: the index's
   INDEX_DATABASE_URL_FILE, writer and readers;
 - nats-password (the gateways' GATEWAY_JOBS_PASSWORD_FILE) and nats.conf
-  (NATS's authorization block, the same password).
+  (NATS's authorization block, the same password);
+- milvus-token (the index's INDEX_MILVUS_TOKEN_FILE, root:PASSWORD) and
+  milvus-user.yaml (Milvus' user.yaml: authentication on, the same root
+  password, which Milvus 2.4.6+ takes on its first start).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def make_secrets(folder: Path) -> tuple[list[Path], list[Path]]:
     writer = read_or_make("mysql-password")
     reader = read_or_make("mysql-reader-password")
     nats = read_or_make("nats-password")
+    milvus = read_or_make("milvus-password")
     wanted = {
         "mysql-root-password": root,
         "mysql-password": writer,
@@ -52,6 +56,12 @@ def make_secrets(folder: Path) -> tuple[list[Path], list[Path]]:
         ),
         "nats-password": nats,
         "nats.conf": f'authorization {{\n  user: {NATS_USER}\n  password: "{nats}"\n}}',
+        "milvus-password": milvus,
+        "milvus-token": f"root:{milvus}",
+        "milvus-user.yaml": (
+            "common:\n  security:\n    authorizationEnabled: true\n"
+            f'    defaultRootPassword: "{milvus}"'
+        ),
     }
     made, kept = [], []
     for name, value in wanted.items():

@@ -158,7 +158,8 @@ def test_database_and_nats_passwords_are_files_never_environment() -> None:
         "/run/secrets/index-reader-database-url"
     )
     assert {s["source"] if isinstance(s, dict) else s for s in services["index"]["secrets"]} == {
-        "index-database-url"
+        "index-database-url",
+        "milvus-token",
     }
     mysql = services["mysql"]
     assert mysql["environment"]["MYSQL_ROOT_PASSWORD_FILE"] == "/run/secrets/mysql-root-password"
@@ -166,6 +167,13 @@ def test_database_and_nats_passwords_are_files_never_environment() -> None:
     assert init and "reader-user.sh" in init[0]
     for secret in cfg["secrets"].values():
         assert "/secrets/" in secret["file"]
+    # Milvus with authentication, its root password from the same folder; the
+    # index and the readers send the token from a file.
+    milvus = [str(v) for v in services["milvus"]["volumes"] if "user.yaml" in str(v)]
+    assert milvus and "milvus-user.yaml" in milvus[0] and "/milvus/configs/user.yaml" in milvus[0]
+    for index in ("index", "index-reader"):
+        env = services[index]["environment"]
+        assert env["INDEX_MILVUS_TOKEN_FILE"] == "/run/secrets/milvus-token", index
 
 
 def mounted(env: dict[str, Any], folder: Path) -> dict[str, str]:
@@ -220,6 +228,9 @@ def test_imgsearch_secrets_makes_each_password_once(tmp_path: Path) -> None:
         "index-reader-database-url",
         "nats-password",
         "nats.conf",
+        "milvus-password",
+        "milvus-token",
+        "milvus-user.yaml",
     }
     writer = (folder / "mysql-password").read_text().strip()
     reader = (folder / "mysql-reader-password").read_text().strip()
@@ -228,11 +239,15 @@ def test_imgsearch_secrets_makes_each_password_once(tmp_path: Path) -> None:
     assert f"imagesearch_reader:{reader}@" in (folder / "index-reader-database-url").read_text()
     nats = (folder / "nats-password").read_text().strip()
     assert f'password: "{nats}"' in (folder / "nats.conf").read_text()
+    milvus = (folder / "milvus-password").read_text().strip()
+    assert (folder / "milvus-token").read_text().strip() == f"root:{milvus}"
+    user = yaml.safe_load((folder / "milvus-user.yaml").read_text())["common"]["security"]
+    assert user == {"authorizationEnabled": True, "defaultRootPassword": milvus}
     assert folder.stat().st_mode & 0o077 == 0
     # Run again: nothing changes (the databases were made with these).
     (folder / "index-database-url").unlink()
     made, kept = make_secrets(folder)
-    assert [p.name for p in made] == ["index-database-url"] and len(kept) == 6
+    assert [p.name for p in made] == ["index-database-url"] and len(kept) == 9
     assert f"imagesearch:{writer}@" in (folder / "index-database-url").read_text()
 
 

@@ -325,7 +325,15 @@ def test_database_urls_are_files_and_the_readers_have_their_own_user() -> None:
         (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"])]
         (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
         assert volume["secret"]["secretName"] == secret, deployment
+        # Milvus with authentication: the token is a file of imagesearch-milvus.
+        token = env["INDEX_MILVUS_TOKEN_FILE"]
+        (mount,) = [m for m in container["volumeMounts"] if token.startswith(m["mountPath"])]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "imagesearch-milvus", deployment
     assert "GRANT SELECT" in (K8S / "external.yaml").read_text()
+    values = yaml.safe_load((K8S / "examples" / "milvus-values.yaml").read_text())
+    user = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    assert user["common"]["security"]["authorizationEnabled"] is True
 
 
 def test_the_web_face_holds_no_key_of_the_services() -> None:
