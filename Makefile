@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder chaos images smoke-images fuzz clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder chaos train-tirg images smoke-images fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
@@ -104,6 +104,13 @@ CHAOS_MINUTES ?= 10
 CHAOS_ARGS ?=
 chaos: install
 	$(PY) bench/chaos.py --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
+
+# Trains the composed model (tirg_css) and its baselines again, writing the
+# checkpoints embedder_service/tirg/ ships (training/tirg/train.py; README,
+# "Composed search"). TRAIN_ARGS: e.g. "--kinds tirg --steps 200".
+TRAIN_ARGS ?=
+train-tirg: install
+	$(PY) -m training.tirg.train $(TRAIN_ARGS)
 
 bench-jobs: install
 	$(PY) bench/jobs.py

@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, services
-from embedder_service.tirg.evaluate import Gallery, evaluate, recalls
 from embedder_service.tirg.net import ComposedRetrieval
-from embedder_service.tirg.scenes import png, take
-from embedder_service.tirg.train import BASELINES, SERVED
 from imagesearch.client import Client, Query
+from training.tirg.evaluate import Gallery, evaluate, recalls
+from training.tirg.scenes import png, take
+from training.tirg.train import BASELINES, SERVED
 
 # Rows of the table: our name, the checkpoint's composer, the paper's CSS R@1
 # (Vo et al. 2019, table 2, 3D images).

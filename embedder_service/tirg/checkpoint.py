@@ -1,5 +1,5 @@
 """The served composed model (EMBEDDER_MODEL=tirg_css): the TIRG checkpoint
-trained here (``python -m embedder_service.tirg.train``), shipped beside this
+trained here (``python -m training.tirg.train``), shipped beside this
 file, or another file that script wrote."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from embedder_service.tirg.net import ComposedRetrieval
-from embedder_service.tirg.scenes import tokens
+from embedder_service.tirg.words import tokens
 from embedder_service.weights import Weights, WeightsUnavailable, file_sha256
 
 SHIPPED = Path(__file__).parent / "tirg_css.pt"
 NOTE = (
-    "TIRG trained from scratch on generated CSS-like scenes (embedder_service/tirg/train.py); "
+    "TIRG trained from scratch on generated CSS-like scenes (training/tirg/train.py); "
     "it knows only those scenes and their words"
 )
 MAX_TEXT_CHARS = 500
@@ -31,7 +31,7 @@ def load(setting: str) -> tuple[ComposedRetrieval, Weights]:
     if not path.is_file():
         raise WeightsUnavailable(
             f"EMBEDDER_WEIGHTS={setting}: no checkpoint at {path}; use bundled (the shipped "
-            "tirg_css.pt) or a file written by python -m embedder_service.tirg.train"
+            "tirg_css.pt) or a file written by python -m training.tirg.train"
         )
     net = ComposedRetrieval.load(torch.load(path, map_location="cpu", weights_only=True))
     if net.kind != "tirg":

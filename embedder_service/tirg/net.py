@@ -8,7 +8,7 @@ encodes the text, both to ``DIM``; a composer makes the query vector:
 - ``image``: an MLP over ``x`` alone; ``text``: an MLP over ``t`` alone.
 
 Stored images are encoded by the image encoder alone. Everything is trained
-from scratch by ``embedder_service.tirg.train``.
+from scratch by ``training.tirg.train``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from embedder_service.tirg.scenes import tokens, vocabulary
+from embedder_service.tirg.words import tokens, vocabulary
 
 INPUT = 64  # pixels: the whole image, squashed to INPUT x INPUT, nothing cropped
 DIM = 256

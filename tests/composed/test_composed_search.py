@@ -17,8 +17,6 @@ import grpc
 import pytest
 import requests
 
-from embedder_service.tirg.evaluate import Gallery
-from embedder_service.tirg.scenes import Example, png, take
 from imagesearch.client import Client, ImageSearchError, Query
 from tests.conftest import (
     CLOTHING,
@@ -30,6 +28,8 @@ from tests.conftest import (
     start_index,
 )
 from tests.web.conftest import start_web
+from training.tirg.evaluate import Gallery
+from training.tirg.scenes import Example, png, take
 
 pytestmark = pytest.mark.processes  # the scene script and the CLI as processes
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from embedder_service.tirg.checkpoint import SHIPPED
-from embedder_service.tirg.evaluate import Gallery, evaluate, pixels, ranks, recalls
 from embedder_service.tirg.net import ComposedRetrieval
-from embedder_service.tirg.scenes import png, take
-from embedder_service.tirg.train import BASELINES
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 from tests.conftest import CLOTHING, Server, channel, clothing_images, start_embedder
+from training.tirg.evaluate import Gallery, evaluate, pixels, ranks, recalls
+from training.tirg.scenes import png, take
+from training.tirg.train import BASELINES
 
 
 @pytest.fixture(scope="module")

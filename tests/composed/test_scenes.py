@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from embedder_service.tirg.scenes import (
+from embedder_service.tirg.words import tokens, vocabulary
+from training.tirg.scenes import (
     CELLS,
     UNSEEN,
     Example,
@@ -19,8 +20,6 @@ from embedder_service.tirg.scenes import (
     png,
     render,
     take,
-    tokens,
-    vocabulary,
 )
 
 OBJECT = r"(?:the )?(?:(small|large) )?(\w+) (square|circle|triangle)(?: in the ([\w-]+))?"
@@ -133,7 +132,7 @@ def test_a_split_must_be_named() -> None:
 def test_the_demo_writes_a_gallery_and_the_queries_to_try(tmp_path: Path) -> None:
     import csv
 
-    from embedder_service.tirg.demo import write
+    from training.tirg.demo import write
 
     table = write(tmp_path, 8, 17)
     rows = list(csv.DictReader(table.read_text().splitlines()))

@@ -26,3 +26,23 @@ def test_no_function_is_over_100_lines() -> None:
                         f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({size} lines)"
                     )
     assert long == [], "split these along their phases"
+
+
+def test_serving_never_imports_training() -> None:
+    """Training (training/) ships in no image: no serving package imports it."""
+    serving = ("imagesearch", "embedder_service", "index_service", "gateway", "web_service")
+    found = []
+    for package in serving:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                found += [
+                    f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("training")
+                ]
+    assert found == []

@@ -20,15 +20,15 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
+from embedder_service.tirg.words import CELLS, COLOURS, SHAPES, SIZES
+
 SIZE = 128  # pixels, square
-SHAPES = ("square", "circle", "triangle")
-COLOURS = {
+RGB = {
     "red": (214, 39, 40),
     "green": (44, 160, 44),
     "blue": (31, 90, 220),
@@ -38,18 +38,7 @@ COLOURS = {
     "orange": (255, 127, 14),
     "gray": (120, 120, 120),
 }
-SIZES = ("small", "large")
-CELLS = (
-    "top-left",
-    "top-center",
-    "top-right",
-    "middle-left",
-    "center",
-    "middle-right",
-    "bottom-left",
-    "bottom-center",
-    "bottom-right",
-)
+assert tuple(RGB) == COLOURS  # every colour word is drawn, and only those
 MAX_OBJECTS = 5
 BACKGROUND = (236, 236, 232)
 # Colour and shape pairs that training texts never name together.
@@ -104,7 +93,7 @@ def render(scene: Scene) -> Image.Image:
         cy = (row + 0.5) * cell + o.dy
         r = 17 if o.size == "large" else 9
         box = (cx - r, cy - r, cx + r, cy + r)
-        fill = COLOURS[o.colour]
+        fill = RGB[o.colour]
         if o.shape == "square":
             draw.rectangle(box, fill=fill)
         elif o.shape == "circle":
@@ -224,39 +213,3 @@ TRIES = 400  # modifications drawn at most for one source
 def take(split: str, seed: int, n: int) -> list[Example]:
     it = examples(split, seed)
     return [next(it) for _ in range(n)]
-
-
-WORDS = re.compile(r"[a-z]+")
-# Words a person may use for the generator's own (CSS speaks of cubes,
-# spheres and cylinders): read as the generator's word.
-SYNONYMS = {
-    "cube": "square",
-    "box": "square",
-    "sphere": "circle",
-    "ball": "circle",
-    "cylinder": "triangle",
-    "grey": "gray",
-    "big": "large",
-    "little": "small",
-    "tiny": "small",
-    "centre": "center",
-    "an": "a",
-    "at": "in",
-    "into": "to",
-    "on": "in",
-}
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-case words, synonyms read as the generator's words; "top-left"
-    is two words."""
-    return [SYNONYMS.get(w, w) for w in WORDS.findall(text.lower())]
-
-
-def vocabulary() -> list[str]:
-    """Every word the generator writes, sorted; the model's vocabulary."""
-    words = {"add", "a", "to", "the", "remove", "make", "in"}
-    words |= set(SHAPES) | set(COLOURS) | set(SIZES)
-    for cell in CELLS:
-        words |= set(tokens(cell))
-    return sorted(words)

@@ -13,7 +13,7 @@ import torch
 
 from embedder_service.decode import squash
 from embedder_service.tirg.net import INPUT, ComposedRetrieval
-from embedder_service.tirg.scenes import Example, Scene, layout, render
+from training.tirg.scenes import Example, Scene, layout, render
 
 KS = (1, 5, 10)
 

@@ -1,6 +1,6 @@
 """Writes held-out scenes to try composed search with:
 
-    python -m embedder_service.tirg.demo DIR [--queries 20] [--seed 17]
+    python -m training.tirg.demo DIR [--queries 20] [--seed 17]
 
 DIR/gallery/ gets every distinct scene of the first held-out examples as a
 PNG (index it: imgsearch index DIR/gallery --model tirg_css -c scenes),
@@ -15,8 +15,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from embedder_service.tirg.evaluate import Gallery
-from embedder_service.tirg.scenes import render, take
+from training.tirg.evaluate import Gallery
+from training.tirg.scenes import render, take
 
 
 def write(folder: Path, queries: int, seed: int) -> Path:

@@ -1,7 +1,7 @@
 """Trains the composed-retrieval models on generated scenes.
 
-    python -m embedder_service.tirg.train            # all four, the shipped files
-    python -m embedder_service.tirg.train --kinds tirg --steps 200   # a quick try
+    python -m training.tirg.train            # all four, the shipped files
+    python -m training.tirg.train --kinds tirg --steps 200   # a quick try
 
 The defaults are the settings that produced the shipped checkpoints:
 ``tirg_css.pt`` (the served TIRG model) and ``baselines_css.pt`` (image only,
@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedder_service.tirg.evaluate import evaluate, pixels
+from embedder_service.tirg.checkpoint import SHIPPED
 from embedder_service.tirg.net import COMPOSERS, ComposedRetrieval
-from embedder_service.tirg.scenes import Example, examples, take
+from training.tirg.evaluate import evaluate, pixels
+from training.tirg.scenes import Example, examples, take
 
-HERE = Path(__file__).parent
-SERVED = HERE / "tirg_css.pt"
+# The checkpoints ship with the serving package, which loads them.
+HERE = SHIPPED.parent
+SERVED = SHIPPED
 BASELINES = HERE / "baselines_css.pt"
 
 
