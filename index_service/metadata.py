@@ -1,14 +1,6 @@
 """The SQL side: collections, image rows and their paths (SQLAlchemy Core,
 bound parameters only). This is the system of record; Milvus holds vectors.
-
-Tables (names carry INDEX_TABLE_PREFIX):
-  collections  name, model, dim, metric, index_type, created_at_ms
-  images       (collection, image_id) -> sha256, size, width, height, model,
-               status ('pending' until the vector is in Milvus, then 'ready'),
-               created_at_ms, updated_at_ms
-  image_paths  (collection, path) -> image_id; one image may have many paths
-  thumbnails   (collection, image_id) -> data (a small JPEG the embedder made),
-               deleted with the image's row
+The tables and their migrations are in schema.py, the row types in rows.py.
 """
 
 from __future__ import annotations
@@ -19,19 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    Index,
-    Integer,
-    LargeBinary,
     MetaData,
-    String,
     Table,
     and_,
     create_engine,
@@ -40,25 +25,28 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagesearch import errors, logs
 from index_service.row_cache import RowCache
+from index_service.rows import (
+    PENDING,
+    READY,
+    SERVER,
+    STREAM,
+    CollectionRow,
+    ImageRow,
+    NewImage,
+    now_ms,
+)
+from index_service.schema import create_or_migrate, define_tables
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-READY = "ready"
-# Where a path came from (index.proto PathOrigin): a server job's file, or a
-# name a client sent. Rows from before the column existed count as streamed.
-SERVER = "server"
-STREAM = "stream"
 CHUNK = 500  # ids per IN (...) clause
 # A collection is loaded whole into the row cache once it has had no write
 # for this long (and a search missed the cache), and for at least
@@ -75,44 +63,6 @@ def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
         column.startswith(prefix, autoescape=True),
         func.substr(column, 1, len(prefix)) == prefix,
     )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True)
-class CollectionRow:
-    name: str
-    model: str
-    dim: int
-    metric: str
-    index_type: str
-
-
-@dataclass
-class ImageRow:
-    image_id: int
-    sha256: str
-    size: int
-    width: int
-    height: int
-    model: str
-    status: str
-    created_at_ms: int
-    updated_at_ms: int
-    paths: list[str] = field(default_factory=list)
-    server_paths: list[str] = field(default_factory=list)  # found by server jobs
-
-
-@dataclass(frozen=True)
-class NewImage:
-    image_id: int
-    sha256: str
-    path: str
-    size: int
-    width: int
-    height: int
 
 
 def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
@@ -155,63 +105,6 @@ def records_sql(engine: Engine, img: Table, pt: Table, n: int) -> str:
         f"AND i.{q.quote('image_id')} IN ({', '.join([mark] * n)}) "
         f"ORDER BY p.{q.quote('created_at_ms')}, p.{q.quote('path')}"
     )
-
-
-def define_tables(md: MetaData, p: str) -> tuple[Table, Table, Table, Table]:
-    """The collections, images, image_paths and thumbnails tables, named with
-    the prefix ``p``."""
-    opts: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-    collections = Table(
-        f"{p}collections",
-        md,
-        Column("name", String(64), primary_key=True),
-        Column("model", String(255), nullable=False),
-        Column("dim", Integer, nullable=False),
-        Column("metric", String(16), nullable=False),
-        Column("index_type", String(32), nullable=False),
-        Column("created_at_ms", BigInteger, nullable=False),
-        # Write transactions on the collection's rows: readers drop their
-        # cached rows of a collection when this (or created_at_ms) changes.
-        Column("writes", BigInteger, nullable=False, server_default="0"),
-        **opts,
-    )
-    images = Table(
-        f"{p}images",
-        md,
-        Column("collection", String(64), primary_key=True),
-        Column("image_id", BigInteger, primary_key=True, autoincrement=False),
-        Column("sha256", String(64), nullable=False),
-        Column("size", BigInteger, nullable=False),
-        Column("width", Integer, nullable=False),
-        Column("height", Integer, nullable=False),
-        Column("model", String(255), nullable=False),
-        Column("status", String(8), nullable=False),
-        Column("created_at_ms", BigInteger, nullable=False),
-        Column("updated_at_ms", BigInteger, nullable=False),
-        Index(f"{p}ix_images_status", "collection", "status"),
-        **opts,
-    )
-    paths = Table(
-        f"{p}image_paths",
-        md,
-        Column("collection", String(64), primary_key=True),
-        Column("path", String(700), primary_key=True),
-        Column("image_id", BigInteger, nullable=False),
-        Column("created_at_ms", BigInteger, nullable=False),
-        Column("origin", String(8), nullable=False, server_default=STREAM),
-        Index(f"{p}ix_paths_image", "collection", "image_id"),
-        **opts,
-    )
-    thumbnails = Table(
-        f"{p}thumbnails",
-        md,
-        Column("collection", String(64), primary_key=True),
-        Column("image_id", BigInteger, primary_key=True, autoincrement=False),
-        # BLOB is 64 KiB on MySQL; a thumbnail may be larger (up to 1024 px).
-        Column("data", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
-        **opts,
-    )
-    return collections, images, paths, thumbnails
 
 
 # MySQL/MariaDB errors that say the user lacks a privilege (not an outage).
@@ -270,7 +163,8 @@ class MetadataStore:
             kwargs["connect_args"] = connect
         self.engine: Engine = create_engine(url, **kwargs)
         md = MetaData()
-        self.collections, self.images, self.paths, self.thumbnails = define_tables(md, table_prefix)
+        self.tables = define_tables(md, table_prefix)
+        self.collections, self.images, self.paths, self.thumbnails = self.tables.data
         self.md = md
         self._records_sql: dict[int, str] = {}  # records_sql by number of ids
         self._created = False
@@ -330,14 +224,13 @@ class MetadataStore:
         """The tables, made when missing (a reader only checks they exist)."""
         if self.read_only:
             have = set(inspect(self.engine).get_table_names())
-            if not {t.name for t in self.md.sorted_tables} <= have:
+            if not {t.name for t in self.tables.data} <= have:
                 raise errors.unavailable(
                     "the index writer has not created its tables in the database yet; "
                     "start it (INDEX_ROLE=writer), then retry"
                 )
         else:
-            self.md.create_all(self.engine)
-            self._add_missing_columns()
+            create_or_migrate(self.engine, self.md, self.tables)
         self._created = True
 
     def _expire_caches(self) -> None:
@@ -402,29 +295,6 @@ class MetadataStore:
                 self._collections.pop(name, None)
             self._seen = seen
             self._checked = started  # what the query saw is at least this recent
-
-    def _add_missing_columns(self) -> None:
-        """Tables made by an older version lack columns added since: add them
-        (create_all makes missing tables only)."""
-        if "writes" not in {
-            c["name"] for c in inspect(self.engine).get_columns(self.collections.name)
-        }:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        f"ALTER TABLE {self.collections.name} ADD COLUMN writes BIGINT "
-                        "NOT NULL DEFAULT 0"
-                    )
-                )
-        have = {c["name"] for c in inspect(self.engine).get_columns(self.paths.name)}
-        if "origin" not in have:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        f"ALTER TABLE {self.paths.name} ADD COLUMN origin VARCHAR(8) "
-                        f"NOT NULL DEFAULT '{STREAM}'"
-                    )
-                )
 
     def _log_outage(self, exc: object) -> None:
         """Where the database is and what it said go to the log, not to clients."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from imagesearch import errors, ids
 from index_service import names
-from index_service.metadata import READY, SERVER, STREAM, NewImage
+from index_service.rows import READY, SERVER, STREAM, NewImage
 
 
 @dataclass(frozen=True)

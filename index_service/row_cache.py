@@ -7,10 +7,8 @@ under its cache lock, and decides when rows are current."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from index_service.metadata import ImageRow
+from index_service.rows import ImageRow
 
 
 def row_bytes(row: ImageRow) -> int:

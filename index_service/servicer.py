@@ -9,8 +9,8 @@ import grpc
 from imagesearch import errors
 from imagesearch.readiness import Readiness
 from imagesearch.v1 import common_pb2, index_pb2, index_pb2_grpc
-from index_service.metadata import READY, SERVER, STREAM, ImageRow
 from index_service.plan import Item
+from index_service.rows import READY, SERVER, STREAM, ImageRow
 from index_service.store import IndexStore
 
 STATUS = {READY: index_pb2.IMAGE_STATUS_READY}

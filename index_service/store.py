@@ -31,13 +31,7 @@ import numpy as np
 from imagesearch import errors, logs
 from imagesearch.batching import batched
 from index_service import names
-from index_service.metadata import (
-    PENDING,
-    READY,
-    CollectionRow,
-    ImageRow,
-    MetadataStore,
-)
+from index_service.metadata import MetadataStore
 from index_service.plan import (
     Item,
     UpsertPlan,
@@ -46,6 +40,7 @@ from index_service.plan import (
     plan_upsert,
     unpack_vector,
 )
+from index_service.rows import PENDING, READY, CollectionRow, ImageRow
 from index_service.vectors import VectorStore
 from index_service.writer import StoreLocked, WriterLock
 

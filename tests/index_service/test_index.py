@@ -348,8 +348,8 @@ def test_reconcile_repairs_a_crash_between_the_writes(
     Milvus write (rows pending, vectors present), and a vector whose row is
     gone: Reconcile repairs all three with nothing lost or duplicated."""
     from index_service.app import build_store
-    from index_service.metadata import NewImage
     from index_service.plan import Item
+    from index_service.rows import NewImage
 
     settings = index_settings(tmp_path, **index_backend)
     store = build_store(settings)
@@ -431,8 +431,8 @@ def test_search_digs_past_many_unusable_hits(
     (an ingest in flight) or gone: top_k still comes back full, from the
     ready rows, in score order."""
     from index_service.app import build_store
-    from index_service.metadata import NewImage
     from index_service.plan import Item
+    from index_service.rows import NewImage
 
     store = build_store(index_settings(tmp_path, **index_backend))
     query = vector(0)
@@ -705,11 +705,13 @@ def test_database_tls_is_required_when_asked_for(
 def test_tables_from_before_path_origins_get_the_column(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """An older version's paths table (no `origin`) is upgraded at start-up;
-    its rows count as streamed names, which a server job can take back."""
+    """An older version's tables (no `origin`, no `writes`, no record of
+    migrations) are migrated at start-up, each migration once and recorded;
+    the old paths count as streamed names, which a server job can take back."""
     from sqlalchemy import text
 
-    from index_service.metadata import STREAM, CollectionRow, MetadataStore
+    from index_service.metadata import MetadataStore
+    from index_service.rows import STREAM, CollectionRow
 
     url = (
         request.getfixturevalue("mariadb_url")
@@ -722,6 +724,7 @@ def test_tables_from_before_path_origins_get_the_column(
     with old.engine.begin() as conn:
         conn.execute(text(f"ALTER TABLE {prefix}image_paths DROP COLUMN origin"))
         conn.execute(text(f"ALTER TABLE {prefix}collections DROP COLUMN writes"))
+        conn.execute(text(f"DROP TABLE {prefix}schema_migrations"))  # older than it too
         conn.execute(
             text(
                 f"INSERT INTO {prefix}image_paths (collection, path, image_id, created_at_ms) "
@@ -735,7 +738,25 @@ def test_tables_from_before_path_origins_get_the_column(
     upgraded.delete_images("c", [7])  # a write, which counts itself for readers
     with upgraded.engine.connect() as conn:
         assert conn.execute(text(f"SELECT writes FROM {prefix}collections")).scalar() == 1
+        # Each migration ran once and is recorded; opening again runs none.
+        recorded = f"SELECT number FROM {prefix}schema_migrations ORDER BY number"
+        assert conn.execute(text(recorded)).scalars().all() == [1, 2]
     upgraded.dispose()
+    from index_service.schema import create_or_migrate
+
+    again = MetadataStore(url, prefix)
+    assert create_or_migrate(again.engine, again.md, again.tables) == []
+    again.dispose()
+    # A new database records the last migration and runs none.
+    fresh_prefix = unique_prefix()
+    fresh = MetadataStore(url, fresh_prefix)
+    assert create_or_migrate(fresh.engine, fresh.md, fresh.tables) == []
+    with fresh.engine.connect() as conn:
+        got = conn.execute(text(f"SELECT number, what FROM {fresh_prefix}schema_migrations"))
+        assert [tuple(r) for r in got] == [(2, "new database")]
+    fresh.dispose()
+    if backend == "mariadb":
+        drop_sql_tables(url, fresh_prefix)
     if backend == "mariadb":
         drop_sql_tables(url, prefix)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import insert
 
-from index_service.metadata import PENDING, READY, CollectionRow
+from index_service.rows import PENDING, READY, CollectionRow
 from index_service.store import IndexStore
 from tests.conftest import index_settings
 

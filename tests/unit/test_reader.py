@@ -13,7 +13,8 @@ import pytest
 
 from imagesearch.errors import ServiceError
 from imagesearch.settings import SettingsError, load_settings
-from index_service.metadata import CollectionRow, MetadataStore, NewImage
+from index_service.metadata import MetadataStore
+from index_service.rows import CollectionRow, NewImage
 from index_service.settings import IndexSettings
 from tests.clock import FakeClock
 

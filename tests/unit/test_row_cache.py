@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from index_service import metadata
-from index_service.metadata import CollectionRow, ImageRow, MetadataStore, NewImage
+from index_service.metadata import MetadataStore
+from index_service.rows import CollectionRow, ImageRow, NewImage
 from tests.clock import FakeClock
 
 READY_IDS = list(range(1, 301))

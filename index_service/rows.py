@@ -1,0 +1,52 @@
+"""The index's rows as Python sees them: a collection, an image with its
+paths, a new image to store, and the words for their states."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+PENDING = "pending"
+READY = "ready"
+# Where a path came from (index.proto PathOrigin): a server job's file, or a
+# name a client sent. Rows from before the column existed count as streamed.
+SERVER = "server"
+STREAM = "stream"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index_type: str
+
+
+@dataclass
+class ImageRow:
+    image_id: int
+    sha256: str
+    size: int
+    width: int
+    height: int
+    model: str
+    status: str
+    created_at_ms: int
+    updated_at_ms: int
+    paths: list[str] = field(default_factory=list)
+    server_paths: list[str] = field(default_factory=list)  # found by server jobs
+
+
+@dataclass(frozen=True)
+class NewImage:
+    image_id: int
+    sha256: str
+    path: str
+    size: int
+    width: int
+    height: int
