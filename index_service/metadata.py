@@ -6,8 +6,6 @@ The tables and their migrations are in schema.py, the row types in rows.py.
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagesearch import errors, logs
-from index_service.row_cache import RowCache
+from index_service.row_cache import CachedRows, RowCache
 from index_service.rows import (
     PENDING,
     READY,
@@ -48,12 +46,6 @@ from index_service.schema import create_or_migrate, define_tables
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # ids per IN (...) clause
-# A collection is loaded whole into the row cache once it has had no write
-# for this long (and a search missed the cache), and for at least
-# LOAD_QUIET_FACTOR times as long as its last load took: a collection written
-# now and then is reloaded with at most a tenth of a core.
-LOAD_QUIET_S = 2.0
-LOAD_QUIET_FACTOR = 10.0
 
 
 def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -143,7 +135,6 @@ class MetadataStore:
         every timing rule here (tests set it; the check's own period is real
         time)."""
         self.url = url
-        self._clock = clock
         self.read_only = read_only
         self.max_age_s = max_age_s
         self.safe_url = make_url(url).render_as_string(hide_password=True)
@@ -168,26 +159,16 @@ class MetadataStore:
         self.md = md
         self._records_sql: dict[int, str] = {}  # records_sql by number of ids
         self._created = False
-        self._collections: dict[str, CollectionRow] = {}
-        # Ready rows by collection, for searches (a writer's every write
-        # below drops its collection's rows on the way out; a reader's check
-        # drops those of collections that changed). A read stores what it
-        # fetched only if no write (or change seen) happened meanwhile.
-        self.row_cache = RowCache(row_cache, row_cache_bytes)
-        self._writes = 0
-        self._changed_at: dict[str, float] = {}  # when a collection's rows were last dropped
-        self._load_s: dict[str, float] = {}  # how long its last load took
-        self._loads: set[str] = set()  # collections being loaded, or tried since a change
-        self._cache_lock = threading.Lock()
-        self._loading = 0  # load threads running
-        self._loads_ended = threading.Condition(self._cache_lock)
-        # A reader's caches were current as of this time (its last check of
-        # the collections' write counts, or its last full drop).
-        self._checked = self._clock()
-        self._seen: dict[str, tuple[int, int]] = {}  # collection -> (created_at_ms, writes)
-        self._closing = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._start_load: threading.Thread | None = None
+        # Ready rows and collections' rows, for searches: the cache and its
+        # policy (a writer's every write drops its collection's rows; a
+        # reader's check drops those of collections that changed).
+        self.cache = CachedRows(
+            self, RowCache(row_cache, row_cache_bytes), max_age_s=max_age_s, clock=clock
+        )
+
+    @property
+    def row_cache(self) -> RowCache:
+        return self.cache.rows
 
     # -- plumbing --------------------------------------------------------
 
@@ -233,68 +214,17 @@ class MetadataStore:
             create_or_migrate(self.engine, self.md, self.tables)
         self._created = True
 
-    def _expire_caches(self) -> None:
-        """A reader's: starts the check of the write counts (first use), and
-        drops every cached collection and row when that check is late."""
-        if self.max_age_s is None:
-            return
-        if self._watcher is None:
-            self._start_watching(self.max_age_s)
-        if self._clock() - self._checked < self.max_age_s:
-            return
-        with self._cache_lock:
-            self._writes += 1  # a read in flight keeps what it fetched to itself
-            self.row_cache.clear()
-            self._loads.clear()
-            self._collections.clear()
-            self._checked = self._clock()
-
-    def _start_watching(self, max_age_s: float) -> None:
-        with self._cache_lock:
-            if self._watcher is not None:
-                return
-            self._watcher = threading.Thread(
-                target=self._watch, args=(max_age_s / 2,), name="row-cache-check", daemon=True
-            )
-        self._watcher.start()
-
-    def _watch(self, period_s: float) -> None:
-        """Every ``period_s``: ``check_writes``, until the store closes."""
-        failing = False
-        while not self._closing.wait(period_s):
-            try:
-                self.check_writes()
-            except Exception as exc:  # the caches age out meanwhile (_expire_caches)
-                if not failing:
-                    logs.event(
-                        log, "row_cache.check_failed", logging.WARNING, error=type(exc).__name__
-                    )
-                failing = True
-                continue
-            failing = False
-
     def check_writes(self) -> None:
-        """Reads the collections' write counts once; the cached rows and row
-        of each collection whose count changed (or that is gone or was made
-        anew) are dropped. A reader's thread runs it (``_watch``); raises
-        what the database raised."""
+        """A reader's check of the collections' write counts, now (its thread
+        runs it twice per ``max_age_s``; tests call it)."""
+        self.cache.check_writes()
+
+    def write_counts(self) -> dict[str, tuple[int, int]]:
+        """Each collection's (created_at_ms, writes): what a reader's check reads."""
         c = self.collections
-        started = self._clock()
         with self.engine.connect() as conn:
             query = select(c.c.name, c.c.created_at_ms, c.c.writes)
-            seen = {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
-        with self._cache_lock:
-            cached = self.row_cache.names() | set(self._collections)
-            changed = {
-                n for n in cached | set(seen) | set(self._seen) if seen.get(n) != self._seen.get(n)
-            }
-            if changed:  # a read in flight keeps what it fetched to itself
-                self._writes += 1
-            for name in changed | (cached - set(seen)):
-                self._dropped(name)
-                self._collections.pop(name, None)
-            self._seen = seen
-            self._checked = started  # what the query saw is at least this recent
+            return {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
 
     def _log_outage(self, exc: object) -> None:
         """Where the database is and what it said go to the log, not to clients."""
@@ -313,38 +243,25 @@ class MetadataStore:
                 conn.execute(update(c).where(c.c.name == name).values(writes=c.c.writes + 1))
                 yield conn
         finally:
-            with self._cache_lock:
-                self._writes += 1
-                self._dropped(name)
-
-    def _dropped(self, name: str) -> None:
-        """The collection changed: its cached rows go, and it may be loaded
-        whole again once it has been quiet a while (under the cache lock)."""
-        self.row_cache.drop(name)
-        self._loads.discard(name)
-        self._changed_at[name] = self._clock()
+            self.cache.changed(name)
 
     def dispose(self) -> None:
-        self._closing.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        self.cache.close()
         self.engine.dispose()
 
     # -- collections -----------------------------------------------------
 
     def cached_collection(self, name: str) -> CollectionRow | None:
         """The collection's row if it is cached (no I/O; None: ask ``get_collection``)."""
-        self._expire_caches()
-        return self._collections.get(name)
+        return self.cache.collection(name)
 
     def get_collection(self, name: str) -> CollectionRow | None:
         """The collection's row; cached, since every search asks (this service
         is the only writer of the table, and invalidates on create and drop)."""
-        self._expire_caches()
-        cached = self._collections.get(name)
+        cached = self.cache.collection(name)
         if cached is not None:
             return cached
-        writes = self._writes
+        token = self.cache.token()
         with self._tx() as conn:
             row = conn.execute(
                 select(self.collections).where(self.collections.c.name == name)
@@ -352,9 +269,7 @@ class MetadataStore:
         if row is None:
             return None
         found = CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
-        with self._cache_lock:
-            if writes == self._writes:  # no write (or change seen by a reader) meanwhile
-                self._collections[name] = found
+        self.cache.keep_collection(found, token)
         return found
 
     def create_collection(self, row: CollectionRow) -> None:
@@ -376,7 +291,7 @@ class MetadataStore:
         return [CollectionRow(r.name, r.model, r.dim, r.metric, r.index_type) for r in rows]
 
     def drop_collection(self, name: str) -> bool:
-        self._collections.pop(name, None)
+        self.cache.forget_collection(name)
         with self._write(name) as conn:
             conn.execute(delete(self.paths).where(self.paths.c.collection == name))
             conn.execute(delete(self.thumbnails).where(self.thumbnails.c.collection == name))
@@ -578,143 +493,26 @@ class MetadataStore:
         search needs them. Ready rows come from the row cache where they can
         (INDEX_ROW_CACHE); the rows it returns must not be modified."""
         wanted = list(dict.fromkeys(ids))
-        self._expire_caches()
-        if not ready_only or not self.row_cache.on:
-            return self._fetch_records(name, wanted, ready_only)
-        with self._cache_lock:
-            known = self.row_cache.answer(name, wanted)
-            if known is not None:
-                return known
-            out = self.row_cache.found(name, wanted)
-            writes = self._writes
-        missing = [i for i in wanted if i not in out]
-        if not missing:
-            return out
-        found = self._fetch_records(name, missing, ready_only=True)
-        out.update(found)
-        with self._cache_lock:
-            if writes == self._writes:  # no write ran meanwhile: still current
-                self.row_cache.add(name, found)
-        self._load_soon(name)
-        return out
+        self.cache.expire()
+        if not ready_only or not self.cache.rows.on:
+            return self.fetch_records(name, wanted, ready_only)
+        return self.cache.records(name, wanted)
 
     def cached_records(self, name: str, ids: Sequence[int]) -> dict[int, ImageRow] | None:
         """``records(name, ids)`` when the row cache knows every one of them
         (no I/O), else None."""
-        self._expire_caches()
-        with self._cache_lock:
-            return self.row_cache.answer(name, ids)
-
-    def _load_soon(self, name: str) -> None:
-        """Starts loading every ready row of the collection into the cache
-        (see ``_claim_load``)."""
-        if self._claim_load(name):
-            threading.Thread(
-                target=self._load, args=(name,), name="row-cache-load", daemon=True
-            ).start()
-
-    def load_at_start(self) -> None:
-        """Loads every collection whole into the row cache, one after another
-        on a thread, as far as they fit: an index that starts (a reader
-        added under load, a writer restarted) serves its first searches
-        without SQL."""
-        if not self.row_cache.on:
-            return
-
-        def load_each() -> None:
-            try:
-                names = [row.name for row in self.list_collections()]
-            except Exception as exc:  # searches load them later, one by one
-                logs.event(log, "row_cache.load_failed", logging.WARNING, error=repr(exc))
-                return
-            for name in names:
-                if self._closing.is_set():
-                    return
-                if self._claim_load(name):
-                    self._load(name)
-
-        self._start_load = threading.Thread(target=load_each, name="row-cache-load", daemon=True)
-        self._start_load.start()
+        return self.cache.answer(name, ids)
 
     def wait_at_start(self, timeout: float) -> bool:
-        """Waits for ``load_at_start`` to have loaded (or passed over) every
-        collection; False when it still runs after ``timeout`` seconds."""
-        if self._start_load is not None:
-            self._start_load.join(timeout)
-            return not self._start_load.is_alive()
-        return True
-
-    def _claim_load(self, name: str) -> bool:
-        """Whether to load the collection now: not while it is being loaded,
-        once tried since its last change, or while it changed too recently
-        (LOAD_QUIET_S; while a writer writes to it, its rows are read per
-        search). True: it is counted as being loaded."""
-        with self._cache_lock:
-            if (
-                name in self._loads
-                or self.row_cache.whole(name)
-                or self._clock() - self._changed_at.get(name, -math.inf)
-                < max(LOAD_QUIET_S, LOAD_QUIET_FACTOR * self._load_s.get(name, 0.0))
-            ):
-                return False
-            self._loads.add(name)
-            self._loading += 1
-            return True
-
-    def _load(self, name: str) -> None:
-        """Loads the collection whole (``_load_whole``); if a write came
-        first, the store is closing or the load failed, it may be tried again
-        once the collection has been quiet a while."""
-        started = self._clock()
-        try:
-            tried = self._load_whole(name, started)
-        except Exception as exc:  # searches read their rows per search, as before
-            logs.event(
-                log, "row_cache.load_failed", logging.WARNING, collection=name, error=repr(exc)
-            )
-            tried = False
-        with self._cache_lock:
-            self._load_s[name] = self._clock() - started
-            if not tried and name in self._loads:
-                self._loads.discard(name)
-                self._changed_at[name] = self._clock()
-            self._loading -= 1
-            self._loads_ended.notify_all()
+        return self.cache.wait_at_start(timeout)
 
     def wait_loads(self, timeout: float) -> bool:
-        """Waits until no collection is being loaded whole; False when one
-        still is after ``timeout`` seconds (real time)."""
-        with self._cache_lock:
-            return self._loads_ended.wait_for(lambda: self._loading == 0, timeout)
+        return self.cache.wait_loads(timeout)
 
-    def _load_whole(self, name: str, started: float) -> bool:
-        """Reads the collection's ready rows page by page, and caches them
-        whole if they fit beside what else is cached and nothing was written
-        (or seen to change) meanwhile. A collection with more rows than fit
-        beside the others is counted, not read: its rows stay cached per
-        search. False: stopped early (a write, or the store closing)."""
-        with self._cache_lock:
-            writes = self._writes
-            room = self.row_cache.room(name)
-        if self.ready_at_most(name, room + 1) > room:
-            return True
-        rows: dict[int, ImageRow] = {}
-        for page in self.id_pages(name, READY):
-            if writes != self._writes or self._closing.is_set():
-                return False
-            rows.update(self._fetch_records(name, page, ready_only=True))
-        with self._cache_lock:
-            if writes != self._writes:
-                return False
-            if self.row_cache.put_whole(name, rows):
-                logs.event(
-                    log,
-                    "row_cache.loaded",
-                    collection=name,
-                    rows=len(rows),
-                    seconds=round(self._clock() - started, 3),
-                )
-            return True
+    def load_at_start(self) -> None:
+        """Loads every collection whole into the row cache, on a thread (an
+        index that starts serves its first searches without SQL)."""
+        self.cache.load_at_start()
 
     def ready_at_most(self, name: str, limit: int) -> int:
         """The collection's ready rows, counted up to ``limit`` (so that the
@@ -729,7 +527,7 @@ class MetadataStore:
         with self._tx() as conn:
             return int(conn.execute(select(func.count()).select_from(first)).scalar_one())
 
-    def _fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
+    def fetch_records(self, name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
         """One query per chunk of ids: rows joined with their paths."""
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:

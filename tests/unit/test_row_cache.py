@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from index_service import metadata
+from index_service import row_cache
 from index_service.metadata import MetadataStore
 from index_service.rows import CollectionRow, ImageRow, NewImage
 from tests.clock import FakeClock
@@ -30,7 +30,7 @@ def loaded(store: MetadataStore, check: Callable[[], bool]) -> bool:
 
 @pytest.fixture
 def quiet_s(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(metadata, "LOAD_QUIET_S", 0.3)
+    monkeypatch.setattr(row_cache, "LOAD_QUIET_S", 0.3)
     return 0.3
 
 
@@ -167,17 +167,17 @@ def test_a_load_stopped_by_the_store_closing_caches_nothing_as_whole(
     images = [NewImage(n, f"{n:064x}", f"/p/{n}.jpg", 10, 4, 3) for n in numbers]
     paths = [(f"/p/{n}.jpg", n) for n in numbers]
     store.write_rows("c", "m", images, paths, [], vectors_stored=lambda: None)
-    read_page = store._fetch_records
+    read_page = store.fetch_records
 
     def then_close(name: str, ids: list[int], ready_only: bool) -> dict[int, ImageRow]:
         rows = read_page(name, ids, ready_only)
-        store._closing.set()  # the store closes while the load reads
+        store.cache._closing.set()  # the store closes while the load reads
         return rows
 
-    monkeypatch.setattr(store, "_fetch_records", then_close)
-    clock.advance(metadata.LOAD_QUIET_S + 1)
-    assert store._claim_load("c")
-    store._load("c")
+    monkeypatch.setattr(store, "fetch_records", then_close)
+    clock.advance(row_cache.LOAD_QUIET_S + 1)
+    assert store.cache._claim_load("c")
+    store.cache._load("c")
     assert not store.row_cache.whole("c")
     assert store.cached_records("c", [1200]) is None  # not "known not ready"
     store.dispose()
