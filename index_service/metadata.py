@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -17,7 +16,6 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
-    create_engine,
     delete,
     func,
     insert,
@@ -26,10 +24,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-from imagesearch import errors, logs
+from imagesearch import errors
+from index_service.database import database_errors, make_engine
 from index_service.row_cache import CachedRows, RowCache
 from index_service.rows import (
     PENDING,
@@ -99,18 +97,6 @@ def records_sql(engine: Engine, img: Table, pt: Table, n: int) -> str:
     )
 
 
-# MySQL/MariaDB errors that say the user lacks a privilege (not an outage).
-ACCESS_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
-
-
-def _refusal(exc: OperationalError) -> str:
-    """The server's words when it refused the user a privilege, else ''."""
-    args: tuple[object, ...] = tuple(getattr(exc.orig, "args", ()))
-    if len(args) >= 2 and args[0] in ACCESS_DENIED:
-        return str(args[1])[:300]
-    return ""
-
-
 class MetadataStore:
     def __init__(
         self,
@@ -138,21 +124,7 @@ class MetadataStore:
         self.read_only = read_only
         self.max_age_s = max_age_s
         self.safe_url = make_url(url).render_as_string(hide_password=True)
-        parsed = make_url(url)
-        # A server connection may die between calls: ping it before use. A
-        # SQLite file cannot, and the ping would cost a round trip per call.
-        kwargs: dict[str, object] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kwargs["pool_recycle"] = 3600
-            connect: dict[str, object] = {"connect_timeout": 5}
-            if tls:
-                connect["ssl"] = tls
-            kwargs["connect_args"] = connect
-        self.engine: Engine = create_engine(url, **kwargs)
+        self.engine: Engine = make_engine(url, tls)
         md = MetaData()
         self.tables = define_tables(md, table_prefix)
         self.collections, self.images, self.paths, self.thumbnails = self.tables.data
@@ -174,32 +146,13 @@ class MetadataStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        """One transaction; database outages become UNAVAILABLE."""
-        try:
+        """One transaction; database outages become UNAVAILABLE, a refused
+        privilege PERMISSION_DENIED (database.py)."""
+        with database_errors(self.safe_url):
             if not self._created:
                 self._create()
             with self.engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
-            refused = _refusal(exc)
-            if refused:
-                # Not an outage: this database user may not do that (a reader's
-                # SELECT-only user asked to write). Retrying will not help.
-                raise errors.permission_denied(
-                    f"the metadata database refused this index's user: {refused}"
-                ) from None
-            self._log_outage(exc.orig if exc.orig is not None else exc)
-            raise errors.unavailable(
-                "the metadata database is unavailable; retry later (the index's log has "
-                "the details)"
-            ) from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                self._log_outage(exc)
-                raise errors.unavailable(
-                    "lost the connection to the metadata database; retry"
-                ) from None
-            raise
 
     def _create(self) -> None:
         """The tables, made when missing (a reader only checks they exist)."""
@@ -225,10 +178,6 @@ class MetadataStore:
         with self.engine.connect() as conn:
             query = select(c.c.name, c.c.created_at_ms, c.c.writes)
             return {r.name: (r.created_at_ms, r.writes) for r in conn.execute(query)}
-
-    def _log_outage(self, exc: object) -> None:
-        """Where the database is and what it said go to the log, not to clients."""
-        logs.event(log, "database.unavailable", logging.WARNING, url=self.safe_url, error=str(exc))
 
     @contextmanager
     def _write(self, name: str) -> Iterator[Connection]:
