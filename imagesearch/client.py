@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,9 @@ class FileError:
 
 @dataclass(frozen=True)
 class Job:
+    """A server-side folder job: the one record of it that clients see (the
+    CLI's --json and the web face's JobOut are ``as_dict``)."""
+
     job_id: str
     state: JobState
     collection: str
@@ -150,6 +153,18 @@ class Job:
     updated_at_ms: int
     model: str = ""  # the model it asked for a new collection
     walk_complete: bool = False  # total is final
+    errors_omitted: int = 0  # file errors counted in `failed` but not listed in `errors`
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as JSON shows it: the state as its label, with
+        ``terminal``; each file error as path, reason and status name."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["state"] = self.state.label
+        out["terminal"] = self.state.terminal
+        out["errors"] = [
+            {"path": e.path, "reason": e.reason, "code": e.code.name} for e in self.errors
+        ]
+        return out
 
     @classmethod
     def from_proto(cls, j: gateway_pb2.Job) -> Job:
@@ -170,6 +185,7 @@ class Job:
             j.updated_at_ms,
             j.model,
             j.walk_complete,
+            j.errors_omitted,
         )
 
 

@@ -120,20 +120,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "state": job.state.label,
-        "collection": job.collection,
-        "folder": job.folder,
-        "total": job.total,
-        "walk_complete": job.walk_complete,
-        "done": job.done,
-        "indexed": job.indexed,
-        "duplicates": job.duplicates,
-        "failed": job.failed,
-        "message": job.message,
-        "errors": [{"path": e.path, "reason": e.reason} for e in job.errors],
-    }
+    return job.as_dict()
 
 
 def watch_stream_s() -> float:

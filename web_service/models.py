@@ -80,6 +80,9 @@ class IndexOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    """The client's Job (imagesearch.client), as ``Job.as_dict`` gives it;
+    a test keeps the two field for field."""
+
     job_id: str
     state: str = Field(description="pending, running, succeeded, failed or canceled")
     terminal: bool
@@ -99,28 +102,13 @@ class JobOut(BaseModel):
     walk_complete: bool = Field(
         default=False, description="the folder is walked to the end: total is final"
     )
+    errors_omitted: int = Field(
+        default=0, description="file errors counted in failed but not listed in errors"
+    )
 
     @classmethod
     def of(cls, j: c.Job) -> JobOut:
-        return cls(
-            job_id=j.job_id,
-            state=j.state.label,
-            terminal=j.state.terminal,
-            collection=j.collection,
-            folder=j.folder,
-            recursive=j.recursive,
-            total=j.total,
-            done=j.done,
-            indexed=j.indexed,
-            duplicates=j.duplicates,
-            failed=j.failed,
-            message=j.message,
-            errors=[FileErrorOut.of(e) for e in j.errors],
-            created_at_ms=j.created_at_ms,
-            updated_at_ms=j.updated_at_ms,
-            model=j.model,
-            walk_complete=j.walk_complete,
-        )
+        return cls.model_validate(j.as_dict())
 
 
 class JobsOut(BaseModel):

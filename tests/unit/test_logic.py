@@ -540,3 +540,33 @@ def test_a_milvus_coming_back_is_unavailable_not_internal() -> None:
     assert milvus_away(MilvusException(code=1, message="failed to connect to 127.0.0.1:19530"))
     assert not milvus_away(MilvusException(code=1100, message="invalid parameter: dim"))
     assert not milvus_away(MilvusException(code=100, message="collection not found[x]"))
+
+
+def test_one_job_record_the_web_face_and_the_cli_show_as_it_is() -> None:
+    """The job record was spelled four times; the web face's JobOut and the
+    CLI's --json are now the client's Job as ``as_dict`` gives it, field for
+    field (errors_omitted, which only the wire had, included)."""
+    import dataclasses
+
+    from imagesearch.client import FileError, Job
+    from web_service.models import JobOut
+
+    job = Job.from_proto(
+        gateway_pb2.Job(
+            job_id="0123456789ab",
+            state=gateway_pb2.JOB_STATE_FAILED,
+            total=9,
+            done=9,
+            failed=3,
+            errors=[gateway_pb2.FileError(path="/a.jpg", reason="broken", code=3)],
+            errors_omitted=2,
+            walk_complete=True,
+        )
+    )
+    assert job.errors == (FileError("/a.jpg", "broken", grpc.StatusCode.INVALID_ARGUMENT),)
+    shown = job.as_dict()
+    assert set(JobOut.model_fields) == {f.name for f in dataclasses.fields(Job)} | {"terminal"}
+    assert JobOut.of(job).model_dump() == shown
+    assert shown["state"] == "failed" and shown["terminal"] is True
+    assert shown["errors_omitted"] == 2 and shown["walk_complete"] is True
+    assert shown["errors"] == [{"path": "/a.jpg", "reason": "broken", "code": "INVALID_ARGUMENT"}]
