@@ -10,7 +10,6 @@ import ipaddress
 import os
 import socket
 import ssl
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +176,6 @@ def test_a_renewed_certificate_is_served_without_a_restart(ca: Ca, tmp_path: Pat
             staged = target.with_suffix(".new")
             staged.write_bytes(source.read_bytes())
             os.replace(staged, target)
-        time.sleep(1.2)
         assert wait_until(lambda: served_name(index.port, ca, gateway) == "second", 10)
     finally:
         index.running.stop(1)
