@@ -2,8 +2,8 @@
 
 One collection of N clustered, unit-length vectors on a Milvus server (PyPI
 milvus==2.3.5, started here), indexed in turn with each index type at the
-parameters the index service would choose (``INDEX_NLIST=0`` and
-``INDEX_PQ_M=0``: derived from the dimension; HNSW and nprobe at their
+parameters the index service would choose (``INDEX_MILVUS_NLIST=0`` and
+``INDEX_MILVUS_PQ_M=0``: derived from the dimension; HNSW and nprobe at their
 defaults). For each type: the build time, the Milvus server's resident
 memory with the collection loaded minus released, the index size per vector
 that the type implies, recall@10 of Q held-out queries against the exact
@@ -18,11 +18,11 @@ figures are for sizing, not a promise of recall.
     .venv/bin/python -m bench.index_scale [--vectors 1000000] [--dim 256]
         [--queries 1000] [--types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ]
 
-A type written IVF_PQ:M builds IVF_PQ with M sub-vectors (``INDEX_PQ_M=M``)
+A type written IVF_PQ:M builds IVF_PQ with M sub-vectors (``INDEX_MILVUS_PQ_M=M``)
 instead of the derived number, e.g. ``--types IVF_PQ,IVF_PQ:64``.
 
 --refine R,...: for IVF_PQ, also the recall and search time when R x 10
-candidates are re-ranked on their stored vectors (``INDEX_REFINE=R``,
+candidates are re-ranked on their stored vectors (``INDEX_MILVUS_REFINE=R``,
 through the index's own vector store), and Milvus' resident memory after
 those reads.
 """
@@ -117,7 +117,10 @@ def build(
 
     vectors = MilvusVectors(
         IndexSettings(
-            milvus_uri="http://127.0.0.1:19530", index_type=index_type, nlist=0, pq_m=pq_m
+            milvus_uri="http://127.0.0.1:19530",
+            milvus_index_type=index_type,
+            milvus_nlist=0,
+            milvus_pq_m=pq_m,
         )
     )
     params = vectors.index_params(dim)
@@ -144,7 +147,7 @@ def measure(
     index: Any = None,
 ) -> tuple[float, float]:
     """(recall@10, median ms of one search); with ``index`` (the index's
-    MilvusVectors), its search, which re-ranks as INDEX_REFINE says."""
+    MilvusVectors), its search, which re-ranks as INDEX_MILVUS_REFINE says."""
     found, times = 0, []
     for q, expected in zip(queries, truth, strict=True):
         start = time.perf_counter()
@@ -233,8 +236,8 @@ def main() -> None:
                             milvus_uri=uri,
                             milvus_prefix="",
                             milvus_consistency="Eventually",
-                            index_type="IVF_PQ",
-                            refine=factor,
+                            milvus_index_type="IVF_PQ",
+                            milvus_refine=factor,
                         )
                     )
                     cpu = cpu_seconds_of("milvus run")

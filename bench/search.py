@@ -193,7 +193,7 @@ def main() -> int:
             env = {
                 "EMBEDDER_MODEL": "resnet50",
                 "EMBEDDER_WEIGHTS": "random",
-                "INDEX_INDEX_TYPE": args.index_type,
+                "INDEX_MILVUS_INDEX_TYPE": args.index_type,
                 "INDEX_MILVUS_URI": milvus_uri,
                 "INDEX_MILVUS_PREFIX": prefix,
             }
@@ -208,7 +208,7 @@ def main() -> int:
                 {
                     "milvus_uri": milvus_uri,
                     "database_url": f"sqlite:///{data / 'meta.db'}",
-                    "index_type": args.index_type,
+                    "milvus_index_type": args.index_type,
                     "reconcile_on_start": False,
                     "milvus_prefix": prefix,
                 },

@@ -172,7 +172,7 @@ def main() -> None:
         settings = {
             "milvus_uri": uri,
             "database_url": f"sqlite:///{data / 'meta.db'}",
-            "index_type": "IVF_FLAT",
+            "milvus_index_type": "IVF_FLAT",
             "reconcile_on_start": False,
         }
         fill(settings, args.vectors, MODEL)

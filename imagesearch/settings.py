@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 from imagesearch.limits import CallLimits
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -273,10 +275,14 @@ def load_settings(
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         name = env_name(prefix, f.name)
         secret = _secret_from_file(name, env) if f.metadata.get("secret") else None
+        was = env_name(prefix, f.metadata["was"]) if f.metadata.get("was") else ""
         if secret is not None:
             values[f.name] = _parse(hints[f.name], secret, f"{name}_FILE")
         elif name in env:
             values[f.name] = _parse(hints[f.name], env[name], name)
+        elif was in env:  # an older name (CHANGELOG.md): still read, said once
+            values[f.name] = _parse(hints[f.name], env[was], was)
+            log.warning("%s is now called %s; the old name still works for now", was, name)
     if argv is not None:
         parser = argparse.ArgumentParser(description=description)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -309,6 +315,8 @@ def settings_table(cls: type, prefix: str) -> list[tuple[str, str, str]]:
         if isinstance(default, tuple):
             default = ",".join(default)
         text = f.metadata.get("help", "")
+        if f.metadata.get("was"):
+            text += f" (was {env_name(prefix, f.metadata['was'])})"
         if f.metadata.get("secret"):
             text += f"; or {env_name(prefix, f.name)}_FILE: a file that holds it"
         rows.append((env_name(prefix, f.name), str(default), text))

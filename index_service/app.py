@@ -90,7 +90,7 @@ def start(settings: IndexSettings, store: IndexStore | None = None) -> RunningSe
         port=running.port,
         milvus=settings.milvus_uri,
         database=store.meta.safe_url,
-        index=settings.index_type,
-        metric=settings.metric,
+        index=settings.milvus_index_type,
+        metric=settings.milvus_metric,
     )
     return running

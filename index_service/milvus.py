@@ -65,15 +65,15 @@ class MilvusVectors:
         self.settings = settings
         self.uri = settings.milvus_uri
         self.lite = is_lite(self.uri)
-        self.metric = settings.metric.upper()
-        self.index_type = settings.index_type.upper()
+        self.metric = settings.milvus_metric.upper()
+        self.index_type = settings.milvus_index_type.upper()
         self.consistency = settings.milvus_consistency
         # A reader asks for data at most this old (the writer's own writes are
         # not in its session): a guarantee timestamp of now minus the staleness.
         self.staleness_s = settings.read_staleness_s if settings.reader else None
-        # Candidates re-ranked on their stored vectors per hit (INDEX_REFINE):
+        # Candidates re-ranked on their stored vectors per hit (INDEX_MILVUS_REFINE):
         # PQ codes order neighbours coarsely, the stored vectors exactly.
-        self.refine = settings.refine or (8 if self.index_type == "IVF_PQ" else 1)
+        self.refine = settings.milvus_refine or (8 if self.index_type == "IVF_PQ" else 1)
         self.max_top_k = MAX_TOPK // self.refine
         self._client: MilvusClient | None = None
         self._aio: AioSearches | None = None  # searches from the server's loop
@@ -174,21 +174,21 @@ class MilvusVectors:
     # -- collections -----------------------------------------------------
 
     def index_params(self, dim: int) -> dict[str, Any]:
-        """Build parameters of a collection of ``dim``-d vectors (INDEX_NLIST
-        and INDEX_PQ_M 0: derived from ``dim``)."""
+        """Build parameters of a collection of ``dim``-d vectors (INDEX_MILVUS_NLIST
+        and INDEX_MILVUS_PQ_M 0: derived from ``dim``)."""
         s = self.settings
         if self.index_type.startswith("IVF"):
-            params: dict[str, Any] = {"nlist": s.nlist or derived_nlist(dim)}
+            params: dict[str, Any] = {"nlist": s.milvus_nlist or derived_nlist(dim)}
             if self.index_type == "IVF_PQ":
-                m = s.pq_m or derived_pq_m(dim)
+                m = s.milvus_pq_m or derived_pq_m(dim)
                 if dim % m:
                     raise errors.invalid_argument(
-                        f"INDEX_PQ_M={m} does not divide the vectors' {dim} dimensions"
+                        f"INDEX_MILVUS_PQ_M={m} does not divide the vectors' {dim} dimensions"
                     )
                 params.update(m=m, nbits=8)
             return params
         if self.index_type == "HNSW":
-            return {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
+            return {"M": s.milvus_hnsw_m, "efConstruction": s.milvus_hnsw_ef_construction}
         return {}
 
     def _reads(self) -> dict[str, Any]:
@@ -204,11 +204,11 @@ class MilvusVectors:
         s = self.settings
         params: dict[str, Any] = {}
         if self.index_type.startswith("IVF"):
-            params = {"nprobe": s.nprobe}
+            params = {"nprobe": s.milvus_nprobe}
         elif self.index_type == "HNSW":
-            params = {"ef": max(s.hnsw_ef, top_k)}
+            params = {"ef": max(s.milvus_hnsw_ef, top_k)}
         elif self.index_type == "DISKANN":
-            params = {"search_list": max(s.diskann_search_list, top_k)}
+            params = {"search_list": max(s.milvus_diskann_search_list, top_k)}
         return {"metric_type": self.metric, "params": params}
 
     def exists(self, name: str) -> bool:

@@ -59,7 +59,7 @@ class IndexSettings(ServerSettings):
         "rpc_workers",
         16,
         "threads that run unary calls (streams have their own); Search runs on the event "
-        "loop instead, its SQL reads and re-ranks (INDEX_REFINE) on asyncio's own threads",
+        "loop instead, its SQL reads and re-ranks (INDEX_MILVUS_REFINE) on asyncio's own threads",
     )
     milvus_uri: str = field(
         default="./data/milvus.db",
@@ -88,7 +88,7 @@ class IndexSettings(ServerSettings):
     milvus_tls_cert: str = field(
         default="", metadata={"help": "PEM client certificate for Milvus (mTLS; with the CA)"}
     )
-    milvus_tls_key: str = field(default="", metadata={"help": "PEM key of MILVUS_TLS_CERT"})
+    milvus_tls_key: str = field(default="", metadata={"help": "PEM key of INDEX_MILVUS_TLS_CERT"})
     milvus_tls_server_name: str = field(
         default="", metadata={"help": "name in Milvus' certificate, if not the URI's host"}
     )
@@ -103,7 +103,7 @@ class IndexSettings(ServerSettings):
     database_tls_cert: str = field(
         default="", metadata={"help": "PEM client certificate for MySQL (with its key)"}
     )
-    database_tls_key: str = field(default="", metadata={"help": "PEM key of DATABASE_TLS_CERT"})
+    database_tls_key: str = field(default="", metadata={"help": "PEM key of INDEX_DATABASE_TLS_CERT"})
     row_cache: int = field(
         default=100_000,
         metadata={
@@ -125,35 +125,39 @@ class IndexSettings(ServerSettings):
         metadata={"help": "paths listed per search hit (oldest first); the rest are counted"},
     )
     table_prefix: str = field(default="imgsearch_", metadata={"help": "prefix of our SQL tables"})
-    metric: str = field(
-        default="IP", metadata={"help": "IP, COSINE or L2 (vectors are unit length)"}
+    milvus_metric: str = field(
+        default="IP",
+        metadata={"was": "metric", "help": "IP, COSINE or L2 (vectors are unit length)"},
     )
-    index_type: str = field(
+    milvus_index_type: str = field(
         default="FLAT",
         metadata={
+            "was": "index_type",
             "help": "FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW, DISKANN (the graph on the query "
             "nodes' disks, PQ codes in memory) or AUTOINDEX (Milvus Lite: FLAT, IVF_FLAT, "
-            "AUTOINDEX)"
+            "AUTOINDEX)",
         },
     )
-    nlist: int = field(
+    milvus_nlist: int = field(
         default=1024,
         metadata={
+            "was": "nlist",
             "help": "IVF: clusters per segment; 0: derived from the collection's dim (4 x "
-            "the square root of the rows a 512 MiB segment holds: 1024 for 2048-d, 1295 for 1280-d)"
+            "the square root of the rows a 512 MiB segment holds: 1024 for 2048-d, 1295 for 1280-d)",
         },
     )
-    pq_m: int = field(
+    milvus_pq_m: int = field(
         default=0,
-        metadata={"help": "IVF_PQ: sub-vectors per vector; 0: one per 8 dimensions"},
+        metadata={"was": "pq_m", "help": "IVF_PQ: sub-vectors per vector; 0: one per 8 dimensions"},
     )
-    refine: int = field(
+    milvus_refine: int = field(
         default=0,
         metadata={
+            "was": "refine",
             "help": "candidates re-ranked on their stored vectors, per hit asked for: a "
             "search takes N x top_k from Milvus and orders them by their exact distance to "
             "the query (one read of their vectors more); 0: 8 for IVF_PQ, 1 (none) for the "
-            "others"
+            "others",
         },
     )
     milvus_shards: int = field(
@@ -163,12 +167,22 @@ class IndexSettings(ServerSettings):
             "over that many channels and data nodes; fixed when the collection is made"
         },
     )
-    nprobe: int = field(default=16, metadata={"help": "IVF: clusters searched"})
-    hnsw_m: int = field(default=16, metadata={"help": "HNSW: M"})
-    hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW: efConstruction"})
-    hnsw_ef: int = field(default=128, metadata={"help": "HNSW: ef at search (raised to top_k)"})
-    diskann_search_list: int = field(
-        default=100, metadata={"help": "DISKANN: search_list at search (raised to top_k)"}
+    milvus_nprobe: int = field(
+        default=16, metadata={"was": "nprobe", "help": "IVF: clusters searched"}
+    )
+    milvus_hnsw_m: int = field(default=16, metadata={"was": "hnsw_m", "help": "HNSW: M"})
+    milvus_hnsw_ef_construction: int = field(
+        default=200, metadata={"was": "hnsw_ef_construction", "help": "HNSW: efConstruction"}
+    )
+    milvus_hnsw_ef: int = field(
+        default=128, metadata={"was": "hnsw_ef", "help": "HNSW: ef at search (raised to top_k)"}
+    )
+    milvus_diskann_search_list: int = field(
+        default=100,
+        metadata={
+            "was": "diskann_search_list",
+            "help": "DISKANN: search_list at search (raised to top_k)",
+        },
     )
     max_items_per_upsert: int = field(default=4096, metadata={"help": "most items in one Upsert"})
     reconcile_on_start: bool = field(default=True, metadata={"help": "repair both stores at start"})
@@ -233,23 +247,27 @@ class IndexSettings(ServerSettings):
         )
         if self.database_tls_ca and not self.database_url.startswith("mysql"):
             raise SettingsError("INDEX_DATABASE_TLS_* applies to MySQL URLs only")
-        if self.metric.upper() not in METRICS:
-            raise SettingsError(f"INDEX_METRIC={self.metric!r}: use one of {', '.join(METRICS)}")
-        if self.index_type.upper() not in INDEX_TYPES:
+        if self.milvus_metric.upper() not in METRICS:
             raise SettingsError(
-                f"INDEX_INDEX_TYPE={self.index_type!r}: use one of {', '.join(INDEX_TYPES)}"
+                f"INDEX_MILVUS_METRIC={self.milvus_metric!r}: use one of {', '.join(METRICS)}"
             )
-        if is_lite(self.milvus_uri) and self.index_type.upper() not in LITE_INDEX_TYPES:
+        if self.milvus_index_type.upper() not in INDEX_TYPES:
             raise SettingsError(
-                f"INDEX_INDEX_TYPE={self.index_type!r} needs a Milvus server; Milvus Lite "
+                f"INDEX_MILVUS_INDEX_TYPE={self.milvus_index_type!r}: use one of {', '.join(INDEX_TYPES)}"
+            )
+        if is_lite(self.milvus_uri) and self.milvus_index_type.upper() not in LITE_INDEX_TYPES:
+            raise SettingsError(
+                f"INDEX_MILVUS_INDEX_TYPE={self.milvus_index_type!r} needs a Milvus server; Milvus Lite "
                 f"builds {', '.join(LITE_INDEX_TYPES)}"
             )
         if not 1 <= self.milvus_shards <= 16:
             raise SettingsError("INDEX_MILVUS_SHARDS must be between 1 and 16")
-        if not 0 <= self.refine <= 64:
-            raise SettingsError("INDEX_REFINE must be between 0 (derived) and 64")
-        if self.nlist < 0 or self.pq_m < 0:
-            raise SettingsError("INDEX_NLIST and INDEX_PQ_M must be >= 0 (0: derived)")
+        if not 0 <= self.milvus_refine <= 64:
+            raise SettingsError("INDEX_MILVUS_REFINE must be between 0 (derived) and 64")
+        if self.milvus_nlist < 0 or self.milvus_pq_m < 0:
+            raise SettingsError(
+                "INDEX_MILVUS_NLIST and INDEX_MILVUS_PQ_M must be >= 0 (0: derived)"
+            )
         if self.milvus_consistency not in ("Session", "Strong", "Bounded", "Eventually"):
             raise SettingsError(
                 f"INDEX_MILVUS_CONSISTENCY={self.milvus_consistency!r}: use Session, Strong, "

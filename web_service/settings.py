@@ -30,7 +30,7 @@ class WebSettings:
     tls_cert: str = field(
         default="", metadata={"help": "PEM certificate (chain): serve HTTPS (empty: HTTP)"}
     )
-    tls_key: str = field(default="", metadata={"help": "PEM private key of TLS_CERT"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of WEB_TLS_CERT"})
     max_upload_mb: int = field(
         default=64,
         metadata={"help": "largest request body (uploads); more is refused with 413"},

@@ -33,7 +33,7 @@ def test_stack_on_milvus_server_and_mariadb(
         database_url=mariadb_url,
         table_prefix=prefix,
         milvus_prefix=prefix,
-        index_type="HNSW",
+        milvus_index_type="HNSW",
     )
     gateway = start_gateway(tmp_path, embedder.addr, index.addr)
     try:

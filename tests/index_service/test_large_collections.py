@@ -55,7 +55,7 @@ def test_an_ivf_pq_collection_with_shards_is_made_and_searched(
     milvus_server: str, tmp_path: Path
 ) -> None:
     with server_store(
-        milvus_server, tmp_path, "big", index_type="IVF_PQ", nlist=0, milvus_shards=2
+        milvus_server, tmp_path, "big", milvus_index_type="IVF_PQ", milvus_nlist=0, milvus_shards=2
     ) as (store, milvus, name):
         rng = np.random.default_rng(7)
         vectors = rng.standard_normal((300, DIM)).astype(np.float32)
@@ -76,7 +76,7 @@ def test_an_ivf_pq_collection_with_shards_is_made_and_searched(
 
 
 def test_a_diskann_collection_is_made_and_searched(milvus_server: str, tmp_path: Path) -> None:
-    with server_store(milvus_server, tmp_path, "disk", index_type="DISKANN") as (
+    with server_store(milvus_server, tmp_path, "disk", milvus_index_type="DISKANN") as (
         store,
         milvus,
         name,
@@ -119,7 +119,9 @@ def test_ivf_pq_candidates_are_re_ranked_on_their_stored_vectors(
     default for IVF_PQ) finds most, and reports their exact distances."""
     from index_service.milvus import MilvusVectors
 
-    with server_store(milvus_server, tmp_path, "pq", index_type="IVF_PQ", nlist=16, pq_m=4) as (
+    with server_store(
+        milvus_server, tmp_path, "pq", milvus_index_type="IVF_PQ", milvus_nlist=16, milvus_pq_m=4
+    ) as (
         store,
         milvus,
         name,

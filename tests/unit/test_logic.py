@@ -498,7 +498,9 @@ def test_the_vector_store_is_chosen_by_its_uri() -> None:
     from index_service.vectors import open_vector_store
 
     lite = open_vector_store(IndexSettings(milvus_uri="./data/milvus.db"))
-    server = open_vector_store(IndexSettings(milvus_uri="http://127.0.0.1:19530", metric="L2"))
+    server = open_vector_store(
+        IndexSettings(milvus_uri="http://127.0.0.1:19530", milvus_metric="L2")
+    )
     assert isinstance(lite, MilvusVectors) and lite.lite
     assert isinstance(server, MilvusVectors) and not server.lite
     assert (server.metric, server.max_top_k) == ("L2", 16384)
@@ -570,3 +572,20 @@ def test_one_job_record_the_web_face_and_the_cli_show_as_it_is() -> None:
     assert shown["state"] == "failed" and shown["terminal"] is True
     assert shown["errors_omitted"] == 2 and shown["walk_complete"] is True
     assert shown["errors"] == [{"path": "/a.jpg", "reason": "broken", "code": "INVALID_ARGUMENT"}]
+
+
+def test_renamed_settings_still_read_their_old_names_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Milvus' index knobs are INDEX_MILVUS_* like its connection settings
+    (CHANGELOG.md); the old names work for now, each with one warning that
+    names the new one, and the new name wins when both are set."""
+    old = {"INDEX_INDEX_TYPE": "HNSW", "INDEX_HNSW_EF": "64", "INDEX_MILVUS_URI": "http://m:19530"}
+    with caplog.at_level("WARNING", logger="imagesearch.settings"):
+        s = load_settings(IndexSettings, "INDEX_", None, old)
+    assert (s.milvus_index_type, s.milvus_hnsw_ef) == ("HNSW", 64)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "INDEX_INDEX_TYPE is now called INDEX_MILVUS_INDEX_TYPE" in said
+    assert "INDEX_HNSW_EF is now called INDEX_MILVUS_HNSW_EF" in said
+    both = load_settings(IndexSettings, "INDEX_", None, {**old, "INDEX_MILVUS_HNSW_EF": "32"})
+    assert both.milvus_hnsw_ef == 32

@@ -126,14 +126,19 @@ def test_large_collection_settings_are_checked_and_derived() -> None:
     assert (derived_pq_m(2048), derived_pq_m(1280), derived_pq_m(100)) == (256, 160, 10)
     server = {"INDEX_MILVUS_URI": "http://milvus:19530"}
     for bad in (
-        {"INDEX_INDEX_TYPE": "IVF_PQ"},  # Milvus Lite builds no PQ index
+        {"INDEX_MILVUS_INDEX_TYPE": "IVF_PQ"},  # Milvus Lite builds no PQ index
         {**server, "INDEX_MILVUS_SHARDS": "17"},
-        {**server, "INDEX_NLIST": "-1"},
-        {**server, "INDEX_REFINE": "65"},
+        {**server, "INDEX_MILVUS_NLIST": "-1"},
+        {**server, "INDEX_MILVUS_REFINE": "65"},
     ):
         with pytest.raises(SettingsError):
             load_settings(IndexSettings, "INDEX_", env=bad)
-    pq = {**server, "INDEX_INDEX_TYPE": "IVF_PQ", "INDEX_NLIST": "0", "INDEX_MILVUS_SHARDS": "4"}
+    pq = {
+        **server,
+        "INDEX_MILVUS_INDEX_TYPE": "IVF_PQ",
+        "INDEX_MILVUS_NLIST": "0",
+        "INDEX_MILVUS_SHARDS": "4",
+    }
     settings = load_settings(IndexSettings, "INDEX_", env=pq)
     from index_service.milvus import MilvusVectors
 
@@ -142,5 +147,7 @@ def test_large_collection_settings_are_checked_and_derived() -> None:
     # IVF_PQ re-ranks 8 x its hits on the stored vectors unless told otherwise; the others none.
     assert (pq_vectors.refine, pq_vectors.max_top_k) == (8, 2048)
     flat = MilvusVectors(load_settings(IndexSettings, "INDEX_", env=server))
-    told = MilvusVectors(load_settings(IndexSettings, "INDEX_", env={**pq, "INDEX_REFINE": "1"}))
+    told = MilvusVectors(
+        load_settings(IndexSettings, "INDEX_", env={**pq, "INDEX_MILVUS_REFINE": "1"})
+    )
     assert (flat.refine, told.refine, flat.max_top_k) == (1, 1, 16384)
