@@ -103,7 +103,9 @@ class IndexSettings(ServerSettings):
     database_tls_cert: str = field(
         default="", metadata={"help": "PEM client certificate for MySQL (with its key)"}
     )
-    database_tls_key: str = field(default="", metadata={"help": "PEM key of INDEX_DATABASE_TLS_CERT"})
+    database_tls_key: str = field(
+        default="", metadata={"help": "PEM key of INDEX_DATABASE_TLS_CERT"}
+    )
     row_cache: int = field(
         default=100_000,
         metadata={
