@@ -162,13 +162,52 @@ def storage(collection: str, prefix: str) -> tuple[int, int, int]:
     return int(rows.get("ready", 0)), int(rows.get("pending", 0)), int(got[0]["count(*)"])
 
 
-def main() -> int:
+def spawn_up(work: Path, photos: Path, prefix: str, port: int) -> subprocess.Popen[bytes]:
+    """`imgsearch up` on the Milvus server and MariaDB, its gateway on ``port``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("INDEX_", "GATEWAY_"))},
+        "INDEX_MILVUS_URI": URI,
+        "INDEX_MILVUS_PREFIX": prefix,
+        "INDEX_DATABASE_URL": MARIADB,
+        "INDEX_TABLE_PREFIX": prefix,
+        "GATEWAY_ALLOWED_ROOTS": str(photos),
+        "GATEWAY_EMBED_BATCH": "16",
+        "GATEWAY_JOB_OUTAGE_S": "600",
+        "EMBEDDER_COMPILE": "false",
+    }
+    with (work / "up.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "imgsearch"),
+                "up",
+                "--data-dir",
+                str(work / "data"),
+                "--gateway-port",
+                str(port),
+                "--embedder-port",
+                str(free_port()),
+                "--index-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+        )
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=512)
     p.add_argument("--faults", default=",".join(FAULTS))
     p.add_argument("--at", type=float, default=0.25, help="fault when this share is done")
     p.add_argument("--timeout", type=float, default=900, help="seconds a job may take")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     faults = [f for f in args.faults.split(",") if f]
     photos = make_small_photos(args.photos)
     files = len(list(photos.glob("*.jpg")))
@@ -183,36 +222,7 @@ def main() -> int:
         mariadb("start")
         milvus.start()
         port = free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("INDEX_", "GATEWAY_"))},
-            "INDEX_MILVUS_URI": URI,
-            "INDEX_MILVUS_PREFIX": prefix,
-            "INDEX_DATABASE_URL": MARIADB,
-            "INDEX_TABLE_PREFIX": prefix,
-            "GATEWAY_ALLOWED_ROOTS": str(photos),
-            "GATEWAY_EMBED_BATCH": "16",
-            "GATEWAY_JOB_OUTAGE_S": "600",
-            "EMBEDDER_COMPILE": "false",
-        }
-        with (work / "up.log").open("ab") as log:
-            up = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "imgsearch"),
-                    "up",
-                    "--data-dir",
-                    str(work / "data"),
-                    "--gateway-port",
-                    str(port),
-                    "--embedder-port",
-                    str(free_port()),
-                    "--index-port",
-                    str(free_port()),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=work,
-            )
+        up = spawn_up(work, photos, prefix, port)
         client = Client(f"127.0.0.1:{port}", timeout=60)
         deadline = time.monotonic() + 600
         while not client.ready():

@@ -167,14 +167,19 @@ def measure(
     return found / truth.size, float(np.median(times)) * 1000
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--types", default="HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ")
     parser.add_argument("--refine", default="", help="IVF_PQ re-rank factors, e.g. 4,8")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     from pymilvus import DataType, MilvusClient
 
     from index_service import milvus_wire

@@ -138,7 +138,96 @@ def report(name: str, size: int, clients: int, lat: list[float], qps: float) -> 
     return p50
 
 
-def main() -> int:
+def load_through_services(
+    data: Path,
+    env: dict[str, str],
+    size: int,
+    clients_list: list[int],
+    args: argparse.Namespace,
+    next_query: Callable[[], np.ndarray],
+    query_image: bytes,
+) -> None:
+    """The services on ``data``: searches by vector and by id on the index,
+    by id and (unless --skip-image) by image through the gateway, at each
+    concurrency."""
+    import grpc
+
+    from imagesearch.channels import make_channel
+    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
+
+    with services(data, env) as ports:
+        index = index_pb2_grpc.IndexServiceStub(make_channel(f"127.0.0.1:{ports['index']}", []))
+        gateway = gateway_pb2_grpc.GatewayServiceStub(
+            make_channel(f"127.0.0.1:{ports['gateway']}", [])
+        )
+        ids = [
+            h.image_id
+            for h in index.Search(
+                index_pb2.IndexServiceSearchRequest(
+                    collection="bench",
+                    vectors=[next_query().tobytes() for _ in range(512)],
+                    top_k=1,
+                ),
+                timeout=60,
+            ).results
+            for h in h.hits
+        ]
+        for clients in clients_list:
+            per = max(1, args.queries // clients)
+
+            def by_vector(i: int) -> None:
+                index.Search(
+                    index_pb2.IndexServiceSearchRequest(
+                        collection="bench", vectors=[next_query().tobytes()], top_k=10
+                    ),
+                    timeout=30,
+                )
+
+            def by_id(i: int) -> None:
+                gateway.Search(
+                    gateway_pb2.SearchRequest(
+                        collection="bench", image_id=ids[i % len(ids)], top_k=10
+                    ),
+                    timeout=30,
+                )
+
+            def by_id_index(i: int) -> None:
+                index.Search(
+                    index_pb2.IndexServiceSearchRequest(
+                        collection="bench", image_ids=[ids[i % len(ids)]], top_k=10
+                    ),
+                    timeout=30,
+                )
+
+            lat, qps = run_load(by_vector, clients, per)
+            report("index", size, clients, lat, qps)
+            lat, qps = run_load(by_id_index, clients, per)
+            index_id_p50 = report("index-id", size, clients, lat, qps)
+            lat, qps = run_load(by_id, clients, per)
+            gw_p50 = report("gateway", size, clients, lat, qps)
+            if clients == 1:
+                print(
+                    f"{'':>7} gateway hop overhead at p50 (gateway by id - index by id): {gw_p50 - index_id_p50:.2f} ms"
+                )
+            if not args.skip_image:
+
+                def by_image(i: int) -> None:
+                    try:
+                        gateway.Search(
+                            gateway_pb2.SearchRequest(
+                                collection="bench", image=query_image, top_k=10
+                            ),
+                            timeout=60,
+                        )
+                    except grpc.RpcError as exc:
+                        raise SystemExit(f"search by image failed: {exc.details()}") from None
+
+                lat, qps = run_load(by_image, clients, max(1, per // 4))
+                report("image", size, clients, lat, qps)
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -154,13 +243,13 @@ def main() -> int:
         action="store_true",
         help="use a standalone Milvus server (PyPI milvus==2.3.5) instead of Milvus Lite",
     )
-    args = p.parse_args()
+    return p.parse_args()
 
-    import grpc
+
+def main() -> int:
+    args = parse_args()
+
     from pymilvus import MilvusClient
-
-    from imagesearch.channels import make_channel
-    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2, index_pb2_grpc
 
     print(f"machine: {machine()}")
     backend = "Milvus 2.3.5 standalone server" if args.milvus_server else "Milvus Lite"
@@ -222,79 +311,7 @@ def main() -> int:
                 f"{time.perf_counter() - t:.1f} s"
             )
             run_direct(milvus_uri, prefix + "bench", clients_list, args.queries, next_query, size)
-            with services(data, env) as ports:
-                index = index_pb2_grpc.IndexServiceStub(
-                    make_channel(f"127.0.0.1:{ports['index']}", [])
-                )
-                gateway = gateway_pb2_grpc.GatewayServiceStub(
-                    make_channel(f"127.0.0.1:{ports['gateway']}", [])
-                )
-                ids = [
-                    h.image_id
-                    for h in index.Search(
-                        index_pb2.IndexServiceSearchRequest(
-                            collection="bench",
-                            vectors=[next_query().tobytes() for _ in range(512)],
-                            top_k=1,
-                        ),
-                        timeout=60,
-                    ).results
-                    for h in h.hits
-                ]
-                for clients in clients_list:
-                    per = max(1, args.queries // clients)
-
-                    def by_vector(i: int) -> None:
-                        index.Search(
-                            index_pb2.IndexServiceSearchRequest(
-                                collection="bench", vectors=[next_query().tobytes()], top_k=10
-                            ),
-                            timeout=30,
-                        )
-
-                    def by_id(i: int) -> None:
-                        gateway.Search(
-                            gateway_pb2.SearchRequest(
-                                collection="bench", image_id=ids[i % len(ids)], top_k=10
-                            ),
-                            timeout=30,
-                        )
-
-                    def by_id_index(i: int) -> None:
-                        index.Search(
-                            index_pb2.IndexServiceSearchRequest(
-                                collection="bench", image_ids=[ids[i % len(ids)]], top_k=10
-                            ),
-                            timeout=30,
-                        )
-
-                    lat, qps = run_load(by_vector, clients, per)
-                    report("index", size, clients, lat, qps)
-                    lat, qps = run_load(by_id_index, clients, per)
-                    index_id_p50 = report("index-id", size, clients, lat, qps)
-                    lat, qps = run_load(by_id, clients, per)
-                    gw_p50 = report("gateway", size, clients, lat, qps)
-                    if clients == 1:
-                        print(
-                            f"{'':>7} gateway hop overhead at p50 (gateway by id - index by id): {gw_p50 - index_id_p50:.2f} ms"
-                        )
-                    if not args.skip_image:
-
-                        def by_image(i: int) -> None:
-                            try:
-                                gateway.Search(
-                                    gateway_pb2.SearchRequest(
-                                        collection="bench", image=query_image, top_k=10
-                                    ),
-                                    timeout=60,
-                                )
-                            except grpc.RpcError as exc:
-                                raise SystemExit(
-                                    f"search by image failed: {exc.details()}"
-                                ) from None
-
-                        lat, qps = run_load(by_image, clients, max(1, per // 4))
-                        report("image", size, clients, lat, qps)
+            load_through_services(data, env, size, clients_list, args, next_query, query_image)
     finally:
         if server:
             server.__exit__(None, None, None)

@@ -131,7 +131,8 @@ def index_search(port: int, channels: ExitStack) -> Callable[[np.ndarray], None]
     return search
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=10_000)
     parser.add_argument("--searches", type=int, default=600)
@@ -149,7 +150,11 @@ def main() -> None:
         default=None,
         help="INDEX_ROW_CACHE of every index (0: each search reads its hits' rows from SQL)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     from pymilvus import MilvusClient
 
     print(machine())
