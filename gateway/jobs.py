@@ -54,7 +54,6 @@ from gateway.jobstore import (
     check_job_id,
     new_job_id,
     now_ms,
-    open_job_store,
     parse_page_token,
     walk_ended,
     walked,
@@ -63,6 +62,7 @@ from gateway.jobstore import page_token as token_of
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import OUTSIDE, AllowedRoots, display_path
 from gateway.settings import GatewaySettings
+from gateway.stores import open_job_store
 from gateway.walk import walk_images
 from imagesearch import errors, logs
 from imagesearch.batching import byte_groups

@@ -37,7 +37,6 @@ from typing import Protocol, get_args, get_origin, get_type_hints
 from prometheus_client import Counter
 
 from gateway.orchestrator import Outcome, Result
-from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
@@ -427,12 +426,27 @@ def conditional(when: Callable[[JobState], bool] | None, changes: dict[str, obje
     return lambda job: changes if when is None or when(job) else None
 
 
-def open_job_store(settings: GatewaySettings) -> JobStore:
-    """GATEWAY_JOBS_URL: empty for the local files, nats://... for NATS."""
-    if not settings.jobs_url:
-        from gateway.localjobs import LocalJobStore
+class ChangeStore:
+    """What both stores build on their own ``change``: conditional updates,
+    and a chunk's results counted once."""
 
-        return LocalJobStore(settings.jobs_dir, settings.max_errors_kept)
-    from gateway.natsjobs import NatsJobStore
+    max_errors_kept: int
 
-    return NatsJobStore.open(settings)
+    def change(self, job_id: str, change: Change) -> JobState | None:
+        raise NotImplementedError
+
+    def update(
+        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
+    ) -> JobState | None:
+        return self.change(job_id, conditional(when, changes))
+
+    def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool:
+        """Adds one chunk's results to the job's counts (and its first
+        errors); False, changing nothing, for a chunk already recorded."""
+
+        def counted(job: JobState) -> dict[str, object] | None:
+            if job.recorded(chunk):
+                return None
+            return count_results(job, chunk, results, self.max_errors_kept)
+
+        return self.change(job_id, counted) is not None

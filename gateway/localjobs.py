@@ -19,7 +19,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,10 +30,9 @@ from gateway.jobstore import (
     CHUNK,
     WALK,
     Change,
+    ChangeStore,
     JobState,
     Work,
-    conditional,
-    count_results,
     encoded,
     follow,
     newest_first,
@@ -42,13 +41,12 @@ from gateway.jobstore import (
     rejected,
     to_forget,
 )
-from gateway.orchestrator import Result
 from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
 
 
-class LocalJobStore:
+class LocalJobStore(ChangeStore):
     """Jobs in files under one folder, with an in-process queue."""
 
     shared = False
@@ -128,11 +126,6 @@ class LocalJobStore:
             self._apply(job, changes)
             return replace(job, errors=list(job.errors))
 
-    def update(
-        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
-    ) -> JobState | None:
-        return self.change(job_id, conditional(when, changes))
-
     # -- work ----------------------------------------------------------------
 
     def put_chunk(self, job_id: str, number: int, files: list[str]) -> None:
@@ -208,17 +201,6 @@ class LocalJobStore:
             self._queues[WALK].put(self._work(WALK, job_id))
         for number in chunks:
             self._queues[CHUNK].put(self._work(CHUNK, job_id, number))
-
-    def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool:
-        """Adds one chunk's results to the job's counts (and its first
-        errors); False, changing nothing, for a chunk already recorded."""
-
-        def change(job: JobState) -> dict[str, object] | None:
-            if job.recorded(chunk):
-                return None
-            return count_results(job, chunk, results, self.max_errors_kept)
-
-        return self.change(job_id, change) is not None
 
     # -- reading -------------------------------------------------------------
 

@@ -52,17 +52,15 @@ from gateway.jobstore import (
     CHUNK,
     WALK,
     Change,
+    ChangeStore,
     JobState,
     Work,
-    conditional,
-    count_results,
     encoded,
     follow,
     not_found,
     now_ms,
     rejected,
 )
-from gateway.orchestrator import Result
 from gateway.settings import GatewaySettings
 from imagesearch import errors, logs
 from imagesearch.naming import COLLECTION_RE
@@ -160,7 +158,7 @@ def connect_options(settings: GatewaySettings) -> dict[str, Any]:
     return options
 
 
-class NatsJobStore:
+class NatsJobStore(ChangeStore):
     """The JobStore on NATS JetStream: state and chunks' files in KV buckets,
     the work in a work-queue stream."""
 
@@ -476,11 +474,6 @@ class NatsJobStore:
             grpc.StatusCode.ABORTED, f"job {job_id} changed too often to update; try again"
         )
 
-    def update(
-        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
-    ) -> JobState | None:
-        return self.change(job_id, conditional(when, changes))
-
     # -- work ----------------------------------------------------------------
 
     def put_chunk(self, job_id: str, number: int, files: list[str]) -> None:
@@ -542,14 +535,6 @@ class NatsJobStore:
                 await self._js.publish(self._subject(CHUNK), unit)
 
         self._call(publish(), timeout=120)
-
-    def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool:
-        def change(job: JobState) -> dict[str, object] | None:
-            if job.recorded(chunk):
-                return None
-            return count_results(job, chunk, results, self.max_errors_kept)
-
-        return self.change(job_id, change) is not None
 
     # -- reading -------------------------------------------------------------
 
