@@ -44,7 +44,7 @@ def rss_mb(pid: int) -> float:
 def fill(url: str, jobs: int) -> None:
     """Run inside the tree under test (``--fill``): ``jobs`` finished jobs
     made through its own store, then the queued walks purged."""
-    from gateway.jobstore import SUCCEEDED, JobState
+    from gateway.jobstore import SUCCEEDED, JobRecord
     from gateway.natsjobs import NatsJobStore
 
     store = NatsJobStore(url, PREFIX, 1000)
@@ -52,7 +52,7 @@ def fill(url: str, jobs: int) -> None:
 
     def one(n: int) -> None:
         job_id = f"{n:012x}"
-        store.create(JobState(job_id, f"c{n % 4}", "/data/photos", True, created_at_ms=start + n))
+        store.create(JobRecord(job_id, f"c{n % 4}", "/data/photos", True, created_at_ms=start + n))
         store.update(job_id, state=SUCCEEDED, total=64, done=64, indexed=64, walk_done=True)
 
     with ThreadPoolExecutor(8) as pool:

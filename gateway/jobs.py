@@ -48,7 +48,7 @@ from gateway.jobstore import (
     SUCCEEDED,
     WALK,
     Change,
-    JobState,
+    JobRecord,
     JobStore,
     Work,
     check_job_id,
@@ -114,7 +114,7 @@ JOB_REDELIVERED = Counter(
     "Job walks and chunks given out again (their gateway stopped on them)",
 )
 
-__all__ = ["JobManager", "JobState"]
+__all__ = ["JobManager", "JobRecord"]
 
 # A chunk's file names, JSON-encoded, stay under this (a NATS message is 1 MB).
 CHUNK_NAME_BYTES = 256 * 1024
@@ -131,16 +131,16 @@ class WalkFailed(Exception):
     """The folder could not be walked (gone, unreadable): the job fails."""
 
 
-def not_terminal(job: JobState) -> bool:
+def not_terminal(job: JobRecord) -> bool:
     return not job.terminal
 
 
-def resumable(job: JobState) -> bool:
+def resumable(job: JobRecord) -> bool:
     """FAILED or CANCELED: ended with work left."""
     return job.terminal and job.state != SUCCEEDED
 
 
-def unless_ended(changes: Callable[[JobState], dict[str, object]]) -> Change:
+def unless_ended(changes: Callable[[JobRecord], dict[str, object]]) -> Change:
     """``changes`` for a job that has not ended; none for one that has."""
     return lambda job: None if job.terminal else changes(job)
 
@@ -226,7 +226,7 @@ class JobManager:
             logs.event(log, "job.resuming", job_id=job.job_id, done=job.done, total=job.total)
             self._requeue(job)
 
-    def _requeue(self, job: JobState) -> None:
+    def _requeue(self, job: JobRecord) -> None:
         if job.complete():
             self.store.update(job.job_id, not_terminal, state=SUCCEEDED, message="")
         else:
@@ -234,7 +234,7 @@ class JobManager:
 
     # -- API -------------------------------------------------------------
 
-    def start(self, collection: str, folder: str, recursive: bool, model: str = "") -> JobState:
+    def start(self, collection: str, folder: str, recursive: bool, model: str = "") -> JobRecord:
         """Saves a new job and queues its walk; answers at once."""
         real = self.roots.resolve(folder)
         if not real.is_dir():
@@ -250,7 +250,7 @@ class JobManager:
             self._starting += 1
         try:
             job = self.store.create(
-                JobState(
+                JobRecord(
                     job_id=new_job_id(),
                     collection=collection,
                     folder=str(real),
@@ -266,12 +266,12 @@ class JobManager:
         logs.event(log, "job.started", job_id=job.job_id, collection=collection, folder=str(real))
         return job
 
-    def get(self, job_id: str) -> JobState:
+    def get(self, job_id: str) -> JobRecord:
         return self.store.get(check_job_id(job_id))
 
     def list_jobs(
         self, collection: str = "", page_size: int = DEFAULT_PAGE, page_token: str = ""
-    ) -> tuple[list[JobState], str]:
+    ) -> tuple[list[JobRecord], str]:
         """A page of jobs, newest first, and the token of the next page ("" at
         the end). The token names the last job given, so pages stay right
         while jobs start or expire in between."""
@@ -296,7 +296,7 @@ class JobManager:
             logs.event(log, "jobs.expired", count=gone)
         return gone
 
-    def cancel(self, job_id: str) -> JobState:
+    def cancel(self, job_id: str) -> JobRecord:
         """Ends the job CANCELED: its queued units are dropped when they come
         up, and the chunks in work (on any gateway) stop within a second or
         so, after the Embed or Upsert call in flight."""
@@ -306,7 +306,7 @@ class JobManager:
         )
         return self.get(job_id)
 
-    def resume(self, job_id: str) -> JobState:
+    def resume(self, job_id: str) -> JobRecord:
         """Queues again what a FAILED or CANCELED job has left: its walk if it
         had not ended, and the chunks not recorded. A running job is left
         alone and the answer says so; of two resumes at once, one queues.
@@ -328,7 +328,7 @@ class JobManager:
 
     def watch(
         self, job_id: str, is_active: Callable[[], bool], interval: float = 0.25
-    ) -> Iterator[JobState]:
+    ) -> Iterator[JobRecord]:
         """Yields the job now and at every change (at most every ``interval``)
         until it ends or the watcher goes away."""
         return self.store.watch(check_job_id(job_id), is_active, interval)
@@ -426,7 +426,7 @@ class JobManager:
             if closing and not working:
                 return
 
-    def _job_of(self, work: Work) -> JobState | None:
+    def _job_of(self, work: Work) -> JobRecord | None:
         """The unit's job; None (the unit is done with) when it is gone, or
         when the unit is poison: it names no job of the form StartIndexJob
         gives, or its job's record cannot be read (terminated, counted)."""
@@ -442,7 +442,7 @@ class JobManager:
                 return None
             raise
 
-    def _outside(self, job: JobState, paths: Iterable[str]) -> str:
+    def _outside(self, job: JobRecord, paths: Iterable[str]) -> str:
         """The first of ``paths`` (the job's folder, or a chunk's files) that
         is not under the allowed roots and the job's folder, read from the
         names alone (nothing is opened); "" when all are. A job record or
@@ -458,7 +458,7 @@ class JobManager:
                 return path
         return ""
 
-    def _refuse_forged(self, work: Work, job: JobState, outside: str) -> None:
+    def _refuse_forged(self, work: Work, job: JobRecord, outside: str) -> None:
         self._fail(
             job.job_id,
             f"PERMISSION_DENIED: {display_path(outside)[:200]} {OUTSIDE}; the job's record or "
@@ -493,7 +493,7 @@ class JobManager:
             self._fail(job.job_id, f"{exc}. ResumeJob walks on from the last file found")
             work.ack()
 
-    def _walk(self, job: JobState, stop: threading.Event) -> bool:
+    def _walk(self, job: JobRecord, stop: threading.Event) -> bool:
         """Publishes the chunks the walk finds after ``walk_last``; True when
         it ended (walked to the end, or the job ended), False when the gateway
         is closing (the walk comes back)."""
@@ -515,7 +515,7 @@ class JobManager:
             logs.event(log, "job.walked", job_id=job.job_id, files=ended.total, chunks=number)
         return True
 
-    def _make_collection_soon(self, job: JobState) -> None:
+    def _make_collection_soon(self, job: JobRecord) -> None:
         """Has the index make the job's collection, if it is new, while the
         first chunks are embedded: making one takes about a second (Milvus),
         which the first chunks' Upserts would otherwise wait for, with the
@@ -603,7 +603,7 @@ class JobManager:
         except errors.ServiceError as exc:  # the store is down too: the job stays unfinished
             logs.event(log, "job.state_unsaved", logging.ERROR, job_id=job_id, error=exc.message)
 
-    def _batch(self, job: JobState, paths: list[str], cancel: threading.Event) -> list[Result]:
+    def _batch(self, job: JobRecord, paths: list[str], cancel: threading.Event) -> list[Result]:
         """One chunk, read and sent in groups that fit the jobs' byte budget."""
         budget = self.budget
         cap = max(1, budget.limit // self.settings.job_concurrency)
@@ -618,7 +618,7 @@ class JobManager:
         return results
 
     def _ingest(
-        self, job: JobState, sources: list[Source], cancel: threading.Event
+        self, job: JobRecord, sources: list[Source], cancel: threading.Event
     ) -> list[Result]:
         """Ingests ``sources``, riding out an outage or overload with backoff for
         up to GATEWAY_JOB_OUTAGE_S: whole calls that fail UNAVAILABLE, time out
@@ -637,7 +637,7 @@ class JobManager:
         return results
 
     def _try(
-        self, job: JobState, sources: list[Source], cancel: threading.Event, backoff: Backoff
+        self, job: JobRecord, sources: list[Source], cancel: threading.Event, backoff: Backoff
     ) -> list[Result]:
         while True:
             try:

@@ -61,7 +61,7 @@ WALK, CHUNK = "walk", "chunk"
 
 
 @dataclass
-class JobState:
+class JobRecord:
     job_id: str
     collection: str
     folder: str
@@ -87,7 +87,7 @@ class JobState:
     unreadable: bool = False  # stands for a record that cannot be loaded (kept until the cap)
 
     @classmethod
-    def load(cls, data: object) -> JobState:
+    def load(cls, data: object) -> JobRecord:
         """A state as saved, by this version or an older one (which listed the
         whole folder before the job began, and knew no walk). ValueError for
         anything else: not an object, a field missing or of the wrong type,
@@ -115,7 +115,7 @@ class JobState:
         return job
 
     @classmethod
-    def damaged(cls, job_id: str, why: str, kept: str, created_at_ms: int = 0) -> JobState:
+    def damaged(cls, job_id: str, why: str, kept: str, created_at_ms: int = 0) -> JobRecord:
         """What a record that cannot be loaded is listed as: a FAILED job that
         says so (never a stopped listing, never silently left out)."""
         return cls(
@@ -214,7 +214,7 @@ def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
     return cursor, sorted(done)
 
 
-def ended_if_complete(job: JobState) -> dict[str, object]:
+def ended_if_complete(job: JobRecord) -> dict[str, object]:
     """The changes that end ``job`` SUCCEEDED when it is complete (and not
     ended already): apply after the change that may complete it."""
     if job.complete() and not job.terminal:
@@ -234,7 +234,7 @@ def _error_bytes(error: dict[str, object]) -> int:
 
 
 def count_results(
-    job: JobState, chunk: int, results: Sequence[Result], max_errors: int
+    job: JobRecord, chunk: int, results: Sequence[Result], max_errors: int
 ) -> dict[str, object]:
     """The changes that add one chunk's results to ``job``: counts, the first
     errors (``max_errors`` and ERRORS_MAX_BYTES at most), the chunk marked
@@ -267,7 +267,7 @@ def count_results(
     return {**changes, **ended_if_complete(after)}
 
 
-def encoded(job: JobState) -> bytes:
+def encoded(job: JobRecord) -> bytes:
     """The job's record as saved, under RECORD_MAX_BYTES: should its paths
     be so long that it is not, fewer of its errors are kept."""
     data = json.dumps(asdict(job)).encode()
@@ -277,22 +277,22 @@ def encoded(job: JobState) -> bytes:
     return data
 
 
-def walked(job: JobState, files: int, last: str) -> dict[str, object]:
+def walked(job: JobRecord, files: int, last: str) -> dict[str, object]:
     """The changes for one more chunk of ``files`` published, ending at ``last``."""
     return {"total": job.total + files, "walked_chunks": job.walked_chunks + 1, "walk_last": last}
 
 
-def walk_ended(job: JobState) -> dict[str, object]:
+def walk_ended(job: JobRecord) -> dict[str, object]:
     """The changes for a walk that has ended (SUCCEEDED if every chunk is in)."""
     return {"walk_done": True, **ended_if_complete(replace(job, walk_done=True))}
 
 
 def follow(
-    get: Callable[[], JobState],
+    get: Callable[[], JobRecord],
     is_active: Callable[[], bool],
     interval: float,
     until_changed: Callable[[int], None],
-) -> Iterator[JobState]:
+) -> Iterator[JobRecord]:
     """A job's versions as ``get`` reads them: now, then whenever the version
     changes (``until_changed(version)`` waits for that, at most a second or
     so), at most every ``interval``, until it ends or ``is_active`` says the
@@ -309,7 +309,7 @@ def follow(
         until_changed(seen)
 
 
-def page_token(job: JobState) -> str:
+def page_token(job: JobRecord) -> str:
     return base64.urlsafe_b64encode(f"{job.created_at_ms}:{job.job_id}".encode()).decode()
 
 
@@ -326,8 +326,8 @@ def parse_page_token(token: str) -> tuple[int, str] | None:
 
 
 def newest_first(
-    jobs: Iterable[JobState], collection: str, size: int, after: tuple[int, str] | None
-) -> tuple[list[JobState], bool]:
+    jobs: Iterable[JobRecord], collection: str, size: int, after: tuple[int, str] | None
+) -> tuple[list[JobRecord], bool]:
     """Up to ``size`` of ``jobs`` (of ``collection``, or all), newest first,
     older than ``after``; and whether more follow."""
     ordered = sorted(
@@ -340,7 +340,7 @@ def newest_first(
     return ordered[:size], len(ordered) > size
 
 
-def to_forget(jobs: Iterable[JobState], older_than_ms: int, keep_finished: int) -> list[JobState]:
+def to_forget(jobs: Iterable[JobRecord], older_than_ms: int, keep_finished: int) -> list[JobRecord]:
     """The finished jobs last changed before ``older_than_ms``, and the least
     recently changed of the rest beyond ``keep_finished``."""
     finished = sorted((j for j in jobs if j.terminal), key=lambda j: (j.updated_at_ms, j.job_id))
@@ -377,26 +377,26 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-Change = Callable[[JobState], "dict[str, object] | None"]
+Change = Callable[[JobRecord], "dict[str, object] | None"]
 
 
 class JobStore(Protocol):
     # Whether other gateways use the same jobs (and queue).
     shared: bool
 
-    def create(self, job: JobState) -> JobState: ...
+    def create(self, job: JobRecord) -> JobRecord: ...
 
-    def get(self, job_id: str) -> JobState: ...
+    def get(self, job_id: str) -> JobRecord: ...
 
     def page(
         self, collection: str, size: int, after: tuple[int, str] | None
-    ) -> tuple[list[JobState], bool]: ...
+    ) -> tuple[list[JobRecord], bool]: ...
 
-    def change(self, job_id: str, change: Change) -> JobState | None: ...
+    def change(self, job_id: str, change: Change) -> JobRecord | None: ...
 
     def update(
-        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
-    ) -> JobState | None: ...
+        self, job_id: str, when: Callable[[JobRecord], bool] | None = None, **changes: object
+    ) -> JobRecord | None: ...
 
     def put_chunk(self, job_id: str, number: int, files: list[str]) -> None: ...
 
@@ -410,9 +410,9 @@ class JobStore(Protocol):
 
     def watch(
         self, job_id: str, is_active: Callable[[], bool], interval: float
-    ) -> Iterator[JobState]: ...
+    ) -> Iterator[JobRecord]: ...
 
-    def unfinished(self) -> list[JobState]: ...
+    def unfinished(self) -> list[JobRecord]: ...
 
     def open_jobs(self) -> int: ...
 
@@ -421,7 +421,7 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-def conditional(when: Callable[[JobState], bool] | None, changes: dict[str, object]) -> Change:
+def conditional(when: Callable[[JobRecord], bool] | None, changes: dict[str, object]) -> Change:
     """``changes`` when ``when`` holds for the job (or always), else none."""
     return lambda job: changes if when is None or when(job) else None
 
@@ -432,19 +432,19 @@ class ChangeStore:
 
     max_errors_kept: int
 
-    def change(self, job_id: str, change: Change) -> JobState | None:
+    def change(self, job_id: str, change: Change) -> JobRecord | None:
         raise NotImplementedError
 
     def update(
-        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
-    ) -> JobState | None:
+        self, job_id: str, when: Callable[[JobRecord], bool] | None = None, **changes: object
+    ) -> JobRecord | None:
         return self.change(job_id, conditional(when, changes))
 
     def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool:
         """Adds one chunk's results to the job's counts (and its first
         errors); False, changing nothing, for a chunk already recorded."""
 
-        def counted(job: JobState) -> dict[str, object] | None:
+        def counted(job: JobRecord) -> dict[str, object] | None:
             if job.recorded(chunk):
                 return None
             return count_results(job, chunk, results, self.max_errors_kept)

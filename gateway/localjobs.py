@@ -31,7 +31,7 @@ from gateway.jobstore import (
     WALK,
     Change,
     ChangeStore,
-    JobState,
+    JobRecord,
     Work,
     encoded,
     follow,
@@ -55,14 +55,14 @@ class LocalJobStore(ChangeStore):
         self.dir = folder
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_errors_kept = max_errors_kept
-        self._jobs: dict[str, JobState] = {}
+        self._jobs: dict[str, JobRecord] = {}
         self._offsets: dict[str, dict[int, int]] = {}  # job -> chunk -> line offset
         self._queues: dict[str, queue.Queue[Work]] = {WALK: queue.Queue(), CHUNK: queue.Queue()}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         for path in sorted(self.dir.glob("*.json")):
             try:
-                job = JobState.load(json.loads(path.read_text()))
+                job = JobRecord.load(json.loads(path.read_text()))
             except (ValueError, TypeError, OSError) as exc:
                 job = self._damaged(path, exc)
             self._jobs[job.job_id] = job
@@ -70,19 +70,19 @@ class LocalJobStore(ChangeStore):
     def _path(self, job_id: str, suffix: str) -> Path:
         return self.dir / f"{job_id}.{suffix}"
 
-    def _damaged(self, path: Path, exc: Exception) -> JobState:
+    def _damaged(self, path: Path, exc: Exception) -> JobRecord:
         """A state file that cannot be read: kept aside as ``.damaged`` and
         reported as a FAILED job, never skipped silently."""
         logs.event(log, "job.damaged", logging.ERROR, file=str(path), error=str(exc))
         os.replace(path, path.with_suffix(".damaged"))
-        job = JobState.damaged(
+        job = JobRecord.damaged(
             path.stem, type(exc).__name__, f"it is kept as {path.stem}.damaged", now_ms()
         )
         with self._lock:
             self._apply(job, {})
         return job
 
-    def _apply(self, job: JobState, changes: dict[str, object]) -> None:
+    def _apply(self, job: JobRecord, changes: dict[str, object]) -> None:
         """Applies changes, persists, wakes watchers; call with the lock held."""
         for key, value in changes.items():
             setattr(job, key, value)
@@ -91,7 +91,7 @@ class LocalJobStore(ChangeStore):
         write_atomic(self._path(job.job_id, "json"), encoded(job))
         self._changed.notify_all()
 
-    def create(self, job: JobState) -> JobState:
+    def create(self, job: JobRecord) -> JobRecord:
         with self._lock:
             self._jobs[job.job_id] = job
             self._apply(job, {})
@@ -99,7 +99,7 @@ class LocalJobStore(ChangeStore):
         self._queues[WALK].put(self._work(WALK, job.job_id))
         return created
 
-    def get(self, job_id: str) -> JobState:
+    def get(self, job_id: str) -> JobRecord:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -108,12 +108,12 @@ class LocalJobStore(ChangeStore):
 
     def page(
         self, collection: str, size: int, after: tuple[int, str] | None
-    ) -> tuple[list[JobState], bool]:
+    ) -> tuple[list[JobRecord], bool]:
         with self._lock:
             jobs, more = newest_first(self._jobs.values(), collection, size, after)
             return [replace(j, errors=list(j.errors)) for j in jobs], more
 
-    def change(self, job_id: str, change: Change) -> JobState | None:
+    def change(self, job_id: str, change: Change) -> JobRecord | None:
         """The job after ``change(job)``'s changes; None, changing nothing,
         when it gives None."""
         with self._lock:
@@ -206,7 +206,7 @@ class LocalJobStore(ChangeStore):
 
     def watch(
         self, job_id: str, is_active: Callable[[], bool], interval: float
-    ) -> Iterator[JobState]:
+    ) -> Iterator[JobRecord]:
         def until_changed(seen: int) -> None:
             with self._lock:
                 job = self._jobs.get(job_id)
@@ -215,7 +215,7 @@ class LocalJobStore(ChangeStore):
 
         return follow(lambda: self.get(job_id), is_active, interval, until_changed)
 
-    def unfinished(self) -> list[JobState]:
+    def unfinished(self) -> list[JobRecord]:
         with self._lock:
             return [replace(j) for j in self._jobs.values() if not j.terminal]
 

@@ -4,7 +4,7 @@ gateway that names the same server and GATEWAY_JOBS_PREFIX.
 - A job's state is one key of the key-value bucket ``<prefix>_jobs``; every
   change is a revision-checked update (compare and set), so gateways that
   record chunks of one job at the same time never lose a count, and a chunk
-  recorded twice is counted once (``JobState.recorded``).
+  recorded twice is counted once (``JobRecord.recorded``).
 - ``<prefix>_index`` lists the jobs by name alone, so that listing, counting
   and expiring read only the records they show: ``c.<created ms>.<job>.<collection>``
   for every job (newest first is the names sorted), ``open.<job>`` for each
@@ -53,7 +53,7 @@ from gateway.jobstore import (
     WALK,
     Change,
     ChangeStore,
-    JobState,
+    JobRecord,
     Work,
     encoded,
     follow,
@@ -317,7 +317,7 @@ class NatsJobStore(ChangeStore):
 
     # -- state ---------------------------------------------------------------
 
-    def _read(self, job_id: str) -> tuple[JobState, int]:
+    def _read(self, job_id: str) -> tuple[JobRecord, int]:
         """The job and its revision; NOT_FOUND, or DATA_LOSS for a record
         that cannot be loaded."""
         try:
@@ -327,19 +327,19 @@ class NatsJobStore(ChangeStore):
         if entry.value is None:
             raise not_found(job_id)
         try:
-            return JobState.load(json.loads(entry.value)), int(entry.revision or 0)
+            return JobRecord.load(json.loads(entry.value)), int(entry.revision or 0)
         except ValueError as exc:  # JSON, UTF-8 or the record's fields
             raise _damaged(job_id, exc) from None
 
-    def _loaded(self, key: str, value: bytes, created_at_ms: int = 0) -> JobState:
+    def _loaded(self, key: str, value: bytes, created_at_ms: int = 0) -> JobRecord:
         """A listed record, or a FAILED job saying it is damaged (logged once)."""
         try:
-            return JobState.load(json.loads(value))
+            return JobRecord.load(json.loads(value))
         except ValueError as exc:
             if key not in self._damaged_seen and len(self._damaged_seen) < 10_000:
                 self._damaged_seen.add(key)
                 logs.event(log, "job.damaged", logging.ERROR, job_id=key, error=str(exc)[:200])
-            return JobState.damaged(
+            return JobRecord.damaged(
                 key,
                 str(exc)[:200],
                 "it stays in the job store until GATEWAY_MAX_FINISHED_JOBS forgets it",
@@ -375,7 +375,7 @@ class NatsJobStore(ChangeStore):
             k.removeprefix("open.") for k in self._call(self._keys(self._index_bucket, "open."))
         ]
 
-    def _index_key(self, job: JobState) -> str:
+    def _index_key(self, job: JobRecord) -> str:
         """A damaged or forged record's collection may be anything: ``-``."""
         collection = job.collection if COLLECTION_RE.fullmatch(job.collection) else "-"
         return f"c.{max(job.created_at_ms, 0):013d}.{job.job_id}.{collection}"
@@ -398,7 +398,7 @@ class NatsJobStore(ChangeStore):
         if missing:
             logs.event(log, "jobs.indexed", jobs=len(missing))
 
-    def _read_many(self, job_ids: Sequence[str], created: Sequence[int] = ()) -> list[JobState]:
+    def _read_many(self, job_ids: Sequence[str], created: Sequence[int] = ()) -> list[JobRecord]:
         """The records of ``job_ids`` (one round of concurrent gets), those
         gone left out, damaged ones as FAILED jobs saying so."""
 
@@ -418,7 +418,7 @@ class NatsJobStore(ChangeStore):
             jobs.append(self._loaded(job_ids[n], entry.value, created[n] if created else 0))
         return jobs
 
-    def create(self, job: JobState) -> JobState:
+    def create(self, job: JobRecord) -> JobRecord:
         job.version, job.updated_at_ms = 1, now_ms()
         # The open mark, then the listing, then the record: expiry, which
         # passes over open jobs, never sees this one listed and unmarked.
@@ -428,12 +428,12 @@ class NatsJobStore(ChangeStore):
         self.requeue(job.job_id, walk=True, chunks=())
         return job
 
-    def get(self, job_id: str) -> JobState:
+    def get(self, job_id: str) -> JobRecord:
         return self._read(job_id)[0]
 
     def page(
         self, collection: str, size: int, after: tuple[int, str] | None
-    ) -> tuple[list[JobState], bool]:
+    ) -> tuple[list[JobRecord], bool]:
         """Newest first from the index's names; only the page's records are read."""
         listed = sorted(
             (
@@ -449,7 +449,7 @@ class NatsJobStore(ChangeStore):
         jobs = self._read_many([j for _, j in shown], [c for c, _ in shown])
         return jobs, len(listed) > size
 
-    def change(self, job_id: str, change: Change) -> JobState | None:
+    def change(self, job_id: str, change: Change) -> JobRecord | None:
         """Applies ``change(job)`` (None: leave it) with a revision-checked
         update, read again and retried when another gateway wrote first."""
         for _ in range(CAS_TRIES):
@@ -540,7 +540,7 @@ class NatsJobStore(ChangeStore):
 
     def watch(
         self, job_id: str, is_active: Callable[[], bool], interval: float
-    ) -> Iterator[JobState]:
+    ) -> Iterator[JobRecord]:
         """Yields the job now and whenever its key changes in the bucket (a
         KV watch, so a job worked on by other gateways is followed too), at
         most every ``interval``, until it ends or the watcher goes away."""
@@ -561,7 +561,7 @@ class NatsJobStore(ChangeStore):
             with contextlib.suppress(errors.ServiceError):
                 self._call(watcher.stop(), timeout=5)
 
-    def unfinished(self) -> list[JobState]:
+    def unfinished(self) -> list[JobRecord]:
         """The jobs the index holds open; an open mark left by a gateway that
         stopped between ending a job and clearing it is cleared here."""
         jobs = self._read_many(self._open_ids())

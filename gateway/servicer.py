@@ -17,7 +17,7 @@ from gateway.auth import refuse_below
 from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.deadline import Deadline
-from gateway.jobs import JobManager, JobState
+from gateway.jobs import JobManager, JobRecord
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
@@ -61,7 +61,7 @@ def code_number(stored: object) -> int:
     return errors.status_code_number(grpc.StatusCode[text])
 
 
-def job_message(job: JobState, with_errors: bool = True) -> gateway_pb2.Job:
+def job_message(job: JobRecord, with_errors: bool = True) -> gateway_pb2.Job:
     return gateway_pb2.Job(
         job_id=job.job_id,
         state=JOB_STATES[job.state],

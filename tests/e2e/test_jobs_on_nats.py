@@ -204,7 +204,7 @@ def _ended(stub: gateway_pb2_grpc.GatewayServiceStub, job_id: str) -> gateway_pb
 def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
     nats_url: str, embedder: Server, tmp_path: Path
 ) -> None:
-    from gateway.jobstore import CHUNK, WALK, JobState, walk_ended, walked
+    from gateway.jobstore import CHUNK, WALK, JobRecord, walk_ended, walked
     from gateway.natsjobs import NatsJobStore
     from gateway.paths import AllowedRoots
     from gateway.walk import walk_images
@@ -213,7 +213,7 @@ def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
     # A gateway that walks the folder, takes chunk 0 and dies on it (never acks).
     dying = NatsJobStore(nats_url, prefix, max_errors_kept=10, ack_wait_s=1.0)
     folder = CLOTHING / "Hat"
-    dying.create(JobState(DOOMED, "doomed", str(folder), True, batch_size=4))
+    dying.create(JobRecord(DOOMED, "doomed", str(folder), True, batch_size=4))
     walk = dying.claim(WALK, timeout=10)
     files = list(walk_images(folder, True, AllowedRoots([folder])))
     for number, start in enumerate(range(0, len(files), 4)):

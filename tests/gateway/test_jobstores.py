@@ -27,7 +27,7 @@ from gateway.jobstore import (
     RUNNING,
     SUCCEEDED,
     WALK,
-    JobState,
+    JobRecord,
     JobStore,
     Work,
     now_ms,
@@ -77,11 +77,11 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
         store.close()
 
 
-def new_job(store: JobStore, job_id: str, files: int, created: int = 1) -> JobState:
+def new_job(store: JobStore, job_id: str, files: int, created: int = 1) -> JobRecord:
     """A job whose walk (claimed from the store's queue) found ``files``
     files, in chunks of 4."""
     job = store.create(
-        JobState(job_id, "photos", "/data", True, batch_size=4, created_at_ms=created)
+        JobRecord(job_id, "photos", "/data", True, batch_size=4, created_at_ms=created)
     )
     assert job.total == 0 and not job.walk_done
     walk = claim(store, WALK)
@@ -137,7 +137,7 @@ def test_chunks_are_queued_and_counted_once_however_often_they_are_recorded(
 
 def test_a_walk_that_ends_after_its_chunks_ends_the_job(stores: Stores) -> None:
     store = stores.make()
-    store.create(JobState("e", "photos", "/data", True, batch_size=4))
+    store.create(JobRecord("e", "photos", "/data", True, batch_size=4))
     claim(store, WALK).ack()
     store.put_chunk("e", 0, ["/data/x.jpg"])
     store.change("e", lambda j: walked(j, 1, "/data/x.jpg"))
@@ -284,7 +284,7 @@ def test_a_watcher_sees_changes_made_through_another_store(stores: Stores) -> No
     watcher = stores.make()
     writer = stores.peer(watcher)
     new_job(writer, "w", 8)
-    seen: list[JobState] = []
+    seen: list[JobRecord] = []
     done = threading.Event()
 
     def watch() -> None:
@@ -404,8 +404,8 @@ class RecordedMeanwhile:
         self.pending = True
 
     def update(
-        self, job_id: str, when: Callable[[JobState], bool] | None = None, **changes: object
-    ) -> JobState | None:
+        self, job_id: str, when: Callable[[JobRecord], bool] | None = None, **changes: object
+    ) -> JobRecord | None:
         if self.pending and job_id == self.job_id:
             self.pending = False
             files = self.peer.chunk_files(job_id, self.chunk)
