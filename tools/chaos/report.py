@@ -116,6 +116,12 @@ def in_fault(record: SearchRecord, faults: Sequence[Fault]) -> bool:
     return any(f.at <= record.started <= (f.ready or float("inf")) + GRACE_S for f in faults)
 
 
+def _last_fault(record: SearchRecord, faults: Sequence[Fault]) -> str:
+    """The part:kind of the last fault before the search began ('none')."""
+    before = [f for f in faults if f.at <= record.started]
+    return f"{before[-1].part}:{before[-1].kind}" if before else "none"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
@@ -202,6 +208,7 @@ def build(
         "search_failures_unexcused": len(unexcused),
         "search_failures_by_client": dict(Counter(r.client for r in failed)),
         "search_errors": dict(Counter(r.error.split(":")[0] for r in failed).most_common(6)),
+        "unexcused_after": dict(Counter(_last_fault(r, faults) for r in unexcused)),
         "unexcused_examples": [
             f"{r.client} at {r.started - (faults[0].at if faults else 0):.1f}s: {r.error}"
             for r in unexcused[:5]
@@ -256,6 +263,7 @@ def table(report: dict[str, Any]) -> str:
         "searches",
         "search_failures",
         "search_failures_unexcused",
+        "unexcused_after",
         "search_failures_by_client",
         "search_errors",
         "search_ms_calm",

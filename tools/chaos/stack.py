@@ -233,7 +233,11 @@ class Stack:
         token = self.milvus_token if self.milvus_set else f"{MILVUS_USER}:{MILVUS_DEFAULT_PASSWORD}"
         client = MilvusClient(uri=self.milvus_uri, token=token, timeout=5)
         try:
-            client.list_collections(timeout=5)
+            # Back means serving: after a restart Milvus answers at once but
+            # reloads its collections for 10-20 s more (its code 101), and
+            # a search before that fails. One read of each says it can.
+            for name in client.list_collections(timeout=5):
+                client.query(name, filter="id >= 0", limit=1, timeout=5)
         finally:
             client.close()
         return True
