@@ -122,7 +122,6 @@ class MetadataStore:
         time)."""
         self.url = url
         self.read_only = read_only
-        self.max_age_s = max_age_s
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         self.engine: Engine = make_engine(url, tls)
         md = MetaData()

@@ -154,6 +154,10 @@ MIGRATIONS = (
 LATEST = MIGRATIONS[-1].number
 
 
+def _record(conn: Connection, migrations: Table, number: int, what: str) -> None:
+    conn.execute(insert(migrations).values(number=number, what=what, applied_at_ms=now_ms()))
+
+
 def create_or_migrate(engine: Engine, md: MetaData, tables: Tables) -> list[int]:
     """Makes what tables are missing; a database that had data tables before
     gets each migration past the last one recorded, in order, each recorded
@@ -165,9 +169,7 @@ def create_or_migrate(engine: Engine, md: MetaData, tables: Tables) -> list[int]
     with engine.begin() as conn:
         done = conn.execute(select(func.max(m.c.number))).scalar()
         if done is None and fresh:
-            conn.execute(
-                insert(m).values(number=LATEST, what="new database", applied_at_ms=now_ms())
-            )
+            _record(conn, m, LATEST, "new database")
             return []
     applied = []
     for migration in MIGRATIONS:
@@ -175,11 +177,7 @@ def create_or_migrate(engine: Engine, md: MetaData, tables: Tables) -> list[int]
             continue
         with engine.begin() as conn:
             migration.apply(conn, tables)
-            conn.execute(
-                insert(m).values(
-                    number=migration.number, what=migration.what, applied_at_ms=now_ms()
-                )
-            )
+            _record(conn, m, migration.number, migration.what)
         logs.event(log, "schema.migrated", number=migration.number, what=migration.what)
         applied.append(migration.number)
     return applied

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from tools.milvus_server import listening
+
 LOG_CAP_BYTES = 16 * 1024 * 1024
 
 
@@ -26,12 +28,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class LogSink:
@@ -78,13 +74,11 @@ class Part:
         self.argv = list(argv)
         self.env = env
         self.log = logs / f"{name}.log"
-        self.port = port
         self.replicated = replicated
         self._ready = ready or (lambda: listening(port))
         self.cwd = cwd
         self.stop_signal = stop_signal
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -98,7 +92,6 @@ class Part:
         )
         assert self.proc.stdout is not None
         LogSink(self.proc.stdout, self.log)
-        self.starts += 1
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, select
 
 from imagesearch.client import Client, ImageSearchError
 from tools.chaos.nemesis import Fault
@@ -29,7 +29,6 @@ class Storage:
     count: int = -1  # the gateway's Count
     sql_ready: int = 0
     milvus_entities: int = 0
-    not_found_by_search: int = 0
 
 
 def check_storage(stack: Stack, photos: Sequence[Photo], target: str) -> Storage:
@@ -37,27 +36,24 @@ def check_storage(stack: Stack, photos: Sequence[Photo], target: str) -> Storage
     search by its id through the gateways finds it."""
     from pymilvus import MilvusClient
 
+    from index_service.rows import READY
+    from index_service.schema import define_tables
     from index_service.settings import IndexSettings
 
     defaults = IndexSettings()  # the stack runs the index on its default names
-    images, paths_table = f"{defaults.table_prefix}images", f"{defaults.table_prefix}image_paths"
+    tables = define_tables(MetaData(), defaults.table_prefix)
+    img, pt = tables.images, tables.paths
     vectors_of = f"{defaults.milvus_prefix}{COLLECTION}"
     found = Storage(len(photos))
     engine = create_engine(stack.database_url("root"))
     with engine.connect() as conn:
-        ready = {
-            int(r[0])
-            for r in conn.execute(
-                text(f"SELECT image_id FROM {images} WHERE collection = :c AND status = 'ready'"),
-                {"c": COLLECTION},
-            )
-        }
+        ready = set(
+            conn.execute(
+                select(img.c.image_id).where(img.c.collection == COLLECTION, img.c.status == READY)
+            ).scalars()
+        )
         paths = Counter(
-            int(r[0])
-            for r in conn.execute(
-                text(f"SELECT image_id FROM {paths_table} WHERE collection = :c"),
-                {"c": COLLECTION},
-            )
+            conn.execute(select(pt.c.image_id).where(pt.c.collection == COLLECTION)).scalars()
         )
     engine.dispose()
     found.sql_ready = len(ready)
@@ -94,7 +90,6 @@ def check_storage(stack: Stack, photos: Sequence[Photo], target: str) -> Storage
             found.lost.append(name)
         elif paths[photo.image_id] > 1 or vectors[photo.image_id] > 1:
             found.doubled.append(name)
-        found.not_found_by_search += not seen
     extra = found.milvus_entities - len(vectors)
     if extra > 0:  # vectors of no photo of ours, or one stored twice that query folds
         found.doubled.append(f"{extra} Milvus entities beyond the photos")
@@ -128,6 +123,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, int]:
+    """p50 and p99 in ms of sorted latencies in seconds, and how many."""
+    return {
+        "p50": round(percentile(seconds, 50) * 1000),
+        "p99": round(percentile(seconds, 99) * 1000),
+        "n": len(seconds),
+    }
 
 
 def recovery(fault: Fault, records: Sequence[SearchRecord], until: float) -> float | None:
@@ -213,16 +217,8 @@ def build(
             f"{r.client} at {r.started - (faults[0].at if faults else 0):.1f}s: {r.error}"
             for r in unexcused[:5]
         ],
-        "search_ms_calm": {
-            "p50": round(percentile(calm, 50) * 1000),
-            "p99": round(percentile(calm, 99) * 1000),
-            "n": len(calm),
-        },
-        "search_ms_faults": {
-            "p50": round(percentile(stormy, 50) * 1000),
-            "p99": round(percentile(stormy, 99) * 1000),
-            "n": len(stormy),
-        },
+        "search_ms_calm": latency_ms(calm),
+        "search_ms_faults": latency_ms(stormy),
         "rss_mib_start": rss_start,
         "rss_mib_end": rss_end,
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 import pymysql
 
 from imagesearch.healthcheck import check
-from tools.chaos.parts import Part, free_port, listening
+from tools.chaos.parts import Part, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MARIADBD = "/usr/sbin/mariadbd"
@@ -42,8 +42,7 @@ MILVUS_PORT_FLAGS = (
 
 
 def tool(name: str, fallback: str) -> str | None:
-    found = shutil.which(name) or (fallback if Path(fallback).exists() else None)
-    return found
+    return shutil.which(name) or (fallback if Path(fallback).exists() else None)
 
 
 def missing_tools() -> list[str]:
@@ -156,6 +155,23 @@ class Stack:
     def _python(self, module: str) -> list[str]:
         return [sys.executable, "-m", module]
 
+    def _service(
+        self, name: str, module: str, service: str, env: dict[str, str], replicated: bool = False
+    ) -> Part:
+        """One of our gRPC services (``python -m module`` on the part's port),
+        ready once its health says ``imagesearch.v1.<service>`` is SERVING."""
+        port = self.ports[name]
+        return Part(
+            name,
+            self._python(module),
+            env=env,
+            logs=self.logs,
+            port=port,
+            replicated=replicated,
+            ready=lambda: check(port, f"imagesearch.v1.{service}"),
+            cwd=ROOT,
+        )
+
     def _nats(self) -> Part:
         binary = tool("nats-server", "/usr/sbin/nats-server") or "nats-server"
         port = self.ports["nats"]
@@ -258,15 +274,8 @@ class Stack:
         }
         if self.config.weights:
             env["EMBEDDER_WEIGHTS"] = self.config.weights
-        return Part(
-            name,
-            self._python("embedder_service"),
-            env=embedder_environment(env),
-            logs=self.logs,
-            port=port,
-            replicated=True,
-            ready=lambda: check(port, "imagesearch.v1.EmbedderService"),
-            cwd=ROOT,
+        return self._service(
+            name, "embedder_service", "EmbedderService", embedder_environment(env), replicated=True
         )
 
     def _index(self, role: str) -> Part:
@@ -281,15 +290,7 @@ class Stack:
             "INDEX_MILVUS_TOKEN_FILE": self.secret("milvus-token", self.milvus_token),
             "INDEX_DATABASE_URL_FILE": self.secret(f"db-{user}", self.database_url(user)),
         }
-        return Part(
-            role,
-            self._python("index_service"),
-            env=env,
-            logs=self.logs,
-            port=port,
-            ready=lambda: check(port, "imagesearch.v1.IndexService"),
-            cwd=ROOT,
-        )
+        return self._service(role, "index_service", "IndexService", env)
 
     def _gateway(self, name: str) -> Part:
         port = self.ports[name]
@@ -307,16 +308,7 @@ class Stack:
             "GATEWAY_ALLOWED_ROOTS": str(self.config.photos),
             "GATEWAY_EMBED_BATCH": str(self.config.embed_batch),
         }
-        return Part(
-            name,
-            self._python("gateway"),
-            env=env,
-            logs=self.logs,
-            port=port,
-            replicated=True,
-            ready=lambda: check(port, "imagesearch.v1.GatewayService"),
-            cwd=ROOT,
-        )
+        return self._service(name, "gateway", "GatewayService", env, replicated=True)
 
     def _web(self) -> Part:
         port = self.ports["web"]
@@ -435,4 +427,4 @@ class Stack:
         return {name: round(part.rss_mib(), 1) for name, part in self.parts.items()}
 
 
-__all__ = ["Stack", "StackConfig", "listening", "missing_tools"]
+__all__ = ["Stack", "StackConfig", "missing_tools"]

@@ -67,7 +67,6 @@ class Unit:
     photos: list[Photo]
     folder: Path
     job_id: str = ""
-    tries: int = 0
     done: bool = False
 
 
@@ -130,7 +129,7 @@ class Ingest:
         self.lock = threading.Lock()
         self.started_at = 0.0
         self.threads: list[threading.Thread] = []
-        self.pending = list(units)
+        self.pending = list(enumerate(units))  # (its place in the pace, unit)
         self.final: dict[str, Job] = {}  # job id -> its end
         self.failed: dict[str, Job] = {}  # job id -> how it ended when it did not succeed
         self.resumes = 0
@@ -150,8 +149,7 @@ class Ingest:
         with self.lock:
             if not self.pending:
                 return None
-            unit = self.pending.pop(0)
-            return self.units.index(unit), unit
+            return self.pending.pop(0)
 
     def _work(self) -> None:
         while not self.stop.is_set():
@@ -167,7 +165,6 @@ class Ingest:
 
     def _start_job(self, unit: Unit) -> None:
         while not self.stop.is_set():
-            unit.tries += 1
             try:
                 unit.job_id = self.client.start_job(
                     str(unit.folder), collection=COLLECTION, timeout=30
@@ -183,7 +180,6 @@ class Ingest:
             for p in unit.photos
         ]
         while not self.stop.is_set():
-            unit.tries += 1
             try:
                 report = self.client.index_images(images, collection=COLLECTION, timeout=120)
             except ImageSearchError:
@@ -221,7 +217,7 @@ class Ingest:
                     self.resumes += 1
                 except ImageSearchError:
                     pass
-            if all(u.done for u in self.units):
+            if self.finished():
                 return
             self.stop.wait(1.0)
 
