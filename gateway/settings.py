@@ -125,7 +125,7 @@ class GatewaySettings(ServerSettings):
     max_queries: int = field(
         default=64, metadata={"help": "most queries in one Search (refused before any is read)"}
     )
-    # The deadline and retry policy (README, "Deadlines and retries").
+    # The deadline and retry policy (docs/concepts.md, "Deadlines and retries").
     backend_wait_s: float = field(
         default=60.0,
         metadata={
@@ -229,7 +229,7 @@ class GatewaySettings(ServerSettings):
     jobs_tls_key: str = field(
         default="", metadata={"help": "with NATS: the key of GATEWAY_JOBS_TLS_CERT"}
     )
-    # Security (README, "Security").
+    # Security (docs/security.md).
     tokens_file: str = field(
         default="",
         metadata={

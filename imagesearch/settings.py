@@ -308,7 +308,7 @@ def load_settings(
 
 
 def settings_table(cls: type, prefix: str) -> list[tuple[str, str, str]]:
-    """(env var, default, help) rows, for the README's configuration table."""
+    """(env var, default, help) rows, for the configuration tables in docs/configuration.md."""
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else ""

@@ -1,5 +1,5 @@
-"""Rewrites the configuration tables in README.md from the settings classes
-(``make docs``); tests/test_readme.py fails when they disagree."""
+"""Rewrites the configuration tables in docs/configuration.md from the settings
+classes (``make config-tables``); tests/test_docs.py fails when they disagree."""
 
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def tables() -> str:
 
 
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "configuration.md"
+    text = page.read_text()
     start, end = text.index(START), text.index(END)
-    readme.write_text(text[:start] + tables() + text[end:])
+    page.write_text(text[:start] + tables() + text[end:])
     return 0
 
 

@@ -38,7 +38,7 @@ def ways_out(model: str) -> str:
     return (
         f"Either point EMBEDDER_WEIGHTS at a {model} state-dict file you have, or use "
         f"bundled ImageNet weights: EMBEDDER_MODEL={' or '.join(bundled_image_models())} "
-        "with EMBEDDER_WEIGHTS=bundled (see README, 'Model weights')."
+        "with EMBEDDER_WEIGHTS=bundled (see docs/models.md, 'Model weights')."
     )
 
 
