@@ -1,20 +1,19 @@
 """The SQL side: collections, image rows and their paths (SQLAlchemy Core,
 bound parameters only). This is the system of record; Milvus holds vectors.
-The tables and their migrations are in schema.py, the row types in rows.py.
+The tables and their migrations are in schema.py, the row types in rows.py,
+the statements a transaction runs in statements.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from sqlalchemy import (
     Connection,
     MetaData,
-    Table,
     and_,
     delete,
     func,
@@ -27,74 +26,22 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagesearch import errors
+from index_service import statements as sql
 from index_service.database import database_errors, make_engine
 from index_service.row_cache import CachedRows, RowCache
 from index_service.rows import (
     PENDING,
     READY,
     SERVER,
-    STREAM,
     CollectionRow,
     ImageRow,
     NewImage,
     now_ms,
 )
 from index_service.schema import create_or_migrate, define_tables
+from index_service.statements import CHUNK, chunks, records_sql, starts_with
 
 log = logging.getLogger(__name__)
-
-CHUNK = 500  # ids per IN (...) clause
-
-
-def starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
-    """Case-sensitive prefix match on every backend: LIKE (which an index can
-    serve, but ignores case on SQLite) narrowed by an exact comparison."""
-    return and_(
-        column.startswith(prefix, autoescape=True),
-        func.substr(column, 1, len(prefix)) == prefix,
-    )
-
-
-def _chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
-
-
-RECORD_COLUMNS = (
-    "image_id",
-    "sha256",
-    "size",
-    "width",
-    "height",
-    "model",
-    "status",
-    "created_at_ms",
-    "updated_at_ms",
-)
-
-
-def records_sql(engine: Engine, img: Table, pt: Table, n: int) -> str:
-    """The rows of ``n`` ids of a collection, joined with their paths (oldest
-    first), as the driver's own SQL: the collection's name, then the ids, as
-    positional parameters. Every search without cached rows runs it, and
-    through ``exec_driver_sql`` it costs about 0.58x the CPU of the same
-    select compiled by SQLAlchemy with an expanding IN list (which is
-    processed anew on every call). The status is checked by the caller, not
-    in SQL: with it in the WHERE clause SQLite prefers the (collection,
-    status) index and scans every ready row of the collection instead of the
-    few ids asked."""
-    q = engine.dialect.identifier_preparer
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"  # SQLite; PyMySQL
-    cols = ", ".join(f"i.{q.quote(c)}" for c in RECORD_COLUMNS)
-    return (
-        f"SELECT {cols}, p.{q.quote('path')}, p.{q.quote('origin')} "
-        f"FROM {q.format_table(img)} i LEFT OUTER JOIN {q.format_table(pt)} p "
-        f"ON p.{q.quote('collection')} = i.{q.quote('collection')} "
-        f"AND p.{q.quote('image_id')} = i.{q.quote('image_id')} "
-        f"WHERE i.{q.quote('collection')} = {mark} "
-        f"AND i.{q.quote('image_id')} IN ({', '.join([mark] * n)}) "
-        f"ORDER BY p.{q.quote('created_at_ms')}, p.{q.quote('path')}"
-    )
 
 
 class MetadataStore:
@@ -266,7 +213,7 @@ class MetadataStore:
         img = self.images
         out: dict[int, tuple[str, str]] = {}
         with self._tx() as conn:
-            for chunk in _chunks(list(ids)):
+            for chunk in chunks(list(ids)):
                 rows = conn.execute(
                     select(img.c.image_id, img.c.status, img.c.sha256).where(
                         and_(img.c.collection == name, img.c.image_id.in_(chunk))
@@ -315,48 +262,16 @@ class MetadataStore:
         status = PENDING if vectors_stored is None else READY
         with self._write(name) as conn:
             ts = now_ms()
-            if new_images:
-                conn.execute(
-                    insert(self.images),
-                    [
-                        {
-                            "collection": name,
-                            "image_id": n.image_id,
-                            "sha256": n.sha256,
-                            "size": n.size,
-                            "width": n.width,
-                            "height": n.height,
-                            "model": model,
-                            "status": status,
-                            "created_at_ms": ts,
-                            "updated_at_ms": ts,
-                        }
-                        for n in new_images
-                    ],
-                )
-            origin = (origins or {}).get
-            if new_paths:
-                conn.execute(
-                    insert(self.paths),
-                    [
-                        {
-                            "collection": name,
-                            "path": path,
-                            "image_id": iid,
-                            "created_at_ms": ts,
-                            "origin": origin(path, STREAM),
-                        }
-                        for path, iid in new_paths
-                    ],
-                )
-            previous = self._move_paths(conn, name, moved_paths, origins or {}, ts)
-            orphaned = self._delete_pathless(conn, name, previous)
+            sql.insert_images(conn, self.tables, name, model, new_images, status, ts)
+            sql.insert_paths(conn, self.tables, name, new_paths, origins or {}, ts)
+            previous = sql.move_paths(conn, self.tables, name, moved_paths, origins or {}, ts)
+            orphaned = sql.delete_pathless(conn, self.tables, name, previous)
             gone = set(orphaned)
             kept = {i: data for i, data in (thumbnails or {}).items() if data and i not in gone}
-            self._put_thumbnails(conn, name, kept)
+            sql.put_thumbnails(conn, self.tables, name, kept)
             if vectors_stored is not None:
                 vectors_stored()
-                self._update_status(conn, name, ready, READY, ts)
+                sql.update_status(conn, self.tables, name, ready, READY, ts)
             return orphaned
 
     def write_pending(
@@ -370,48 +285,6 @@ class MetadataStore:
         """write_rows with the new rows pending (their vectors not stored yet)."""
         return self.write_rows(name, model, new_images, new_paths, moved_paths)
 
-    def _move_paths(
-        self,
-        conn: Connection,
-        name: str,
-        moved_paths: Sequence[tuple[str, int]],
-        origins: Mapping[str, str],
-        ts: int,
-    ) -> set[int]:
-        """Re-points each path to its new image; returns the images they named."""
-        pt = self.paths
-        previous: set[int] = set()
-        for path, iid in moved_paths:
-            here = and_(pt.c.collection == name, pt.c.path == path)
-            previous.add(conn.execute(select(pt.c.image_id).where(here)).scalar_one())
-            conn.execute(
-                update(pt)
-                .where(here)
-                .values(image_id=iid, created_at_ms=ts, origin=origins.get(path, STREAM))
-            )
-        return previous
-
-    def _delete_pathless(self, conn: Connection, name: str, candidates: Iterable[int]) -> list[int]:
-        img, pt = self.images, self.paths
-        gone: list[int] = []
-        for chunk in _chunks(sorted(set(candidates))):
-            still = {
-                r.image_id
-                for r in conn.execute(
-                    select(pt.c.image_id)
-                    .where(and_(pt.c.collection == name, pt.c.image_id.in_(chunk)))
-                    .distinct()
-                )
-            }
-            orphans = [i for i in chunk if i not in still]
-            if orphans:
-                conn.execute(
-                    delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(orphans)))
-                )
-                self._delete_thumbnails(conn, name, orphans)
-                gone += orphans
-        return gone
-
     def mark_ready(self, name: str, ids: Sequence[int]) -> None:
         self._set_status(name, ids, READY)
 
@@ -421,18 +294,7 @@ class MetadataStore:
 
     def _set_status(self, name: str, ids: Sequence[int], status: str) -> None:
         with self._write(name) as conn:
-            self._update_status(conn, name, ids, status, now_ms())
-
-    def _update_status(
-        self, conn: Connection, name: str, ids: Sequence[int], status: str, ts: int
-    ) -> None:
-        img = self.images
-        for chunk in _chunks(list(ids)):
-            conn.execute(
-                update(img)
-                .where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
-                .values(status=status, updated_at_ms=ts)
-            )
+            sql.update_status(conn, self.tables, name, ids, status, now_ms())
 
     def records(
         self, name: str, ids: Sequence[int], *, ready_only: bool = True
@@ -479,13 +341,13 @@ class MetadataStore:
         """One query per chunk of ids: rows joined with their paths."""
         out: dict[int, ImageRow] = {}
         with self._tx() as conn:
-            for chunk in _chunks(ids):
-                sql = self._records_sql.get(len(chunk))
-                if sql is None:
-                    sql = records_sql(self.engine, self.images, self.paths, len(chunk))
-                    self._records_sql[len(chunk)] = sql
+            for chunk in chunks(ids):
+                text = self._records_sql.get(len(chunk))
+                if text is None:
+                    text = records_sql(self.engine, self.images, self.paths, len(chunk))
+                    self._records_sql[len(chunk)] = text
                 for iid, sha, size, w, h, model, status, c, u, path, origin in conn.exec_driver_sql(
-                    sql, (name, *chunk)
+                    text, (name, *chunk)
                 ):
                     if ready_only and status != READY:
                         continue
@@ -541,7 +403,7 @@ class MetadataStore:
         img = self.images
         found: set[int] = set()
         with self._tx() as conn:
-            for chunk in _chunks(list(ids)):
+            for chunk in chunks(list(ids)):
                 found.update(
                     r.image_id
                     for r in conn.execute(
@@ -557,7 +419,7 @@ class MetadataStore:
         img, pt = self.images, self.paths
         existed: list[int] = []
         with self._write(name) as conn:
-            for chunk in _chunks(list(dict.fromkeys(ids))):
+            for chunk in chunks(list(dict.fromkeys(ids))):
                 existed += [
                     r.image_id
                     for r in conn.execute(
@@ -572,68 +434,24 @@ class MetadataStore:
                 conn.execute(
                     delete(img).where(and_(img.c.collection == name, img.c.image_id.in_(chunk)))
                 )
-                self._delete_thumbnails(conn, name, chunk)
+                sql.delete_thumbnails(conn, self.tables, name, chunk)
         return existed
 
     # -- thumbnails ------------------------------------------------------
 
-    def _delete_thumbnails(self, conn: Connection, name: str, ids: Sequence[int]) -> None:
-        th = self.thumbnails
-        conn.execute(delete(th).where(and_(th.c.collection == name, th.c.image_id.in_(ids))))
-
     def put_thumbnails(self, name: str, items: Mapping[int, bytes]) -> int:
-        """Stores the thumbnails of images that have none yet (a thumbnail
-        never changes: the image id is the content); returns how many."""
+        """Stores the thumbnails of images that have none yet; returns how many."""
         with self._tx() as conn:
-            return self._put_thumbnails(conn, name, items)
-
-    def _put_thumbnails(self, conn: Connection, name: str, items: Mapping[int, bytes]) -> int:
-        th = self.thumbnails
-        added = 0
-        for chunk in _chunks(sorted(i for i, data in items.items() if data)):
-            have = {
-                r.image_id
-                for r in conn.execute(
-                    select(th.c.image_id).where(
-                        and_(th.c.collection == name, th.c.image_id.in_(chunk))
-                    )
-                )
-            }
-            rows = [
-                {"collection": name, "image_id": i, "data": items[i]}
-                for i in chunk
-                if i not in have
-            ]
-            if rows:
-                conn.execute(insert(th), rows)
-                added += len(rows)
-        return added
+            return sql.put_thumbnails(conn, self.tables, name, items)
 
     def get_thumbnails(self, name: str, ids: Sequence[int]) -> dict[int, bytes]:
-        th = self.thumbnails
-        found: dict[int, bytes] = {}
         with self._tx() as conn:
-            for chunk in _chunks(list(dict.fromkeys(ids))):
-                for r in conn.execute(
-                    select(th.c.image_id, th.c.data).where(
-                        and_(th.c.collection == name, th.c.image_id.in_(chunk))
-                    )
-                ):
-                    found[r.image_id] = bytes(r.data)
-        return found
+            return sql.get_thumbnails(conn, self.tables, name, ids)
 
     def ready_without_thumbnail(self, name: str, limit: int) -> tuple[int, list[int]]:
         """(how many ready images have no thumbnail, the first ``limit`` ids)."""
-        img, th = self.images, self.thumbnails
-        lacking = (
-            select(img.c.image_id)
-            .select_from(
-                img.outerjoin(
-                    th, and_(th.c.collection == img.c.collection, th.c.image_id == img.c.image_id)
-                )
-            )
-            .where(and_(img.c.collection == name, img.c.status == READY, th.c.image_id.is_(None)))
-        )
+        img = self.images
+        lacking = sql.without_thumbnail(self.tables, name)
         with self._tx() as conn:
             total = conn.execute(select(func.count()).select_from(lacking.subquery())).scalar_one()
             first = [
@@ -660,7 +478,7 @@ class MetadataStore:
                 where = and_(pt.c.collection == name, cond)
                 touched.update(r.image_id for r in conn.execute(select(pt.c.image_id).where(where)))
                 removed += conn.execute(delete(pt).where(where)).rowcount or 0
-            gone = self._delete_pathless(conn, name, touched)
+            gone = sql.delete_pathless(conn, self.tables, name, touched)
         return removed, gone
 
     def pending_rows(self, name: str, ids: Sequence[int]) -> list[ImageRow]:

@@ -20,7 +20,7 @@ import contextvars
 import logging
 import math
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from index_service.plan import (
     plan_upsert,
     unpack_vector,
 )
+from index_service.ranking import Hit, search_rounds
 from index_service.rows import PENDING, READY, CollectionRow, ImageRow
 from index_service.vectors import VectorStore
 from index_service.writer import StoreLocked, WriterLock
@@ -49,22 +50,7 @@ log = logging.getLogger(__name__)
 MAX_TOP_K = 1000
 MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
-OVERFETCH = 4  # hits asked for beyond top_k, for rows pending or gone
 RECONCILE_PAGE = 2000  # vector ids checked against SQL at a time
-
-
-# One round of a search: the query vectors and how many hits to fetch; and
-# what comes back: per query, (id, raw distance) best first, and their rows.
-SearchRound = tuple[np.ndarray, int]
-RoundResult = tuple[list[list[tuple[int, float]]], dict[int, ImageRow]]
-
-
-@dataclass(frozen=True)
-class Hit:
-    image_id: int
-    distance: float
-    score: float
-    row: ImageRow
 
 
 @dataclass
@@ -329,7 +315,9 @@ class IndexStore:
             if len(candidates) <= PREFIX_FILTER_LIMIT:
                 only_ids = candidates
         filtered_here = bool(prefix) and only_ids is None
-        rounds = self._rounds(queries, top_k, prefix, min_score, filtered_here)
+        rounds = search_rounds(
+            queries, top_k, prefix, min_score, filtered_here, self.vectors.max_top_k, self._score
+        )
         try:
             batch, fetch = next(rounds)
             while True:
@@ -360,7 +348,9 @@ class IndexStore:
                 self.search, name, query_vectors, query_ids, top_k, prefix, min_score, model
             )
         queries = self._queries(row, query_vectors, query_ids, top_k, min_score, model)
-        rounds = self._rounds(queries, top_k, prefix, min_score, False)
+        rounds = search_rounds(
+            queries, top_k, prefix, min_score, False, self.vectors.max_top_k, self._score
+        )
         try:
             batch, fetch = next(rounds)
             while True:
@@ -395,62 +385,6 @@ class IndexStore:
         if not query_vectors and not query_ids:
             raise errors.invalid_argument("Search needs at least one query vector or image id")
         return [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
-
-    def _rounds(
-        self,
-        queries: list[np.ndarray],
-        top_k: int,
-        prefix: str,
-        min_score: float,
-        filtered_here: bool,
-    ) -> Generator[SearchRound, RoundResult, list[list[Hit]]]:
-        """The search's logic without its I/O: yields the queries to search
-        and how many hits to fetch, is sent back the hits and their rows,
-        and returns each query's hits (``search`` and ``search_async`` do
-        the I/O).
-
-        Hits whose row is pending or gone are skipped, and with a prefix too
-        broad to pass to the vector store as ids (``filtered_here``), hits
-        are filtered here: ask for a few more than top_k, and ask again, 4x
-        deeper, for the queries that came up short while the vector store
-        still had more to give."""
-        fetch = min(self.vectors.max_top_k, (top_k * 8 if filtered_here else top_k) + OVERFETCH)
-        out: list[list[Hit]] = [[] for _ in queries]
-        todo = list(range(len(queries)))
-        while todo:
-            raw, rows = yield np.stack([queries[q] for q in todo]), fetch
-            short = []
-            for q, hits in zip(todo, raw, strict=True):
-                out[q], complete = self._choose(hits, rows, top_k, prefix, min_score)
-                if not complete and len(hits) == fetch and fetch < self.vectors.max_top_k:
-                    short.append(q)
-            todo, fetch = short, min(self.vectors.max_top_k, fetch * 4)
-        return out
-
-    def _choose(
-        self,
-        hits: list[tuple[int, float]],
-        rows: dict[int, ImageRow],
-        top_k: int,
-        prefix: str,
-        min_score: float,
-    ) -> tuple[list[Hit], bool]:
-        """The first top_k usable hits, and whether the list is final (full,
-        or cut by min_score: hits come best first)."""
-        chosen: list[Hit] = []
-        for iid, dist in hits:
-            meta_row = rows.get(iid)
-            if meta_row is None:
-                continue
-            if prefix and not any(p.startswith(prefix) for p in meta_row.paths):
-                continue
-            distance, score = self._score(dist)
-            if score < min_score:
-                return chosen, True
-            chosen.append(Hit(iid, distance, score, meta_row))
-            if len(chosen) == top_k:
-                return chosen, True
-        return chosen, False
 
     def get(
         self, name: str, image_ids: list[int], paths: list[str], include_pending: bool
