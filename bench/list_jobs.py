@@ -53,7 +53,7 @@ def fill(url: str, jobs: int) -> None:
     def one(n: int) -> None:
         job_id = f"{n:012x}"
         store.create(JobRecord(job_id, f"c{n % 4}", "/data/photos", True, created_at_ms=start + n))
-        store.update(job_id, state=SUCCEEDED, total=64, done=64, indexed=64, walk_done=True)
+        store.update(job_id, state=SUCCEEDED, total=64, done=64, indexed=64, walk_complete=True)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(jobs)))

@@ -64,7 +64,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 embeddings[i] = embedder_pb2.Embedding(
                     name=image.name,
                     error=f"{name}: {len(image.data)} bytes, over the limit of "
-                    f"{self.settings.max_image_bytes} (EMBEDDER_MAX_IMAGE_BYTES)",
+                    f"{self.settings.max_image_bytes} (EMBEDDER_MAX_IMAGE_MB)",
                     error_code=errors.status_code_number(grpc.StatusCode.INVALID_ARGUMENT),
                 )
             else:

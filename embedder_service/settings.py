@@ -109,14 +109,23 @@ class EmbedderSettings(ServerSettings):
         default=50_000_000,
         metadata={"help": "images declaring more pixels are refused before decoding"},
     )
-    max_image_bytes: int = field(
-        default=32 * 1024 * 1024, metadata={"help": "largest encoded image accepted"}
+    max_image_mb: int = field(
+        default=32,
+        metadata={
+            "was": "max_image_bytes",
+            "was_unit": 1024 * 1024,
+            "help": "largest encoded image accepted",
+        },
     )
     max_images_per_request: int = field(
         default=1024, metadata={"help": "most images in one Embed call"}
     )
     image_size: int = field(default=224, metadata={"help": "center crop size"})
     resize: int = field(default=256, metadata={"help": "shorter side before the crop"})
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self.max_image_mb * 1024 * 1024
 
     def decode_threads(self, model_on_cpu: bool) -> int:
         if self.decode_workers > 0:

@@ -4,7 +4,7 @@ A gRPC caller's remaining time (``context.time_remaining()``) becomes a
 Deadline; each downstream call then runs for at most the time left, and at
 most GATEWAY_CALL_TIMEOUT_S, so a caller without a deadline never holds a
 thread for ever. Jobs, which have no caller, give each batch a Deadline of
-their own (GATEWAY_JOB_BATCH_TIMEOUT_S).
+their own (GATEWAY_JOB_CHUNK_TIMEOUT_S).
 """
 
 from __future__ import annotations

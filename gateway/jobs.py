@@ -6,14 +6,14 @@ with a shared store, on any gateway:
 
 - a **walk** lists the folder in sorted order, in bounded memory
   (gateway/walk.py), and publishes chunks of GATEWAY_EMBED_BATCH files as it
-  goes; ``total`` grows until it ends (``walk_done``). A walk stopped midway
+  goes; ``total`` grows until it ends (``walk_complete``). A walk stopped midway
   starts again after the last file it published.
 - a **chunk** is read, embedded and stored, and its results recorded in the
   store (counts, the first errors, which chunks are done) before it is
   acked: a chunk done twice (its first gateway died) is counted once. The
   record of the last chunk of a walked job ends it SUCCEEDED.
 
-GATEWAY_MAX_JOBS walks and GATEWAY_JOB_CONCURRENCY chunks run at once per
+GATEWAY_MAX_WALKS walks and GATEWAY_JOB_CONCURRENCY chunks run at once per
 gateway, so embedding one chunk overlaps storing another. A job stopped by an
 outage (FAILED) or a cancel continues with ResumeJob, which queues again what
 it has left.
@@ -70,7 +70,7 @@ from imagesearch.v1 import index_pb2
 
 log = logging.getLogger(__name__)
 
-# A batch failing with these is retried: the backend is down, restarting,
+# A chunk's call failing with these is retried: the backend is down, restarting,
 # slow, or full (overload).
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -101,7 +101,7 @@ class Backoff:
     def wait(self, cancel: threading.Event, reason: str) -> None:
         self.started = self.started or time.monotonic()
         self.attempt += 1
-        logs.event(log, "job.batch_retry", logging.WARNING, attempt=self.attempt, reason=reason)
+        logs.event(log, "job.chunk_retry", logging.WARNING, attempt=self.attempt, reason=reason)
         cancel.wait(min(0.5 * 2.0**self.attempt, 15.0))
 
 
@@ -198,7 +198,7 @@ class JobManager:
         self._stop = threading.Event()
         self._expired_at = -math.inf
         self.expire()
-        workers = [(WALK, n) for n in range(settings.max_jobs)]
+        workers = [(WALK, n) for n in range(settings.max_walks)]
         workers += [(CHUNK, n) for n in range(settings.job_concurrency)]
         self._threads = [
             threading.Thread(target=self._serve, args=(kind,), name=f"job-{kind}-{n}", daemon=True)
@@ -230,7 +230,7 @@ class JobManager:
         if job.complete():
             self.store.update(job.job_id, not_terminal, state=SUCCEEDED, message="")
         else:
-            self.store.requeue(job.job_id, walk=not job.walk_done, chunks=job.left())
+            self.store.requeue(job.job_id, walk=not job.walk_complete, chunks=job.left())
 
     # -- API -------------------------------------------------------------
 
@@ -242,10 +242,10 @@ class JobManager:
         self.expire()
         with self._lock:
             open_jobs = self._starting + self.store.open_jobs()
-            if open_jobs >= self.settings.max_queued_jobs:
+            if open_jobs >= self.settings.max_active_jobs:
                 raise errors.resource_exhausted(
                     f"{open_jobs} jobs are running or waiting already "
-                    "(GATEWAY_MAX_QUEUED_JOBS); retry when one has ended, or cancel one"
+                    "(GATEWAY_MAX_ACTIVE_JOBS); retry when one has ended, or cancel one"
                 )
             self._starting += 1
         try:
@@ -256,7 +256,7 @@ class JobManager:
                     folder=str(real),
                     recursive=recursive,
                     model=model,
-                    batch_size=self.settings.embed_batch,
+                    chunk_size=self.settings.embed_batch,
                     created_at_ms=now_ms(),
                 )
             )
@@ -470,7 +470,7 @@ class JobManager:
         job = self._job_of(work)
         if job is None:
             return
-        if job.terminal or job.walk_done:
+        if job.terminal or job.walk_complete:
             work.ack()
             return
         outside = self._outside(job, ())
@@ -499,7 +499,7 @@ class JobManager:
         is closing (the walk comes back)."""
         number = job.walked_chunks
         paths = _walk(Path(job.folder), job.recursive, self.roots, job.walk_last)
-        for files in chunked(paths, job.batch_size, CHUNK_NAME_BYTES):
+        for files in chunked(paths, job.chunk_size, CHUNK_NAME_BYTES):
             if self._stop.is_set():
                 return False
             self.store.put_chunk(job.job_id, number, files)
@@ -565,7 +565,7 @@ class JobManager:
             return
         self.store.update(job.job_id, lambda j: j.state == PENDING, state=RUNNING, message="")
         try:
-            results = self._batch(job, files, stop)
+            results = self._chunk(job, files, stop)
         except errors.ServiceError as exc:
             if not self._stop.is_set():
                 self._fail(job.job_id, f"{exc.message}. ResumeJob continues from here")
@@ -603,7 +603,7 @@ class JobManager:
         except errors.ServiceError as exc:  # the store is down too: the job stays unfinished
             logs.event(log, "job.state_unsaved", logging.ERROR, job_id=job_id, error=exc.message)
 
-    def _batch(self, job: JobRecord, paths: list[str], cancel: threading.Event) -> list[Result]:
+    def _chunk(self, job: JobRecord, paths: list[str], cancel: threading.Event) -> list[Result]:
         """One chunk, read and sent in groups that fit the jobs' byte budget."""
         budget = self.budget
         cap = max(1, budget.limit // self.settings.job_concurrency)
@@ -624,7 +624,7 @@ class JobManager:
         up to GATEWAY_JOB_OUTAGE_S: whole calls that fail UNAVAILABLE, time out
         or find the embedder full are repeated, and so are the images the
         embedder refused as overload (RESOURCE_EXHAUSTED). Each try has
-        GATEWAY_JOB_BATCH_TIMEOUT_S."""
+        GATEWAY_JOB_CHUNK_TIMEOUT_S."""
         backoff = Backoff(self.settings.job_outage_s)
         results = self._try(job, sources, cancel, backoff)
         busy = [i for i, r in enumerate(results) if overloaded(r)]
@@ -641,7 +641,7 @@ class JobManager:
     ) -> list[Result]:
         while True:
             try:
-                deadline = Deadline.after(self.settings.job_batch_timeout_s)
+                deadline = Deadline.after(self.settings.job_chunk_timeout_s)
                 return self.ingestor.ingest(
                     job.collection, sources, deadline, index_pb2.PATH_ORIGIN_SERVER, model=job.model
                 )

@@ -2,7 +2,7 @@
 
 A job is a state record plus units of work: one walk (the folder listed in
 sorted order, gateway/walk.py, resumable after the last file it published)
-and chunks of at most ``batch_size`` files, numbered in walk order, which the
+and chunks of at most ``chunk_size`` files, numbered in walk order, which the
 walk publishes as it goes. Gateways claim units from the store's queue
 (``claim``), so a job's chunks run on every gateway that shares the store.
 
@@ -34,10 +34,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Protocol, get_args, get_origin, get_type_hints
 
+import grpc
 from prometheus_client import Counter
 
 from gateway.orchestrator import Outcome, Result
 from imagesearch import errors, logs
+from imagesearch.client import FileError, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,18 @@ ERROR_TEXT_MAX = 600
 WALK, CHUNK = "walk", "chunk"
 
 
+# Saved records keep the names that gateways before the chunk renames read
+# (CHANGELOG.md), so that gateways of both versions can share a NATS job store
+# during a rolling upgrade; ``JobRecord.load`` reads either.
+STORED_AS = {
+    "chunk_size": "batch_size",
+    "chunk_cursor": "batch_cursor",
+    "chunks_ahead": "batches_ahead",
+    "walk_complete": "walk_done",
+}
+FIELD_OF = {saved: name for name, saved in STORED_AS.items()}
+
+
 @dataclass
 class JobRecord:
     job_id: str
@@ -74,14 +88,14 @@ class JobRecord:
     failed: int = 0
     errors: list[dict[str, object]] = field(default_factory=list)
     message: str = ""
-    batch_size: int = 32  # files per chunk
-    batch_cursor: int = 0  # every chunk below this number is recorded
-    batches_ahead: list[int] = field(default_factory=list)  # recorded chunks above it
+    chunk_size: int = 32  # files per chunk
+    chunk_cursor: int = 0  # every chunk below this number is recorded
+    chunks_ahead: list[int] = field(default_factory=list)  # recorded chunks above it
     created_at_ms: int = 0
     updated_at_ms: int = 0
     version: int = 0  # bumps on every change, for watchers
     model: str = ""  # of a collection the job creates (StartIndexJob's model)
-    walk_done: bool = False  # the walk has ended: total is final
+    walk_complete: bool = False  # the walk has ended: total is final
     walked_chunks: int = 0  # chunks the walk has published
     walk_last: str = ""  # the last file it published (a new walk starts after it)
     unreadable: bool = False  # stands for a record that cannot be loaded (kept until the cap)
@@ -94,6 +108,7 @@ class JobRecord:
         counts that cannot be."""
         if not isinstance(data, dict):
             raise ValueError(f"a job's record is a JSON object, not {type(data).__name__}")
+        data = {FIELD_OF.get(k, k): v for k, v in data.items()}
         known = {f.name for f in fields(cls)}
         hints = get_type_hints(cls)
         for name, value in data.items():
@@ -103,15 +118,15 @@ class JobRecord:
             job = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:  # a field without a default is missing
             raise ValueError(str(exc)) from None
-        if job.batch_size < 1 or min(job.total, job.done, job.batch_cursor) < 0:
-            raise ValueError("batch_size, total, done or batch_cursor out of range")
+        if job.chunk_size < 1 or min(job.total, job.done, job.chunk_cursor) < 0:
+            raise ValueError("chunk_size, total, done or chunk_cursor out of range")
         if job.state not in {PENDING, RUNNING, *TERMINAL}:
             raise ValueError(f"state {job.state!r} is unknown")
         if not all({"path", "reason", "code"} <= e.keys() for e in job.errors):
             raise ValueError("a file error lacks its path, reason or code")
-        if "walk_done" not in data:
-            job.walk_done = True
-            job.walked_chunks = (job.total + job.batch_size - 1) // job.batch_size
+        if "walk_complete" not in data:
+            job.walk_complete = True
+            job.walked_chunks = (job.total + job.chunk_size - 1) // job.chunk_size
         return job
 
     @classmethod
@@ -135,20 +150,57 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    def view(self, with_errors: bool = True) -> Job:
+        """The job as clients see it (the typed client's ``Job``, which the
+        gateway sends as ``to_proto()``): ``errors_omitted`` counts the failed
+        files not listed."""
+        listed = self.errors if with_errors else []
+        return Job(
+            job_id=self.job_id,
+            state=JobState[self.state.upper()],
+            collection=self.collection,
+            folder=self.folder,
+            recursive=self.recursive,
+            total=self.total,
+            done=self.done,
+            indexed=self.indexed,
+            duplicates=self.duplicates,
+            failed=self.failed,
+            message=self.message,
+            errors=tuple(
+                FileError(str(e["path"]), str(e["reason"]), code_of(e["code"])) for e in listed
+            ),
+            created_at_ms=self.created_at_ms,
+            updated_at_ms=self.updated_at_ms,
+            model=self.model,
+            walk_complete=self.walk_complete,
+            errors_omitted=max(0, self.failed - len(self.errors)),
+        )
+
     @property
     def chunks(self) -> int:
         return self.walked_chunks
 
     def recorded(self, chunk: int) -> bool:
-        return chunk < self.batch_cursor or chunk in self.batches_ahead
+        return chunk < self.chunk_cursor or chunk in self.chunks_ahead
 
     def left(self) -> list[int]:
         """The chunks published and not recorded."""
-        return [n for n in range(self.batch_cursor, self.walked_chunks) if not self.recorded(n)]
+        return [n for n in range(self.chunk_cursor, self.walked_chunks) if not self.recorded(n)]
 
     def complete(self) -> bool:
         """Walked to the end, and every chunk recorded."""
-        return self.walk_done and self.batch_cursor + len(self.batches_ahead) >= self.walked_chunks
+        return (
+            self.walk_complete and self.chunk_cursor + len(self.chunks_ahead) >= self.walked_chunks
+        )
+
+
+def code_of(stored: object) -> grpc.StatusCode:
+    """A job error's code as saved (a status name; numbers in older files)."""
+    text = str(stored)
+    if text.isdigit():
+        return errors.code_from_number(int(text))
+    return grpc.StatusCode[text]
 
 
 def _of_type(value: object, hint: object) -> bool:
@@ -203,11 +255,11 @@ class Work:
     retry: Callable[[float], None] = lambda _delay: None
 
 
-def advance(cursor: int, ahead: list[int], batch: int) -> tuple[int, list[int]]:
-    """Marks ``batch`` done: (new cursor, done batches above it). Every batch
+def advance(cursor: int, ahead: list[int], chunk: int) -> tuple[int, list[int]]:
+    """Marks ``chunk`` done: (new cursor, done chunks above it). Every chunk
     below the cursor is done, so a resumed job skips exactly those and the
-    ones ahead, whatever order the batches finished in."""
-    done = {*ahead, batch}
+    ones ahead, whatever order the chunks finished in."""
+    done = {*ahead, chunk}
     while cursor in done:
         done.discard(cursor)
         cursor += 1
@@ -253,28 +305,33 @@ def count_results(
             room -= _error_bytes(error)
             if room >= 0:
                 errs.append(error)
-    cursor, ahead = advance(job.batch_cursor, job.batches_ahead, chunk)
+    cursor, ahead = advance(job.chunk_cursor, job.chunks_ahead, chunk)
     changes: dict[str, object] = {
         "done": job.done + len(results),
         "indexed": job.indexed + counts[Outcome.INDEXED],
         "duplicates": job.duplicates + counts[Outcome.DUPLICATE],
         "failed": job.failed + counts[Outcome.FAILED],
         "errors": errs,
-        "batch_cursor": cursor,
-        "batches_ahead": ahead,
+        "chunk_cursor": cursor,
+        "chunks_ahead": ahead,
     }
-    after = replace(job, batch_cursor=cursor, batches_ahead=ahead)
+    after = replace(job, chunk_cursor=cursor, chunks_ahead=ahead)
     return {**changes, **ended_if_complete(after)}
 
 
 def encoded(job: JobRecord) -> bytes:
     """The job's record as saved, under RECORD_MAX_BYTES: should its paths
     be so long that it is not, fewer of its errors are kept."""
-    data = json.dumps(asdict(job)).encode()
+    data = json.dumps(stored(job)).encode()
     while len(data) > RECORD_MAX_BYTES and job.errors:
         job.errors = job.errors[: len(job.errors) // 2]
-        data = json.dumps(asdict(job)).encode()
+        data = json.dumps(stored(job)).encode()
     return data
+
+
+def stored(job: JobRecord) -> dict[str, object]:
+    """The record's fields under their saved names (STORED_AS)."""
+    return {STORED_AS.get(k, k): v for k, v in asdict(job).items()}
 
 
 def walked(job: JobRecord, files: int, last: str) -> dict[str, object]:
@@ -284,7 +341,7 @@ def walked(job: JobRecord, files: int, last: str) -> dict[str, object]:
 
 def walk_ended(job: JobRecord) -> dict[str, object]:
     """The changes for a walk that has ended (SUCCEEDED if every chunk is in)."""
-    return {"walk_done": True, **ended_if_complete(replace(job, walk_done=True))}
+    return {"walk_complete": True, **ended_if_complete(replace(job, walk_complete=True))}
 
 
 def follow(

@@ -166,7 +166,7 @@ class LocalJobStore(ChangeStore):
                 offset = self._index(job_id).get(number)
             if offset is None:
                 old = self._path(job_id, "files")  # an older version's whole list
-                size = job.batch_size
+                size = job.chunk_size
                 return read_file_list(old)[number * size : (number + 1) * size]
             with self._path(job_id, "chunks").open("rb") as f:
                 f.seek(offset)

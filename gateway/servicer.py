@@ -17,7 +17,7 @@ from gateway.auth import refuse_below
 from gateway.budget import ByteBudget
 from gateway.clients import Backends
 from gateway.deadline import Deadline
-from gateway.jobs import JobManager, JobRecord
+from gateway.jobs import JobManager
 from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
@@ -27,14 +27,6 @@ from imagesearch.rpcs import Role
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
 
 M = TypeVar("M", bound=Message)
-
-JOB_STATES = {
-    "pending": gateway_pb2.JOB_STATE_PENDING,
-    "running": gateway_pb2.JOB_STATE_RUNNING,
-    "succeeded": gateway_pb2.JOB_STATE_SUCCEEDED,
-    "failed": gateway_pb2.JOB_STATE_FAILED,
-    "canceled": gateway_pb2.JOB_STATE_CANCELED,
-}
 
 
 @dataclass
@@ -51,41 +43,6 @@ def convert(message: Message, cls: type[M]) -> M:
     """The same fields as another message type: public Gateway requests and
     responses and their internal Index twins share field numbers."""
     return cls.FromString(message.SerializeToString())
-
-
-def code_number(stored: object) -> int:
-    """A job error's code as saved (a status name; numbers in older files)."""
-    text = str(stored)
-    if text.isdigit():
-        return int(text)
-    return errors.status_code_number(grpc.StatusCode[text])
-
-
-def job_message(job: JobRecord, with_errors: bool = True) -> gateway_pb2.Job:
-    return gateway_pb2.Job(
-        job_id=job.job_id,
-        state=JOB_STATES[job.state],
-        total=job.total,
-        done=job.done,
-        indexed=job.indexed,
-        duplicates=job.duplicates,
-        failed=job.failed,
-        errors=[
-            gateway_pb2.FileError(
-                path=str(e["path"]), reason=str(e["reason"]), code=code_number(e["code"])
-            )
-            for e in (job.errors if with_errors else [])
-        ],
-        errors_omitted=max(0, job.failed - len(job.errors)),
-        collection=job.collection,
-        folder=job.folder,
-        recursive=job.recursive,
-        message=job.message,
-        created_at_ms=job.created_at_ms,
-        updated_at_ms=job.updated_at_ms,
-        model=job.model,
-        walk_complete=job.walk_done,
-    )
 
 
 def best_per_image(views: Sequence[index_pb2.IndexHits], top_k: int) -> list[index_pb2.IndexHit]:
@@ -446,37 +403,37 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if request.model:  # refused now, not by every batch of the job
             self.backends.embedder_for(collection, Deadline.of(context), request.model)
         job = self.jobs.start(collection, request.folder, request.recursive, request.model)
-        return gateway_pb2.StartIndexJobResponse(job=job_message(job))
+        return gateway_pb2.StartIndexJobResponse(job=job.view().to_proto())
 
     def WatchJob(
         self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[gateway_pb2.WatchJobResponse]:
         for job in self.jobs.watch(request.job_id, context.is_active):
-            yield gateway_pb2.WatchJobResponse(job=job_message(job))
+            yield gateway_pb2.WatchJobResponse(job=job.view().to_proto())
 
     def GetJob(
         self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.GetJobResponse:
-        return gateway_pb2.GetJobResponse(job=job_message(self.jobs.get(request.job_id)))
+        return gateway_pb2.GetJobResponse(job=self.jobs.get(request.job_id).view().to_proto())
 
     def ListJobs(
         self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListJobsResponse:
         jobs, token = self.jobs.list_jobs(request.collection, request.page_size, request.page_token)
         return gateway_pb2.ListJobsResponse(
-            jobs=[job_message(j, with_errors=request.include_errors) for j in jobs],
+            jobs=[j.view(with_errors=request.include_errors).to_proto() for j in jobs],
             next_page_token=token,
         )
 
     def CancelJob(
         self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.CancelJobResponse:
-        return gateway_pb2.CancelJobResponse(job=job_message(self.jobs.cancel(request.job_id)))
+        return gateway_pb2.CancelJobResponse(job=self.jobs.cancel(request.job_id).view().to_proto())
 
     def ResumeJob(
         self, request: gateway_pb2.ResumeJobRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ResumeJobResponse:
-        return gateway_pb2.ResumeJobResponse(job=job_message(self.jobs.resume(request.job_id)))
+        return gateway_pb2.ResumeJobResponse(job=self.jobs.resume(request.job_id).view().to_proto())
 
     def CheckAccess(
         self, request: gateway_pb2.CheckAccessRequest, context: grpc.ServicerContext

@@ -81,14 +81,16 @@ class GatewaySettings(ServerSettings):
             "overlaps storing another); a chunk is GATEWAY_EMBED_BATCH files"
         },
     )
-    max_jobs: int = field(
-        default=2, metadata={"help": "folder walks this gateway runs at once; others wait"}
+    max_walks: int = field(
+        default=2,
+        metadata={"was": "max_jobs", "help": "folder walks this gateway runs at once; others wait"},
     )
-    max_queued_jobs: int = field(
+    max_active_jobs: int = field(
         default=100,
         metadata={
+            "was": "max_queued_jobs",
             "help": "jobs running or waiting at once, in the whole job store; "
-            "StartIndexJob past it is refused RESOURCE_EXHAUSTED"
+            "StartIndexJob past it is refused RESOURCE_EXHAUSTED",
         },
     )
     max_image_mb: int = field(default=32, metadata={"help": "largest image accepted"})
@@ -103,14 +105,14 @@ class GatewaySettings(ServerSettings):
         default=64,
         metadata={
             "help": "bytes of images one stream or one job holds at once; more waits for "
-            "earlier batches"
+            "earlier ones"
         },
     )
     max_total_inflight_mb: int = field(
         default=128,
         metadata={
             "help": "bytes of images all streams and jobs hold at once; more waits. The "
-            "gateway's memory peaks at several times this (each batch exists as Python "
+            "gateway's memory peaks at several times this (each image exists as Python "
             "bytes, a protobuf message and gRPC buffers): 128 fits a 1 GiB pod"
         },
     )
@@ -140,14 +142,18 @@ class GatewaySettings(ServerSettings):
             "(a caller's shorter deadline flows downstream as it is)"
         },
     )
-    job_batch_timeout_s: float = field(
+    job_chunk_timeout_s: float = field(
         default=300.0,
-        metadata={"help": "deadline of one job batch (embed and store); jobs have no caller"},
+        metadata={
+            "was": "job_batch_timeout_s",
+            "help": "deadline of each embed-and-store call of a job's chunk (a chunk over the "
+            "byte budget goes in several); jobs have no caller",
+        },
     )
     job_outage_s: float = field(
         default=300.0,
         metadata={
-            "help": "how long a job retries a batch, with backoff, while a backend is "
+            "help": "how long a job retries a chunk, with backoff, while a backend is "
             "UNAVAILABLE or too slow, before the job ends FAILED (ResumeJob continues it)"
         },
     )
@@ -312,13 +318,13 @@ class GatewaySettings(ServerSettings):
         check_client_tls(
             "GATEWAY_BACKEND_TLS", self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key
         )
-        if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_jobs < 1:
-            raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_JOBS must be >= 1")
-        if self.max_queued_jobs < self.max_jobs:
-            raise SettingsError("GATEWAY_MAX_QUEUED_JOBS must be at least GATEWAY_MAX_JOBS")
+        if self.embed_batch < 1 or self.job_concurrency < 1 or self.max_walks < 1:
+            raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_WALKS must be >= 1")
+        if self.max_active_jobs < self.max_walks:
+            raise SettingsError("GATEWAY_MAX_ACTIVE_JOBS must be at least GATEWAY_MAX_WALKS")
         if not 1 <= self.default_top_k <= 1000:
             raise SettingsError("GATEWAY_DEFAULT_TOP_K must be between 1 and 1000")
-        for name in ("backend_wait_s", "call_timeout_s", "job_batch_timeout_s"):
+        for name in ("backend_wait_s", "call_timeout_s", "job_chunk_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GATEWAY_{name.upper()} must be > 0")
         if not 1 <= self.max_inflight_mb <= self.max_total_inflight_mb:

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagesearch.batching import byte_groups
 from imagesearch.channels import make_channel
-from imagesearch.errors import code_from_number, rpc_status
+from imagesearch.errors import code_from_number, rpc_status, status_code_number
 from imagesearch.rpcs import idempotent_methods
 from imagesearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -131,6 +131,11 @@ class FileError:
     def from_proto(cls, e: gateway_pb2.FileError) -> FileError:
         return cls(e.path, e.reason, code_from_number(e.code))
 
+    def to_proto(self) -> gateway_pb2.FileError:
+        return gateway_pb2.FileError(
+            path=self.path, reason=self.reason, code=status_code_number(self.code)
+        )
+
 
 @dataclass(frozen=True)
 class Job:
@@ -186,6 +191,29 @@ class Job:
             j.model,
             j.walk_complete,
             j.errors_omitted,
+        )
+
+    def to_proto(self) -> gateway_pb2.Job:
+        """The message the gateway sends (it builds this type from its record,
+        so both ends of the wire spell the job once)."""
+        return gateway_pb2.Job(
+            job_id=self.job_id,
+            state=self.state.value,
+            collection=self.collection,
+            folder=self.folder,
+            recursive=self.recursive,
+            total=self.total,
+            done=self.done,
+            indexed=self.indexed,
+            duplicates=self.duplicates,
+            failed=self.failed,
+            message=self.message,
+            errors=[e.to_proto() for e in self.errors],
+            created_at_ms=self.created_at_ms,
+            updated_at_ms=self.updated_at_ms,
+            model=self.model,
+            walk_complete=self.walk_complete,
+            errors_omitted=self.errors_omitted,
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import types
 import typing
@@ -257,6 +258,16 @@ def _parse(kind: Any, raw: str, name: str) -> Any:
     return raw
 
 
+def _old_value(f: dataclasses.Field[Any], kind: Any, raw: str, was: str) -> Any:
+    """A value given under a setting's old name, in the new name's unit where
+    the unit changed (metadata ``was_unit``: how many old units make a new
+    one, e.g. bytes per MB; rounded up, so a limit never shrinks)."""
+    unit = f.metadata.get("was_unit")
+    if not unit:
+        return _parse(kind, raw, was)
+    return math.ceil(_parse(int, raw, was) / unit)
+
+
 def env_name(prefix: str, field_name: str) -> str:
     return f"{prefix}{field_name.upper()}"
 
@@ -281,7 +292,7 @@ def load_settings(
         elif name in env:
             values[f.name] = _parse(hints[f.name], env[name], name)
         elif was in env:  # an older name (CHANGELOG.md): still read, said once
-            values[f.name] = _parse(hints[f.name], env[was], was)
+            values[f.name] = _old_value(f, hints[f.name], env[was], was)
             log.warning("%s is now called %s; the old name still works for now", was, name)
     if argv is not None:
         parser = argparse.ArgumentParser(description=description)

@@ -139,7 +139,7 @@ def run_gateway(argv: list[str], allowed: Path) -> None:
             allowed_roots=(str(allowed),),
             backend_wait_s=5.0,
             call_timeout_s=10.0,
-            max_queued_jobs=8,
+            max_active_jobs=8,
         )
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{gw.port}")

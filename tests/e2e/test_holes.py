@@ -78,7 +78,7 @@ def test_a_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
 
 def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
     with gateway_stack(
-        embedder, tmp_path, max_jobs=1, max_queued_jobs=2, embed_batch=1, job_concurrency=1
+        embedder, tmp_path, max_walks=1, max_active_jobs=2, embed_batch=1, job_concurrency=1
     ) as running:
         gateway = running.gateway
         with Client(gateway.addr, timeout=60) as client:
@@ -87,7 +87,7 @@ def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
             with pytest.raises(ImageSearchError) as err:
                 client.start_job(str(CLOTHING / "Dress"), collection="c3")
             assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "GATEWAY_MAX_QUEUED_JOBS" in err.value.message
+            assert "GATEWAY_MAX_ACTIVE_JOBS" in err.value.message
             client.cancel_job(first.job_id)
             for job in (first, second):
                 wait_until(lambda j=job: client.get_job(j.job_id).state.terminal, 300)

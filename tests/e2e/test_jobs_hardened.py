@@ -245,7 +245,7 @@ def test_a_worker_survives_an_unexpected_exception_in_its_unit(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One walk worker (GATEWAY_MAX_JOBS=1): the first walk raises a bug's
+    """One walk worker (GATEWAY_MAX_WALKS=1): the first walk raises a bug's
     exception; the job fails saying so, and the next job runs on the same worker."""
     real = gateway_jobs.walk_images
     calls = []
@@ -257,7 +257,7 @@ def test_a_worker_survives_an_unexpected_exception_in_its_unit(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gateway_jobs, "walk_images", broken_once)
-    server, stub = gateway(tmp_path, embedder, index, **job_settings, max_jobs=1)
+    server, stub = gateway(tmp_path, embedder, index, **job_settings, max_walks=1)
     try:
         first = wait_job(stub, start_job(stub, "bug", CLOTHING).job_id)
         assert first.state == FAILED and "internal error (RuntimeError)" in first.message

@@ -213,7 +213,7 @@ def test_a_chunk_that_keeps_losing_its_gateway_becomes_file_errors(
     # A gateway that walks the folder, takes chunk 0 and dies on it (never acks).
     dying = NatsJobStore(nats_url, prefix, max_errors_kept=10, ack_wait_s=1.0)
     folder = CLOTHING / "Hat"
-    dying.create(JobRecord(DOOMED, "doomed", str(folder), True, batch_size=4))
+    dying.create(JobRecord(DOOMED, "doomed", str(folder), True, chunk_size=4))
     walk = dying.claim(WALK, timeout=10)
     files = list(walk_images(folder, True, AllowedRoots([folder])))
     for number, start in enumerate(range(0, len(files), 4)):

@@ -231,7 +231,7 @@ def test_a_job_rides_out_a_full_embedder_queue(tmp_path: Path, caplog) -> None:
             final = list(c.watch_job(job.job_id))[-1]
         assert final.state is JobState.SUCCEEDED, final.message
         assert (final.done, final.indexed, final.failed) == (64, 64, 0)
-        retries = [r for r in caplog.records if "job.batch_retry" in r.getMessage()]
+        retries = [r for r in caplog.records if "job.chunk_retry" in r.getMessage()]
         assert retries, "the queue never filled: the test proves nothing"
         assert any("EMBEDDER_QUEUE_SIZE" in str(getattr(r, "fields", r.__dict__)) for r in retries)
     finally:

@@ -81,9 +81,9 @@ def new_job(store: JobStore, job_id: str, files: int, created: int = 1) -> JobRe
     """A job whose walk (claimed from the store's queue) found ``files``
     files, in chunks of 4."""
     job = store.create(
-        JobRecord(job_id, "photos", "/data", True, batch_size=4, created_at_ms=created)
+        JobRecord(job_id, "photos", "/data", True, chunk_size=4, created_at_ms=created)
     )
-    assert job.total == 0 and not job.walk_done
+    assert job.total == 0 and not job.walk_complete
     walk = claim(store, WALK)
     assert (walk.kind, walk.job_id) == (WALK, job_id)
     names = [f"/data/{job_id}-{n}.jpg" for n in range(files)]
@@ -114,7 +114,12 @@ def test_chunks_are_queued_and_counted_once_however_often_they_are_recorded(
 ) -> None:
     store = stores.make()
     job = new_job(store, "a", 10)
-    assert (job.total, job.chunks, job.walk_done, job.walk_last) == (10, 3, True, "/data/a-9.jpg")
+    assert (job.total, job.chunks, job.walk_complete, job.walk_last) == (
+        10,
+        3,
+        True,
+        "/data/a-9.jpg",
+    )
     units = [claim(store, CHUNK) for _ in range(3)]
     assert [(w.job_id, w.chunk) for w in units] == [("a", 0), ("a", 1), ("a", 2)]
     files = [store.chunk_files("a", n) for n in range(3)]
@@ -128,7 +133,7 @@ def test_chunks_are_queued_and_counted_once_however_often_they_are_recorded(
     job = store.get("a")
     assert (job.done, job.indexed, job.failed, job.state) == (6, 3, 3, "pending")
     assert len(job.errors) == 2  # max_errors_kept
-    assert (job.batch_cursor, job.batches_ahead, job.left()) == (1, [2], [1])
+    assert (job.chunk_cursor, job.chunks_ahead, job.left()) == (1, [2], [1])
     other = stores.make()  # a restarted gateway
     assert other.get("a") == job and other.chunk_files("a", 1) == files[1]
     assert other.record("a", 1, results(files[1]))
@@ -137,7 +142,7 @@ def test_chunks_are_queued_and_counted_once_however_often_they_are_recorded(
 
 def test_a_walk_that_ends_after_its_chunks_ends_the_job(stores: Stores) -> None:
     store = stores.make()
-    store.create(JobRecord("e", "photos", "/data", True, batch_size=4))
+    store.create(JobRecord("e", "photos", "/data", True, chunk_size=4))
     claim(store, WALK).ack()
     store.put_chunk("e", 0, ["/data/x.jpg"])
     store.change("e", lambda j: walked(j, 1, "/data/x.jpg"))
@@ -156,7 +161,7 @@ def test_requeue_gives_out_what_is_left(stores: Stores) -> None:
     assert store.claim(CHUNK, timeout=0.5) is None
     store.record("r", 1, results(store.chunk_files("r", 1)))
     job = store.get("r")
-    store.requeue("r", walk=not job.walk_done, chunks=job.left())
+    store.requeue("r", walk=not job.walk_complete, chunks=job.left())
     again = [claim(store, CHUNK) for _ in range(2)]
     assert sorted(w.chunk for w in again) == [0, 2]
     assert store.claim(WALK, timeout=0.5) is None
@@ -181,7 +186,7 @@ def test_records_from_many_threads_and_stores_all_count(stores: Stores) -> None:
     for t in threads:
         t.join()
     job = second.get("m")
-    assert (job.done, job.indexed, job.batch_cursor, job.batches_ahead) == (40, 40, 10, [])
+    assert (job.done, job.indexed, job.chunk_cursor, job.chunks_ahead) == (40, 40, 10, [])
     assert job.state == SUCCEEDED
 
 

@@ -57,5 +57,17 @@ def test_a_job_saved_by_the_previous_version_is_read_and_continued(tmp_path: Pat
     (tmp_path / "old.files").write_text("\n".join(lines) + "\n")
     store = LocalJobStore(tmp_path, max_errors_kept=5)
     job = store.get("old")
-    assert (job.walk_done, job.walked_chunks, job.left()) == (True, 3, [1, 2])
+    assert (job.walk_complete, job.walked_chunks, job.left()) == (True, 3, [1, 2])
     assert store.chunk_files("old", 2) == ["/data/8.jpg", "/data/9.jpg"]
+
+
+def test_a_record_is_saved_under_the_names_older_gateways_read(tmp_path: Path) -> None:
+    # A NATS job store shared by gateways of two versions during an upgrade:
+    # what this one saves, the previous one loads, and the other way round.
+    store = LocalJobStore(tmp_path, max_errors_kept=5)
+    new_job(store, "n", 10)
+    saved = json.loads((tmp_path / "n.json").read_text())
+    assert {"batch_size", "batch_cursor", "batches_ahead", "walk_done"} <= saved.keys()
+    assert not {"chunk_size", "chunk_cursor", "chunks_ahead", "walk_complete"} & saved.keys()
+    job = store.get("n")
+    assert job.chunk_size == saved["batch_size"] and job.walk_complete == saved["walk_done"]

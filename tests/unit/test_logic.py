@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from gateway.deadline import Deadline
-from gateway.jobstore import advance
+from gateway.jobstore import advance, code_of
 from gateway.orchestrator import ImageLimit
 from gateway.paths import AllowedRoots
-from gateway.servicer import code_number, convert
+from gateway.servicer import convert
 from gateway.settings import GatewaySettings
 from gateway.walk import walk_images
 from imagesearch import errors, ids
 from imagesearch.channels import service_config
-from imagesearch.client import ImageSearchError, JobState, Query
+from imagesearch.client import ImageSearchError, Job, JobState, Query
 from imagesearch.limits import CallLimits
 from imagesearch.settings import ServerSettings, SettingsError, load_settings
 from imagesearch.v1 import gateway_pb2, index_pb2
@@ -127,9 +127,9 @@ def test_job_cursor_advances_over_batches_done_out_of_order() -> None:
 
 
 def test_job_error_codes_read_by_name_and_old_numbers() -> None:
-    assert code_number("RESOURCE_EXHAUSTED") == 8
-    assert code_number(5) == 5
-    assert code_number("7") == 7
+    assert code_of("RESOURCE_EXHAUSTED") == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert code_of(5) == grpc.StatusCode.NOT_FOUND
+    assert code_of("7") == grpc.StatusCode.PERMISSION_DENIED
 
 
 # -- limits, deadlines, messages ---------------------------------------------------
@@ -574,6 +574,30 @@ def test_one_job_record_the_web_face_and_the_cli_show_as_it_is() -> None:
     assert shown["errors"] == [{"path": "/a.jpg", "reason": "broken", "code": "INVALID_ARGUMENT"}]
 
 
+def test_the_gateway_sends_its_record_as_the_clients_job() -> None:
+    """The gateway's conversion is the client's type too: its record's view
+    goes over the wire and comes back the same Job, field for field."""
+    from gateway.jobstore import JobRecord
+
+    record = JobRecord(
+        "0123456789ab",
+        "photos",
+        "/data",
+        True,
+        state="failed",
+        total=9,
+        done=9,
+        failed=3,
+        errors=[{"path": "/a.jpg", "reason": "broken", "code": "INVALID_ARGUMENT"}],
+        walk_complete=True,
+        model="resnet50",
+    )
+    view = record.view()
+    assert Job.from_proto(view.to_proto()) == view
+    assert (view.state, view.errors_omitted, view.walk_complete) == (JobState.FAILED, 2, True)
+    assert record.view(with_errors=False).errors == ()
+
+
 def test_renamed_settings_still_read_their_old_names_and_say_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -589,3 +613,33 @@ def test_renamed_settings_still_read_their_old_names_and_say_so(
     assert "INDEX_HNSW_EF is now called INDEX_MILVUS_HNSW_EF" in said
     both = load_settings(IndexSettings, "INDEX_", None, {**old, "INDEX_MILVUS_HNSW_EF": "32"})
     assert both.milvus_hnsw_ef == 32
+
+
+def test_a_renamed_size_reads_its_old_unit_and_the_gateways_job_limits_their_old_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sizes are MB everywhere: EMBEDDER_MAX_IMAGE_BYTES, in bytes, becomes
+    EMBEDDER_MAX_IMAGE_MB, rounded up so the limit never shrinks; the
+    gateway's job limits say what they count (walks, active jobs)."""
+    from embedder_service.settings import EmbedderSettings
+    from gateway.settings import GatewaySettings
+
+    with caplog.at_level("WARNING", logger="imagesearch.settings"):
+        e = load_settings(
+            EmbedderSettings, "EMBEDDER_", None, {"EMBEDDER_MAX_IMAGE_BYTES": "5000000"}
+        )
+        g = load_settings(
+            GatewaySettings,
+            "GATEWAY_",
+            None,
+            {
+                "GATEWAY_MAX_JOBS": "3",
+                "GATEWAY_MAX_QUEUED_JOBS": "9",
+                "GATEWAY_JOB_BATCH_TIMEOUT_S": "7",
+            },
+        )
+    assert (e.max_image_mb, e.max_image_bytes) == (5, 5 * 1024 * 1024)
+    assert (g.max_walks, g.max_active_jobs, g.job_chunk_timeout_s) == (3, 9, 7.0)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "EMBEDDER_MAX_IMAGE_BYTES is now called EMBEDDER_MAX_IMAGE_MB" in said
+    assert "GATEWAY_MAX_QUEUED_JOBS is now called GATEWAY_MAX_ACTIVE_JOBS" in said
