@@ -52,9 +52,10 @@ test: install
 	$(PY) -m pytest
 
 # The fast tier: every test that needs no external server (MariaDB, Milvus
-# standalone), starts no process of its own, compiles no model and drives no
-# browser (the markers in pyproject.toml). Passes with MariaDB stopped.
-FAST := not mariadb and not milvus_server and not nats and not processes and not compile and not browser
+# standalone), starts no process of its own, compiles no model, drives no
+# browser and takes no seconds of its own (the markers in pyproject.toml).
+# Passes with MariaDB stopped.
+FAST := not mariadb and not milvus_server and not nats and not processes and not compile and not browser and not slow
 test-fast: install
 	$(PY) -m pytest -m "$(FAST)"
 

@@ -46,6 +46,7 @@ def test_the_checkpoint_is_small_and_beats_chance_by_far(tirg: ComposedRetrieval
     assert evaluate(tirg, shuffled)[0]["R@1"] < 0.35
 
 
+@pytest.mark.slow
 def test_the_baselines_load_and_tirg_beats_concat_beats_either_half(
     tirg: ComposedRetrieval,
 ) -> None:

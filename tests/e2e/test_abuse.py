@@ -74,6 +74,7 @@ def backends(embedder: Server, tmp_path: Path) -> Iterator[tuple[Server, Server]
         yield running.gateway, running.index
 
 
+@pytest.mark.slow
 def test_idle_streams_do_not_stall_the_gateway(backends: tuple[Server, Server]) -> None:
     gateway, _ = backends
     stall = Stall()
@@ -103,6 +104,7 @@ def test_idle_streams_do_not_stall_the_gateway(backends: tuple[Server, Server]) 
         attacker.close()
 
 
+@pytest.mark.slow
 def test_idle_streams_and_missing_bodies_do_not_stall_the_index(
     backends: tuple[Server, Server],
 ) -> None:
@@ -136,6 +138,7 @@ def test_idle_streams_and_missing_bodies_do_not_stall_the_index(
         attacker.close()
 
 
+@pytest.mark.slow
 def test_idle_calls_are_ended_with_a_sentence(embedder: Server, tmp_path: Path) -> None:
     with gateway_stack(embedder, tmp_path, stream_idle_s=1.0) as running:
         gateway = running.gateway
@@ -186,6 +189,7 @@ def test_idle_calls_are_ended_with_a_sentence(embedder: Server, tmp_path: Path) 
             ch.close()
 
 
+@pytest.mark.slow
 def test_watchers_cannot_lock_out_uploads(embedder: Server, tmp_path: Path) -> None:
     """Watchers and uploads have caps of their own: a reader who opens every
     watcher slot leaves uploads and short calls working."""

@@ -136,6 +136,7 @@ def test_sigterm_drains_then_finishes_the_calls_in_progress(tmp_path: Path) -> N
             proc.wait()
 
 
+@pytest.mark.slow
 def test_old_connections_are_closed_without_failing_a_call() -> None:
     """MAX_CONNECTION_AGE_S=1: a client calling for 3.5 s is moved to new
     connections (counted at a TCP proxy in front), and every call succeeds."""

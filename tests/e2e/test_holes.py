@@ -76,6 +76,7 @@ def test_a_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
     assert seen == [10_000, 101]  # the size checked first, then what was read: limit + 1
 
 
+@pytest.mark.slow
 def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
     with gateway_stack(
         embedder, tmp_path, max_walks=1, max_active_jobs=2, embed_batch=1, job_concurrency=1

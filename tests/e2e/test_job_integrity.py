@@ -108,6 +108,7 @@ def slow(embedder: Server, tmp_path: Path) -> Iterator[Server]:
     index.running.stop(1)
 
 
+@pytest.mark.slow
 def test_two_resumes_at_once_start_one_runner(slow: Server) -> None:
     folder = CLOTHING
     files = len(clothing_images())

@@ -238,6 +238,7 @@ def kv_get_or_none(url: str, bucket: str, key: str) -> bytes | None:
         return None
 
 
+@pytest.mark.slow
 def test_a_worker_survives_an_unexpected_exception_in_its_unit(
     job_settings: dict[str, object],
     embedder: Server,

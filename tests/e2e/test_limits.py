@@ -55,6 +55,7 @@ def small_message_stack(tmp_path: Path) -> Iterator[Stack]:
     embedder.running.stop(1)
 
 
+@pytest.mark.slow
 def test_large_photos_index_through_stream_and_job(small_message_stack: Stack) -> None:
     folder = small_message_stack.tmp / "photos"
     folder.mkdir()
@@ -92,6 +93,7 @@ def test_search_refuses_too_many_queries_before_reading_any(stack: Stack) -> Non
     assert "GATEWAY_MAX_QUERIES" in str(err.value.details())
 
 
+@pytest.mark.slow
 def test_streams_are_capped_and_short_calls_still_answer(embedder, tmp_path: Path) -> None:
     index = start_index(tmp_path / "index")
     gateway = start_gateway(
@@ -217,6 +219,7 @@ def test_many_jobs_page_and_old_ones_expire(embedder, tmp_path: Path) -> None:
         index.running.stop(1)
 
 
+@pytest.mark.slow
 def test_a_job_rides_out_a_full_embedder_queue(tmp_path: Path, caplog) -> None:
     """Overload is not failure: Embed calls refused RESOURCE_EXHAUSTED (queue
     full) are retried with backoff and the job stores every file."""

@@ -11,6 +11,7 @@ from imagesearch.client import Client, ImageSearchError
 from tests.conftest import CLOTHING, Stack, clothing_images, start_embedder, start_gateway
 
 
+@pytest.mark.slow
 def test_a_collection_of_the_old_fallback_says_how_to_go_on(stack: Stack) -> None:
     photos = [(p, (CLOTHING / p).read_bytes()) for p, _ in clothing_images()[:6]]
     with Client(stack.gateway.addr) as old:  # the shared embedder: mobilenet_v2, bundled

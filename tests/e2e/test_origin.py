@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from PIL import Image
 
 from imagesearch.client import Client, ImageSearchError, JobState
@@ -56,6 +57,7 @@ def test_a_stream_cannot_take_a_path_a_server_job_found(stack: Stack) -> None:
         assert own.indexed == 1
 
 
+@pytest.mark.slow
 def test_a_server_job_takes_back_a_path_a_stream_claimed_first(stack: Stack) -> None:
     folder, files, other = photos(stack)
     with Client(stack.gateway.addr) as client:

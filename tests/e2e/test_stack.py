@@ -153,6 +153,7 @@ def test_server_job_and_rerun(stack: Stack) -> None:
     assert len(stub.ListJobs(gateway_pb2.ListJobsRequest(), timeout=30).jobs) == 3
 
 
+@pytest.mark.slow
 def test_odd_images_job(stack: Stack) -> None:
     stub = gw(stack)
     manifest = odd_manifest()
@@ -267,6 +268,7 @@ def test_bad_requests(stack: Stack) -> None:
     assert count(stub, "bad") == 1
 
 
+@pytest.mark.slow
 def test_cancel_and_resume(stack: Stack) -> None:
     stub = gw(stack)
     job = start_job(stub, "cancel", CLOTHING)

@@ -53,6 +53,7 @@ def test_streamed_and_job_images_get_oriented_thumbnails(stack: Stack) -> None:
         assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_reconcile_backfills_thumbnails_from_server_files(stack: Stack, tmp_path: Path) -> None:
     # A gateway as before thumbnails existed, on the same index.
     old = start_gateway(

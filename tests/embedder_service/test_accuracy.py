@@ -119,6 +119,7 @@ def test_int8_stays_close_to_fp32_and_finds_a_bf16_collection(
     assert_each_finds_itself(quantized, bf16)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_auto_dtype_only_uses_bf16_where_it_stays_accurate(
     reference: tuple[str, np.ndarray],

@@ -63,11 +63,13 @@ def batches(runner: ModelRunner, sizes: Sequence[int], counts: Sequence[int]) ->
     return seen
 
 
+@pytest.mark.slow
 def test_a_batch_mostly_padding_is_cut_to_the_size_below(runner: ModelRunner) -> None:
     # 12 would run padded to 32: 8 run, then the other 4 (padded to 8).
     # 28 fill 32 well enough to run padded; 5 run padded to 8 (below is 1).
     assert batches(runner, SIZES, [12, 28, 5]) == [8, 4, 28, 5]
 
 
+@pytest.mark.slow
 def test_an_eager_model_runs_each_batch_whole(runner: ModelRunner) -> None:
     assert batches(runner, (), [12, 5]) == [12, 5]

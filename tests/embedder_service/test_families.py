@@ -105,6 +105,7 @@ def test_int8_settings_refuse_what_cannot_run_int8() -> None:
         EmbedderSettings(model="resnet50", dtype="int4").validate()
 
 
+@pytest.mark.slow
 def test_the_int8_guard_falls_back_where_int8_strays(caplog: pytest.LogCaptureFixture) -> None:
     """MobileNetV2 with its depthwise convolutions in int8 too strays from fp32
     (median cosine ~0.96 on the calibration check photos): the runner says so

@@ -6,6 +6,8 @@ import base64
 import json
 import subprocess
 
+import pytest
+
 from tests.conftest import ODD, VENV_BIN, Stack
 
 
@@ -18,6 +20,7 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_reflection_count_and_search(stack: Stack) -> None:
     listed = grpcurl(stack.gateway.addr, "list")
     assert listed.returncode == 0, listed.stderr

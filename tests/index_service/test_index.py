@@ -584,6 +584,7 @@ def test_unreachable_database_at_start_gives_unavailable(tmp_path: Path) -> None
         server.running.stop(1)
 
 
+@pytest.mark.slow
 def test_milvus_down_gives_unavailable_and_leaves_sql_untouched(tmp_path: Path) -> None:
     """No Milvus server at the URI: UNAVAILABLE naming Milvus, no SQL rows left behind."""
     from index_service.metadata import MetadataStore

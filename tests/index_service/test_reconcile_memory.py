@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import insert
 
 from index_service.rows import PENDING, READY, CollectionRow
@@ -67,6 +68,7 @@ def peak_of_reconcile(store: IndexStore, name: str) -> tuple[int, int, int]:
     return peak, report.orphan_vectors_deleted, report.missing_vectors
 
 
+@pytest.mark.slow
 def test_reconcile_memory_does_not_grow_with_the_collection(tmp_path: Path) -> None:
     from index_service.app import build_store
 

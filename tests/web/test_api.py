@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
@@ -267,6 +268,7 @@ def test_the_page_and_its_headers(web: Web) -> None:
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_event_streams_are_capped_and_freed_when_the_browser_leaves(tmp_path: Path) -> None:
     """Watchers wait in their own bounded pool: past WEB_MAX_EVENT_STREAMS a new
     stream is 429 while other calls still answer; a watcher that goes away

@@ -158,6 +158,7 @@ def test_uploads_are_refused_before_their_body_is_read(
     assert answer.status_code == 200, answer.text
 
 
+@pytest.mark.slow
 def test_concurrent_uploads_are_capped(stack: Stack) -> None:
     web = start_web(stack.gateway, max_uploads=1)
     try:
