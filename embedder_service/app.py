@@ -50,7 +50,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
     decoder = make_decoder(settings, runner)
     decode_workers = settings.decode_threads(model_on_cpu=runner.device.type == "cpu")
     batcher = Batcher(
-        runner.embed,
+        runner.embed_with_text,
         decoder,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000.0,
@@ -60,7 +60,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
     )
     ready = Readiness("the embedder is still warming up its model")
     text_problem = runner.text_problem if isinstance(runner, ComposingRunner) else None
-    servicer = EmbedderServicer(batcher, runner.info, settings, ready, text_problem)
+    servicer = EmbedderServicer(batcher, runner.info, settings, ready, text_problem, runner.text)
     running = start_server(
         [lambda s: embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

@@ -64,6 +64,11 @@ class Result:
     error: DecodeError | None = None
     thumbnail: bytes = b""
     rotated: tuple[np.ndarray, ...] = ()  # with rotations: 90, 180, 270 degrees
+    text: np.ndarray | None = None  # (text_dim,) where the model has a text side
+
+
+# What a model call gives: the vectors, or the vectors and their text vectors.
+Embedded = np.ndarray | tuple[np.ndarray, np.ndarray | None]
 
 
 def _resolve(fut: Future[Result], result: Result) -> None:
@@ -94,7 +99,7 @@ class _Item:
 class Batcher:
     def __init__(
         self,
-        embed: Callable[[np.ndarray, Sequence[str]], np.ndarray],
+        embed: Callable[[np.ndarray, Sequence[str]], Embedded],
         decoder: Decoder,
         *,
         max_batch: int,
@@ -103,8 +108,10 @@ class Batcher:
         decode_workers: int,
         sizes: Callable[[], Sequence[int]] = tuple,
     ) -> None:
-        """``sizes``: the batch sizes the model pads a batch up to, ascending
-        (none: it runs any size as it is)."""
+        """``embed``: pixels and texts -> the vectors, or (vectors, text
+        vectors or None) from a runner with a text side. ``sizes``: the batch
+        sizes the model pads a batch up to, ascending (none: it runs any size
+        as it is)."""
         self._embed = embed
         self._sizes = sizes
         self._decoder = decoder
@@ -269,7 +276,8 @@ class Batcher:
             started = time.perf_counter()
             try:
                 pixels = np.stack([p for it in batch for p in it.pixels()])
-                vectors = self._embed(pixels, [it.text for it in batch for _ in range(it.views)])
+                out = self._embed(pixels, [it.text for it in batch for _ in range(it.views)])
+                vectors, texts = out if isinstance(out, tuple) else (out, None)
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
                 failure = errors.ServiceError(
@@ -292,11 +300,17 @@ class Batcher:
             for it in batch:
                 d = it.decoded
                 views = vectors[row : row + it.views]
+                text = None if texts is None else texts[row]
                 row += it.views
                 _resolve(
                     it.future,
                     Result(
-                        views[0], d.width, d.height, thumbnail=d.thumbnail, rotated=tuple(views[1:])
+                        views[0],
+                        d.width,
+                        d.height,
+                        thumbnail=d.thumbnail,
+                        rotated=tuple(views[1:]),
+                        text=text,
                     ),
                 )
 

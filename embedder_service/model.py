@@ -16,8 +16,10 @@ from embedder_service import int8
 from embedder_service.decode import Decoder
 from embedder_service.families import Family, Loaded, open_model
 from embedder_service.settings import EmbedderSettings
+from embedder_service.text.conse import ClassifierWeights, ConseText
 from embedder_service.tirg import checkpoint as composed_checkpoint
 from embedder_service.tirg.net import ComposedRetrieval
+from embedder_service.weights import Weights, WeightsUnavailable
 from imagesearch import logs
 from imagesearch.cpus import cpu_flags
 
@@ -82,6 +84,8 @@ class ModelInfo:
     resize: int = 256
     composes: bool = False  # takes a text with an image (a composed query)
     whole: bool = False  # sees the whole image squashed, not a centre crop
+    text_dim: int = 0  # > 0: search by words (EmbedText; text vectors with images)
+    text_model_id: str = ""  # identity of the text space
 
     @property
     def model_id(self) -> str:
@@ -160,6 +164,10 @@ class ModelRunner:
             composes=family.composes,
             whole=family.input_size > 0,
         )
+        self.text = None if settings.text == "off" else text_side(family, weights, self.info)
+        if self.text is not None:
+            self.text.to(self.device)
+            self.info = replace(self.info, text_dim=self.text.dim, text_model_id=self.text.model_id)
         logs.event(
             log,
             "model.ready",
@@ -247,6 +255,13 @@ class ModelRunner:
     def embed(self, images: np.ndarray, texts: Sequence[str] = ()) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm. ``texts``:
         one per image ('' for none), for a composing model only."""
+        return self.embed_with_text(images, texts)[0]
+
+    def embed_with_text(
+        self, images: np.ndarray, texts: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``embed``, and with a text side (``self.text``) each image's vector
+        in the text space too, from the same features (None without one)."""
         if any(texts) and not self.info.composes:
             raise ValueError(f"{self.info.model} does not compose: it takes no text")
         n = images.shape[0]
@@ -264,8 +279,9 @@ class ModelRunner:
             torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
         ):
             out = self._model(batch, texts)
-        out = torch.nn.functional.normalize(out[:n].float(), dim=1)
-        return out.cpu().numpy()
+        pooled = out[:n].float()
+        text = None if self.text is None else self.text.image_vectors(pooled)
+        return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy(), text
 
     def _model(self, batch: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return self._run(batch)
@@ -332,6 +348,22 @@ class ComposingRunner(ModelRunner):
         if any(texts):
             return self.composer.embed(batch, list(texts))
         return self._run(batch)
+
+
+def text_side(family: Family, weights: Weights, info: ModelInfo) -> ConseText | None:
+    """Search by words for this model (ConSE over its ImageNet classifier),
+    or None where it cannot: no classifier in the family or the weights, or
+    the sentence encoder missing (logged: searches by words then answer
+    FAILED_PRECONDITION, images are served as ever)."""
+    keys = family.classifier
+    sd = weights.state_dict
+    if keys is None or sd is None or not weights.pretrained or not set(keys) <= sd.keys():
+        return None
+    try:
+        return ConseText(ClassifierWeights(sd[keys[0]], sd[keys[1]]), info.model_id)
+    except WeightsUnavailable as exc:
+        logs.event(log, "text.unavailable", logging.WARNING, model=family.name, reason=str(exc))
+        return None
 
 
 def make_runner(settings: EmbedderSettings) -> ModelRunner:

@@ -10,8 +10,10 @@ import grpc
 from embedder_service.batcher import Batcher
 from embedder_service.model import ModelInfo
 from embedder_service.settings import EmbedderSettings
+from embedder_service.text.conse import ConseText
 from imagesearch import errors
 from imagesearch.readiness import Readiness
+from imagesearch.texts import text_problem
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
 
 
@@ -23,10 +25,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         settings: EmbedderSettings,
         ready: Readiness | None = None,
         text_problem: Callable[[str], str] | None = None,
+        text: ConseText | None = None,
     ) -> None:
         """``text_problem``: why a text cannot go with an image ('' when it
-        can); only a composing model's embedder has one."""
+        can); only a composing model's embedder has one. ``text``: the model's
+        text side (search by words), if it has one."""
         self.batcher = batcher
+        self.text = text
         self.text_problem = text_problem
         self.info = info
         self.settings = settings
@@ -43,6 +48,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 f"{count} images in one Embed call, limit {limit} "
                 "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
             )
+        if request.text_vectors and self.text is None:
+            raise errors.failed_precondition(self._no_text())
         if any(image.text for image in request.images) and not self.info.composes:
             raise errors.failed_precondition(
                 f"model {self.info.model} cannot compose a text with an image; send no text, "
@@ -102,6 +109,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     height=result.height,
                     thumbnail=result.thumbnail,
                     rotated_vectors=[v.astype("<f4").tobytes() for v in result.rotated],
+                    text_vector=b""
+                    if result.text is None or not request.text_vectors
+                    else result.text.astype("<f4").tobytes(),
                 )
         return embedder_pb2.EmbedderServiceEmbedResponse(
             embeddings=[e for e in embeddings if e is not None], model_id=self.info.model_id
@@ -131,4 +141,33 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             max_image_bytes=self.settings.max_image_bytes,
             decode_pixel_budget=self.settings.decode_pixel_budget,
             composes=i.composes,
+            text_dim=i.text_dim,
+            text_model_id=i.text_model_id,
+        )
+
+    def EmbedText(
+        self, request: embedder_pb2.EmbedderServiceEmbedTextRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.EmbedderServiceEmbedTextResponse:
+        if self.text is None:
+            raise errors.failed_precondition(self._no_text())
+        if not request.texts or len(request.texts) > self.settings.max_images_per_request:
+            raise errors.invalid_argument(
+                f"EmbedText takes 1 to {self.settings.max_images_per_request} texts, "
+                f"got {len(request.texts)}"
+            )
+        for i, text in enumerate(request.texts):
+            problem = text_problem(text)
+            if problem:
+                raise errors.invalid_argument(f"text #{i}: {problem}")
+        vectors = self.text.text_vectors(list(request.texts))
+        return embedder_pb2.EmbedderServiceEmbedTextResponse(
+            vectors=[v.astype("<f4").tobytes() for v in vectors],
+            text_model_id=self.info.text_model_id,
+        )
+
+    def _no_text(self) -> str:
+        return (
+            f"model {self.info.model} has no text side (search by words needs an ImageNet "
+            "classifier: EMBEDDER_MODEL=efficientnet_lite0, resnet18, resnet50 or vgg16 with "
+            "pretrained weights, and EMBEDDER_TEXT=auto)"
         )

@@ -46,6 +46,14 @@ class EmbedderSettings(ServerSettings):
             "HEIF and AVIF count where a plugin provides them"
         },
     )
+    text: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: search by words (ConSE: the model's ImageNet classifier and the "
+            "bundled all-MiniLM-L6-v2) where the model and its weights have a classifier "
+            "(efficientnet_lite0, resnet18/50, vgg16); off: none"
+        },
+    )
     pooling: str = field(default="avg", metadata={"help": "avg or gem (conv models only)"})
     gem_p: float = field(default=3.0, metadata={"help": "GeM pooling exponent"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -156,6 +164,8 @@ class EmbedderSettings(ServerSettings):
             )
         if not allowed(self.image_formats):
             raise SettingsError("EMBEDDER_IMAGE_FORMATS allows no format that can be opened here")
+        if self.text not in ("auto", "off"):
+            raise SettingsError(f"EMBEDDER_TEXT={self.text!r}: use auto or off")
         if self.pooling not in ("avg", "gem"):
             raise SettingsError(f"EMBEDDER_POOLING={self.pooling!r}: use avg or gem")
         multiple = FAMILIES[self.model].size_multiple

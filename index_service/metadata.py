@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -42,6 +43,12 @@ from index_service.schema import create_or_migrate, define_tables
 from index_service.statements import CHUNK, chunks, records_sql, starts_with
 
 log = logging.getLogger(__name__)
+
+
+def collection_row(r: Any) -> CollectionRow:
+    return CollectionRow(
+        r.name, r.model, r.dim, r.metric, r.index_type, r.text_model or "", r.text_dim or 0
+    )
 
 
 class MetadataStore:
@@ -163,7 +170,7 @@ class MetadataStore:
             ).first()
         if row is None:
             return None
-        found = CollectionRow(row.name, row.model, row.dim, row.metric, row.index_type)
+        found = collection_row(row)
         self.cache.keep_collection(found, token)
         return found
 
@@ -183,7 +190,17 @@ class MetadataStore:
     def list_collections(self) -> list[CollectionRow]:
         with self._tx() as conn:
             rows = conn.execute(select(self.collections).order_by(self.collections.c.name)).all()
-        return [CollectionRow(r.name, r.model, r.dim, r.metric, r.index_type) for r in rows]
+        return [collection_row(r) for r in rows]
+
+    def set_text(self, name: str, text_model: str, text_dim: int) -> None:
+        """The collection's text space, from now on (search by words)."""
+        c = self.collections
+        self.cache.forget_collection(name)
+        with self._write(name) as conn:
+            conn.execute(
+                update(c).where(c.c.name == name).values(text_model=text_model, text_dim=text_dim)
+            )
+        self.cache.forget_collection(name)
 
     def drop_collection(self, name: str) -> bool:
         self.cache.forget_collection(name)

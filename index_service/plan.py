@@ -28,6 +28,7 @@ class Item:
     vector: bytes
     origin: str = STREAM  # SERVER: a file a server job found; STREAM: a client's name
     thumbnail: bytes = b""  # JPEG; kept if the image has none yet
+    text_vector: bytes = b""  # in the collection's text space (search by words)
 
 
 @dataclass(frozen=True)

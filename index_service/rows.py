@@ -25,6 +25,8 @@ class CollectionRow:
     dim: int
     metric: str
     index_type: str
+    text_model: str = ""  # search by words: the text space ("": none)
+    text_dim: int = 0
 
 
 @dataclass
@@ -50,3 +52,17 @@ class NewImage:
     size: int
     width: int
     height: int
+
+
+@dataclass
+class ReconcileReport:
+    """What Reconcile found and did (IndexStore.reconcile)."""
+
+    marked_ready: int = 0
+    orphan_vectors_deleted: int = 0
+    missing_vectors: int = 0  # ready rows whose vector was gone (set back to pending)
+    needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
+    needs_thumbnail: list[tuple[str, ImageRow]] = field(default_factory=list)
+    thumbnails_missing: int = 0
+    needs_text: list[tuple[str, ImageRow]] = field(default_factory=list)
+    text_missing: int = 0

@@ -74,6 +74,10 @@ def define_tables(md: MetaData, p: str) -> Tables:
         # Write transactions on the collection's rows: readers drop their
         # cached rows of a collection when this (or created_at_ms) changes.
         Column("writes", BigInteger, nullable=False, server_default="0"),
+        # Search by words: the text space of its images' text vectors ("":
+        # none), which live in a vector set of their own (text_space.py).
+        Column("text_model", String(255), nullable=False, server_default=""),
+        Column("text_dim", Integer, nullable=False, server_default="0"),
         **opts,
     )
     images = Table(
@@ -137,6 +141,11 @@ def _add_column(conn: Connection, table: Table, column: str, ddl: str) -> None:
         conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column} {ddl}"))
 
 
+def _add_text_columns(conn: Connection, collections: Table) -> None:
+    _add_column(conn, collections, "text_model", "VARCHAR(255) NOT NULL DEFAULT ''")
+    _add_column(conn, collections, "text_dim", "INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS = (
     Migration(
         1,
@@ -149,6 +158,11 @@ MIGRATIONS = (
         lambda conn, t: _add_column(
             conn, t.paths, "origin", f"VARCHAR(8) NOT NULL DEFAULT '{STREAM}'"
         ),
+    ),
+    Migration(
+        3,
+        "collections.text_model, text_dim: search by words",
+        lambda conn, t: _add_text_columns(conn, t.collections),
     ),
 )
 LATEST = MIGRATIONS[-1].number

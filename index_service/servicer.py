@@ -68,10 +68,18 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                 it.vector,
                 SERVER if it.origin == index_pb2.PATH_ORIGIN_SERVER else STREAM,
                 it.thumbnail,
+                it.text_vector,
             )
             for it in request.items
         ]
-        results = self.store.upsert(request.collection, request.model, request.dim, items)
+        results = self.store.upsert(
+            request.collection,
+            request.model,
+            request.dim,
+            items,
+            request.text_model,
+            request.text_dim,
+        )
         out = [
             index_pb2.UpsertResult(
                 image_id=r.image_id,
@@ -99,15 +107,32 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
         rows are cached takes no thread (IndexStore.search_async)."""
         if not self.ready.is_set():
             await asyncio.to_thread(self.ready.wait, context)
-        results = await self.store.search_async(
-            request.collection,
-            list(request.vectors),
-            list(request.image_ids),
-            request.top_k,
-            request.path_prefix,
-            request.min_score,
-            request.model,
-        )
+        if request.text_vectors:
+            if request.vectors or request.image_ids:
+                raise errors.invalid_argument(
+                    "a Search is by words (text_vectors) or by images (vectors, image_ids), "
+                    "not both"
+                )
+            results = await asyncio.to_thread(
+                self.store.search_text,
+                request.collection,
+                list(request.text_vectors),
+                request.top_k,
+                request.path_prefix,
+                request.min_score,
+                request.text_model,
+                request.expand,
+            )
+        else:
+            results = await self.store.search_async(
+                request.collection,
+                list(request.vectors),
+                list(request.image_ids),
+                request.top_k,
+                request.path_prefix,
+                request.min_score,
+                request.model,
+            )
         return index_pb2.IndexServiceSearchResponse(
             results=[
                 index_pb2.IndexHits(
@@ -171,6 +196,8 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                     index_type=row.index_type,
                     count=ready,
                     pending=pending,
+                    text_model=row.text_model,
+                    text_dim=row.text_dim,
                 )
                 for row, ready, pending in self.store.list_collections()
             ]
@@ -189,7 +216,9 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
     ) -> index_pb2.IndexServiceReconcileResponse:
         self.ready.wait(context)
         report = self.store.reconcile(
-            request.collection, min(max(request.thumbnails_limit, 0), MAX_THUMBNAILS_LISTED)
+            request.collection,
+            min(max(request.thumbnails_limit, 0), MAX_THUMBNAILS_LISTED),
+            min(max(request.text_limit, 0), MAX_THUMBNAILS_LISTED),
         )
         return index_pb2.IndexServiceReconcileResponse(
             marked_ready=report.marked_ready,
@@ -198,6 +227,8 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
             missing_vectors=report.missing_vectors,
             needs_thumbnail=[record(r, name) for name, r in report.needs_thumbnail],
             thumbnails_missing=report.thumbnails_missing,
+            needs_text=[record(r, name) for name, r in report.needs_text],
+            text_missing=report.text_missing,
         )
 
     def GetThumbnails(

@@ -23,7 +23,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -32,6 +31,7 @@ from imagesearch import errors, logs
 from imagesearch.batching import batched
 from index_service import names
 from index_service.metadata import MetadataStore
+from index_service.names import ways_back
 from index_service.plan import (
     Item,
     UpsertPlan,
@@ -41,7 +41,9 @@ from index_service.plan import (
     unpack_vector,
 )
 from index_service.ranking import Hit, search_rounds
-from index_service.rows import PENDING, READY, CollectionRow, ImageRow
+from index_service.rows import PENDING, READY, CollectionRow, ImageRow, ReconcileReport
+from index_service.text_space import EXPAND_DEPTH, TextSpace
+from index_service.text_space import space as text_space
 from index_service.vectors import VectorStore
 from index_service.writer import StoreLocked, WriterLock
 
@@ -51,43 +53,6 @@ MAX_TOP_K = 1000
 MAX_DIM = 32768
 PREFIX_FILTER_LIMIT = 16384  # above this many candidates, over-fetch and filter
 RECONCILE_PAGE = 2000  # vector ids checked against SQL at a time
-
-
-@dataclass
-class ReconcileReport:
-    marked_ready: int = 0
-    orphan_vectors_deleted: int = 0
-    missing_vectors: int = 0  # ready rows whose vector was gone (set back to pending)
-    needs_reembedding: list[tuple[str, ImageRow]] = field(default_factory=list)
-    needs_thumbnail: list[tuple[str, ImageRow]] = field(default_factory=list)
-    thumbnails_missing: int = 0
-
-
-def ways_back(name: str, stored: str) -> str:
-    """What to do about a collection of another model's vectors: the two ways
-    out, exactly. Model ids are ``model/pooling/weights-digest``, then
-    ``/resize-crop`` when the preprocessing sizes are not the defaults; a GeM
-    exponent other than 3 shows in the pooling (``gem4``); a composed model's
-    (tirg_css) is ``flat``, set by the model itself."""
-    parts = stored.split("/")
-    model, pooling, digest = [*parts, "", ""][:3]
-    sizes = parts[3:]
-    settings = [f"EMBEDDER_MODEL={model}"]
-    if pooling == "flat":  # a composed model (tirg_css): its sizes are its own
-        sizes = []
-    elif pooling.startswith("gem") and pooling != "gem":
-        settings += ["EMBEDDER_POOLING=gem", f"EMBEDDER_GEM_P={pooling.removeprefix('gem')}"]
-    else:
-        settings.append(f"EMBEDDER_POOLING={pooling or 'avg'}")
-    if sizes:
-        resize, _, crop = sizes[0].partition("-")
-        settings += [f"EMBEDDER_RESIZE={resize}", f"EMBEDDER_IMAGE_SIZE={crop}"]
-    return (
-        f"Either run the embedder that built it ({' '.join(settings)}, with the weights "
-        f"whose sha256 starts {digest or '?'}: EMBEDDER_WEIGHTS=bundled if they were the "
-        f"bundled ones), or re-index it with this one: `imgsearch drop -c {name} --yes`, "
-        "then index its folders again (or index into a new collection)"
-    )
 
 
 class IndexStore:
@@ -106,6 +71,7 @@ class IndexStore:
         self._write = threading.Lock()  # one writer thread: keeps the two stores in step
         # Vectors are sent while SQL writes the rows of the same batch.
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-writes")
+        self.text = TextSpace(vectors, meta)  # search by words
 
     def _writable(self) -> None:
         """Refuses a write on a reader, before anything else is checked."""
@@ -145,12 +111,19 @@ class IndexStore:
             )
         return row
 
-    def _score(self, distance: float) -> tuple[float, float]:
-        return self.vectors.score(distance)
-
     # -- writes ----------------------------------------------------------
 
-    def upsert(self, name: str, model: str, dim: int, items: list[Item]) -> list[UpsertResult]:
+    def upsert(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        items: list[Item],
+        text_model: str = "",
+        text_dim: int = 0,
+    ) -> list[UpsertResult]:
+        """Stores ``items``; their text vectors (search by words, in
+        ``text_model``'s ``text_dim``-d space) once their rows are stored."""
         self._writable()
         names.collection(name)
         if not model:
@@ -167,7 +140,12 @@ class IndexStore:
             statuses = self.meta.statuses(name, [c.image_id for c in checked])
             owners = self.meta.path_owners(name, [it.path for it in items])
             plan = plan_upsert(checked, statuses, owners)
+            texts = [it.text_vector for it in items]
+            if any(texts):
+                self.text.ensure(self.collection(name), text_model, text_dim)
             self._apply(name, model, plan)
+            stored = {r.image_id: t for r, t in zip(plan.results, texts, strict=True) if t}
+            self.text.store(self.collection(name), {i: t for i, t in stored.items() if i})
         return plan.results
 
     def _ensure_collection(self, name: str, model: str, dim: int) -> None:
@@ -222,6 +200,7 @@ class IndexStore:
                 raise
         if orphaned:
             self.vectors.delete(name, orphaned)
+            self.text.forget(self.collection(name), orphaned)
 
     def _withdraw(self, name: str, new: list[int], sending: Future[None]) -> None:
         """The batch's rows did not commit: the vectors of its new images, if
@@ -241,7 +220,7 @@ class IndexStore:
     ) -> tuple[int, int]:
         """Returns (images deleted, paths removed)."""
         self._writable()
-        self.collection(name)
+        row = self.collection(name)
         for p in paths:
             names.path(p)
         if not image_ids and not paths and not prefix:
@@ -259,6 +238,7 @@ class IndexStore:
                 removed += count
                 gone += deleted
             self.vectors.delete(name, gone)
+            self.text.forget(row, gone)
         logs.event(log, "images.deleted", collection=name, images=len(gone), paths=removed)
         return len(gone), removed
 
@@ -270,6 +250,7 @@ class IndexStore:
             in_vectors = self.vectors.exists(name)
             if in_vectors:
                 self.vectors.drop(name)
+            self.text.drop(name)
         if not existed and not in_vectors:
             raise errors.not_found(f"collection {name!r} does not exist")
         logs.event(log, "collection.dropped", collection=name)
@@ -307,6 +288,39 @@ class IndexStore:
                 )
             queries += [stored[i] for i in query_ids]
 
+        return self._searched(name, name, queries, top_k, prefix, min_score)
+
+    def search_text(
+        self,
+        name: str,
+        text_vectors: list[bytes],
+        top_k: int,
+        prefix: str = "",
+        min_score: float = 0.0,
+        text_model: str = "",
+        expand: int = 0,
+    ) -> list[list[Hit]]:
+        """Search by words: the hits of each query vector in the collection's
+        text space, expanded by their images (text_space.py) when asked."""
+        row = self.collection(name)
+        queries = self.text.queries(row, text_vectors, text_model, expand)
+        self._check_search(top_k, min_score, bool(queries))
+        depth = min(max(top_k, EXPAND_DEPTH), self.vectors.max_top_k) if expand else top_k
+        found = self._searched(name, text_space(name), queries, depth, prefix, 0.0)
+        ranked = [self.text.expanded(row, hits, expand, top_k) for hits in found]
+        return [[h for h in hits if h.score >= min_score] for hits in ranked]
+
+    def _searched(
+        self,
+        name: str,
+        vector_set: str,
+        queries: list[np.ndarray],
+        top_k: int,
+        prefix: str,
+        min_score: float,
+    ) -> list[list[Hit]]:
+        """The search's I/O: ``queries`` in ``vector_set`` (the collection's
+        image vectors, or its text vectors), rows from the collection's."""
         only_ids: list[int] | None = None
         if prefix:
             candidates = self.meta.ids_with_prefix(name, prefix, PREFIX_FILTER_LIMIT + 1)
@@ -316,12 +330,18 @@ class IndexStore:
                 only_ids = candidates
         filtered_here = bool(prefix) and only_ids is None
         rounds = search_rounds(
-            queries, top_k, prefix, min_score, filtered_here, self.vectors.max_top_k, self._score
+            queries,
+            top_k,
+            prefix,
+            min_score,
+            filtered_here,
+            self.vectors.max_top_k,
+            self.vectors.score,
         )
         try:
             batch, fetch = next(rounds)
             while True:
-                raw = self.vectors.search(name, batch, fetch, only_ids)
+                raw = self.vectors.search(vector_set, batch, fetch, only_ids)
                 rows = self.meta.records(name, [iid for hits in raw for iid, _ in hits])
                 batch, fetch = rounds.send((raw, rows))
         except StopIteration as done:
@@ -349,7 +369,7 @@ class IndexStore:
             )
         queries = self._queries(row, query_vectors, query_ids, top_k, min_score, model)
         rounds = search_rounds(
-            queries, top_k, prefix, min_score, False, self.vectors.max_top_k, self._score
+            queries, top_k, prefix, min_score, False, self.vectors.max_top_k, self.vectors.score
         )
         try:
             batch, fetch = next(rounds)
@@ -378,13 +398,16 @@ class IndexStore:
                 f"collection {row.name!r} holds vectors of model {row.model!r}, the query was "
                 f"embedded with {model!r}. " + ways_back(row.name, row.model)
             )
+        self._check_search(top_k, min_score, bool(query_vectors or query_ids))
+        return [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
+
+    def _check_search(self, top_k: int, min_score: float, any_query: bool) -> None:
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.invalid_argument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         if not (0.0 <= min_score <= 1.0) or math.isnan(min_score):
             raise errors.invalid_argument(f"min_score must be between 0 and 1, got {min_score}")
-        if not query_vectors and not query_ids:
+        if not any_query:
             raise errors.invalid_argument("Search needs at least one query vector or image id")
-        return [unpack_vector(v, row.dim, f"query #{i}") for i, v in enumerate(query_vectors)]
 
     def get(
         self, name: str, image_ids: list[int], paths: list[str], include_pending: bool
@@ -434,9 +457,12 @@ class IndexStore:
                 report.missing_vectors += len(lost)
                 report.needs_reembedding += [(name, r) for r in self.meta.pending_rows(name, lost)]
 
-    def reconcile(self, name: str = "", thumbnails_limit: int = 0) -> ReconcileReport:
-        """``thumbnails_limit``: also list (up to that many) ready images
-        without a thumbnail, for the gateway to make them."""
+    def reconcile(
+        self, name: str = "", thumbnails_limit: int = 0, text_limit: int = 0
+    ) -> ReconcileReport:
+        """``thumbnails_limit``, ``text_limit``: also list (up to that many)
+        ready images without a thumbnail, or a text vector, for the gateway
+        to make them."""
         self._writable()
         report = ReconcileReport()
         targets = [self.collection(name)] if name else self.meta.list_collections()
@@ -450,6 +476,11 @@ class IndexStore:
                     report.thumbnails_missing += missing
                     rows = self.meta.records(row.name, first, ready_only=True)
                     report.needs_thumbnail += [(row.name, rows[i]) for i in first if i in rows]
+                if text_limit > 0:
+                    room = text_limit - len(report.needs_text)
+                    missing, lacking = self.text.lacking(row, room)
+                    report.text_missing += missing
+                    report.needs_text += [(row.name, r) for r in lacking]
         logs.event(
             log,
             "reconcile.done",

@@ -243,6 +243,15 @@ def embedder() -> Iterator[Server]:
     server.running.stop(1)
 
 
+@pytest.fixture(scope="session")
+def text_embedder() -> Iterator[Server]:
+    """An embedder that searches by words too: EfficientNet-Lite0 with its
+    bundled ImageNet weights and classifier (ConSE), as `make run` serves offline."""
+    server = start_embedder(model="efficientnet_lite0", dtype="float32")
+    yield server
+    server.running.stop(1)
+
+
 # -- index --------------------------------------------------------------------
 
 

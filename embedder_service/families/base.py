@@ -62,6 +62,9 @@ class Family:
     head_pooling: str = ""  # the head gives the vector (EMBEDDER_POOLING does not apply)
     composes: bool = False  # takes a text with an image (a composed query)
     input_size: int = 0  # > 0: the whole image squashed to this square, not a crop
+    # State-dict keys (weight, bias) of the ImageNet classifier the weights
+    # hold: search by words (ConSE, embedder_service/text/conse.py) runs it.
+    classifier: tuple[str, str] | None = None
 
     @property
     def ships_weights(self) -> bool:

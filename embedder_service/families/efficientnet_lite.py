@@ -35,4 +35,5 @@ EFFICIENTNET_LITE0 = Family(
     mean=MEAN,
     std=STD,
     size_multiple=32,  # its "SAME" padding is fixed for sides that are multiples of 32
+    classifier=("_fc.weight", "_fc.bias"),
 )

@@ -61,9 +61,17 @@ def _torchvision_names(source: StateDict, path: Path) -> StateDict:
     return renamed
 
 
-RESNET50 = Family("resnet50", "ResNet-50, 2048-d", 2048, _resnet("resnet50"))
-RESNET18 = Family("resnet18", "ResNet-18, 512-d", 512, _resnet("resnet18"))
-VGG16 = Family("vgg16", "VGG-16 fc7, 4096-d", 4096, _vgg16, head_pooling="fc7")
+FC = ("fc.weight", "fc.bias")
+RESNET50 = Family("resnet50", "ResNet-50, 2048-d", 2048, _resnet("resnet50"), classifier=FC)
+RESNET18 = Family("resnet18", "ResNet-18, 512-d", 512, _resnet("resnet18"), classifier=FC)
+VGG16 = Family(
+    "vgg16",
+    "VGG-16 fc7, 4096-d",
+    4096,
+    _vgg16,
+    head_pooling="fc7",
+    classifier=("classifier.6.weight", "classifier.6.bias"),  # on fc7, the vector
+)
 MOBILENET_V2 = Family(
     "mobilenet_v2",
     "MobileNetV2, 1280-d; bundled ImageNet weights",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/common.proto\x12\x0eimagesearch.v1\"\x90\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\x12\x10\n\x08\x63omposes\x18\x08 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagesearch/v1/common.proto\x12\x0eimagesearch.v1\"\xb6\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\x12\x10\n\x08\x63omposes\x18\x08 \x01(\x08\x12\x12\n\ntext_model\x18\t \x01(\t\x12\x10\n\x08text_dim\x18\n \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.common_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COLLECTIONINFO']._serialized_start=48
-  _globals['_COLLECTIONINFO']._serialized_end=192
+  _globals['_COLLECTIONINFO']._serialized_end=230
 # @@protoc_insertion_point(module_scope)

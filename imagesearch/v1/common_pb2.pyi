@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dim", "metric", "index_type", "count", "pending", "composes")
+    __slots__ = ("name", "model", "dim", "metric", "index_type", "count", "pending", "composes", "text_model", "text_dim")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -14,6 +14,8 @@ class CollectionInfo(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     COMPOSES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dim: int
@@ -22,4 +24,6 @@ class CollectionInfo(_message.Message):
     count: int
     pending: int
     composes: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., pending: _Optional[int] = ..., composes: _Optional[bool] = ...) -> None: ...
+    text_model: str
+    text_dim: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., pending: _Optional[int] = ..., composes: _Optional[bool] = ..., text_model: _Optional[str] = ..., text_dim: _Optional[int] = ...) -> None: ...

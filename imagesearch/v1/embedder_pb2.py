@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimagesearch/v1/embedder.proto\x12\x0eimagesearch.v1\"1\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04text\x18\x03 \x01(\t\"m\n\x1b\x45mbedderServiceEmbedRequest\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Image\x12\x14\n\x0cthumbnail_px\x18\x02 \x01(\x05\x12\x11\n\trotations\x18\x03 \x01(\x08\"\x97\x01\n\tEmbedding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x11\n\tthumbnail\x18\x07 \x01(\x0c\x12\x17\n\x0frotated_vectors\x18\x08 \x03(\x0c\"_\n\x1c\x45mbedderServiceEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\"$\n\"EmbedderServiceGetModelInfoRequest\"\xec\x02\n#EmbedderServiceGetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\npretrained\x18\x07 \x01(\x08\x12\x0f\n\x07pooling\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03\x12\x12\n\nimage_size\x18\x0c \x01(\x05\x12\x0c\n\x04note\x18\r \x01(\t\x12\x19\n\x11max_message_bytes\x18\x0e \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\x0f \x01(\x03\x12\x1b\n\x13\x64\x65\x63ode_pixel_budget\x18\x10 \x01(\x03\x12\x10\n\x08\x63omposes\x18\x11 \x01(\x08\x32\xee\x01\n\x0f\x45mbedderService\x12\x62\n\x05\x45mbed\x12+.imagesearch.v1.EmbedderServiceEmbedRequest\x1a,.imagesearch.v1.EmbedderServiceEmbedResponse\x12w\n\x0cGetModelInfo\x12\x32.imagesearch.v1.EmbedderServiceGetModelInfoRequest\x1a\x33.imagesearch.v1.EmbedderServiceGetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimagesearch/v1/embedder.proto\x12\x0eimagesearch.v1\"1\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x83\x01\n\x1b\x45mbedderServiceEmbedRequest\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Image\x12\x14\n\x0cthumbnail_px\x18\x02 \x01(\x05\x12\x11\n\trotations\x18\x03 \x01(\x08\x12\x14\n\x0ctext_vectors\x18\x04 \x01(\x08\"\xac\x01\n\tEmbedding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x11\n\tthumbnail\x18\x07 \x01(\x0c\x12\x17\n\x0frotated_vectors\x18\x08 \x03(\x0c\x12\x13\n\x0btext_vector\x18\t \x01(\x0c\"_\n\x1c\x45mbedderServiceEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\"$\n\"EmbedderServiceGetModelInfoRequest\"\x95\x03\n#EmbedderServiceGetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\npretrained\x18\x07 \x01(\x08\x12\x0f\n\x07pooling\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03\x12\x12\n\nimage_size\x18\x0c \x01(\x05\x12\x0c\n\x04note\x18\r \x01(\t\x12\x19\n\x11max_message_bytes\x18\x0e \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\x0f \x01(\x03\x12\x1b\n\x13\x64\x65\x63ode_pixel_budget\x18\x10 \x01(\x03\x12\x10\n\x08\x63omposes\x18\x11 \x01(\x08\x12\x10\n\x08text_dim\x18\x12 \x01(\x05\x12\x15\n\rtext_model_id\x18\x13 \x01(\t\"0\n\x1f\x45mbedderServiceEmbedTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"J\n EmbedderServiceEmbedTextResponse\x12\x0f\n\x07vectors\x18\x01 \x03(\x0c\x12\x15\n\rtext_model_id\x18\x02 \x01(\t2\xde\x02\n\x0f\x45mbedderService\x12\x62\n\x05\x45mbed\x12+.imagesearch.v1.EmbedderServiceEmbedRequest\x1a,.imagesearch.v1.EmbedderServiceEmbedResponse\x12w\n\x0cGetModelInfo\x12\x32.imagesearch.v1.EmbedderServiceGetModelInfoRequest\x1a\x33.imagesearch.v1.EmbedderServiceGetModelInfoResponse\x12n\n\tEmbedText\x12/.imagesearch.v1.EmbedderServiceEmbedTextRequest\x1a\x30.imagesearch.v1.EmbedderServiceEmbedTextResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGE']._serialized_start=49
   _globals['_IMAGE']._serialized_end=98
-  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_start=100
-  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_end=209
-  _globals['_EMBEDDING']._serialized_start=212
-  _globals['_EMBEDDING']._serialized_end=363
-  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_start=365
-  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_end=460
-  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_start=462
-  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_end=498
-  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_start=501
-  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_end=865
-  _globals['_EMBEDDERSERVICE']._serialized_start=868
-  _globals['_EMBEDDERSERVICE']._serialized_end=1106
+  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_start=101
+  _globals['_EMBEDDERSERVICEEMBEDREQUEST']._serialized_end=232
+  _globals['_EMBEDDING']._serialized_start=235
+  _globals['_EMBEDDING']._serialized_end=407
+  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_start=409
+  _globals['_EMBEDDERSERVICEEMBEDRESPONSE']._serialized_end=504
+  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_start=506
+  _globals['_EMBEDDERSERVICEGETMODELINFOREQUEST']._serialized_end=542
+  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_start=545
+  _globals['_EMBEDDERSERVICEGETMODELINFORESPONSE']._serialized_end=950
+  _globals['_EMBEDDERSERVICEEMBEDTEXTREQUEST']._serialized_start=952
+  _globals['_EMBEDDERSERVICEEMBEDTEXTREQUEST']._serialized_end=1000
+  _globals['_EMBEDDERSERVICEEMBEDTEXTRESPONSE']._serialized_start=1002
+  _globals['_EMBEDDERSERVICEEMBEDTEXTRESPONSE']._serialized_end=1076
+  _globals['_EMBEDDERSERVICE']._serialized_start=1079
+  _globals['_EMBEDDERSERVICE']._serialized_end=1429
 # @@protoc_insertion_point(module_scope)

@@ -17,17 +17,19 @@ class Image(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
 
 class EmbedderServiceEmbedRequest(_message.Message):
-    __slots__ = ("images", "thumbnail_px", "rotations")
+    __slots__ = ("images", "thumbnail_px", "rotations", "text_vectors")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_PX_FIELD_NUMBER: _ClassVar[int]
     ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     thumbnail_px: int
     rotations: bool
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., thumbnail_px: _Optional[int] = ..., rotations: _Optional[bool] = ...) -> None: ...
+    text_vectors: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., thumbnail_px: _Optional[int] = ..., rotations: _Optional[bool] = ..., text_vectors: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("name", "vector", "error", "error_code", "width", "height", "thumbnail", "rotated_vectors")
+    __slots__ = ("name", "vector", "error", "error_code", "width", "height", "thumbnail", "rotated_vectors", "text_vector")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +38,7 @@ class Embedding(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     ROTATED_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     vector: bytes
     error: str
@@ -44,7 +47,8 @@ class Embedding(_message.Message):
     height: int
     thumbnail: bytes
     rotated_vectors: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ..., rotated_vectors: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    text_vector: bytes
+    def __init__(self, name: _Optional[str] = ..., vector: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ..., rotated_vectors: _Optional[_Iterable[bytes]] = ..., text_vector: _Optional[bytes] = ...) -> None: ...
 
 class EmbedderServiceEmbedResponse(_message.Message):
     __slots__ = ("embeddings", "model_id")
@@ -59,7 +63,7 @@ class EmbedderServiceGetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EmbedderServiceGetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note", "max_message_bytes", "max_image_bytes", "decode_pixel_budget", "composes")
+    __slots__ = ("model", "dim", "weights", "weights_digest", "device", "dtype", "pretrained", "pooling", "model_id", "max_batch", "max_pixels", "image_size", "note", "max_message_bytes", "max_image_bytes", "decode_pixel_budget", "composes", "text_dim", "text_model_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +81,8 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_PIXEL_BUDGET_FIELD_NUMBER: _ClassVar[int]
     COMPOSES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     dim: int
     weights: str
@@ -94,4 +100,20 @@ class EmbedderServiceGetModelInfoResponse(_message.Message):
     max_image_bytes: int
     decode_pixel_budget: int
     composes: bool
-    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., decode_pixel_budget: _Optional[int] = ..., composes: _Optional[bool] = ...) -> None: ...
+    text_dim: int
+    text_model_id: str
+    def __init__(self, model: _Optional[str] = ..., dim: _Optional[int] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pretrained: _Optional[bool] = ..., pooling: _Optional[str] = ..., model_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_pixels: _Optional[int] = ..., image_size: _Optional[int] = ..., note: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., decode_pixel_budget: _Optional[int] = ..., composes: _Optional[bool] = ..., text_dim: _Optional[int] = ..., text_model_id: _Optional[str] = ...) -> None: ...
+
+class EmbedderServiceEmbedTextRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EmbedderServiceEmbedTextResponse(_message.Message):
+    __slots__ = ("vectors", "text_model_id")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    text_model_id: str
+    def __init__(self, vectors: _Optional[_Iterable[bytes]] = ..., text_model_id: _Optional[str] = ...) -> None: ...

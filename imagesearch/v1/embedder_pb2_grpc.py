@@ -44,6 +44,11 @@ class EmbedderServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/imagesearch.v1.EmbedderService/EmbedText',
+                request_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServiceServicer:
@@ -62,6 +67,15 @@ class EmbedderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedText(self, request, context):
+        """Sentences in the text space of search by words (GetModelInfo.text_dim >
+        0), one vector per text, in order. FAILED_PRECONDITION where the model
+        has no text side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +149,33 @@ class EmbedderService:
             '/imagesearch.v1.EmbedderService/GetModelInfo',
             imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoRequest.SerializeToString,
             imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceGetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.EmbedderService/EmbedText',
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextRequest.SerializeToString,
+            imagesearch_dot_v1_dot_embedder__pb2.EmbedderServiceEmbedTextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class ImageRecord(_message.Message):
     def __init__(self, image_id: _Optional[int] = ..., path: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[_Union[ImageStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., collection: _Optional[str] = ..., server_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
-    __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin", "thumbnail")
+    __slots__ = ("sha256", "path", "size", "width", "height", "vector", "origin", "thumbnail", "text_vector")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class UpsertItem(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTOR_FIELD_NUMBER: _ClassVar[int]
     sha256: bytes
     path: str
     size: int
@@ -85,19 +86,24 @@ class UpsertItem(_message.Message):
     vector: bytes
     origin: PathOrigin
     thumbnail: bytes
-    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ..., origin: _Optional[_Union[PathOrigin, str]] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
+    text_vector: bytes
+    def __init__(self, sha256: _Optional[bytes] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., vector: _Optional[bytes] = ..., origin: _Optional[_Union[PathOrigin, str]] = ..., thumbnail: _Optional[bytes] = ..., text_vector: _Optional[bytes] = ...) -> None: ...
 
 class IndexServiceUpsertRequest(_message.Message):
-    __slots__ = ("collection", "model", "dim", "items")
+    __slots__ = ("collection", "model", "dim", "items", "text_model", "text_dim")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
     collection: str
     model: str
     dim: int
     items: _containers.RepeatedCompositeFieldContainer[UpsertItem]
-    def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ...) -> None: ...
+    text_model: str
+    text_dim: int
+    def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ..., text_model: _Optional[str] = ..., text_dim: _Optional[int] = ...) -> None: ...
 
 class UpsertResult(_message.Message):
     __slots__ = ("image_id", "outcome", "path_added", "error", "code")
@@ -124,7 +130,7 @@ class IndexServiceUpsertResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[UpsertResult, _Mapping]]] = ..., indexed: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class IndexServiceSearchRequest(_message.Message):
-    __slots__ = ("collection", "vectors", "image_ids", "top_k", "path_prefix", "min_score", "model")
+    __slots__ = ("collection", "vectors", "image_ids", "top_k", "path_prefix", "min_score", "model", "text_vectors", "text_model", "expand")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +138,9 @@ class IndexServiceSearchRequest(_message.Message):
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vectors: _containers.RepeatedScalarFieldContainer[bytes]
     image_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -139,7 +148,10 @@ class IndexServiceSearchRequest(_message.Message):
     path_prefix: str
     min_score: float
     model: str
-    def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[_Iterable[bytes]] = ..., image_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., path_prefix: _Optional[str] = ..., min_score: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    text_vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    text_model: str
+    expand: int
+    def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[_Iterable[bytes]] = ..., image_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., path_prefix: _Optional[str] = ..., min_score: _Optional[float] = ..., model: _Optional[str] = ..., text_vectors: _Optional[_Iterable[bytes]] = ..., text_model: _Optional[str] = ..., expand: _Optional[int] = ...) -> None: ...
 
 class IndexHit(_message.Message):
     __slots__ = ("image_id", "path", "distance", "score", "width", "height", "paths", "more_paths")
@@ -192,28 +204,34 @@ class IndexServiceGetResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ...) -> None: ...
 
 class IndexServiceReconcileRequest(_message.Message):
-    __slots__ = ("collection", "thumbnails_limit")
+    __slots__ = ("collection", "thumbnails_limit", "text_limit")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     thumbnails_limit: int
-    def __init__(self, collection: _Optional[str] = ..., thumbnails_limit: _Optional[int] = ...) -> None: ...
+    text_limit: int
+    def __init__(self, collection: _Optional[str] = ..., thumbnails_limit: _Optional[int] = ..., text_limit: _Optional[int] = ...) -> None: ...
 
 class IndexServiceReconcileResponse(_message.Message):
-    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding", "missing_vectors", "needs_thumbnail", "thumbnails_missing")
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "needs_reembedding", "missing_vectors", "needs_thumbnail", "thumbnails_missing", "needs_text", "text_missing")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
     NEEDS_REEMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
     NEEDS_THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MISSING_FIELD_NUMBER: _ClassVar[int]
     marked_ready: int
     orphan_vectors_deleted: int
     needs_reembedding: _containers.RepeatedCompositeFieldContainer[ImageRecord]
     missing_vectors: int
     needs_thumbnail: _containers.RepeatedCompositeFieldContainer[ImageRecord]
     thumbnails_missing: int
-    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., missing_vectors: _Optional[int] = ..., needs_thumbnail: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., thumbnails_missing: _Optional[int] = ...) -> None: ...
+    needs_text: _containers.RepeatedCompositeFieldContainer[ImageRecord]
+    text_missing: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., needs_reembedding: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., missing_vectors: _Optional[int] = ..., needs_thumbnail: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., thumbnails_missing: _Optional[int] = ..., needs_text: _Optional[_Iterable[_Union[ImageRecord, _Mapping]]] = ..., text_missing: _Optional[int] = ...) -> None: ...
 
 class IndexServiceCountRequest(_message.Message):
     __slots__ = ("collection",)

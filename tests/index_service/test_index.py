@@ -725,6 +725,8 @@ def test_tables_from_before_path_origins_get_the_column(
     with old.engine.begin() as conn:
         conn.execute(text(f"ALTER TABLE {prefix}image_paths DROP COLUMN origin"))
         conn.execute(text(f"ALTER TABLE {prefix}collections DROP COLUMN writes"))
+        conn.execute(text(f"ALTER TABLE {prefix}collections DROP COLUMN text_model"))
+        conn.execute(text(f"ALTER TABLE {prefix}collections DROP COLUMN text_dim"))
         conn.execute(text(f"DROP TABLE {prefix}schema_migrations"))  # older than it too
         conn.execute(
             text(
@@ -741,7 +743,9 @@ def test_tables_from_before_path_origins_get_the_column(
         assert conn.execute(text(f"SELECT writes FROM {prefix}collections")).scalar() == 1
         # Each migration ran once and is recorded; opening again runs none.
         recorded = f"SELECT number FROM {prefix}schema_migrations ORDER BY number"
-        assert conn.execute(text(recorded)).scalars().all() == [1, 2]
+        assert conn.execute(text(recorded)).scalars().all() == [1, 2, 3]
+    row = upgraded.get_collection("c")
+    assert row is not None and (row.text_model, row.text_dim) == ("", 0)  # no text space yet
     upgraded.dispose()
     from index_service.schema import create_or_migrate
 
@@ -754,7 +758,7 @@ def test_tables_from_before_path_origins_get_the_column(
     assert create_or_migrate(fresh.engine, fresh.md, fresh.tables) == []
     with fresh.engine.connect() as conn:
         got = conn.execute(text(f"SELECT number, what FROM {fresh_prefix}schema_migrations"))
-        assert [tuple(r) for r in got] == [(2, "new database")]
+        assert [tuple(r) for r in got] == [(3, "new database")]
     fresh.dispose()
     if backend == "mariadb":
         drop_sql_tables(url, fresh_prefix)
@@ -914,7 +918,7 @@ def _fields(msg: index_pb2.UpsertItem) -> dict[str, Any]:
 def test_a_model_mismatch_names_every_setting_of_the_stored_model() -> None:
     """The way back names exactly the settings that made the stored vectors,
     whatever parts the model id has (GeM's exponent, preprocessing sizes)."""
-    from index_service.store import ways_back
+    from index_service.names import ways_back
 
     plain = ways_back("shoes", "mobilenet_v2/avg/2f518e773d44")
     assert "EMBEDDER_MODEL=mobilenet_v2 EMBEDDER_POOLING=avg," in plain
