@@ -73,6 +73,7 @@ class Embedded:
     error_code: grpc.StatusCode
     thumbnail: bytes = b""  # JPEG, when asked for
     rotated_vectors: tuple[bytes, ...] = ()  # 90, 180, 270 degrees, when asked for
+    text_vector: bytes = b""  # in the model's text space, when asked for
 
 
 def _transport_error(detail: str) -> bool:
@@ -157,6 +158,8 @@ class EmbedderModel:
     composes: bool  # takes a text with the image
     max_message_bytes: int  # largest Embed request it accepts
     dim: int = 0  # length of its vectors
+    text_dim: int = 0  # > 0: it searches by words (EmbedText, text vectors)
+    text_model_id: str = ""
 
 
 class Embedder:
@@ -283,6 +286,8 @@ class Backends:
                 info.composes,
                 min(info.max_message_bytes or DEFAULT_EMBED_MESSAGE_BYTES, CHANNEL_MESSAGE_BYTES),
                 info.dim,
+                info.text_dim,
+                info.text_model_id,
             )
         return embedder.model
 
@@ -312,6 +317,12 @@ class Backends:
         with self._lock:
             self._collection_models = {c.name: (c.model, now) for c in listed.collections}
             return self._collection_models.get(collection, ("", now))[0]
+
+    def collection_names(self, deadline: Deadline) -> list[str]:
+        listed = self.index_read(
+            "ListCollections", index_pb2.IndexServiceListCollectionsRequest(), deadline
+        )
+        return [c.name for c in listed.collections]
 
     def forget_collection(self, collection: str) -> None:
         with self._lock:
@@ -360,6 +371,7 @@ class Backends:
         rotations: bool = False,
         texts: Sequence[str] = (),
         embedder: Embedder | None = None,
+        text_vectors: bool = False,
     ) -> tuple[str, list[Embedded]]:
         """(model_id, one result per image in order). The images go in as many
         Embed calls as the embedder's message limit needs; an image too large
@@ -367,7 +379,8 @@ class Backends:
         also get a JPEG thumbnail of each image that size (0: none).
         ``rotations``: also the vectors of each image turned by 90, 180, 270.
         ``texts``: one per image ('' for none), for a composing model.
-        ``embedder``: which one (default: GATEWAY_EMBEDDER_ADDR's)."""
+        ``embedder``: which one (default: GATEWAY_EMBEDDER_ADDR's).
+        ``text_vectors``: also each image's text vector (search by words)."""
         if not images:
             return "", []
         embedder = embedder or self.default_embedder
@@ -408,6 +421,7 @@ class Backends:
                 ],
                 thumbnail_px=thumbnail_px,
                 rotations=rotations,
+                text_vectors=text_vectors,
             )
             response = self._call(embedder.dep, embedder.stub.Embed, request, deadline)
             model_id = response.model_id
@@ -423,8 +437,21 @@ class Backends:
                     errors.code_from_number(e.error_code),
                     e.thumbnail,
                     tuple(e.rotated_vectors),
+                    e.text_vector,
                 )
         return model_id, [r for r in results if r is not None]
+
+    def embed_text(
+        self, texts: Sequence[str], deadline: Deadline, embedder: Embedder
+    ) -> tuple[str, list[bytes]]:
+        """(text model id, one vector per text) for a search by words."""
+        response = self._call(
+            embedder.dep,
+            embedder.stub.EmbedText,
+            embedder_pb2.EmbedderServiceEmbedTextRequest(texts=list(texts)),
+            deadline,
+        )
+        return response.text_model_id, list(response.vectors)
 
     # -- index -----------------------------------------------------------
 

@@ -113,11 +113,15 @@ class Ingestor:
                 todo.append(i)
 
         if todo:
+            # Where the model searches by words, each image's text vector
+            # comes from the same pass and is stored with it.
+            text = self.backends.model_of(embedder, deadline)
             model_id, embedded = self.backends.embed(
                 [(sources[i].name, sources[i].data) for i in todo],
                 deadline,
                 self.thumbnail_px,
                 embedder=embedder,
+                text_vectors=text.text_dim > 0,
             )
             items: list[index_pb2.UpsertItem] = []
             positions: list[int] = []
@@ -139,13 +143,21 @@ class Ingestor:
                         vector=emb.vector,
                         origin=origin,
                         thumbnail=emb.thumbnail,
+                        text_vector=emb.text_vector,
                     )
                 )
                 positions.append(i)
             if items:
                 response = self.backends.upsert(
                     index_pb2.IndexServiceUpsertRequest(
-                        collection=collection, model=model_id, dim=dim, items=items
+                        collection=collection,
+                        model=model_id,
+                        dim=dim,
+                        items=items,
+                        text_model=text.text_model_id
+                        if any(it.text_vector for it in items)
+                        else "",
+                        text_dim=text.text_dim if any(it.text_vector for it in items) else 0,
                     ),
                     deadline,
                 )

@@ -4,7 +4,9 @@ vector is gone set back to pending); the gateway then embeds again every
 image left without a vector whose file it can read under the allowed roots
 with the very bytes that were stored. The rest is listed for the caller.
 With ``backfill_thumbnails`` it also embeds again, from their files, images
-stored before thumbnails existed (up to THUMBNAILS_PER_CALL per call)."""
+stored before thumbnails existed (up to THUMBNAILS_PER_CALL per call); with
+``backfill_text``, images without a text vector (search by words), which the
+same pass gives them (up to TEXT_PER_CALL per call)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from imagesearch.v1 import gateway_pb2, index_pb2
 
 BATCH = 16  # images read and embedded together
 THUMBNAILS_PER_CALL = 1000  # images given a thumbnail per Reconcile call
+TEXT_PER_CALL = 1000  # images given a text vector per Reconcile call
 
 
 def reconcile(
@@ -36,11 +39,14 @@ def reconcile(
     ``budget``: files are read while they fit it (the stored sizes), like a
     stream's or a job's batches."""
     collection = request.collection
+    if request.backfill_text:
+        _check_text_side(backends, collection, deadline)
     found = backends.index_call(
         "Reconcile",
         index_pb2.IndexServiceReconcileRequest(
             collection=collection,
             thumbnails_limit=THUMBNAILS_PER_CALL if request.backfill_thumbnails else 0,
+            text_limit=TEXT_PER_CALL if request.backfill_text else 0,
         ),
         deadline,
     )
@@ -49,6 +55,7 @@ def reconcile(
         orphan_vectors_deleted=found.orphan_vectors_deleted,
         missing_vectors=found.missing_vectors,
         thumbnails_missing=found.thumbnails_missing,
+        text_missing=found.text_missing,
     )
 
     def unrepaired(record: index_pb2.ImageRecord) -> None:
@@ -64,7 +71,26 @@ def reconcile(
             found.needs_thumbnail, collection, roots, ingestor, deadline, budget, None
         )
         answer.thumbnails_missing -= answer.thumbnails_made
+    if request.backfill_text:
+        answer.text_made = _embed_again(
+            found.needs_text, collection, roots, ingestor, deadline, budget, None
+        )
+        answer.text_missing -= answer.text_made
     return answer
+
+
+def _check_text_side(backends: Backends, collection: str, deadline: Deadline) -> None:
+    """FAILED_PRECONDITION unless the embedder of ``collection`` (of every
+    collection, for "") has a text side."""
+    names = [collection] if collection else backends.collection_names(deadline)
+    for name in names:
+        model = backends.model_of(backends.embedder_for(name, deadline), deadline)
+        if model.text_dim <= 0:
+            raise errors.failed_precondition(
+                f"collection {name!r} is embedded with {model.model}, which has no text side: "
+                "its images cannot get text vectors (search by words needs a model with an "
+                "ImageNet classifier: efficientnet_lite0, resnet18, resnet50, vgg16)"
+            )
 
 
 def _embed_again(

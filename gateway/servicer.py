@@ -22,6 +22,7 @@ from gateway.orchestrator import Ingestor, Outcome, Result, Source
 from gateway.paths import AllowedRoots
 from gateway.repair import reconcile
 from gateway.settings import GatewaySettings
+from gateway.words import search_by_words
 from imagesearch import errors, ids, naming
 from imagesearch.rpcs import Role
 from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2
@@ -87,6 +88,9 @@ class Query(NamedTuple):
     text: str
 
 
+WORDS = "words"  # a query that is a text alone: search by words (gateway/words.py)
+
+
 def parse_queries(request: gateway_pb2.SearchRequest, max_queries: int) -> list[Query]:
     """The queries of a Search (the single one first, then ``queries``),
     INVALID_ARGUMENT for any that cannot be answered as sent."""
@@ -95,14 +99,25 @@ def parse_queries(request: gateway_pb2.SearchRequest, max_queries: int) -> list[
     if single is not None:
         queries.append(Query(single, getattr(request, single), request.text))
     elif request.text:
-        raise errors.invalid_argument("`text` composes with a query image: send one too")
+        queries.append(Query(WORDS, request.text, request.text))
     for q in request.queries:
         kind = q.WhichOneof("query")
-        if kind is None:
-            raise errors.invalid_argument("a query in `queries` has no image, image_id or path")
-        queries.append(Query(kind, getattr(q, kind), q.text))
+        if kind is None and not q.text:
+            raise errors.invalid_argument(
+                "a query in `queries` has no image, image_id, path or text"
+            )
+        queries.append(Query(kind or WORDS, getattr(q, kind) if kind else q.text, q.text))
     if not queries:
-        raise errors.invalid_argument("Search needs an image, image_id or path (or `queries`)")
+        raise errors.invalid_argument(
+            "Search needs an image, image_id, path or text (or `queries`)"
+        )
+    if any(q.kind == WORDS for q in queries):
+        if any(q.kind != WORDS for q in queries):
+            raise errors.invalid_argument(
+                "a Search is by words or by images, not both: send them in separate calls"
+            )
+        if request.any_rotation:
+            raise errors.invalid_argument("any_rotation is for image queries, not words")
     if len(queries) > max_queries:
         raise errors.invalid_argument(
             f"{len(queries)} queries in one Search, limit {max_queries} "
@@ -205,6 +220,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not 1 <= top_k <= 1000:
             raise errors.invalid_argument(f"top_k must be between 1 and 1000, got {top_k}")
         queries = parse_queries(request, self.settings.max_queries)
+        if queries[0].kind == WORDS:
+            return self._search_words(collection, queries, request, top_k, Deadline.of(context))
         images: list[tuple[int, bytes, str]] = []  # position, bytes, text
         stored: list[tuple[int, int]] = []  # position, image id
         for pos, q in enumerate(queries):
@@ -244,6 +261,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             for p in range(len(queries))
         ]
         if request.WhichOneof("query") is not None:
+            return gateway_pb2.SearchResponse(hits=results[0].hits, results=results[1:])
+        return gateway_pb2.SearchResponse(results=results)
+
+    def _search_words(
+        self,
+        collection: str,
+        queries: list[Query],
+        request: gateway_pb2.SearchRequest,
+        top_k: int,
+        deadline: Deadline,
+    ) -> gateway_pb2.SearchResponse:
+        found = search_by_words(
+            self.backends,
+            collection,
+            [q.text for q in queries],
+            top_k,
+            request.path_prefix,
+            request.min_score,
+            self.settings.text_expand,
+            deadline,
+        )
+        results = [gateway_pb2.QueryResult(hits=[hit_message(h) for h in r.hits]) for r in found]
+        if request.text:
             return gateway_pb2.SearchResponse(hits=results[0].hits, results=results[1:])
         return gateway_pb2.SearchResponse(results=results)
 

@@ -127,6 +127,13 @@ class GatewaySettings(ServerSettings):
     max_queries: int = field(
         default=64, metadata={"help": "most queries in one Search (refused before any is read)"}
     )
+    text_expand: int = field(
+        default=3,
+        metadata={
+            "help": "search by words: the first text hits whose images expand the query "
+            "(their look ranks the first 100 text hits again); 0: none, at most 20"
+        },
+    )
     # The deadline and retry policy (docs/concepts.md, "Deadlines and retries").
     backend_wait_s: float = field(
         default=60.0,
@@ -322,6 +329,8 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("GATEWAY_EMBED_BATCH, _JOB_CONCURRENCY and _MAX_WALKS must be >= 1")
         if self.max_active_jobs < self.max_walks:
             raise SettingsError("GATEWAY_MAX_ACTIVE_JOBS must be at least GATEWAY_MAX_WALKS")
+        if not 0 <= self.text_expand <= 20:
+            raise SettingsError("GATEWAY_TEXT_EXPAND must be between 0 and 20")
         if not 1 <= self.default_top_k <= 1000:
             raise SettingsError("GATEWAY_DEFAULT_TOP_K must be between 1 and 1000")
         for name in ("backend_wait_s", "call_timeout_s", "job_chunk_timeout_s"):

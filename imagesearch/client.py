@@ -102,8 +102,9 @@ class Hit:
 
 @dataclass(frozen=True)
 class Query:
-    """One query of ``search_many``: exactly one of image, image_id and path;
-    ``text`` composes with an image or path (a collection of tirg_css)."""
+    """One query of ``search_many``: one of image, image_id and path, where
+    ``text`` composes with an image or path (a collection of tirg_css); or
+    ``text`` alone, a search by words."""
 
     image: bytes | None = None
     image_id: int | None = None
@@ -112,8 +113,10 @@ class Query:
 
     def to_proto(self) -> gateway_pb2.Query:
         given = [v is not None for v in (self.image, self.image_id, self.path)]
+        if sum(given) == 0 and self.text:
+            return gateway_pb2.Query(text=self.text)  # search by words
         if sum(given) != 1:
-            raise ValueError("a Query needs exactly one of image, image_id or path")
+            raise ValueError("a Query needs exactly one of image, image_id or path, or a text")
         if self.image is not None:
             return gateway_pb2.Query(image=self.image, text=self.text)
         if self.image_id is not None:
@@ -272,6 +275,8 @@ class Reconciled:
     unrepaired_paths: tuple[str, ...]
     thumbnails_made: int = 0
     thumbnails_missing: int = 0  # ready images still without one
+    text_made: int = 0
+    text_missing: int = 0  # ready images still without a text vector
 
 
 @dataclass(frozen=True)
@@ -284,10 +289,21 @@ class Collection:
     count: int
     pending: int
     composes: bool = False  # its model takes a text change with the query image
+    text_model: str = ""  # search by words: its text space ("": none)
 
     @classmethod
     def from_proto(cls, c: common_pb2.CollectionInfo) -> Collection:
-        return cls(c.name, c.model, c.dim, c.metric, c.index_type, c.count, c.pending, c.composes)
+        return cls(
+            c.name,
+            c.model,
+            c.dim,
+            c.metric,
+            c.index_type,
+            c.count,
+            c.pending,
+            c.composes,
+            c.text_model,
+        )
 
 
 def image_requests(
@@ -482,13 +498,15 @@ class Client:
         text: str = "",
         timeout: float | None = None,
     ) -> list[Hit]:
-        """Hits for one query (image bytes, a stored image id, or a server path),
-        best first. ``any_rotation``: match stored images turned by any right
-        angle from the query (one embedder batch of four views; each stored
-        image keeps its best score). ``text``: how the wanted image differs
-        from the query image ("make the red cube blue"), for a collection of
-        a composing model (tirg_css); others answer FAILED_PRECONDITION."""
-        Query(image, image_id, path).to_proto()  # exactly one of the three
+        """Hits for one query (image bytes, a stored image id, or a server path,
+        or words), best first. ``any_rotation``: match stored images turned by
+        any right angle from the query (one embedder batch of four views; each
+        stored image keeps its best score). ``text`` with an image: how the
+        wanted image differs from it ("make the red cube blue"), for a
+        collection of a composing model (tirg_css); ``text`` alone: a search by
+        words ("red sneakers"), for a collection with text vectors; others
+        answer FAILED_PRECONDITION."""
+        Query(image, image_id, path, text).to_proto()  # one of the three, or words
         request = gateway_pb2.SearchRequest(
             collection=collection,
             top_k=top_k,
@@ -763,13 +781,19 @@ class Client:
         return bytes(self._call(self._stub.GetThumbnail, request, timeout).data)
 
     def reconcile(
-        self, *, collection: str = "", thumbnails: bool = False, timeout: float | None = None
+        self,
+        *,
+        collection: str = "",
+        thumbnails: bool = False,
+        text: bool = False,
+        timeout: float | None = None,
     ) -> Reconciled:
         """Repairs storage (admin role): ``collection``, or every one when empty.
         ``thumbnails``: also make thumbnails, from their files, for images
-        stored without one (a thousand per call)."""
+        stored without one; ``text``: also text vectors (search by words) for
+        images without one (each a thousand per call)."""
         request = gateway_pb2.ReconcileRequest(
-            collection=collection, backfill_thumbnails=thumbnails
+            collection=collection, backfill_thumbnails=thumbnails, backfill_text=text
         )
         reply = self._call(self._stub.Reconcile, request, timeout)
         return Reconciled(
@@ -781,6 +805,8 @@ class Client:
             tuple(reply.unrepaired_paths),
             reply.thumbnails_made,
             reply.thumbnails_missing,
+            reply.text_made,
+            reply.text_missing,
         )
 
     def list_collections(self, *, timeout: float | None = None) -> list[Collection]:

@@ -193,9 +193,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         query["image_id"] = args.image_id
     elif args.server_path:
         query["path"] = args.image
+    elif not args.image and args.text:
+        pass  # search by words: the text alone
     else:
         if not args.image:
-            raise UsageError("give an image file, --image-id N, or --server-path PATH")
+            raise UsageError(
+                'give an image file, --image-id N, --server-path PATH, or --text "words"'
+            )
         path = Path(args.image).expanduser()
         if not path.is_file():
             raise UsageError(f"{args.image}: no such file")
@@ -227,9 +231,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.sheet:
         from imgsearch.sheet import Tile, render
 
-        tiles = [
-            Tile("query", Path(args.image).name if args.image else str(args.image_id), query_bytes)
-        ]
+        label = Path(args.image).name if args.image else str(args.image_id or args.text)
+        tiles = [Tile("query", label, query_bytes)]
         for h in hits:
             local = Path(h["path"])
             tiles.append(
@@ -299,13 +302,15 @@ def cmd_drop(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     name = "" if args.all else args.collection
     with client(args) as c:
-        done = c.reconcile(collection=name, thumbnails=args.thumbnails)
-        made = done.thumbnails_made
-        # A thousand thumbnails per call: call again while that makes progress.
-        while args.thumbnails and done.thumbnails_made and done.thumbnails_missing:
-            done = c.reconcile(collection=name, thumbnails=True)
-            made += done.thumbnails_made
-        done = dataclasses.replace(done, thumbnails_made=made)
+        done = c.reconcile(collection=name, thumbnails=args.thumbnails, text=args.text)
+        made, texts = done.thumbnails_made, done.text_made
+        # A thousand of each per call: call again while that makes progress.
+        while (args.thumbnails and done.thumbnails_made and done.thumbnails_missing) or (
+            args.text and done.text_made and done.text_missing
+        ):
+            done = c.reconcile(collection=name, thumbnails=args.thumbnails, text=args.text)
+            made, texts = made + done.thumbnails_made, texts + done.text_made
+        done = dataclasses.replace(done, thumbnails_made=made, text_made=texts)
     text = (
         f"marked ready {done.marked_ready}, orphan vectors deleted {done.orphan_vectors_deleted}, "
         f"missing vectors {done.missing_vectors}, re-embedded {done.reembedded}, "
@@ -315,6 +320,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         text += (
             f"; thumbnails made {done.thumbnails_made}, still without one "
             f"{done.thumbnails_missing} (images streamed, or whose file is gone)"
+        )
+    if args.text:
+        text += (
+            f"; text vectors made {done.text_made}, still without one {done.text_missing} "
+            "(images streamed, or whose file is gone: index them again)"
         )
     if done.unrepaired_paths:
         text += " (index these again:)\n" + "\n".join(done.unrepaired_paths)
@@ -334,10 +344,15 @@ def cmd_collections(args: argparse.Namespace) -> int:
             "model": x.model,
             "metric": x.metric,
             "index_type": x.index_type,
+            "text_model": x.text_model,
         }
         for x in collections
     ]
-    text = "\n".join(f"{r['name']:<24} {r['count']:>8}  {r['dim']}-d {r['model']}" for r in rows)
+    text = "\n".join(
+        f"{r['name']:<24} {r['count']:>8}  {r['dim']}-d {r['model']}"
+        + ("  (searchable by words)" if r["text_model"] else "")
+        for r in rows
+    )
     emit(args, rows, text or "no collections")
     return 0
 
@@ -553,7 +568,9 @@ def add_index(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def add_search(sub: Sub, common: argparse.ArgumentParser) -> None:
     """imgsearch search: images like one."""
-    se = sub.add_parser("search", parents=[common], help="find images like IMAGE")
+    se = sub.add_parser(
+        "search", parents=[common], help='find images like IMAGE, or that --text "words" name'
+    )
     se.add_argument(
         "image", nargs="?", help="query image file (or a server path with --server-path)"
     )
@@ -573,8 +590,9 @@ def add_search(sub: Sub, common: argparse.ArgumentParser) -> None:
     se.add_argument(
         "--text",
         default="",
-        help='composed query: how the wanted image differs from IMAGE ("make the red cube '
-        'blue"); for a collection of a composing model (tirg_css)',
+        help='alone: search by words ("red sneakers"), for a collection with text vectors; '
+        'with IMAGE: a composed query, how the wanted image differs from it ("make the red '
+        'cube blue"), for a collection of a composing model (tirg_css)',
     )
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its hits")
     se.set_defaults(func=cmd_search)
@@ -623,6 +641,11 @@ def add_reconcile(sub: Sub, common: argparse.ArgumentParser) -> None:
         "--thumbnails",
         action="store_true",
         help="also make thumbnails for images indexed before they existed, from their files",
+    )
+    rc.add_argument(
+        "--text",
+        action="store_true",
+        help="also give images without a text vector one (search by words), from their files",
     )
     rc.set_defaults(func=cmd_reconcile)
 

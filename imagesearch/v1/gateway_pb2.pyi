@@ -344,12 +344,14 @@ class GetImageResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., image_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("collection", "backfill_thumbnails")
+    __slots__ = ("collection", "backfill_thumbnails", "backfill_text")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     BACKFILL_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    BACKFILL_TEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     backfill_thumbnails: bool
-    def __init__(self, collection: _Optional[str] = ..., backfill_thumbnails: _Optional[bool] = ...) -> None: ...
+    backfill_text: bool
+    def __init__(self, collection: _Optional[str] = ..., backfill_thumbnails: _Optional[bool] = ..., backfill_text: _Optional[bool] = ...) -> None: ...
 
 class GetThumbnailRequest(_message.Message):
     __slots__ = ("collection", "image_id")
@@ -368,7 +370,7 @@ class GetThumbnailResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
-    __slots__ = ("marked_ready", "orphan_vectors_deleted", "missing_vectors", "reembedded", "unrepaired_paths", "unrepaired", "thumbnails_made", "thumbnails_missing")
+    __slots__ = ("marked_ready", "orphan_vectors_deleted", "missing_vectors", "reembedded", "unrepaired_paths", "unrepaired", "thumbnails_made", "thumbnails_missing", "text_made", "text_missing")
     MARKED_READY_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_VECTORS_DELETED_FIELD_NUMBER: _ClassVar[int]
     MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +379,8 @@ class ReconcileResponse(_message.Message):
     UNREPAIRED_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_MADE_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MADE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MISSING_FIELD_NUMBER: _ClassVar[int]
     marked_ready: int
     orphan_vectors_deleted: int
     missing_vectors: int
@@ -385,7 +389,9 @@ class ReconcileResponse(_message.Message):
     unrepaired: int
     thumbnails_made: int
     thumbnails_missing: int
-    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ..., thumbnails_made: _Optional[int] = ..., thumbnails_missing: _Optional[int] = ...) -> None: ...
+    text_made: int
+    text_missing: int
+    def __init__(self, marked_ready: _Optional[int] = ..., orphan_vectors_deleted: _Optional[int] = ..., missing_vectors: _Optional[int] = ..., reembedded: _Optional[int] = ..., unrepaired_paths: _Optional[_Iterable[str]] = ..., unrepaired: _Optional[int] = ..., thumbnails_made: _Optional[int] = ..., thumbnails_missing: _Optional[int] = ..., text_made: _Optional[int] = ..., text_missing: _Optional[int] = ...) -> None: ...
 
 class CheckAccessRequest(_message.Message):
     __slots__ = ("write",)

@@ -216,6 +216,13 @@ def test_up_starts_serves_and_stops(tmp_path: Path) -> None:
         assert requests.post(f"{web}img/count", timeout=30).json() == 64
         assert "<title>imagesearch</title>" in requests.get(web, timeout=30).text
         assert "bundled ImageNet weights instead" in text  # says so plainly
+        # A newcomer's first search by words finds the shoes, no setting changed.
+        words = run("search", "--text", "sneakers", "-k", "8", "--json")
+        assert words.returncode == 0, words.stderr
+        shoes = [h for h in json.loads(words.stdout) if "/Shoes/" in h["path"]]
+        assert len(shoes) >= 5, words.stdout
+        said = run("reconcile", "--text")
+        assert said.returncode == 0 and "text vectors made 0, still without one 0" in said.stdout
         # Safe by default: every port listens on loopback only.
         assert listening(ports) == {port: {"127.0.0.1"} for port in ports}
 
