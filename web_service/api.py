@@ -89,7 +89,7 @@ def delete(collection: Name, body: DeleteIn, client: Caller) -> DeletedOut:
 @router.post(
     "/collections/{collection}/search",
     tags=["search"],
-    summary="Similar images to an uploaded image or a stored one, best first",
+    summary="Similar images to an uploaded image or a stored one, or images words name, best first",
 )
 def search(
     collection: Name,
@@ -104,15 +104,18 @@ def search(
         str,
         Form(
             max_length=500,
-            description="composed query: how the wanted image differs from the query image "
-            "('make the red cube blue'); for a collection of a composing model (tirg_css), "
-            "else 409",
+            description="alone: search by words ('red sneakers', 1-200 characters), for a "
+            "collection with text vectors, else 409; with an image: a composed query, how "
+            "the wanted image differs from it ('make the red cube blue'), for a collection "
+            "of a composing model (tirg_css), else 409",
         ),
     ] = "",
 ) -> SearchOut:
-    if (image is None) == (image_id is None):
+    given = (image is not None) + (image_id is not None)
+    if given > 1 or (given == 0 and not text):
         raise ImageSearchError(
-            grpc.StatusCode.INVALID_ARGUMENT, "send exactly one of: an image file, an image_id"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "send an image file or an image_id (with a text, to compose), or a text alone",
         )
     hits = client.search(
         image=read_upload(image) if image is not None else None,

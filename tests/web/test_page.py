@@ -144,3 +144,24 @@ def test_the_page_indexes_searches_and_reports_errors(
     expect(phone.locator("#drop-zone")).to_be_visible()
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     phone.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+
+
+def test_the_page_searches_by_words(browser, words_web: Web) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(words_web.url + "/")
+    page.fill("#collection", "clothes")
+    page.select_option("#topk", "5")
+    page.fill("#words", "shoes")
+    page.press("#words", "Enter")
+    hits = page.locator("#results .hit")
+    expect(hits).to_have_count(5, timeout=60_000)
+    paths = hits.evaluate_all("items => items.map((li) => li.dataset.path)")
+    assert sum("/Shoes/" in p for p in paths) >= 4, paths
+    page.fill("#collection", "nothing_here")
+    page.press("#words", "Enter")
+    expect(page.locator("#message")).to_contain_text("Search failed: 404")
+    assert problems == []

@@ -109,6 +109,27 @@ async function search(file) {
   }
 }
 
+// A text alone: search by words (collections whose model has a text side).
+async function searchWords(text) {
+  if (!text) return;
+  say("");
+  $("query-preview").hidden = true;
+  const form = new FormData();
+  form.append("text", text);
+  form.append("top_k", $("topk").value);
+  $("results").replaceChildren();
+  $("results").setAttribute("aria-busy", "true");
+  try {
+    const { hits } = await call(`/v1/collections/${enc(collection())}/search`, { method: "POST", body: form });
+    showHits(hits);
+    if (!hits.length) say("Nothing in this collection matches those words yet.", "info");
+  } catch (err) {
+    say(`Search failed: ${err.message}`);
+  } finally {
+    $("results").removeAttribute("aria-busy");
+  }
+}
+
 function showHits(hits) {
   thumbUrls.forEach((u) => URL.revokeObjectURL(u));
   thumbUrls = [];
@@ -296,6 +317,7 @@ function wire() {
     const file = [...e.clipboardData.files].find((f) => f.type.startsWith("image/"));
     if (file) search(file);
   });
+  $("words-form").addEventListener("submit", (e) => { e.preventDefault(); searchWords($("words").value.trim()); });
   $("job-form").addEventListener("submit", startJob);
   $("cancel-job").addEventListener("click", cancelJob);
   $("delete-form").addEventListener("submit", deletePrefix);
