@@ -13,6 +13,10 @@ it), for each model setting and query option:
     .venv/bin/python bench/quality.py
         [--configs mobilenet_v2/avg,mobilenet_v2/gem,efficientnet_lite0/avg,...]
         [--weights bundled]
+    .venv/bin/python bench/quality.py --text [--configs efficientnet_lite0/avg]
+
+With --text: search by words instead (bench/quality_text.py): precision@10 of
+each class's name in plain words, misspelled and in other words.
 
 Each config (EMBEDDER_MODEL/EMBEDDER_POOLING[/CROP][@EMBEDDER_DTYPE]; CROP
 sets EMBEDDER_IMAGE_SIZE, and EMBEDDER_RESIZE in the same 256:224 ratio;
@@ -136,14 +140,16 @@ def measure(
         top_k=len(names),
         any_rotation=any_rotation,
     )
-    p5, aps = [], []
+    p5, p10, aps = [], [], []
     for name, hits in zip(names, results, strict=True):
         others = [h.path for h in hits if h.path != name]
         same = [label.get(p) == label[name] for p in others]
         relevant = sum(1 for n in names if n != name and label[n] == label[name])
         p5.append(sum(same[:5]) / 5)
+        p10.append(sum(same[:10]) / 10)
         aps.append(average_precision(same, relevant))
     out["class P@5"] = sum(p5) / len(p5)
+    out["class P@10 (0.7 at most)"] = sum(p10) / len(p10)
     out["class mAP"] = sum(aps) / len(aps)
     return out
 
@@ -158,8 +164,14 @@ def main() -> int:
         help="MODEL/POOLING[/CROP][@DTYPE] configs to compare",
     )
     p.add_argument("--weights", default="bundled")
+    p.add_argument("--text", action="store_true", help="search by words (quality_text.py)")
     args = p.parse_args()
     rows = originals()
+    if args.text:
+        from bench.quality_text import run
+
+        configs = args.configs if "--configs" in sys.argv else "efficientnet_lite0/avg"
+        return run(configs, args.weights, rows)
     print(f"machine: {machine()}")
     print(
         f"weights {args.weights}; {len(rows)} originals, "
