@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.clients import Backends
+from gateway.clients import Backends, Embedder
 from gateway.deadline import Deadline
 from gateway.paths import AllowedRoots
 from imagesearch import errors, ids
@@ -113,67 +113,81 @@ class Ingestor:
                 todo.append(i)
 
         if todo:
-            # Where the model searches by words, each image's text vector
-            # comes from the same pass and is stored with it.
-            text = self.backends.model_of(embedder, deadline)
-            model_id, embedded = self.backends.embed(
-                [(sources[i].name, sources[i].data) for i in todo],
-                deadline,
-                self.thumbnail_px,
-                embedder=embedder,
-                text_vectors=text.text_dim > 0,
+            self._embed_and_store(
+                collection, sources, todo, digests, origin, embedder, deadline, results
             )
-            items: list[index_pb2.UpsertItem] = []
-            positions: list[int] = []
-            dim = 0
-            for i, emb in zip(todo, embedded, strict=True):
-                if emb.error:
-                    results[i] = Result(
-                        sources[i].name, Outcome.FAILED, reason=emb.error, code=emb.error_code
-                    )
-                    continue
-                dim = len(emb.vector) // 4
-                items.append(
-                    index_pb2.UpsertItem(
-                        sha256=digests[i],
-                        path=sources[i].name,
-                        size=len(sources[i].data),
-                        width=emb.width,
-                        height=emb.height,
-                        vector=emb.vector,
-                        origin=origin,
-                        thumbnail=emb.thumbnail,
-                        text_vector=emb.text_vector,
-                    )
-                )
-                positions.append(i)
-            if items:
-                response = self.backends.upsert(
-                    index_pb2.IndexServiceUpsertRequest(
-                        collection=collection,
-                        model=model_id,
-                        dim=dim,
-                        items=items,
-                        text_model=text.text_model_id
-                        if any(it.text_vector for it in items)
-                        else "",
-                        text_dim=text.text_dim if any(it.text_vector for it in items) else 0,
-                    ),
-                    deadline,
-                )
-                for i, res in zip(positions, response.results, strict=True):
-                    if res.outcome == index_pb2.UPSERT_OUTCOME_REFUSED:
-                        results[i] = Result(
-                            sources[i].name,
-                            Outcome.FAILED,
-                            reason=res.error,
-                            code=errors.code_from_number(res.code),
-                        )
-                        continue
-                    outcome = (
-                        Outcome.DUPLICATE
-                        if res.outcome == index_pb2.UPSERT_OUTCOME_DUPLICATE
-                        else Outcome.INDEXED
-                    )
-                    results[i] = Result(sources[i].name, outcome, res.image_id)
         return [r for r in results if r is not None]
+
+    def _embed_and_store(
+        self,
+        collection: str,
+        sources: Sequence[Source],
+        todo: list[int],
+        digests: dict[int, bytes],
+        origin: index_pb2.PathOrigin,
+        embedder: Embedder,
+        deadline: Deadline,
+        results: list[Result | None],
+    ) -> None:
+        """Embeds the ``todo`` sources and upserts them, filling ``results``.
+        Where the model searches by words, each image's text vector comes
+        from the same pass and is stored with it."""
+        text = self.backends.model_of(embedder, deadline)
+        model_id, embedded = self.backends.embed(
+            [(sources[i].name, sources[i].data) for i in todo],
+            deadline,
+            self.thumbnail_px,
+            embedder=embedder,
+            text_vectors=text.text_dim > 0,
+        )
+        items: list[index_pb2.UpsertItem] = []
+        positions: list[int] = []
+        for i, emb in zip(todo, embedded, strict=True):
+            if emb.error:
+                results[i] = Result(
+                    sources[i].name, Outcome.FAILED, reason=emb.error, code=emb.error_code
+                )
+                continue
+            items.append(
+                index_pb2.UpsertItem(
+                    sha256=digests[i],
+                    path=sources[i].name,
+                    size=len(sources[i].data),
+                    width=emb.width,
+                    height=emb.height,
+                    vector=emb.vector,
+                    origin=origin,
+                    thumbnail=emb.thumbnail,
+                    text_vector=emb.text_vector,
+                )
+            )
+            positions.append(i)
+        if not items:
+            return
+        texts = any(it.text_vector for it in items)
+        response = self.backends.upsert(
+            index_pb2.IndexServiceUpsertRequest(
+                collection=collection,
+                model=model_id,
+                dim=len(items[0].vector) // 4,
+                items=items,
+                text_model=text.text_model_id if texts else "",
+                text_dim=text.text_dim if texts else 0,
+            ),
+            deadline,
+        )
+        for i, res in zip(positions, response.results, strict=True):
+            if res.outcome == index_pb2.UPSERT_OUTCOME_REFUSED:
+                results[i] = Result(
+                    sources[i].name,
+                    Outcome.FAILED,
+                    reason=res.error,
+                    code=errors.code_from_number(res.code),
+                )
+                continue
+            outcome = (
+                Outcome.DUPLICATE
+                if res.outcome == index_pb2.UPSERT_OUTCOME_DUPLICATE
+                else Outcome.INDEXED
+            )
+            results[i] = Result(sources[i].name, outcome, res.image_id)

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -43,12 +42,6 @@ from index_service.schema import create_or_migrate, define_tables
 from index_service.statements import CHUNK, chunks, records_sql, starts_with
 
 log = logging.getLogger(__name__)
-
-
-def collection_row(r: Any) -> CollectionRow:
-    return CollectionRow(
-        r.name, r.model, r.dim, r.metric, r.index_type, r.text_model or "", r.text_dim or 0
-    )
 
 
 class MetadataStore:
@@ -170,7 +163,7 @@ class MetadataStore:
             ).first()
         if row is None:
             return None
-        found = collection_row(row)
+        found = CollectionRow.from_sql(row)
         self.cache.keep_collection(found, token)
         return found
 
@@ -190,7 +183,7 @@ class MetadataStore:
     def list_collections(self) -> list[CollectionRow]:
         with self._tx() as conn:
             rows = conn.execute(select(self.collections).order_by(self.collections.c.name)).all()
-        return [collection_row(r) for r in rows]
+        return [CollectionRow.from_sql(r) for r in rows]
 
     def set_text(self, name: str, text_model: str, text_dim: int) -> None:
         """The collection's text space, from now on (search by words)."""

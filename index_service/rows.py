@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 PENDING = "pending"
 READY = "ready"
@@ -27,6 +28,13 @@ class CollectionRow:
     index_type: str
     text_model: str = ""  # search by words: the text space ("": none)
     text_dim: int = 0
+
+    @classmethod
+    def from_sql(cls, r: Any) -> CollectionRow:
+        """From a row of the collections table."""
+        return cls(
+            r.name, r.model, r.dim, r.metric, r.index_type, r.text_model or "", r.text_dim or 0
+        )
 
 
 @dataclass
