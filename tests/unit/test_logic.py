@@ -390,13 +390,23 @@ def test_search_queries_come_single_first_then_the_list() -> None:
         Parsed("path", "/a.jpg", ""),
         Parsed("image_id", 7, ""),
     ]
+    # A text alone is a search by words, in `queries` too.
+    words = gateway_pb2.SearchRequest(text="red shoes", queries=[gateway_pb2.Query(text="hat")])
+    assert parse_queries(words, 8) == [
+        Parsed("words", "red shoes", "red shoes"),
+        Parsed("words", "hat", "hat"),
+    ]
 
 
 @pytest.mark.parametrize(
     "request_, words",
     [
-        (gateway_pb2.SearchRequest(), "needs an image, image_id or path"),
-        (gateway_pb2.SearchRequest(text="blue"), "send one too"),
+        (gateway_pb2.SearchRequest(), "needs an image, image_id, path or text"),
+        (
+            gateway_pb2.SearchRequest(text="blue", queries=[gateway_pb2.Query(image_id=1)]),
+            "by words or by images, not both",
+        ),
+        (gateway_pb2.SearchRequest(text="blue", any_rotation=True), "for image queries"),
         (gateway_pb2.SearchRequest(queries=[gateway_pb2.Query()]), "has no image"),
         (gateway_pb2.SearchRequest(queries=[gateway_pb2.Query(image_id=1)] * 3), "limit 2"),
         (gateway_pb2.SearchRequest(image=b"x", text="blue", any_rotation=True), "any_rotation"),
