@@ -223,7 +223,8 @@ class ModelRunner:
                 model=family.name,
                 agreement=str(result.agreement),
                 note=f"{family.name} loses too much in int8 (floors: median "
-                f"{int8.MEDIAN_FLOOR}, p5 {int8.P5_FLOOR}); running "
+                f"{int8.MEDIAN_FLOOR}, p5 {int8.P5_FLOOR}, neighbours kept "
+                f"{int8.OVERLAP_FLOOR}); running "
                 f"{str(self.dtype).removeprefix('torch.')} instead",
             )
             return None

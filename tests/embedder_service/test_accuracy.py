@@ -109,6 +109,11 @@ def test_int8_stays_close_to_fp32_and_finds_a_bf16_collection(
 ) -> None:
     model, reference_vectors = reference
     quantized, runner = vectors(model, device="cpu", dtype="int8", compile="true")
+    if model == "mobilenet_v2":
+        # Its int8 vectors pass the cosine floors but keep only 0.87 of the
+        # check photos' 10 nearest neighbours (floor 0.9): refused, fp32 serves.
+        assert runner.info.dtype == "float32", "the int8 guard kept MobileNetV2's int8"
+        return
     assert runner.info.dtype == "int8", "the int8 guard refused a bundled model"
     check_int8(reference_vectors, quantized)
     # A collection embedded in bf16 (the earlier default here), searched by
