@@ -59,9 +59,7 @@ class Agreement:
 
     @property
     def holds(self) -> bool:
-        return (
-            self.median >= MEDIAN_FLOOR and self.p5 >= P5_FLOOR and self.overlap >= OVERLAP_FLOOR
-        )
+        return self.median >= MEDIAN_FLOOR and self.p5 >= P5_FLOOR and self.overlap >= OVERLAP_FLOOR
 
     def __str__(self) -> str:
         return (
