@@ -7,19 +7,23 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
 from embedder_service import int8
+from embedder_service.clip import ClipImage
 from embedder_service.decode import Decoder
 from embedder_service.families import Family, Loaded, open_model
 from embedder_service.settings import EmbedderSettings
+from embedder_service.text import TextSide
+from embedder_service.text.clip_text import ClipText
 from embedder_service.text.conse import ClassifierWeights, ConseText
 from embedder_service.tirg import checkpoint as composed_checkpoint
 from embedder_service.tirg.net import ComposedRetrieval
-from embedder_service.weights import Weights, WeightsUnavailable
+from embedder_service.weights import WeightsUnavailable
 from imagesearch import logs
 from imagesearch.cpus import cpu_flags
 
@@ -164,7 +168,7 @@ class ModelRunner:
             composes=family.composes,
             whole=family.input_size > 0,
         )
-        self.text = None if settings.text == "off" else text_side(family, weights, self.info)
+        self.text = None if settings.text == "off" else text_side(family, loaded, self.info)
         if self.text is not None:
             self.text.to(self.device)
             self.info = replace(self.info, text_dim=self.text.dim, text_model_id=self.text.model_id)
@@ -351,11 +355,16 @@ class ComposingRunner(ModelRunner):
         return self._run(batch)
 
 
-def text_side(family: Family, weights: Weights, info: ModelInfo) -> ConseText | None:
-    """Search by words for this model (ConSE over its ImageNet classifier),
-    or None where it cannot: no classifier in the family or the weights, or
-    the sentence encoder missing (logged: searches by words then answer
-    FAILED_PRECONDITION, images are served as ever)."""
+def text_side(family: Family, loaded: Loaded, info: ModelInfo) -> TextSide | None:
+    """Search by words for this model: CLIP's own text tower, or ConSE over
+    its ImageNet classifier; None where it cannot: no classifier in the
+    family or the weights, or the sentence encoder missing (logged: searches
+    by words then answer FAILED_PRECONDITION, images are served as ever)."""
+    weights = loaded.weights
+    body = getattr(loaded.net, "body", None)
+    if isinstance(body, ClipImage):
+        folder = Path(weights.source)
+        return ClipText(body, folder, info.model_id) if folder.is_dir() else None
     keys = family.classifier
     sd = weights.state_dict
     if keys is None or sd is None or not weights.pretrained or not set(keys) <= sd.keys():

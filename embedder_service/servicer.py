@@ -10,7 +10,7 @@ import grpc
 from embedder_service.batcher import Batcher
 from embedder_service.model import ModelInfo
 from embedder_service.settings import EmbedderSettings
-from embedder_service.text.conse import ConseText
+from embedder_service.text import TextSide
 from imagesearch import errors
 from imagesearch.readiness import Readiness
 from imagesearch.texts import text_problem
@@ -25,7 +25,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         settings: EmbedderSettings,
         ready: Readiness | None = None,
         text_problem: Callable[[str], str] | None = None,
-        text: ConseText | None = None,
+        text: TextSide | None = None,
     ) -> None:
         """``text_problem``: why a text cannot go with an image ('' when it
         can); only a composing model's embedder has one. ``text``: the model's
@@ -169,5 +169,5 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         return (
             f"model {self.info.model} has no text side (search by words needs an ImageNet "
             "classifier: EMBEDDER_MODEL=efficientnet_lite0, resnet18, resnet50 or vgg16 with "
-            "pretrained weights, and EMBEDDER_TEXT=auto)"
+            "pretrained weights, or clip with a checkpoint folder; and EMBEDDER_TEXT=auto)"
         )

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
@@ -119,3 +122,23 @@ def from_file(path_text: str) -> Weights:
         raise WeightsUnavailable(f"EMBEDDER_WEIGHTS={path_text} does not hold a state dict")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return Weights(sd, path.name, file_sha256(path), True)
+
+
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file (an 8-byte header length, a JSON
+    header of names, dtypes, shapes and offsets, then the raw data)."""
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    base = 8 + size
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = spec["data_offsets"]
+        array = np.frombuffer(raw[base + start : base + end], SAFETENSORS_DTYPES[spec["dtype"]])
+        out[name] = torch.from_numpy(array.copy()).reshape(spec["shape"])
+    return out

