@@ -6,6 +6,7 @@ texts and mixed queries are refused before any work."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +168,18 @@ def test_a_model_without_a_text_side_says_so(embedder: Server, tmp_path: Path) -
                 call()
             assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert "no text side" in err.value.message
+
+
+def test_grpcurl_searches_by_words(stack: Stack) -> None:
+    from tests.gateway.test_grpcurl import grpcurl
+
+    found = grpcurl(
+        "-d",
+        '{"collection": "clothes", "text": "sneakers", "top_k": 5}',
+        stack.gateway.addr,
+        "imagesearch.v1.GatewayService/Search",
+    )
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)["hits"]
+    assert sum(LABELS[h["path"]] == "Shoes" for h in hits) >= 4, hits
+    print(found.stdout)
