@@ -363,3 +363,41 @@ def test_a_reader_works_as_a_read_only_database_user_whose_writes_the_database_r
         with root.begin() as conn:
             conn.execute(text(f"DROP USER '{user}'@'%'"))
         root.dispose()
+
+
+def test_a_reader_searches_by_words(backends: Backends, tmp_path: Path) -> None:
+    """The text vectors the writer stores (search by words) are a reader's to
+    search within its staleness, expanded by their images, as a writer's."""
+    writer = start_index(tmp_path / "w", **backends.settings())
+    reader = start_index(tmp_path / "r", **{**backends.settings(), "role": "reader"})
+    try:
+        texts = np.eye(4, dtype=np.float32)
+        items = []
+        for n in range(4):
+            it = item(bytes([n + 1] * 32), f"/w{n}.jpg", 8)
+            it.text_vector = texts[n].tobytes()
+            items.append(it)
+        stored = index_pb2_grpc.IndexServiceStub(channel(writer.running.port)).Upsert(
+            index_pb2.IndexServiceUpsertRequest(
+                collection="words",
+                model="m",
+                dim=8,
+                items=items,
+                text_model="conse/test",
+                text_dim=4,
+            ),
+            timeout=60,
+        )
+        direct = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
+        query = index_pb2.IndexServiceSearchRequest(
+            collection="words", text_vectors=[texts[2].tobytes()], top_k=1, expand=1
+        )
+
+        def found() -> bool:
+            hits = direct.Search(query, timeout=60).results[0].hits
+            return bool(hits) and hits[0].image_id == stored.results[2].image_id
+
+        wait_until(found, STALENESS_S + SLACK_S)
+    finally:
+        reader.running.stop(1)
+        writer.running.stop(1)
