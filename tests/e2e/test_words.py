@@ -24,11 +24,13 @@ from imagesearch.v1 import (
 )
 from tests.conftest import (
     CLOTHING,
+    JOB_STORES,
     Server,
     Stack,
     channel,
     clothing_images,
     gateway_stack,
+    job_store_settings,
     start_job,
     wait_job,
 )
@@ -36,9 +38,16 @@ from tests.conftest import (
 LABELS = {str(CLOTHING / path): label for path, label in clothing_images()}
 
 
-@pytest.fixture(scope="module")
-def stack(text_embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with gateway_stack(text_embedder, tmp_path_factory.mktemp("words")) as running:
+@pytest.fixture(scope="module", params=JOB_STORES)
+def stack(
+    request: pytest.FixtureRequest,
+    text_embedder: Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The clothing photos indexed by a folder job, with the job in the
+    gateway's files and on NATS (what compose and k8s ship)."""
+    jobs = job_store_settings(request, request.param)
+    with gateway_stack(text_embedder, tmp_path_factory.mktemp("words"), **jobs) as running:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel(running.gateway.port))
         job = wait_job(stub, start_job(stub, "clothes", CLOTHING).job_id)
         assert (job.state, job.indexed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64)
