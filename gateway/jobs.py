@@ -337,6 +337,7 @@ class JobManager:
         """Stops after the calls in flight. Units not done stay queued (NATS:
         given to another gateway; local: queued again at the next start)."""
         self._stop.set()
+        self.store.wake(len(self._threads))
         for thread in self._threads:
             thread.join(timeout=30)
         self.store.close()

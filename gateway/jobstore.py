@@ -461,6 +461,9 @@ class JobStore(Protocol):
 
     def claim(self, kind: str, timeout: float) -> Work | None: ...
 
+    def wake(self, workers: int) -> None:
+        """Ends the waits of up to ``workers`` ``claim`` calls now (closing)."""
+
     def requeue(self, job_id: str, walk: bool, chunks: Iterable[int]) -> None: ...
 
     def record(self, job_id: str, chunk: int, results: Sequence[Result]) -> bool: ...

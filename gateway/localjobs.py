@@ -57,7 +57,7 @@ class LocalJobStore(ChangeStore):
         self.max_errors_kept = max_errors_kept
         self._jobs: dict[str, JobRecord] = {}
         self._offsets: dict[str, dict[int, int]] = {}  # job -> chunk -> line offset
-        self._queues: dict[str, queue.Queue[Work]] = {WALK: queue.Queue(), CHUNK: queue.Queue()}
+        self._queues: dict[str, queue.Queue[Work | None]] = {WALK: queue.Queue(), CHUNK: queue.Queue()}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         for path in sorted(self.dir.glob("*.json")):
@@ -195,6 +195,12 @@ class LocalJobStore(ChangeStore):
             return self._queues[kind].get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def wake(self, workers: int) -> None:
+        """A None for each worker: its claim answers "nothing" at once."""
+        for q in self._queues.values():
+            for _ in range(workers):
+                q.put(None)
 
     def requeue(self, job_id: str, walk: bool, chunks: Iterable[int]) -> None:
         if walk:

@@ -530,6 +530,25 @@ def stack(embedder: Server, tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
+def index_clothing(stack: Stack, collection: str = "clothes") -> None:
+    """The 64 clothing photos indexed into ``collection`` by a folder job."""
+    from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
+
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
+    job = wait_job(stub, start_job(stub, collection, CLOTHING).job_id)
+    assert (job.state, job.indexed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64), job.message
+
+
+@pytest.fixture(scope="session")
+def words_stack(text_embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The clothing photos indexed as "clothes" by an embedder that searches
+    by words (its text vectors in the same pass); the words tests of the
+    gateway, the JSON API and the page share it."""
+    with gateway_stack(text_embedder, tmp_path_factory.mktemp("words")) as running:
+        index_clothing(running)
+        yield running
+
+
 @pytest.fixture(scope="module")
 def module_stack(embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One ``stack`` for a whole module, for tests that each keep to their own

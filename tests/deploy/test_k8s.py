@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, VENV_BIN
@@ -177,6 +178,7 @@ def test_the_gateway_is_stateless_scaled_and_drained_one_at_a_time() -> None:
         assert not allowed(pod(name), nats, 4222), name
 
 
+@pytest.mark.slow
 def test_network_policies_let_only_the_gateway_reach_the_internal_ports() -> None:
     embedder, index, gateway, web = (pod(n) for n in OURS)
     intruder = Pod({"app": "intruder"})

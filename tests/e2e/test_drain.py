@@ -51,6 +51,7 @@ def health(port: int, service: str) -> int:
     return int(reply.status)
 
 
+@pytest.mark.slow
 def test_embed_calls_leave_a_replica_that_reports_not_serving() -> None:
     """Two replicas behind one channel (different weights, so each answer
     names who served it): one set NOT_SERVING, as SIGTERM does first, gets

@@ -46,6 +46,7 @@ def test_the_gateway_and_index_refuse_them(stack: Stack) -> None:
         assert "images\n" not in [c.name for c in client.list_collections()]
 
 
+@pytest.mark.slow
 def test_path_queries_are_charged_to_the_byte_budget(embedder: Server, tmp_path: Path) -> None:
     """64 path queries of one 1.1 MB file (70 MB if all were read) are refused
     before any is read; as many as one call's budget holds are answered."""
@@ -96,6 +97,7 @@ def test_jobs_are_capped(embedder: Server, tmp_path: Path) -> None:
             wait_until(lambda: client.get_job(third.job_id).state == JobState.SUCCEEDED, 300)
 
 
+@pytest.mark.slow
 def test_a_changed_tokens_file_takes_effect_without_sighup(
     embedder: Server, tmp_path: Path
 ) -> None:

@@ -137,6 +137,7 @@ def test_streams_are_capped_and_short_calls_still_answer(embedder, tmp_path: Pat
         index.running.stop(1)
 
 
+@pytest.mark.slow
 def test_stream_answer_is_counts_and_bounded_errors(embedder, tmp_path: Path) -> None:
     index = start_index(tmp_path / "index")
     gateway = start_gateway(tmp_path, embedder.addr, index.addr, max_errors_kept=3)

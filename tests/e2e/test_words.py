@@ -30,9 +30,8 @@ from tests.conftest import (
     channel,
     clothing_images,
     gateway_stack,
+    index_clothing,
     job_store_settings,
-    start_job,
-    wait_job,
 )
 
 LABELS = {str(CLOTHING / path): label for path, label in clothing_images()}
@@ -45,12 +44,14 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The clothing photos indexed by a folder job, with the job in the
-    gateway's files and on NATS (what compose and k8s ship)."""
+    gateway's files (the session's shared stack) and on NATS (what compose
+    and k8s ship)."""
+    if request.param == "local":
+        yield request.getfixturevalue("words_stack")
+        return
     jobs = job_store_settings(request, request.param)
     with gateway_stack(text_embedder, tmp_path_factory.mktemp("words"), **jobs) as running:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel(running.gateway.port))
-        job = wait_job(stub, start_job(stub, "clothes", CLOTHING).job_id)
-        assert (job.state, job.indexed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64)
+        index_clothing(running)
         yield running
 
 
@@ -166,6 +167,7 @@ def test_a_collection_without_text_vectors_gets_them_by_reconcile(
     assert (again.text_made, again.text_missing) == (0, 0)
 
 
+@pytest.mark.slow
 def test_a_model_without_a_text_side_says_so(embedder: Server, tmp_path: Path) -> None:
     with gateway_stack(embedder, tmp_path) as running, Client(running.gateway.addr) as c:
         c.index_images([(str(f), f.read_bytes()) for f in sorted(CLOTHING.glob("Hat/*.jpg"))[:2]])

@@ -64,6 +64,7 @@ def request(count: int) -> embedder_pb2.EmbedderServiceEmbedRequest:
     )
 
 
+@pytest.mark.slow
 def test_deadline_drops_queued_images(slow_embedder) -> None:
     running, batcher, seen = slow_embedder
     stub = embedder_pb2_grpc.EmbedderServiceStub(channel(running.port))

@@ -76,6 +76,7 @@ def test_a_call_during_start_up_waits_for_the_embedder(tmp_path: Path) -> None:
         index.running.stop(1)
 
 
+@pytest.mark.slow
 def test_a_backend_that_never_comes_fails_unavailable_naming_it(tmp_path: Path) -> None:
     nowhere = free_port()
     index = start_index(tmp_path / "index")

@@ -4,7 +4,8 @@ deletes, drops and Reconcile keep both sets in step; query expansion."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from imagesearch.v1 import index_pb2, index_pb2_grpc
-from tests.conftest import channel, start_index
+from tests.conftest import channel, drop_sql_tables, start_index, unique_prefix
 from tests.index_service.test_index import DIM, MODEL, code_of, item, upsert, vector
 
 TEXT_DIM = 8
@@ -59,11 +60,39 @@ def by_words(stub: Any, query: np.ndarray, collection: str = "photos", **kw: Any
     return [h.image_id for h in reply.results[0].hits]
 
 
-@pytest.fixture
-def index(index_backend: dict[str, object], tmp_path: Path):
-    server = start_index(tmp_path, **index_backend)
-    yield index_pb2_grpc.IndexServiceStub(channel(server.port))
+@pytest.fixture(
+    scope="module",
+    params=[
+        "lite-sqlite",
+        pytest.param("lite-mariadb", marks=pytest.mark.mariadb),
+        pytest.param("server-sqlite", marks=pytest.mark.milvus_server),
+    ],
+)
+def index_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One index per backend pairing for the module (the tests take turns
+    with the collection "photos", which each leaves dropped)."""
+    prefix = unique_prefix()
+    settings: dict[str, object] = {"table_prefix": prefix}
+    if request.param == "lite-mariadb":
+        settings["database_url"] = request.getfixturevalue("mariadb_url")
+    if request.param == "server-sqlite":
+        settings["milvus_uri"] = request.getfixturevalue("milvus_server")
+        settings["milvus_prefix"] = prefix
+    server = start_index(tmp_path_factory.mktemp("text-index"), **settings)
+    yield server
     server.running.stop(1)
+    if request.param == "lite-mariadb":
+        drop_sql_tables(str(settings["database_url"]), prefix)
+
+
+@pytest.fixture
+def index(index_server: Any) -> Iterator[Any]:
+    stub = index_pb2_grpc.IndexServiceStub(channel(index_server.port))
+    yield stub
+    with contextlib.suppress(grpc.RpcError):  # NOT_FOUND: the test dropped it itself
+        stub.DropCollection(index_pb2.IndexServiceDropCollectionRequest(collection="photos"))
 
 
 def test_text_vectors_are_searched_beside_the_image_vectors(index: Any) -> None:

@@ -16,20 +16,15 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from imagesearch.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import (
     CLOTHING,
     JOB_STORES,
     Server,
     Stack,
-    channel,
     clothing_images,
-    gateway_stack,
     job_store_settings,
     start_gateway,
     start_index,
-    start_job,
-    wait_job,
 )
 from web_service.app import create_app, gateway_client
 from web_service.settings import WebSettings
@@ -119,16 +114,6 @@ def photo_folder(tmp: Path, count: int, skip: int = 0) -> tuple[Path, list[Path]
         shutil.copy(CLOTHING / name, target)
         copied.append(target.resolve())
     return folder.resolve(), copied
-
-
-@pytest.fixture(scope="session")
-def words_stack(text_embedder: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The clothing photos indexed by an embedder that searches by words."""
-    with gateway_stack(text_embedder, tmp_path_factory.mktemp("web-words")) as running:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel(running.gateway.port))
-        job = wait_job(stub, start_job(stub, "clothes", CLOTHING).job_id)
-        assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED
-        yield running
 
 
 @pytest.fixture(scope="session")
