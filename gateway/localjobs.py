@@ -57,7 +57,10 @@ class LocalJobStore(ChangeStore):
         self.max_errors_kept = max_errors_kept
         self._jobs: dict[str, JobRecord] = {}
         self._offsets: dict[str, dict[int, int]] = {}  # job -> chunk -> line offset
-        self._queues: dict[str, queue.Queue[Work | None]] = {WALK: queue.Queue(), CHUNK: queue.Queue()}
+        self._queues: dict[str, queue.Queue[Work | None]] = {
+            WALK: queue.Queue(),
+            CHUNK: queue.Queue(),
+        }
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         for path in sorted(self.dir.glob("*.json")):
