@@ -13,15 +13,22 @@ names only) to 0.56 (bench/RESULTS.md, "Search by words")."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from embedder_service.text.imagenet import ImagenetClasses
-from embedder_service.text.minilm import SentenceEncoder
+from embedder_service.text.imagenet import GLOSSES, LEMMAS, SYNSETS, ImagenetClasses
+from embedder_service.text.minilm import VOCAB, WEIGHTS, SentenceEncoder
+from imagesearch import logs
+
+log = logging.getLogger(__name__)
 
 TOP_CLASSES = 20  # classes whose names make an image's text vector
 TEMPERATURE = 2.0  # softens the classifier's probabilities before weighting
@@ -43,12 +50,48 @@ def class_vectors(encoder: SentenceEncoder, classes: ImagenetClasses) -> torch.T
     return F.normalize(lemmas + encoder.encode(glossed, batch=64), dim=-1)
 
 
+# Bumped whenever class_vectors would give other vectors for the same files.
+RECIPE = "lemmas+gloss/1"
+
+
+def cache_dir() -> Path:
+    """Where the class vectors are kept between starts (XDG_CACHE_HOME)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imagesearch"
+
+
+def cached_class_vectors(
+    encoder: SentenceEncoder, classes: ImagenetClasses, key: str, folder: Path
+) -> torch.Tensor:
+    """``class_vectors``, kept in ``folder`` under ``key`` (the digests of
+    every file they are made of, and the recipe): a few seconds saved at
+    every later start. A cache that cannot be written or read is skipped."""
+    path = folder / f"conse-class-vectors-{key[:20]}.pt"
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(kept, torch.Tensor) and kept.shape == (len(classes.lemmas), encoder.dim):
+            return kept
+    except (OSError, RuntimeError, ValueError, EOFError):
+        pass
+    vectors = class_vectors(encoder, classes)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        torch.save(vectors, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        logs.event(log, "text.cache_unwritable", logging.INFO, path=str(path), error=str(exc))
+    return vectors
+
+
 @functools.cache
 def bundled_text() -> tuple[SentenceEncoder, torch.Tensor]:
     """The bundled sentence encoder and the class vectors made with it, once
-    per process (the vectors take a few seconds on a small CPU)."""
+    per process, and kept on disk between starts."""
     encoder = SentenceEncoder.bundled()
-    return encoder, class_vectors(encoder, ImagenetClasses.bundled())
+    parts = [WEIGHTS.sha256, VOCAB.sha256, SYNSETS.sha256, LEMMAS.sha256, GLOSSES.sha256, RECIPE]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return encoder, cached_class_vectors(encoder, ImagenetClasses.bundled(), key, cache_dir())
 
 
 class ConseHead(nn.Module):

@@ -5,9 +5,12 @@ and sentences in one space (ConSE); one without says so."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from embedder_service.text.minilm import VOCAB, SentenceEncoder
 from embedder_service.text.wordpiece import WordPiece
@@ -104,3 +107,27 @@ def test_a_model_without_a_classifier_has_no_text_side(embedder: Server) -> None
         stub.EmbedText(embedder_pb2.EmbedderServiceEmbedTextRequest(texts=["shoes"]), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "efficientnet_lite0" in str(err.value.details())
+
+
+def test_the_class_vectors_are_kept_between_starts(
+    encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    """Made once (a few seconds), then read from the cache folder; a cache
+    that does not fit (another shape) is made again."""
+    from embedder_service.text.conse import cached_class_vectors, class_vectors
+    from embedder_service.text.imagenet import ImagenetClasses
+
+    every = ImagenetClasses.bundled()
+    classes = ImagenetClasses(every.lemmas[:4], every.glosses[:4])  # 4 classes: quick
+    made = cached_class_vectors(encoder, classes, "k" * 20, tmp_path)
+    (kept,) = tmp_path.glob("conse-class-vectors-*.pt")
+    assert torch.equal(made, class_vectors(encoder, classes))
+    marked = made.clone()
+    marked[0, 0] = 42.0  # what the file holds is what a later start uses
+    torch.save(marked, kept)
+    assert cached_class_vectors(encoder, classes, "k" * 20, tmp_path)[0, 0] == 42.0
+    torch.save(torch.zeros(3, 384), kept)
+    assert torch.equal(cached_class_vectors(encoder, classes, "k" * 20, tmp_path), made)
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a folder")
+    assert torch.equal(cached_class_vectors(encoder, classes, "k" * 20, unwritable), made)
