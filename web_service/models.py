@@ -138,12 +138,13 @@ class CollectionOut(BaseModel):
     count: int
     pending: int
     composes: bool  # searches may carry a text change ("and change it")
+    words: bool = Field(description="searchable by words (it holds text vectors)")
 
     @classmethod
     def of(cls, x: c.Collection) -> CollectionOut:
         return cls(
             name=x.name, model=x.model, dim=x.dim, metric=x.metric, count=x.count,
-            pending=x.pending, composes=x.composes,
+            pending=x.pending, composes=x.composes, words=bool(x.text_model),
         )  # fmt: skip
 
 

@@ -19,6 +19,8 @@ def test_the_json_api_searches_by_words(words_web: Web) -> None:
     assert nothing.status_code == 400 and "text alone" in nothing.json()["detail"]
     empty = requests.post(url, data={"text": "   "}, timeout=60)
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    listed = requests.get(f"{words_web.url}/v1/collections", timeout=60).json()["collections"]
+    assert {c["name"]: c["words"] for c in listed}["clothes"] is True
     gone = requests.post(
         f"{words_web.url}/v1/collections/nothing_here/search", data={"text": "hat"}, timeout=60
     )

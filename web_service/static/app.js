@@ -46,11 +46,16 @@ async function failure(response) {
   return new Error(`${response.status}: ${detail}${hint}`);
 }
 
-// Names of the collections whose model takes a text change with the image.
+// Names of the collections whose model takes a text change with the image,
+// and of those that hold text vectors (search by words).
 let composing = new Set();
+let byWords = new Set();
 
 function showCompose() {
   $("compose").hidden = !composing.has(collection());
+  $("words").placeholder = byWords.has(collection())
+    ? "or describe it: red sneakers, a straw hat…"
+    : "or describe it (this collection has no text vectors yet)";
 }
 
 async function refreshCollections() {
@@ -58,6 +63,7 @@ async function refreshCollections() {
     const { collections } = await call("/v1/collections");
     $("collections").replaceChildren(...collections.map((c) => new Option(`${c.count} images`, c.name)));
     composing = new Set(collections.filter((c) => c.composes).map((c) => c.name));
+    byWords = new Set(collections.filter((c) => c.words).map((c) => c.name));
     if (!collections.some((c) => c.name === collection()) && collections.length && !$("collection").dataset.touched) {
       $("collection").value = collections[0].name;
     }
