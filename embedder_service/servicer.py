@@ -48,8 +48,6 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 f"{count} images in one Embed call, limit {limit} "
                 "(EMBEDDER_MAX_IMAGES_PER_REQUEST); split the request"
             )
-        if request.text_vectors and self.text is None:
-            raise errors.failed_precondition(self._no_text())
         if any(image.text for image in request.images) and not self.info.composes:
             raise errors.failed_precondition(
                 f"model {self.info.model} cannot compose a text with an image; send no text, "

@@ -144,8 +144,11 @@ class IndexStore:
             if any(texts):
                 self.text.ensure(self.collection(name), text_model, text_dim)
             self._apply(name, model, plan)
-            stored = {r.image_id: t for r, t in zip(plan.results, texts, strict=True) if t}
-            self.text.store(self.collection(name), {i: t for i, t in stored.items() if i})
+            # A refused item's id names another image (or none): its text is not stored.
+            kept = zip(plan.results, texts, strict=True)
+            self.text.store(
+                self.collection(name), {r.image_id: t for r, t in kept if t and not r.refused}
+            )
         return plan.results
 
     def _ensure_collection(self, name: str, model: str, dim: int) -> None:

@@ -107,6 +107,15 @@ def test_a_model_without_a_classifier_has_no_text_side(embedder: Server) -> None
         stub.EmbedText(embedder_pb2.EmbedderServiceEmbedTextRequest(texts=["shoes"]), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "efficientnet_lite0" in str(err.value.details())
+    # Asked for text vectors anyway (a gateway that learnt otherwise): none come.
+    photo = next(CLOTHING.glob("Hat/*.jpg")).read_bytes()
+    reply = stub.Embed(
+        embedder_pb2.EmbedderServiceEmbedRequest(
+            images=[embedder_pb2.Image(name="hat", data=photo)], text_vectors=True
+        ),
+        timeout=60,
+    )
+    assert reply.embeddings[0].vector and reply.embeddings[0].text_vector == b""
 
 
 def test_the_class_vectors_are_kept_between_starts(

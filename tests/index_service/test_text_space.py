@@ -192,3 +192,26 @@ def test_expansion_ranks_the_first_hits_looks_alike_higher(index: Any) -> None:
         timeout=30,
     )
     assert [round(h.score, 3) for h in scores.results[0].hits] == [0.965, 0.615]
+
+
+def test_a_refused_items_text_is_not_stored(index: Any) -> None:
+    """Two images whose digests share the first 8 bytes share an id: the
+    second is refused, and its text vector must not take the first's place."""
+    first = with_text(0)
+    upsert_text(index, [first])
+    clash = with_text(1)
+    clash.sha256 = first.sha256[:8] + bytes(24)  # same id, other image
+    clash.path = "/photos/other.jpg"
+    (result,) = upsert_text(index, [clash]).results
+    assert result.outcome == index_pb2.UPSERT_OUTCOME_REFUSED
+    hit = (
+        index.Search(
+            index_pb2.IndexServiceSearchRequest(
+                collection="photos", text_vectors=[text_vec(1).tobytes()], top_k=1
+            ),
+            timeout=30,
+        )
+        .results[0]
+        .hits[0]
+    )
+    assert hit.score < 0.99  # the stored text is still the first image's
