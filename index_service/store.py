@@ -444,11 +444,12 @@ class IndexStore:
             report.marked_ready += len(have)
             lacking = [i for i in pending if i not in have]
             report.needs_reembedding += [(name, r) for r in self.meta.pending_rows(name, lacking)]
-        for stored in batched(self.vectors.all_ids(name), RECONCILE_PAGE):
-            known = self.meta.known_ids(name, stored)
-            orphans = [i for i in stored if i not in known]
-            self.vectors.delete(name, orphans)
-            report.orphan_vectors_deleted += len(orphans)
+        for vector_set in (name, *self.text.spaces(name)):  # image vectors, then text ones
+            for stored in batched(self.vectors.all_ids(vector_set), RECONCILE_PAGE):
+                known = self.meta.known_ids(name, stored)
+                orphans = [i for i in stored if i not in known]
+                self.vectors.delete(vector_set, orphans)
+                report.orphan_vectors_deleted += len(orphans)
         # Ready rows whose vector is gone (vector data lost): pending again, so
         # that indexing the file again repairs them instead of being skipped
         # as a duplicate.

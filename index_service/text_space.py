@@ -78,6 +78,11 @@ class TextSpace:
         if row.text_model and ids:
             self.vectors.delete(space(row.name), ids)
 
+    def spaces(self, name: str) -> list[str]:
+        """The collection's text vector set, if it has one (Reconcile deletes
+        the text vectors of images whose row is gone, as it does theirs)."""
+        return [space(name)] if self.vectors.exists(space(name)) else []
+
     def drop(self, name: str) -> None:
         if self.vectors.exists(space(name)):
             self.vectors.drop(space(name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -215,3 +216,25 @@ def test_a_refused_items_text_is_not_stored(index: Any) -> None:
         .hits[0]
     )
     assert hit.score < 0.99  # the stored text is still the first image's
+
+
+def test_reconcile_deletes_text_vectors_whose_row_is_gone(tmp_path: Path) -> None:
+    """A crash between the SQL delete and the vector deletes leaves vectors
+    with no row (here: rows deleted behind the index's back); Reconcile
+    deletes the text ones as it does the image ones."""
+    import sqlite3
+
+    server = start_index(tmp_path)
+    try:
+        stub = index_pb2_grpc.IndexServiceStub(channel(server.port))
+        stored = upsert_text(stub, [with_text(n) for n in range(3)])
+        gone = stored.results[1].image_id
+        with sqlite3.connect(tmp_path / "meta.db") as db:
+            db.execute("DELETE FROM imgsearch_image_paths WHERE image_id = ?", (gone,))
+            db.execute("DELETE FROM imgsearch_images WHERE image_id = ?", (gone,))
+        done = stub.Reconcile(index_pb2.IndexServiceReconcileRequest(collection="photos"))
+        assert done.orphan_vectors_deleted == 2  # its image vector and its text vector
+        again = stub.Reconcile(index_pb2.IndexServiceReconcileRequest(collection="photos"))
+        assert again.orphan_vectors_deleted == 0
+    finally:
+        server.running.stop(1)
