@@ -49,7 +49,7 @@ def no_compiler_env(tmp_path: Path, compile_mode: str) -> dict[str, str]:
     }
 
 
-def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server) -> None:
+def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, text_embedder: Server) -> None:
     port = free_port()
     log = tmp_path / "embedder.log"
     proc = spawn_embedder(port, log, **no_compiler_env(tmp_path, "auto"))
@@ -72,11 +72,14 @@ def test_auto_serves_eager_when_compiling_fails(tmp_path: Path, embedder: Server
             images=[embedder_pb2.Image(name=path, data=(CLOTHING / path).read_bytes())]
         )
         got = embedder_pb2_grpc.EmbedderServiceStub(channel(port)).Embed(request, timeout=120)
-        want = embedder_pb2_grpc.EmbedderServiceStub(channel(embedder.port)).Embed(
+        # The same model eager in fp32 (the session's EfficientNet-Lite0): once
+        # int8 is dropped the fallback serves bf16 where the CPU has it, which
+        # keeps EfficientNet-Lite0 within 0.99 of fp32 (test_accuracy).
+        want = embedder_pb2_grpc.EmbedderServiceStub(channel(text_embedder.port)).Embed(
             request, timeout=120
         )
         a, b = (np.frombuffer(r.embeddings[0].vector, dtype="<f4") for r in (got, want))
-        assert a.shape == (1280,) and float(a @ b) > 0.9999
+        assert a.shape == (1280,) and float(a @ b) > 0.99
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -109,15 +109,22 @@ def test_int8_settings_refuse_what_cannot_run_int8() -> None:
 def test_the_int8_guard_falls_back_where_int8_strays(caplog: pytest.LogCaptureFixture) -> None:
     """MobileNetV2 with its depthwise convolutions in int8 too strays from fp32
     (median cosine ~0.96 on the calibration check photos): the runner says so
-    and serves float32, the precision its family keeps on the CPU."""
+    and serves float32, the precision its family keeps on the CPU. As
+    registered (depthwise kept in floating point) its cosine passes but it
+    keeps too few of its neighbours (0.87): refused too. EfficientNet-Lite0's
+    int8 passes both and runs."""
     family, loaded = open_model("mobilenet_v2", "bundled", "none")
     straying = dataclasses.replace(family, int8_depthwise=True)
     runner = ModelRunner(settings("mobilenet_v2", dtype="int8"), straying, loaded)
     assert runner.info.dtype == "float32" and runner.precision == ""
     refused = [r for r in caplog.records if r.getMessage() == "model.int8_refused"]
     assert refused and "loses too much in int8" in str(getattr(refused[0], "fields", {}))
-    # The same family as registered (depthwise kept in floating point) passes.
-    kept = ModelRunner(settings("mobilenet_v2", dtype="int8"), family, loaded)
+    registered = ModelRunner(settings("mobilenet_v2", dtype="int8"), family, loaded)
+    assert registered.info.dtype == "float32"
+    refusals = [r for r in caplog.records if r.getMessage() == "model.int8_refused"]
+    assert "neighbours kept 0.8" in str(getattr(refusals[-1], "fields", {}))
+    lite, lite_loaded = open_model("efficientnet_lite0", "bundled", "none")
+    kept = ModelRunner(settings("efficientnet_lite0", dtype="int8"), lite, lite_loaded)
     assert kept.info.dtype == "int8"
     vectors = kept.embed(np.zeros((2, 224, 224, 3), dtype=np.uint8))
     assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
