@@ -126,9 +126,13 @@ def test_sigterm_drains_then_finishes_the_calls_in_progress(tmp_path: Path) -> N
         stop.set()
         worker.join(30)
         # Calls after the drain are refused (the server is gone), never cut
-        # off half-way: every call that got an answer got a whole one.
+        # off half-way: every call that got an answer got a whole one. A call
+        # that reached the server as it stopped, before a handler took it, is
+        # CANCELLED by gRPC itself rather than UNAVAILABLE (grpc/grpc#41785);
+        # either way it got no answer, and it was sent after the drain.
         assert all(results)
-        assert all(e.code() == grpc.StatusCode.UNAVAILABLE for e in errors), errors
+        refused = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert all(e.code() in refused for e in errors), errors
         text = log.read_text()
         assert "shutdown.draining" in text and "shutdown.done" in text
     finally:
