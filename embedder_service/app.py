@@ -7,6 +7,7 @@ import logging
 from embedder_service.batcher import Batcher
 from embedder_service.budget import PixelBudget
 from embedder_service.decode import Decoder
+from embedder_service.device_decode import DeviceDecoder
 from embedder_service.model import ComposingRunner, ModelRunner, make_runner
 from embedder_service.servicer import EmbedderServicer
 from embedder_service.settings import EmbedderSettings
@@ -20,34 +21,45 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 
 
-def make_decoder(settings: EmbedderSettings, runner: ModelRunner) -> Decoder:
+def make_decoders(
+    settings: EmbedderSettings, runner: ModelRunner
+) -> tuple[Decoder, DeviceDecoder | None]:
+    """Pillow's decoder, and with EMBEDDER_GPU_DECODE the device decoder that
+    takes the JPEGs it can in batches."""
     info = runner.info
-    sizes = (settings.max_pixels, info.resize, info.image_size)
     budget = PixelBudget(settings.decode_pixel_budget)
-    formats = settings.image_formats
-    if info.whole:
-        return Decoder(*sizes, budget, whole=True, formats=formats)  # nvJPEG's path crops: PIL here
+    decoder = Decoder(
+        settings.max_pixels,
+        info.resize,
+        info.image_size,
+        budget,
+        whole=info.whole,
+        formats=settings.image_formats,
+    )
     if not settings.gpu_decode:
-        return Decoder(*sizes, budget, formats=formats)
+        return decoder, None
+    if info.whole:  # squashed whole, not cropped: Pillow's alone
+        logs.event(log, "decode.device_unused", logging.WARNING, model=info.model)
+        return decoder, None
     if runner.device.type != "cuda":
         logs.event(
             log,
-            "decode.gpu_unavailable",
+            "decode.device_on_cpu",
             logging.WARNING,
-            device=str(runner.device),
-            note="EMBEDDER_GPU_DECODE=true needs the model on a CUDA device; decoding with PIL",
+            note="EMBEDDER_GPU_DECODE=true with the model on the CPU: JPEGs are decoded in "
+            "batches with libjpeg-turbo, slower than PIL's reduced-size decode (for tests "
+            "and comparison)",
         )
-        return Decoder(*sizes, budget, formats=formats)
-    from embedder_service.gpu_decode import TorchJpegDecoder
-
-    logs.event(log, "decode.gpu", device=str(runner.device))
-    return TorchJpegDecoder(runner.device, *sizes, budget, formats=formats)
+    else:
+        logs.event(log, "decode.gpu", device=str(runner.device))
+    return decoder, DeviceDecoder(runner.device, decoder, settings.decode_pixel_budget)
 
 
-def start(settings: EmbedderSettings) -> RunningServer:
-    """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
-    runner = make_runner(settings)
-    decoder = make_decoder(settings, runner)
+def start(settings: EmbedderSettings, runner: ModelRunner | None = None) -> RunningServer:
+    """Loads the model (``runner``: one made already), starts serving
+    NOT_SERVING, warms up, then SERVING."""
+    runner = runner or make_runner(settings)
+    decoder, device = make_decoders(settings, runner)
     decode_workers = settings.decode_threads(model_on_cpu=runner.device.type == "cpu")
     batcher = Batcher(
         runner.embed_with_text,
@@ -57,6 +69,8 @@ def start(settings: EmbedderSettings) -> RunningServer:
         queue_size=settings.queue_size,
         decode_workers=decode_workers,
         sizes=runner.padded_sizes,
+        device=device,
+        busy_wait_s=settings.busy_wait_ms / 1000.0,
     )
     ready = Readiness("the embedder is still warming up its model")
     text_problem = runner.text_problem if isinstance(runner, ComposingRunner) else None
@@ -66,6 +80,7 @@ def start(settings: EmbedderSettings) -> RunningServer:
         [SERVICE_NAME],
         **settings.server_options(),
         serving=False,
+        reuse_port=settings.processes > 1,
     )
     running.on_stop.append(batcher.close)
     if settings.warmup:

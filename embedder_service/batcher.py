@@ -1,21 +1,27 @@
 """Cross-request dynamic batching.
 
 Every Embed call hands its images to ``Batcher.submit``. Images are decoded in
-a thread pool; decoded ones join one queue; a single model thread takes up to
-``max_batch`` of them and runs the model, so images of concurrent calls share
-batches while the next batch is being decoded. A batch waits ``max_wait`` for
-more images, or longer (up to ``busy_wait``) while accepted images are still
-being decoded: those are certain to come, and one full batch is cheaper than
-several small ones. A compiled model runs a few batch sizes and pads a batch
-up to the next (``sizes``); a batch that would be mostly padding is cut to
-the size below, and the rest go first into the next batch (12 images run
-as 8, then 4 with whatever has come, instead of as 32: at batch 8 an int8
-ResNet50 spends no more per image than at 32). The number of images in
-flight is bounded: past ``queue_size`` a call is refused with
-RESOURCE_EXHAUSTED instead of queueing without limit. Images of a call that is canceled, or whose deadline passes,
-are dropped wherever they wait (``Batcher.cancel``): not decoded if they
-are still queued for decoding, not run through the model if they wait for
-a batch.
+a thread pool; decoded ones join one queue. With a device decoder
+(EMBEDDER_GPU_DECODE), a JPEG it takes skips the pool: only its header is read
+(microseconds) and it joins the queue still encoded, to be decoded with its
+whole batch. A preparing thread takes up to ``max_batch`` images from the
+queue, decodes the batch's JPEGs on the device and stacks the batch; a model
+thread runs it. So batch n+1 is prepared (decoded, copied to the device on a
+stream of its own) while the model runs batch n, and images of concurrent
+calls share batches.
+
+A batch waits ``max_wait`` for more images, or longer (up to ``busy_wait``)
+while accepted images are still being decoded: those are certain to come, and
+one full batch is cheaper than several small ones. A compiled model runs a few
+batch sizes and pads a batch up to the next (``sizes``); a batch that would be
+mostly padding is cut to the size below, and the rest go first into the next
+batch (12 images run as 8, then 4 with whatever has come, instead of as 32: at
+batch 8 an int8 ResNet50 spends no more per image than at 32). The number of
+images in flight is bounded: past ``queue_size`` a call is refused with
+RESOURCE_EXHAUSTED instead of queueing without limit. Images of a call that
+is canceled, or whose deadline passes, are dropped wherever they wait
+(``Batcher.cancel``): not decoded if they are still queued for decoding, not
+run through the model if they wait for a batch.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+import torch
 from prometheus_client import Counter, Gauge, Histogram
 
 from embedder_service.decode import Decoded, DecodeError, Decoder
+from embedder_service.device_decode import DeviceDecoder, Encoded, OnDevice
 from imagesearch import errors, logs
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,10 @@ BATCH_SIZE = Histogram(
 )
 QUEUE_DEPTH = Gauge("imagesearch_embedder_queue_depth", "Images accepted and not yet embedded")
 MODEL_SECONDS = Histogram("imagesearch_embedder_model_seconds", "Model time per batch in seconds")
+PREPARE_SECONDS = Histogram(
+    "imagesearch_embedder_prepare_seconds",
+    "Time per batch to decode its JPEGs on the device (EMBEDDER_GPU_DECODE) and stack it",
+)
 CANCELED = Counter(
     "imagesearch_embedder_images_canceled_total",
     "Images dropped before the model because their call was canceled or timed out",
@@ -77,29 +89,46 @@ def _resolve(fut: Future[Result], result: Result) -> None:
         fut.set_result(result)
 
 
+Pixels = np.ndarray | torch.Tensor  # (N, H, W, 3) on the host, or (N, 3, H, W) on the device
+
+
 @dataclass
 class _Item:
-    decoded: Decoded
+    decoded: Decoded | OnDevice | None  # None: still encoded, for the device decoder
     future: Future[Result]
     rotations: bool = False
     text: str = ""  # composed with the image, for a composing model
+    encoded: Encoded | None = None
+    running: bool = False  # taken into a batch: its future can no longer be canceled
 
     @property
     def views(self) -> int:
         """Rows this image takes in a model batch."""
         return 4 if self.rotations else 1
 
-    def pixels(self) -> list[np.ndarray]:
+    def pixels(self) -> list[np.ndarray | torch.Tensor]:
+        assert self.decoded is not None
         p = self.decoded.pixels
+        if not self.rotations:
+            return [p]
         # Turning the center crop is turning the image, then cropping: the
         # crop is square and centred, and resizing commutes with turning.
-        return [p, *(np.rot90(p, k) for k in (1, 2, 3))] if self.rotations else [p]
+        if isinstance(p, torch.Tensor):
+            return [p, *(torch.rot90(p, k, dims=(1, 2)) for k in (1, 2, 3))]
+        return [p, *(np.rot90(p, k) for k in (1, 2, 3))]
+
+
+@dataclass
+class _Prepared:
+    items: list[_Item]
+    pixels: Pixels
+    event: torch.cuda.Event | None = None  # the device decoder's work on ``pixels``
 
 
 class Batcher:
     def __init__(
         self,
-        embed: Callable[[np.ndarray, Sequence[str]], Embedded],
+        embed: Callable[[Pixels, Sequence[str]], Embedded],
         decoder: Decoder,
         *,
         max_batch: int,
@@ -107,31 +136,42 @@ class Batcher:
         queue_size: int,
         decode_workers: int,
         sizes: Callable[[], Sequence[int]] = tuple,
+        device: DeviceDecoder | None = None,
+        busy_wait_s: float = 0.1,
     ) -> None:
         """``embed``: pixels and texts -> the vectors, or (vectors, text
         vectors or None) from a runner with a text side. ``sizes``: the batch
         sizes the model pads a batch up to, ascending (none: it runs any size
-        as it is)."""
+        as it is). ``device``: decodes the JPEGs it takes in batches (the
+        rest go through ``decoder``). ``busy_wait_s``: how long a batch waits
+        at most for images still being decoded."""
         self._embed = embed
         self._sizes = sizes
         self._decoder = decoder
+        self._device = device
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self._ready: queue.Queue[_Item | None] = queue.Queue()
+        # One batch prepared ahead of the one the model runs.
+        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._in_flight = 0
         self._decoding = 0  # accepted, not yet decoded
-        self.busy_wait_s = max(max_wait_s, 0.1)
+        self.busy_wait_s = max(max_wait_s, busy_wait_s)
         self._lock = threading.Lock()
         self._closed = False
         self.embedded = 0  # images run through the model
         self.canceled = 0  # images dropped before the model
         # Taken from the queue and not run yet: too big for the last batch, or
-        # cut from it (then marked running already), with that mark.
-        self._back: deque[tuple[_Item, bool]] = deque()
-        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
-        self._thread.start()
+        # cut from it (then marked running already).
+        self._back: deque[_Item] = deque()
+        self._threads = [
+            threading.Thread(target=self._run_prepare, name="prepare", daemon=True),
+            threading.Thread(target=self._run_model, name="model", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self,
@@ -160,7 +200,13 @@ class Batcher:
             fut: Future[Result] = Future()
             fut.add_done_callback(self._release)
             text = texts[i] if texts else ""
-            self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations, text)
+            encoded = self._device.accept(data, name, thumbnail_px) if self._device else None
+            if encoded is not None:  # decoded with its batch
+                with self._lock:
+                    self._decoding -= 1
+                self._ready.put(_Item(None, fut, rotations, text, encoded))
+            else:
+                self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations, text)
             futures.append(fut)
         return futures
 
@@ -219,7 +265,7 @@ class Batcher:
         started = time.monotonic()
         while rows < self.max_batch:
             if self._back:
-                item, running = self._back.popleft()
+                item = self._back.popleft()
             else:
                 try:
                     got = (
@@ -232,13 +278,14 @@ class Batcher:
                         return None
                     self._ready.put(None)  # let the loop see the stop after this batch
                     break
-                item, running = got, False
+                item = got
             if rows + item.views > self.max_batch:
-                self._back.appendleft((item, running))  # first in the next batch
+                self._back.appendleft(item)  # first in the next batch
                 break
             # Taking an image into a batch marks its future running: from then
             # on it can no longer be canceled, and ``canceled`` counts only drops.
-            if running or item.future.set_running_or_notify_cancel():
+            if item.running or item.future.set_running_or_notify_cancel():
+                item.running = True
                 if not batch:
                     started = time.monotonic()
                 batch.append(item)
@@ -265,29 +312,69 @@ class Batcher:
             kept += 1
         if not kept:
             return batch
-        self._back.extendleft((it, True) for it in reversed(batch[kept:]))
+        self._back.extendleft(reversed(batch[kept:]))
         return batch[:kept]
 
-    def _run(self) -> None:
+    def _run_prepare(self) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
+                self._prepared.put(None)
                 return
             started = time.perf_counter()
             try:
-                pixels = np.stack([p for it in batch for p in it.pixels()])
+                prepared = self._prepare(batch)
+            except Exception as exc:
+                log.exception("prepare.crash", extra={"fields": {"batch": len(batch)}})
+                self._fail(batch, f"the decoder failed on a batch ({type(exc).__name__})")
+                continue
+            PREPARE_SECONDS.observe(time.perf_counter() - started)
+            if prepared is not None:
+                self._prepared.put(prepared)
+
+    def _prepare(self, batch: list[_Item]) -> _Prepared | None:
+        """The batch's JPEGs decoded on the device, the images that failed
+        answered, the rest stacked for the model (None: none are left)."""
+        device = self._device
+        if device is None:
+            return _Prepared(batch, np.stack([p for it in batch for p in it.pixels()]))
+        waiting = [it for it in batch if it.decoded is None]
+        if waiting:
+            outcomes = device.decode([it.encoded for it in waiting if it.encoded is not None])
+            for it, outcome in zip(waiting, outcomes, strict=True):
+                if isinstance(outcome, DecodeError):
+                    _resolve(it.future, Result(None, error=outcome))
+                else:
+                    it.decoded = outcome
+            batch = [it for it in batch if it.decoded is not None]
+        if not batch:
+            return None
+        pixels = device.batch([p for it in batch for p in it.pixels()])
+        return _Prepared(batch, pixels, device.mark())
+
+    def _fail(self, batch: list[_Item], what: str) -> None:
+        failure = errors.ServiceError(
+            grpc.StatusCode.INTERNAL, f"{what}; the embedder's log has the details"
+        )
+        for it in batch:
+            with contextlib.suppress(InvalidStateError):
+                it.future.set_exception(failure)
+
+    def _run_model(self) -> None:
+        while True:
+            prepared = self._prepared.get()
+            if prepared is None:
+                return
+            batch, pixels = prepared.items, prepared.pixels
+            started = time.perf_counter()
+            try:
+                if isinstance(pixels, torch.Tensor) and self._device is not None:
+                    pixels = self._device.take(pixels, prepared.event)
                 out = self._embed(pixels, [it.text for it in batch for _ in range(it.views)])
                 vectors, texts = out if isinstance(out, tuple) else (out, None)
             except Exception as exc:
                 log.exception("model.crash", extra={"fields": {"batch": len(batch)}})
-                failure = errors.ServiceError(
-                    grpc.StatusCode.INTERNAL,
-                    f"the model failed on a batch ({type(exc).__name__}); the embedder's log "
-                    "has the details",
-                )
-                for it in batch:
-                    with contextlib.suppress(InvalidStateError):
-                        it.future.set_exception(failure)
+                self._fail(batch, f"the model failed on a batch ({type(exc).__name__})")
                 continue
             seconds = time.perf_counter() - started
             BATCH_SIZE.observe(len(vectors))
@@ -299,6 +386,7 @@ class Batcher:
             row = 0
             for it in batch:
                 d = it.decoded
+                assert d is not None
                 views = vectors[row : row + it.views]
                 text = None if texts is None else texts[row]
                 row += it.views
@@ -320,4 +408,5 @@ class Batcher:
             self._closed = True
         self._pool.shutdown(wait=True)
         self._ready.put(None)
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)

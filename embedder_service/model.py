@@ -107,14 +107,17 @@ class CompileFailed(RuntimeError):
     """EMBEDDER_COMPILE=true and the model could not be compiled."""
 
 
-def compile_for_inference(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_for_inference(
+    net: torch.nn.Module, mode: str = "default"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile with Inductor's freezing on: the weights become constants,
     so on the CPU convolutions run on oneDNN with weights prepacked once (the
-    model is never trained here). Freezing is a process-wide Inductor option."""
+    model is never trained here). Freezing is a process-wide Inductor option.
+    ``mode``: torch.compile's (reduce-overhead: CUDA graphs on a GPU)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False, mode=mode)
 
 
 class ModelRunner:
@@ -148,7 +151,9 @@ class ModelRunner:
         if self.compiles and wants_int8(settings.dtype, self.device, self.compiled):
             quantized = self._int8(net, settings, family, size, resize)
         model = net if quantized is None else quantized
-        self.forward = compile_for_inference(model) if self.compiled else model
+        self.forward = (
+            compile_for_inference(model, settings.compile_mode) if self.compiled else model
+        )
         self.max_batch = settings.max_batch
         with torch.inference_mode():
             probe = torch.zeros(1, 3, size, size, dtype=torch.uint8)
@@ -257,25 +262,32 @@ class ModelRunner:
     def _bucket(self, n: int) -> int:
         return next((b for b in self.padded_sizes() if b >= n), n)
 
-    def embed(self, images: np.ndarray, texts: Sequence[str] = ()) -> np.ndarray:
+    def embed(self, images: np.ndarray | torch.Tensor, texts: Sequence[str] = ()) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, dim) float32, unit L2 norm. ``texts``:
         one per image ('' for none), for a composing model only."""
         return self.embed_with_text(images, texts)[0]
 
     def embed_with_text(
-        self, images: np.ndarray, texts: Sequence[str] = ()
+        self, images: np.ndarray | torch.Tensor, texts: Sequence[str] = ()
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``embed``, and with a text side (``self.text``) each image's vector
-        in the text space too, from the same features (None without one)."""
+        in the text space too, from the same features (None without one).
+        ``images``: (N, H, W, 3) uint8 on the host, or (N, 3, H, W) uint8
+        already on the model's device (the device decoder's batches)."""
         if any(texts) and not self.info.composes:
             raise ValueError(f"{self.info.model} does not compose: it takes no text")
         n = images.shape[0]
-        batch = torch.from_numpy(images).permute(0, 3, 1, 2)  # NHWC view -> NCHW
+        on_host = isinstance(images, np.ndarray)
+        batch: torch.Tensor = (
+            torch.from_numpy(images).permute(0, 3, 1, 2)  # NHWC view -> NCHW
+            if isinstance(images, np.ndarray)
+            else images
+        )
         padded = self._bucket(n)
         if padded > n:
-            pad = torch.zeros((padded - n, *batch.shape[1:]), dtype=batch.dtype)
+            pad = batch.new_zeros((padded - n, *batch.shape[1:]))
             batch = torch.cat([batch, pad])
-        if self.device.type == "cuda":
+        if on_host and self.device.type == "cuda":
             batch = batch.contiguous().pin_memory().to(self.device, non_blocking=True)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         batch = batch.contiguous(memory_format=memory_format)

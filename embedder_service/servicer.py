@@ -58,6 +58,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         accepted: list[tuple[int, str, bytes]] = []
         for i, image in enumerate(request.images):
             name = image.name or f"image #{i}"
+            data = image.data  # each read of a bytes field copies it: once
             problem = self.text_problem(image.text) if image.text and self.text_problem else ""
             if problem:
                 embeddings[i] = embedder_pb2.Embedding(
@@ -65,15 +66,15 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     error=f"{name}: {problem}",
                     error_code=errors.status_code_number(grpc.StatusCode.INVALID_ARGUMENT),
                 )
-            elif len(image.data) > self.settings.max_image_bytes:
+            elif len(data) > self.settings.max_image_bytes:
                 embeddings[i] = embedder_pb2.Embedding(
                     name=image.name,
-                    error=f"{name}: {len(image.data)} bytes, over the limit of "
+                    error=f"{name}: {len(data)} bytes, over the limit of "
                     f"{self.settings.max_image_bytes} (EMBEDDER_MAX_IMAGE_MB)",
                     error_code=errors.status_code_number(grpc.StatusCode.INVALID_ARGUMENT),
                 )
             else:
-                accepted.append((i, name, image.data))
+                accepted.append((i, name, data))
         futures = self.batcher.submit(
             [(name, data) for _, name, data in accepted],
             request.thumbnail_px,

@@ -108,9 +108,34 @@ class EmbedderSettings(ServerSettings):
     gpu_decode: bool = field(
         default=False,
         metadata={
-            "help": "decode JPEGs with nvJPEG on the model's CUDA device (torchvision) and "
-            "resize there; other images, and JPEGs it cannot decode, go through PIL. "
-            "Ignored, with a warning, when the model runs on the CPU"
+            "help": "decode JPEGs in batches on the model's device: nvJPEG on CUDA "
+            "(torchvision), then EXIF orientation, resize, crop and thumbnails there too; "
+            "other images, progressive or CMYK JPEGs and any it cannot decode go through "
+            "PIL. With the model on the CPU it runs there (libjpeg-turbo), slower than PIL's "
+            "reduced-size decode: for tests and comparison"
+        },
+    )
+    busy_wait_ms: float = field(
+        default=100.0,
+        metadata={
+            "help": "how long a batch waits at most for images still being decoded (they "
+            "are certain to come; one full batch is cheaper than several small ones)"
+        },
+    )
+    processes: int = field(
+        default=1,
+        metadata={
+            "help": "embedder processes serving one port (SO_REUSEPORT), each with its own "
+            "GIL and a copy of the model on the same device; on a GPU, run CUDA MPS beside "
+            "them. The metrics port, if any, is this one's plus the process's index"
+        },
+    )
+    compile_mode: str = field(
+        default="default",
+        metadata={
+            "help": "torch.compile mode when compiling: default, reduce-overhead (CUDA "
+            "graphs on a GPU: less launch time per batch), max-autotune or "
+            "max-autotune-no-cudagraphs"
         },
     )
     max_pixels: int = field(
@@ -186,6 +211,15 @@ class EmbedderSettings(ServerSettings):
             self._validate_int8()
         if self.compile not in ("auto", "true", "false"):
             raise SettingsError(f"EMBEDDER_COMPILE={self.compile!r}: use auto, true or false")
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise SettingsError(
+                f"EMBEDDER_COMPILE_MODE={self.compile_mode!r}: use {', '.join(modes)}"
+            )
+        if not 1 <= self.processes <= 64:
+            raise SettingsError(f"EMBEDDER_PROCESSES={self.processes}: use 1 to 64")
+        if self.busy_wait_ms < 0:
+            raise SettingsError("EMBEDDER_BUSY_WAIT_MS must be >= 0")
         if self.max_batch < 1 or self.queue_size < self.max_batch:
             raise SettingsError("EMBEDDER_MAX_BATCH must be >= 1 and <= EMBEDDER_QUEUE_SIZE")
         if self.decode_pixel_budget < self.max_pixels:

@@ -139,6 +139,7 @@ def start_server(
     health_port: int = 0,
     reflection: bool = True,
     authorize: Authorize | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Builds, binds and starts a server; port 0 picks a free one.
 
@@ -148,6 +149,7 @@ def start_server(
     ``tls``: serve TLS (mTLS when it names a client CA) instead of plaintext.
     ``health_port``: also serve health alone, in plaintext, on that port.
     ``max_send_bytes``: the largest answer, when it differs from the largest request.
+    ``reuse_port``: bind with SO_REUSEPORT, beside sibling processes on the same port.
     """
     limits = limits or CallLimits()
     bridge = Bridge(
@@ -160,7 +162,7 @@ def start_server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
                 *limits.server_options(),
             ],
             maximum_concurrent_rpcs=limits.open_rpcs,
@@ -185,7 +187,7 @@ def start_server(
             raise OSError(f"could not bind {host}:{port}; is the port in use?")
         health_server = None
         if health_port:
-            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
             try:
                 health_bound = health_server.add_insecure_port(f"{host}:{health_port}")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from imagesearch import logs
+from imagesearch.processes import process_index, supervise
 from imagesearch.server import RunningServer, note_reloads, serve_until_signal, start_metrics
 from imagesearch.settings import SettingsError, load_settings
 
@@ -30,6 +31,11 @@ def run(
         return 2
     settings_any: Any = settings
     logs.configure(settings_any.log_level)
+    processes = getattr(settings_any, "processes", 1)
+    if processes > 1 and process_index() is None:
+        return supervise(
+            name, processes, settings_any.host, settings_any.port, settings_any.metrics_port
+        )
     noted = note_reloads()
     try:
         running = start(settings)

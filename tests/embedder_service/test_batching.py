@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from embedder_service.batcher import Batcher
+from embedder_service.batcher import Batcher, Pixels
 from embedder_service.decode import Decoder
 from embedder_service.model import ModelRunner, make_runner
 from embedder_service.settings import EmbedderSettings
@@ -35,7 +35,7 @@ def batches(runner: ModelRunner, sizes: Sequence[int], counts: Sequence[int]) ->
     images are all decoded within the wait, so only the cut splits them."""
     seen: list[int] = []
 
-    def model(pixels: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    def model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
         seen.append(len(pixels))
         return runner.embed(pixels, texts)
 

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from embedder_service.batcher import Batcher
+from embedder_service.batcher import Batcher, Pixels
 from embedder_service.decode import Decoder
 from embedder_service.model import make_runner
 from embedder_service.servicer import EmbedderServicer
@@ -33,7 +33,7 @@ def slow_embedder():
     runner = make_runner(settings)
     seen: list[int] = []
 
-    def slow_model(pixels: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    def slow_model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
         seen.append(len(pixels))
         time.sleep(BATCH_PAUSE_S)
         return runner.embed(pixels, texts)
