@@ -137,8 +137,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
-    """Embedder, index and gateway as separate processes, like `imgsearch up`."""
+def services(
+    data: Path, env_extra: dict[str, str], embedder_argv: list[str] | None = None
+) -> Iterator[dict[str, int]]:
+    """Embedder, index and gateway as separate processes, like `imgsearch up`
+    (``embedder_argv``: another embedder command, such as a no-op model's)."""
     ports = {"gateway": free_port(), "embedder": free_port(), "index": free_port()}
     data.mkdir(parents=True, exist_ok=True)
     env = {
@@ -165,11 +168,10 @@ def services(data: Path, env_extra: dict[str, str]) -> Iterator[dict[str, int]]:
         for module in ("embedder_service", "index_service", "gateway"):
             log = (data / f"{module}.log").open("ab")
             own = embedder_environment(env, env_extra) if module == "embedder_service" else env
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", module], env=own, stdout=log, stderr=log, cwd=ROOT
-                )
-            )
+            argv = [sys.executable, "-m", module]
+            if module == "embedder_service" and embedder_argv:
+                argv = embedder_argv
+            procs.append(subprocess.Popen(argv, env=own, stdout=log, stderr=log, cwd=ROOT))
         for name, service in (
             ("index", "IndexService"),
             ("embedder", "EmbedderService"),

@@ -3,23 +3,25 @@
   model    the trunk on ready 224x224 uint8 batches (no decode, no gRPC): the
            seed's eager fp32 torchvision ResNet50 (baseline) against our
            ModelRunner at each --batches size and --dtypes precision
-  service  Embed over gRPC against a real embedder process: --clients threads,
-           each sending --per-call JPEGs per call (--photo-size, re-encoded
-           clothing photos), with EMBEDDER_GPU_DECODE off and, on CUDA, on
+  service  Embed over gRPC against a real embedder (EMBEDDER_PROCESSES of
+           them on one port): --client-procs client processes keep at least
+           twice the max batch in flight, --per-call JPEGs a call
+           (--photo-size, re-encoded clothing photos), with CPU decoding and
+           with the batched device decode (EMBEDDER_GPU_DECODE)
 
     .venv/bin/python bench/embedder.py [--device auto] [--batches 64,256]
         [--dtypes float32,auto] [--seconds 10] [--skip-service]
+        [--decodes pil,device] [--processes 1,4]
 
-On a GPU: --dtypes float32,float16 --batches 64,256 (the issue's table).
+On a GPU (issue 46): --device cuda --dtypes float16 --batches 256
+--decodes pil,device --processes 1,4 (bench/gpu_check.sh runs it).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CLOTHING, free_port, machine, wait_healthy
+from bench.common import free_port, machine, wait_healthy
 
 DIM = 2048
 
@@ -81,25 +83,20 @@ def our_model(device: str, dtype: str, compile_mode: str, batch: int, seconds: f
     return rate(lambda: runner.embed(images), batch, seconds), runner, warm
 
 
-def photos(n: int, size: tuple[int, int]) -> list[bytes]:
-    from PIL import Image
-
-    sources = sorted(CLOTHING.rglob("*.jpg"))
-    out = []
-    for i in range(n):
-        img = Image.open(sources[i % len(sources)]).convert("RGB").resize(size)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85 + i % 10)
-        out.append(buf.getvalue())
-    return out
-
-
-def service_rate(env: dict[str, str], images: list[bytes], clients: int, seconds: float):
+def service_rate(
+    env: dict[str, str],
+    request: bytes,
+    per_call: int,
+    client_procs: int,
+    in_flight: int,
+    seconds: float,
+) -> tuple[float, int]:
+    """Images a second through a real embedder process (or processes) with
+    ``env``, and the images kept in flight."""
     import os
     import subprocess
 
-    from imagesearch.channels import make_channel
-    from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
+    from bench.embedder_load import Load
 
     port = free_port()
     full = {
@@ -111,38 +108,25 @@ def service_rate(env: dict[str, str], images: list[bytes], clients: int, seconds
         "EMBEDDER_LOG_LEVEL": "WARNING",
         **env,
     }
+    threads = max(2, -(-in_flight // (client_procs * per_call)))
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "embedder_service"], env=full, stdout=log, stderr=log
         )
         try:
             wait_healthy(port)
-            stub = embedder_pb2_grpc.EmbedderServiceStub(make_channel(f"127.0.0.1:{port}", []))
-            request = embedder_pb2.EmbedderServiceEmbedRequest(
-                images=[embedder_pb2.Image(name=f"{i}.jpg", data=d) for i, d in enumerate(images)]
-            )
-            stub.Embed(request, timeout=600)  # warm
-            done = [0]
-            lock = threading.Lock()
-            stop = time.perf_counter() + seconds
-
-            def client() -> None:
-                while time.perf_counter() < stop:
-                    reply = stub.Embed(request, timeout=600)
-                    assert not any(e.error for e in reply.embeddings)
-                    with lock:
-                        done[0] += len(reply.embeddings)
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
+            load = Load(port, request, per_call, client_procs, threads)
+            load.warm()
             started = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return done[0] / (time.perf_counter() - started)
+            images = load.finish(load.start(seconds), seconds)
+            return images / (time.perf_counter() - started), load.in_flight
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
         finally:
             proc.terminate()
-            proc.wait(timeout=60)
+            proc.wait(timeout=120)
 
 
 def main() -> int:
@@ -155,9 +139,13 @@ def main() -> int:
     p.add_argument("--compile", default="auto", help="EMBEDDER_COMPILE for our side")
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--skip-service", action="store_true")
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--client-procs", type=int, default=4, help="client processes")
     p.add_argument("--per-call", type=int, default=64, help="images per Embed call")
     p.add_argument("--photo-size", default="1024x768")
+    p.add_argument("--decodes", default="", help="pil,device (default: pil; on CUDA both)")
+    p.add_argument(
+        "--processes", default="", help="EMBEDDER_PROCESSES values (default: 1; on CUDA 1,4)"
+    )
     args = p.parse_args()
 
     import torch
@@ -182,22 +170,35 @@ def main() -> int:
             del runner
     if args.skip_service:
         return 0
+    from bench.embedder_load import embed_request, photos
+
     w, h = (int(v) for v in args.photo_size.split("x"))
-    images = photos(args.per_call, (w, h))
+    request = embed_request(photos(args.per_call, (w, h)))
+    cuda = device.startswith("cuda")
+    max_batch = max(batches)
     print(
-        f"\nservice: Embed over gRPC, {args.clients} clients x {args.per_call} JPEGs of {w}x{h} "
-        f"per call, EMBEDDER_MAX_BATCH={max(batches)}"
+        f"\nservice: Embed over gRPC, {args.client_procs} client processes, {args.per_call} "
+        f"JPEGs of {w}x{h} a call, at least {2 * max_batch} in flight, "
+        f"EMBEDDER_MAX_BATCH={max_batch}"
     )
-    decodes = ["false", "true"] if device.startswith("cuda") else ["false"]
-    for gpu_decode in decodes:
-        env = {
-            "EMBEDDER_DEVICE": device,
-            "EMBEDDER_MAX_BATCH": str(max(batches)),
-            "EMBEDDER_COMPILE": args.compile,
-            "EMBEDDER_GPU_DECODE": gpu_decode,
-        }
-        got = service_rate(env, images, args.clients, args.seconds)
-        print(f"service  EMBEDDER_GPU_DECODE={gpu_decode:<5}  {got:9.1f} img/s")
+    decodes = (args.decodes or ("pil,device" if cuda else "pil")).split(",")
+    processes = (args.processes or ("1,4" if cuda else "1")).split(",")
+    for decode in decodes:
+        for count in processes:
+            env = {
+                "EMBEDDER_DEVICE": device,
+                "EMBEDDER_MAX_BATCH": str(max_batch),
+                "EMBEDDER_COMPILE": args.compile,
+                "EMBEDDER_GPU_DECODE": "true" if decode == "device" else "false",
+                "EMBEDDER_PROCESSES": count,
+            }
+            got, in_flight = service_rate(
+                env, request, args.per_call, args.client_procs, 2 * max_batch, args.seconds
+            )
+            print(
+                f"service  decode={decode:<6} processes={count:<2} in flight {in_flight:>5}  "
+                f"{got:9.1f} img/s"
+            )
     return 0
 
 

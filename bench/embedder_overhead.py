@@ -2,8 +2,8 @@
 and time holding the GIL, with the model replaced by a no-op.
 
 The real server, servicer, batcher and decoders run in their own process (as
-``python -m embedder_service`` runs them) with a model that answers a zero
-vector per image at once. Client processes keep ``--in-flight`` images in
+``python -m embedder_service`` runs them) with a model that answers the same unit
+vector for every image at once. Client processes keep ``--in-flight`` images in
 flight (at least twice the max batch) with 1024x768 JPEGs. For each path:
 
   pil             PIL decoding in the decode threads (the default)
@@ -58,7 +58,7 @@ def serve(path: str) -> int:
     from imagesearch.service_main import run
 
     class NoopRunner(ModelRunner):
-        """A model that costs nothing: zero vectors of a ResNet50's size."""
+        """A model that costs nothing: one unit vector of a ResNet50's size."""
 
         def __init__(self, settings: EmbedderSettings) -> None:  # no super(): no network
             self.device = torch.device("cpu")
@@ -72,7 +72,7 @@ def serve(path: str) -> int:
             )  # fmt: skip
 
         def embed_with_text(self, images: object, texts: object = ()) -> tuple[np.ndarray, None]:
-            return np.zeros((len(images), DIM), np.float32), None  # type: ignore[arg-type]
+            return np.full((len(images), DIM), DIM**-0.5, np.float32), None  # type: ignore[arg-type]
 
         def warm_up(self) -> float:
             return 0.0
@@ -235,6 +235,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="calls in flight per client process")
     p.add_argument("--photo-size", default="1024x768")
     p.add_argument("--tree", default="", help="serve this checkout instead (before a change)")
+    p.add_argument(
+        "--processes-path", default="stub", help="the path run with 2 processes against 1"
+    )
     p.add_argument("--no-processes", action="store_true", help="skip the 2-process run")
     args, rest = p.parse_known_args()
     if args.serve:
@@ -261,7 +264,9 @@ def main() -> int:
         gil = "n/a" if got.gil_ms_per_image is None else f"{got.gil_ms_per_image:.3f}"
         print(f"{path:<16} {got.img_per_s:8.1f} {got.cpu_ms_per_image:11.3f} {gil:>11}")
     if not args.no_processes:
-        path = "device_batched" if "device_batched" in args.paths else args.paths.split(",")[0]
+        path = args.processes_path
+        if path not in report["paths"]:  # type: ignore[operator]
+            report["paths"][path] = measure(path, args, request).json()  # type: ignore[index]
         one = report["paths"][path]["img_per_s"]  # type: ignore[index]
         two = measure(path, args, request, processes=2)
         ratio = two.img_per_s / one
