@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench.common import OUT, ROOT, machine, services
 from bench.embedder_load import photos
 from bench.embedder_overhead import PATH_ENV, TREE_ENV, cpu_seconds, tree_pids

@@ -12,7 +12,9 @@ import pytest
 from tests.conftest import ROOT
 
 SCRIPTS = sorted(
-    p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "common")
+    p.stem
+    for p in (ROOT / "bench").glob("*.py")
+    if p.stem not in ("__init__", "common", "embedder_load")
 )
 
 
@@ -39,3 +41,26 @@ def test_every_bench_script_runs_as_a_script_and_as_a_module(tmp_path) -> None:
         if proc.returncode != 0 or b"usage:" not in out:
             failed[how] = out.decode(errors="replace")[-400:]
     assert failed == {}
+
+
+@pytest.mark.processes
+def test_the_embedder_overhead_bench_measures_cpu_and_gil_per_image() -> None:
+    """A short run of issue 46's bench: a real embedder with a no-op model,
+    the stub and device paths, and the JSON its report ends with."""
+    import json
+
+    argv = ["--paths", "stub,device_batched", "--seconds", "1", "--per-call", "8"]
+    argv += ["--clients", "1", "--threads", "1", "--max-batch", "8", "--no-processes"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.embedder_overhead", *argv, "--photo-size", "320x240"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for path in ("stub", "device_batched"):
+        figures = report["paths"][path]
+        assert figures["img_per_s"] > 0 and figures["cpu_ms_per_image"] > 0, figures
+        assert figures["gil_ms_per_image"] is not None, "py-spy did not sample the server"

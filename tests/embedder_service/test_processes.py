@@ -7,14 +7,26 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
 import requests
 
+from embedder_service.settings import EmbedderSettings
+from imagesearch.settings import SettingsError
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
-from tests.conftest import CLOTHING, clothing_images, free_port, spawn_embedder, wait_until
+from tests.conftest import (
+    CLOTHING,
+    ROOT,
+    clothing_images,
+    embedder_env,
+    free_port,
+    spawn_embedder,
+    wait_until,
+)
 
 pytestmark = pytest.mark.processes
 
@@ -96,3 +108,31 @@ def test_two_processes_serve_one_port_restart_and_stop_together(tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_processes_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
+    """A child that exits for its settings or a fatal start error would do it
+    again: the supervisor stops, with that exit code, instead of looping."""
+    port = free_port()
+    env = embedder_env(port, EMBEDDER_PROCESSES="2", EMBEDDER_WEIGHTS=str(tmp_path / "none.pt"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedder_service"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode in (2, 3), proc.stderr[-2000:]
+    assert "none.pt" in proc.stderr
+
+
+def test_process_settings_are_checked() -> None:
+    for bad, match in [
+        ({"processes": 0}, "EMBEDDER_PROCESSES=0"),
+        ({"compile_mode": "fast"}, "EMBEDDER_COMPILE_MODE='fast'"),
+        ({"busy_wait_ms": -1.0}, "EMBEDDER_BUSY_WAIT_MS"),
+    ]:
+        with pytest.raises(SettingsError, match=match):
+            EmbedderSettings(**bad).validate()  # type: ignore[arg-type]
+    EmbedderSettings(processes=4, compile_mode="reduce-overhead").validate()
