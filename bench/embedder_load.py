@@ -45,28 +45,31 @@ def client(
     answered on ``out``. Fails on an answer too short for its vectors."""
     import grpc
 
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
-    )
-    call = channel.unary_unary(EMBED, None, None)  # bytes in, bytes out
     done = [0]
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
     def loop() -> None:
-        while time.perf_counter() < stop:
-            reply = call(request, timeout=300)
-            assert len(reply) >= images * 4 * 128, "an image failed"
-            with lock:
-                done[0] += images
+        # A connection per thread (a subchannel pool of its own): with
+        # EMBEDDER_PROCESSES, the kernel spreads connections, not calls.
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            call = channel.unary_unary(EMBED, None, None)  # bytes in, bytes out
+            while time.perf_counter() < stop:
+                reply = call(request, timeout=300)
+                assert len(reply) >= images * 4 * 128, "an image failed"
+                with lock:
+                    done[0] += images
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    channel.close()
     out.put(done[0])
 
 
@@ -83,7 +86,7 @@ class Load:
         return self.processes * self.threads * self.images
 
     def warm(self) -> None:
-        """One call on each of a few connections: every server process warm."""
+        """Calls on a few connections for a moment: every server process warm."""
         out: Queue[int] = self.ctx.Queue()
         client(self.port, self.request, self.images, 4, 0.5, out)
 
