@@ -8,6 +8,8 @@ checks run on CUDA and the service's vectors are compared with the CPU's."""
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +17,28 @@ import pytest
 import torch
 from PIL import Image
 
+from embedder_service.batcher import Batcher, Pixels
 from embedder_service.decode import Decoded, DecodeError, Decoder
-from embedder_service.device_decode import DeviceDecoder, OnDevice, Outcome, thumbnail_size
+from embedder_service.device_decode import (
+    DeviceDecoder,
+    Encoded,
+    OnDevice,
+    Outcome,
+    thumbnail_size,
+)
 from embedder_service.jpeg_header import read_header
 from embedder_service.model import make_runner
 from embedder_service.settings import EmbedderSettings
 from imagesearch.v1 import embedder_pb2, embedder_pb2_grpc
-from tests.conftest import CLOTHING, ODD, channel, clothing_images, odd_manifest, start_embedder
+from tests.conftest import (
+    CLOTHING,
+    ODD,
+    channel,
+    clothing_images,
+    odd_manifest,
+    start_embedder,
+    wait_until,
+)
 from tests.embedder_service.test_accuracy import agreement
 
 MAX_PIXELS = EmbedderSettings().max_pixels
@@ -208,6 +225,48 @@ def test_a_batch_larger_than_the_pixel_chunk_is_decoded_in_chunks() -> None:
     a = [host_pixels(o) for o in through_device(whole, files)]
     b = [host_pixels(o) for o in through_device(chunked, files)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
+    """Two batches in flight: while the model holds batch 1, the preparing
+    thread takes batch 2 and decodes it on the device."""
+    pil = Decoder(MAX_PIXELS)
+    decoded: list[int] = []
+
+    class Counting(DeviceDecoder):
+        def decode(self, items: Sequence[Encoded]) -> list[Outcome]:
+            decoded.append(len(items))
+            return super().decode(items)
+
+    entered, release = threading.Event(), threading.Event()
+
+    def model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
+        entered.set()
+        assert release.wait(120)
+        return np.ones((len(pixels), 4), np.float32)
+
+    batcher = Batcher(
+        model,
+        pil,
+        max_batch=4,
+        max_wait_s=0.001,
+        queue_size=64,
+        decode_workers=1,
+        device=Counting(CPU, pil, MAX_PIXELS),
+    )
+    try:
+        files = clothing_files()[:8]
+        first = batcher.submit(files[:4])
+        assert entered.wait(120)
+        second = batcher.submit(files[4:])
+        wait_until(lambda: decoded == [4, 4], timeout=120)  # batch 1 still in the model
+        assert not any(f.done() for f in first)
+        release.set()
+        results = [f.result(timeout=120) for f in first + second]
+        assert all(r.vector is not None and r.error is None for r in results)
+    finally:
+        release.set()
+        batcher.close()
 
 
 def embed(port: int, files: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
