@@ -114,9 +114,15 @@ def test_readers_serve_refuse_writes_and_see_the_writers_changes(
         assert (job.state, job.indexed) == (gateway_pb2.JOB_STATE_SUCCEEDED, 64)
         direct = index_pb2_grpc.IndexServiceStub(channel(reader.running.port))
         wait_until(lambda: count_on(direct, "shared") == 64, STALENESS_S + SLACK_S)
-        time.sleep(STALENESS_S)  # the last vectors, stored a moment ago, are in its view now
-        for rel, _ in clothing_images():  # each image first, searched through the reader
-            assert search_first(stub, "shared", rel) == str(CLOTHING / rel)
+        # Within the staleness bound the last vectors, stored a moment ago,
+        # are in its view: each image first, searched through the reader.
+        wait_until(
+            lambda: all(
+                search_first(stub, "shared", rel) == str(CLOTHING / rel)
+                for rel, _ in clothing_images()
+            ),
+            STALENESS_S + SLACK_S,
+        )
 
         # Every write sent to the reader is refused, naming its role; nothing changes.
         writes = {

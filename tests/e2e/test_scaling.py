@@ -4,7 +4,6 @@ gateway target with round_robin; metrics endpoints scraped as Prometheus text.""
 from __future__ import annotations
 
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
@@ -88,8 +87,12 @@ def test_in_process_metrics_endpoint_is_valid_prometheus_text(stack) -> None:
     stub = gateway_pb2_grpc.GatewayServiceStub(channel(stack.gateway.port))
     job = start_job(stub, "m", CLOTHING / "Hat", recursive=False)
     wait_until(lambda: get_job(stub, job.job_id).state == gateway_pb2.JOB_STATE_SUCCEEDED)
-    time.sleep(0.2)
-    samples = scrape(port)
+    # The job's last counters are updated a moment after its state.
+    samples = wait_until(
+        lambda: (
+            (got := scrape(port)) and "imagesearch_job_files_total" in {n for n, _ in got} and got
+        )
+    )
     names = {name for name, _ in samples}
     for expected in (
         "imagesearch_rpc_handled_total",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,9 +262,7 @@ def test_the_page_and_its_headers(web: Web) -> None:
     for path in ("/img/load", "/progress", "/img/search", "/v1/jobs/{job_id}/events"):
         assert path in schema["paths"]
     assert requests.get(f"{web.url}/docs", timeout=30).status_code == 200
-    started = time.monotonic()
     assert requests.get(f"{web.url}/readyz", timeout=30).json() == {"ready": True}
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow
