@@ -252,11 +252,8 @@ class DeviceDecoder:
         small = []
         for _, img, px in wanted:
             w, h = thumbnail_size(img.shape[-1], img.shape[-2], px)
-            small.append(
-                img
-                if (w, h) == tuple(img.shape[-1:-3:-1])
-                else F.resize(img, [h, w], antialias=True).contiguous()
-            )
+            same = (w, h) == (img.shape[-1], img.shape[-2])
+            small.append((img if same else F.resize(img, [h, w], antialias=True)).contiguous())
         encoded = encode_jpeg(small, quality=THUMBNAIL_QUALITY)
         joined = torch.cat(encoded).cpu().numpy().tobytes()
         start = 0

@@ -204,13 +204,24 @@ def test_headers_read_as_pil_reads_them() -> None:
 
 
 def test_thumbnails_come_from_the_device_batch() -> None:
-    _, dev = decoders()
+    pil, dev = decoders()
     files = [*clothing_files()[:4], *rotated_jpegs()[5:6]]
-    for outcome, (name, _) in zip(through_device(dev, files, px=96), files, strict=True):
+    for outcome, (name, data) in zip(through_device(dev, files, px=96), files, strict=True):
+        assert isinstance(outcome, OnDevice)
+        with (
+            Image.open(io.BytesIO(outcome.thumbnail)) as thumb,
+            Image.open(io.BytesIO(pil.decode(data, name, 96).thumbnail)) as want,
+        ):
+            assert thumb.format == "JPEG"
+            assert thumb.size == want.size == thumbnail_size(outcome.width, outcome.height, 96)
+            # The same picture, turned the same way (filters and encoders differ).
+            assert mean_difference(np.asarray(thumb), np.asarray(want)) < 3, name
+    # Smaller than asked: the whole image, turned (orientation 5 is a transposed view).
+    turned = rotated_jpegs()[4:6]
+    for outcome in through_device(dev, turned, px=1024):
         assert isinstance(outcome, OnDevice)
         with Image.open(io.BytesIO(outcome.thumbnail)) as thumb:
-            assert thumb.format == "JPEG"
-            assert thumb.size == thumbnail_size(outcome.width, outcome.height, 96), name
+            assert thumb.size == (300, 400)
     for w, h in [(400, 300), (300, 400), (97, 1000), (1000, 97), (50, 60), (333, 333)]:
         img = Image.new("RGB", (w, h))
         img.thumbnail((96, 96))
