@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, machine, wait_healthy
+from bench.common import free_port, machine
 
 DIM = 2048
 
@@ -94,9 +93,8 @@ def service_rate(
     """Images a second through a real embedder process (or processes) with
     ``env``, and the images kept in flight."""
     import os
-    import subprocess
 
-    from bench.embedder_load import Load
+    from bench.embedder_load import Load, serving
 
     port = free_port()
     full = {
@@ -109,24 +107,13 @@ def service_rate(
         **env,
     }
     threads = max(2, -(-in_flight // (client_procs * per_call)))
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedder_service"], env=full, stdout=log, stderr=log
-        )
-        try:
-            wait_healthy(port)
-            load = Load(port, request, per_call, client_procs, threads)
-            load.warm()
-            started = time.perf_counter()
-            images = load.finish(load.start(seconds), seconds)
-            return images / (time.perf_counter() - started), load.in_flight
-        except Exception:
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
-            raise
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+    argv = [sys.executable, "-m", "embedder_service"]
+    with serving(argv, full, port):
+        load = Load(port, request, per_call, client_procs, threads)
+        load.warm()
+        started = time.perf_counter()
+        images = load.finish(load.start(seconds), seconds)
+        return images / (time.perf_counter() - started), load.in_flight
 
 
 def main() -> int:

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from pathlib import Path
 
@@ -109,3 +114,25 @@ class Load:
         for p in procs:
             p.join()
         return images
+
+
+@contextmanager
+def serving(
+    argv: list[str], env: dict[str, str], port: int, cwd: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """An embedder process, healthy on ``port``; stopped afterwards. When
+    anything inside fails, the end of its log goes to stderr."""
+    from bench.common import wait_healthy
+
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=log)
+        try:
+            wait_healthy(port, timeout=900)
+            yield proc
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)

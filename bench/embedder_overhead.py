@@ -172,8 +172,8 @@ def read_gil(spy: subprocess.Popen[bytes] | None, seconds: float) -> float | Non
 
 
 def measure(path: str, args: argparse.Namespace, request: bytes, processes: int = 1) -> Figures:
-    from bench.common import free_port, wait_healthy
-    from bench.embedder_load import Load
+    from bench.common import free_port
+    from bench.embedder_load import Load, serving
 
     port = free_port()
     tree = str(Path(args.tree).resolve()) if args.tree else str(ROOT)
@@ -191,28 +191,17 @@ def measure(path: str, args: argparse.Namespace, request: bytes, processes: int 
         "EMBEDDER_PROCESSES": str(processes),
     }
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(argv, env=env, cwd=tree, stdout=log, stderr=log)
-        try:
-            wait_healthy(port, timeout=120)
-            load = Load(port, request, args.per_call, args.clients, args.threads)
-            load.warm()
-            pids = tree_pids(server.pid)
-            cpu0 = cpu_seconds(pids)
-            started = time.perf_counter()
-            spy = gil_seconds(server.pid, args.seconds, processes > 1)
-            clients = load.start(args.seconds)
-            images = load.finish(clients, args.seconds)
-            elapsed = time.perf_counter() - started
-            cpu = cpu_seconds(pids) - cpu0
-            gil = read_gil(spy, args.seconds)
-        except Exception:
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
-            raise
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with serving(argv, env, port, cwd=tree) as server:
+        load = Load(port, request, args.per_call, args.clients, args.threads)
+        load.warm()
+        pids = tree_pids(server.pid)
+        cpu0 = cpu_seconds(pids)
+        started = time.perf_counter()
+        spy = gil_seconds(server.pid, args.seconds, processes > 1)
+        images = load.finish(load.start(args.seconds), args.seconds)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pids) - cpu0
+        gil = read_gil(spy, args.seconds)
     # py-spy sampled the first ``seconds`` of the load: its share of the images.
     sampled = images * min(1.0, int(max(1, args.seconds)) / elapsed)
     return Figures(
