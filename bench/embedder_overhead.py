@@ -3,8 +3,9 @@ and time holding the GIL, with the model replaced by a no-op.
 
 The real server, servicer, batcher and decoders run in their own process (as
 ``python -m embedder_service`` runs them) with a model that answers the same unit
-vector for every image at once. Client processes keep ``--in-flight`` images in
-flight (at least twice the max batch) with 1024x768 JPEGs. For each path:
+vector for every image at once. Client processes keep --clients x --threads x
+--per-call images in flight (128: twice the max batch of 64), 1024x768 JPEGs.
+For each path:
 
   pil             PIL decoding in the decode threads (the default)
   device_batched  EMBEDDER_GPU_DECODE=true, run on the CPU: headers read in the
@@ -13,11 +14,14 @@ flight (at least twice the max batch) with 1024x768 JPEGs. For each path:
 
 it prints img/s, the server's CPU ms per image (all its threads) and its GIL
 ms per image (py-spy ``record --gil``: samples in which a thread of the
-server holds the GIL, over the samples taken), then the device path again
-with EMBEDDER_PROCESSES=2 against 1. The last line is JSON.
+server holds the GIL, over the samples taken), then one path again
+with EMBEDDER_PROCESSES=2 against 1 (the stub path: gRPC-bound, not decode-bound).
+The last line is JSON: {"paths": {path: figures}, "before": {path: figures}
+(with --before), "processes": {...}, "processes_ratio": x}.
 
     .venv/bin/python -m bench.embedder_overhead [--seconds 8] [--paths ...]
-        [--tree DIR]   # serve another checkout (the figures before a change)
+        [--before REV]   # the same paths served by an older revision, in this run
+        [--tree DIR]     # serve another checkout instead of this one
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,12 +177,14 @@ def read_gil(spy: subprocess.Popen[bytes] | None, seconds: float) -> float | Non
     return samples / SAMPLE_RATE
 
 
-def measure(path: str, args: argparse.Namespace, request: bytes, processes: int = 1) -> Figures:
+def measure(
+    path: str, args: argparse.Namespace, request: bytes, tree: str, processes: int = 1
+) -> Figures:
+    """One path served from the checkout ``tree``."""
     from bench.common import free_port
     from bench.embedder_load import Load, serving
 
     port = free_port()
-    tree = str(Path(args.tree).resolve()) if args.tree else str(ROOT)
     env = {
         **os.environ,
         "PYTHONPATH": tree,
@@ -223,7 +231,10 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=2, help="client processes")
     p.add_argument("--threads", type=int, default=2, help="calls in flight per client process")
     p.add_argument("--photo-size", default="1024x768")
-    p.add_argument("--tree", default="", help="serve this checkout instead (before a change)")
+    p.add_argument("--tree", default="", help="serve this checkout instead")
+    p.add_argument(
+        "--before", default="", help="also serve this git revision (a temporary worktree)"
+    )
     p.add_argument(
         "--processes-path", default="stub", help="the path run with 2 processes against 1"
     )
@@ -241,32 +252,86 @@ def main() -> int:
     request = embed_request(photos(args.per_call, (w, h)))
     print(f"machine: {machine()}")
     print(
-        f"tree: {args.tree or 'this checkout'}; no-op model; {args.clients} client processes x "
-        f"{args.threads} calls x {args.per_call} JPEGs of {w}x{h} = {in_flight} images in "
-        f"flight, EMBEDDER_MAX_BATCH={args.max_batch}; GIL by py-spy --gil at {SAMPLE_RATE} Hz"
+        f"no-op model; {args.clients} client processes x {args.threads} calls x "
+        f"{args.per_call} JPEGs of {w}x{h} = {in_flight} images in flight, "
+        f"EMBEDDER_MAX_BATCH={args.max_batch}; GIL by py-spy --gil at {SAMPLE_RATE} Hz"
     )
-    print(f"{'path':<16} {'img/s':>8} {'CPU ms/img':>11} {'GIL ms/img':>11}")
-    report: dict[str, object] = {"paths": {}}
-    for path in args.paths.split(","):
-        got = measure(path, args, request)
-        report["paths"][path] = got.json()  # type: ignore[index]
-        gil = "n/a" if got.gil_ms_per_image is None else f"{got.gil_ms_per_image:.3f}"
-        print(f"{path:<16} {got.img_per_s:8.1f} {got.cpu_ms_per_image:11.3f} {gil:>11}")
-    if not args.no_processes:
-        path = args.processes_path
-        if path not in report["paths"]:  # type: ignore[operator]
-            report["paths"][path] = measure(path, args, request).json()  # type: ignore[index]
-        one = report["paths"][path]["img_per_s"]  # type: ignore[index]
-        two = measure(path, args, request, processes=2)
-        ratio = two.img_per_s / one
-        print(
-            f"{path} EMBEDDER_PROCESSES=2: {two.img_per_s:.1f} img/s against {one:.1f} with 1: "
-            f"{ratio:.2f}x (CPU {two.cpu_ms_per_image:.3f} ms/img)"
-        )
-        report["processes"] = {"path": path, "two": two.json()}
-        report["processes_ratio"] = round(ratio, 2)
+    with checkouts(args) as trees:
+        figures = run_paths(args, request, trees)
+        report: dict[str, object] = {"paths": figures["now"]}
+        if "before" in figures:
+            report["before"] = figures["before"]
+        if not args.no_processes:
+            report.update(two_processes(args, request, trees["now"], figures["now"]))
     print(json.dumps(report))
     return 0
+
+
+@contextmanager
+def checkouts(args: argparse.Namespace) -> Iterator[dict[str, str]]:
+    """The trees to serve: "now" (this checkout, or --tree), and "before"
+    (a temporary worktree of --before) when asked."""
+    now = str(Path(args.tree).resolve()) if args.tree else str(ROOT)
+    if not args.before:
+        yield {"now": now}
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        before = str(Path(tmp) / "before")
+        git = ["git", "-C", str(ROOT)]
+        subprocess.run([*git, "worktree", "add", "--detach", before, args.before], check=True)
+        try:
+            yield {"before": before, "now": now}
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", before], check=False)
+
+
+def run_paths(
+    args: argparse.Namespace, request: bytes, trees: dict[str, str]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Every path on every tree, printed as it comes: {tree: {path: figures}}."""
+    print(f"{'tree':<7} {'path':<16} {'img/s':>8} {'CPU ms/img':>11} {'GIL ms/img':>11}")
+    report: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, tree in trees.items():
+        report[name] = {}
+        for path in args.paths.split(","):
+            got = measure(path, args, request, tree)
+            report[name][path] = got.json()
+            gil = "n/a" if got.gil_ms_per_image is None else f"{got.gil_ms_per_image:.3f}"
+            print(
+                f"{name:<7} {path:<16} {got.img_per_s:8.1f} {got.cpu_ms_per_image:11.3f} {gil:>11}"
+            )
+    if "before" in report:
+        for path, now in report["now"].items():
+            was = report["before"][path]
+            if now["gil_ms_per_image"] and was["gil_ms_per_image"]:
+                print(
+                    f"{path}: GIL per image {was['gil_ms_per_image']:.3f} -> "
+                    f"{now['gil_ms_per_image']:.3f} ms, img/s "
+                    f"{(now['img_per_s'] or 0) / (was['img_per_s'] or 1):.2f}x"
+                )
+    return report
+
+
+def two_processes(
+    args: argparse.Namespace,
+    request: bytes,
+    tree: str,
+    one: dict[str, dict[str, float | None]],
+) -> dict[str, object]:
+    """--processes-path with EMBEDDER_PROCESSES=2 against 1, in this run."""
+    path = args.processes_path
+    single = one[path] if path in one else measure(path, args, request, tree).json()
+    two = measure(path, args, request, tree, processes=2)
+    ratio = two.img_per_s / (single["img_per_s"] or 1)
+    print(
+        f"{path} EMBEDDER_PROCESSES=2: {two.img_per_s:.1f} img/s against "
+        f"{single['img_per_s']:.1f} with 1: {ratio:.2f}x "
+        f"(CPU {two.cpu_ms_per_image:.3f} ms/img)"
+    )
+    return {
+        "processes": {"path": path, "one": single, "two": two.json()},
+        "processes_ratio": round(ratio, 2),
+    }
 
 
 if __name__ == "__main__":
