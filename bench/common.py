@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from PIL import Image
 from imagesearch import cpus, healthcheck
 from imgsearch.up import embedder_environment
 from tools.milvus_server import milvus_server as milvus_server
+from tools.ports import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOTHING = (ROOT.parent / "shared" / "data" / "clothing-64").resolve()
@@ -114,12 +114,6 @@ def make_photos(n: int, big_every: int = 4, seed: int = 0) -> Path:
         img.resize(size, Image.Resampling.BILINEAR).save(folder / f"photo_{i:05d}.jpg", quality=90)
     done.touch()
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(port: int, service: str = "", timeout: float = 900) -> None:

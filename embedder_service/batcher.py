@@ -99,7 +99,6 @@ class _Item:
     rotations: bool = False
     text: str = ""  # composed with the image, for a composing model
     encoded: Encoded | None = None
-    running: bool = False  # taken into a batch: its future can no longer be canceled
 
     @property
     def views(self) -> int:
@@ -123,6 +122,24 @@ class _Prepared:
     items: list[_Item]
     pixels: Pixels
     event: torch.cuda.Event | None = None  # the device decoder's work on ``pixels``
+
+
+def _running(batch: list[_Item], pixels: Pixels) -> tuple[list[_Item], Pixels]:
+    """Marks each image's future running; the images whose caller canceled
+    meanwhile leave the batch, and their rows the pixels."""
+    live = [it.future.set_running_or_notify_cancel() for it in batch]
+    if all(live):
+        return batch, pixels
+    rows: list[int] = []
+    row = 0
+    for it, keep in zip(batch, live, strict=True):
+        if keep:
+            rows.extend(range(row, row + it.views))
+        row += it.views
+    kept = [it for it, keep in zip(batch, live, strict=True) if keep]
+    if isinstance(pixels, torch.Tensor):
+        return kept, pixels[torch.tensor(rows, dtype=torch.long, device=pixels.device)]
+    return kept, pixels[rows]
 
 
 class Batcher:
@@ -164,7 +181,7 @@ class Batcher:
         self.embedded = 0  # images run through the model
         self.canceled = 0  # images dropped before the model
         # Taken from the queue and not run yet: too big for the last batch, or
-        # cut from it (then marked running already).
+        # cut from it.
         self._back: deque[_Item] = deque()
         self._threads = [
             threading.Thread(target=self._run_prepare, name="prepare", daemon=True),
@@ -282,10 +299,9 @@ class Batcher:
             if rows + item.views > self.max_batch:
                 self._back.appendleft(item)  # first in the next batch
                 break
-            # Taking an image into a batch marks its future running: from then
-            # on it can no longer be canceled, and ``canceled`` counts only drops.
-            if item.running or item.future.set_running_or_notify_cancel():
-                item.running = True
+            # Its caller may still cancel it until the model takes the batch
+            # (``_run_model``); one canceled already is dropped here.
+            if not item.future.cancelled():
                 if not batch:
                     started = time.monotonic()
                 batch.append(item)
@@ -338,6 +354,7 @@ class Batcher:
         device = self._device
         if device is None:
             return _Prepared(batch, np.stack([p for it in batch for p in it.pixels()]))
+        batch = [it for it in batch if not it.future.cancelled()]
         waiting = [it for it in batch if it.decoded is None]
         if waiting:
             outcomes = device.decode([it.encoded for it in waiting if it.encoded is not None])
@@ -366,10 +383,15 @@ class Batcher:
             if prepared is None:
                 return
             batch, pixels = prepared.items, prepared.pixels
+            if isinstance(pixels, torch.Tensor) and self._device is not None:
+                pixels = self._device.take(pixels, prepared.event)
+            # From here on an image can no longer be canceled; those that were
+            # while their batch was prepared are dropped now.
+            batch, pixels = _running(batch, pixels)
+            if not batch:
+                continue
             started = time.perf_counter()
             try:
-                if isinstance(pixels, torch.Tensor) and self._device is not None:
-                    pixels = self._device.take(pixels, prepared.event)
                 out = self._embed(pixels, [it.text for it in batch for _ in range(it.views)])
                 vectors, texts = out if isinstance(out, tuple) else (out, None)
             except Exception as exc:

@@ -26,6 +26,7 @@ from imagesearch.channels import make_channel
 from imagesearch.server import RunningServer
 from tools.milvus_server import MilvusServerError
 from tools.milvus_server import milvus_server as start_milvus_server
+from tools.ports import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT.parent / "shared").resolve()  # may be a symlink; jobs store real paths
@@ -60,12 +61,6 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
                 return True
         time.sleep(0.2)
     return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate, timeout: float = 180):

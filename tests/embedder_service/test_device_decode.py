@@ -280,6 +280,51 @@ def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
         batcher.close()
 
 
+def test_images_canceled_while_their_batch_is_prepared_never_reach_the_model() -> None:
+    pil = Decoder(MAX_PIXELS)
+    entered, release = threading.Event(), threading.Event()
+    rows: list[int] = []
+
+    def model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
+        rows.append(len(pixels))
+        entered.set()
+        assert release.wait(120)
+        return np.ones((len(pixels), 4), np.float32)
+
+    decoded: list[str] = []
+
+    class Recording(DeviceDecoder):
+        def decode(self, items: Sequence[Encoded]) -> list[Outcome]:
+            decoded.extend(e.name for e in items)
+            return super().decode(items)
+
+    batcher = Batcher(
+        model,
+        pil,
+        max_batch=4,
+        max_wait_s=0.001,
+        queue_size=64,
+        decode_workers=1,
+        device=Recording(CPU, pil, MAX_PIXELS),
+    )
+    try:
+        files = clothing_files()[:8]
+        first = batcher.submit(files[:4])
+        assert entered.wait(120)
+        second = batcher.submit(files[4:6])
+        third = batcher.submit(files[6:8])
+        # Taken into a batch and decoded while the model holds the first.
+        wait_until(lambda: {n for n, _ in files[4:6]} <= set(decoded))
+        assert batcher.cancel(second) == 2  # its caller has gone
+        release.set()
+        assert all(f.result(timeout=120).vector is not None for f in first + third)
+        assert all(f.cancelled() for f in second) and batcher.canceled == 2
+        assert sum(rows) == 6, rows  # the canceled rows left their batch
+    finally:
+        release.set()
+        batcher.close()
+
+
 def embed(port: int, files: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:
     """Every file, with its rotations' vectors and a 64 px thumbnail."""
     stub = embedder_pb2_grpc.EmbedderServiceStub(channel(port))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,14 +19,9 @@ from pathlib import Path
 from typing import IO
 
 from tools.milvus_server import listening
+from tools.ports import free_port as free_port
 
 LOG_CAP_BYTES = 16 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LogSink:
