@@ -109,32 +109,11 @@ def serve(path: str) -> int:
 # --- the measuring side ---------------------------------------------------------
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and its descendants (the supervisor's children)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += frontier
-    return found
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of ``pids`` together (bench.common.cpu_seconds each)."""
+    from bench.common import cpu_seconds
 
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 @dataclass
@@ -183,6 +162,7 @@ def measure(
     """One path served from the checkout ``tree``."""
     from bench.common import free_port
     from bench.embedder_load import Load, serving
+    from tools.procs import descendants
 
     port = free_port()
     env = {
@@ -202,13 +182,13 @@ def measure(
     with serving(argv, env, port, cwd=tree) as server:
         load = Load(port, request, args.per_call, args.clients, args.threads)
         load.warm()
-        pids = tree_pids(server.pid)
-        cpu0 = cpu_seconds(pids)
+        pids = descendants(server.pid)
+        cpu0 = cpu_of(pids)
         started = time.perf_counter()
         spy = gil_seconds(server.pid, args.seconds, processes > 1)
         images = load.finish(load.start(args.seconds), args.seconds)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pids) - cpu0
+        cpu = cpu_of(pids) - cpu0
         gil = read_gil(spy, args.seconds)
     # py-spy sampled the first ``seconds`` of the load: its share of the images.
     sampled = images * min(1.0, int(max(1, args.seconds)) / elapsed)

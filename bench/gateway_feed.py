@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import OUT, ROOT, machine, services
 from bench.embedder_load import photos
-from bench.embedder_overhead import PATH_ENV, TREE_ENV, cpu_seconds, tree_pids
+from bench.embedder_overhead import PATH_ENV, TREE_ENV, cpu_of
 from bench.jobs import run_job
+from tools.procs import descendants
 
 PROFILES = {
     "defaults (embed batch 32, 3 chunks, in flight 64/128 MB)": {},
@@ -65,12 +66,12 @@ def main() -> int:
         env = {**gateway_env, PATH_ENV: "stub", TREE_ENV: str(ROOT)}
         with tempfile.TemporaryDirectory() as tmp, services(Path(tmp), env, embedder) as ports:
             run_job(ports["gateway"], large_photos(64), "warmup")
-            pids = {m: tree_pids(ports[f"pid:{m}"]) for m in ("gateway", "index", "embedder")}
-            before = {m: cpu_seconds(p) for m, p in pids.items()}
+            pids = {m: descendants(ports[f"pid:{m}"]) for m in ("gateway", "index", "embedder")}
+            before = {m: cpu_of(p) for m, p in pids.items()}
             started = time.perf_counter()
             rate = run_job(ports["gateway"], folder, "feed")
             took = time.perf_counter() - started
-            cpu = {m: (cpu_seconds(p) - before[m]) * 1000 / args.n for m, p in pids.items()}
+            cpu = {m: (cpu_of(p) - before[m]) * 1000 / args.n for m, p in pids.items()}
         per = ", ".join(f"{m} {ms:.2f}" for m, ms in cpu.items())
         print(f"{name}: {rate:7.1f} img/s ({took:.1f} s); CPU ms/img: {per}")
         report[name] = {"img_per_s": round(rate, 1), "cpu_ms_per_image": cpu}

@@ -55,10 +55,9 @@ def make_decoders(
     return decoder, DeviceDecoder(runner.device, decoder, settings.decode_pixel_budget)
 
 
-def start(settings: EmbedderSettings, runner: ModelRunner | None = None) -> RunningServer:
-    """Loads the model (``runner``: one made already), starts serving
-    NOT_SERVING, warms up, then SERVING."""
-    runner = runner or make_runner(settings)
+def start(settings: EmbedderSettings) -> RunningServer:
+    """Loads the model, starts serving NOT_SERVING, warms up, then SERVING."""
+    runner = make_runner(settings)
     decoder, device = make_decoders(settings, runner)
     decode_workers = settings.decode_threads(model_on_cpu=runner.device.type == "cpu")
     batcher = Batcher(

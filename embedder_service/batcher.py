@@ -201,6 +201,10 @@ class Batcher:
         (and a JPEG thumbnail with ``thumbnail_px``; the vectors of the image
         turned by 90, 180 and 270 degrees with ``rotations``). ``texts``: one
         per image ('' for none), composed with it by a composing model."""
+        # What the device decoder takes waits for its batch still encoded;
+        # the rest is decoded in the pool.
+        device = self._device
+        encoded = [device.accept(d, name, thumbnail_px) if device else None for name, d in images]
         with self._lock:
             if self._closed:
                 raise errors.unavailable("the embedder is shutting down; retry on another replica")
@@ -210,18 +214,15 @@ class Batcher:
                     f"{self.queue_size}, EMBEDDER_QUEUE_SIZE); retry later or add replicas"
                 )
             self._in_flight += len(images)
-            self._decoding += len(images)
+            self._decoding += sum(e is None for e in encoded)
             QUEUE_DEPTH.set(self._in_flight)
         futures: list[Future[Result]] = []
-        for i, (name, data) in enumerate(images):
+        for i, ((name, data), jpeg) in enumerate(zip(images, encoded, strict=True)):
             fut: Future[Result] = Future()
             fut.add_done_callback(self._release)
             text = texts[i] if texts else ""
-            encoded = self._device.accept(data, name, thumbnail_px) if self._device else None
-            if encoded is not None:  # decoded with its batch
-                with self._lock:
-                    self._decoding -= 1
-                self._ready.put(_Item(None, fut, rotations, text, encoded))
+            if jpeg is not None:
+                self._ready.put(_Item(None, fut, rotations, text, jpeg))
             else:
                 self._pool.submit(self._decode, name, data, fut, thumbnail_px, rotations, text)
             futures.append(fut)

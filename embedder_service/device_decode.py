@@ -20,7 +20,6 @@ what is wrong with it, in the same words as without this path.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,8 +40,6 @@ from embedder_service.decode import (
     resized_size,
 )
 from embedder_service.jpeg_header import JpegHeader, read_header
-
-log = logging.getLogger(__name__)
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (whose
 # decode_jpeg takes the same arguments); they work, and we pin torchvision.

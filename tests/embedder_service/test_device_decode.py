@@ -238,91 +238,79 @@ def test_a_batch_larger_than_the_pixel_chunk_is_decoded_in_chunks() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+class HeldBatcher:
+    """A batcher of 4-image batches on the CPU's device decoder whose model
+    holds each batch until ``release`` is set; it records the rows the model
+    got and the names the device decoder decoded, batch by batch."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.rows: list[int] = []
+        self.decoded: list[list[str]] = []
+        pil, held = Decoder(MAX_PIXELS), self
+
+        class Recording(DeviceDecoder):
+            def decode(self, items: Sequence[Encoded]) -> list[Outcome]:
+                held.decoded.append([e.name for e in items])
+                return super().decode(items)
+
+        self.batcher = Batcher(
+            self.model,
+            pil,
+            max_batch=4,
+            max_wait_s=0.001,
+            queue_size=64,
+            decode_workers=1,
+            device=Recording(CPU, pil, MAX_PIXELS),
+        )
+
+    def model(self, pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
+        self.rows.append(len(pixels))
+        self.entered.set()
+        assert self.release.wait(120)
+        return np.ones((len(pixels), 4), np.float32)
+
+    def close(self) -> None:
+        self.release.set()
+        self.batcher.close()
+
+
 def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
     """Two batches in flight: while the model holds batch 1, the preparing
     thread takes batch 2 and decodes it on the device."""
-    pil = Decoder(MAX_PIXELS)
-    decoded: list[int] = []
-
-    class Counting(DeviceDecoder):
-        def decode(self, items: Sequence[Encoded]) -> list[Outcome]:
-            decoded.append(len(items))
-            return super().decode(items)
-
-    entered, release = threading.Event(), threading.Event()
-
-    def model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
-        entered.set()
-        assert release.wait(120)
-        return np.ones((len(pixels), 4), np.float32)
-
-    batcher = Batcher(
-        model,
-        pil,
-        max_batch=4,
-        max_wait_s=0.001,
-        queue_size=64,
-        decode_workers=1,
-        device=Counting(CPU, pil, MAX_PIXELS),
-    )
+    held = HeldBatcher()
     try:
         files = clothing_files()[:8]
-        first = batcher.submit(files[:4])
-        assert entered.wait(120)
-        second = batcher.submit(files[4:])
-        wait_until(lambda: decoded == [4, 4], timeout=120)  # batch 1 still in the model
+        first = held.batcher.submit(files[:4])
+        assert held.entered.wait(120)
+        second = held.batcher.submit(files[4:])
+        # batch 1 still in the model
+        wait_until(lambda: [len(b) for b in held.decoded] == [4, 4], timeout=120)
         assert not any(f.done() for f in first)
-        release.set()
+        held.release.set()
         results = [f.result(timeout=120) for f in first + second]
         assert all(r.vector is not None and r.error is None for r in results)
     finally:
-        release.set()
-        batcher.close()
+        held.close()
 
 
 def test_images_canceled_while_their_batch_is_prepared_never_reach_the_model() -> None:
-    pil = Decoder(MAX_PIXELS)
-    entered, release = threading.Event(), threading.Event()
-    rows: list[int] = []
-
-    def model(pixels: Pixels, texts: Sequence[str]) -> np.ndarray:
-        rows.append(len(pixels))
-        entered.set()
-        assert release.wait(120)
-        return np.ones((len(pixels), 4), np.float32)
-
-    decoded: list[str] = []
-
-    class Recording(DeviceDecoder):
-        def decode(self, items: Sequence[Encoded]) -> list[Outcome]:
-            decoded.extend(e.name for e in items)
-            return super().decode(items)
-
-    batcher = Batcher(
-        model,
-        pil,
-        max_batch=4,
-        max_wait_s=0.001,
-        queue_size=64,
-        decode_workers=1,
-        device=Recording(CPU, pil, MAX_PIXELS),
-    )
+    held = HeldBatcher()
     try:
         files = clothing_files()[:8]
-        first = batcher.submit(files[:4])
-        assert entered.wait(120)
-        second = batcher.submit(files[4:6])
-        third = batcher.submit(files[6:8])
+        first = held.batcher.submit(files[:4])
+        assert held.entered.wait(120)
+        second = held.batcher.submit(files[4:6])
+        third = held.batcher.submit(files[6:8])
         # Taken into a batch and decoded while the model holds the first.
-        wait_until(lambda: {n for n, _ in files[4:6]} <= set(decoded))
-        assert batcher.cancel(second) == 2  # its caller has gone
-        release.set()
+        wait_until(lambda: {n for n, _ in files[4:6]} <= {n for b in held.decoded for n in b})
+        assert held.batcher.cancel(second) == 2  # its caller has gone
+        held.release.set()
         assert all(f.result(timeout=120).vector is not None for f in first + third)
-        assert all(f.cancelled() for f in second) and batcher.canceled == 2
-        assert sum(rows) == 6, rows  # the canceled rows left their batch
+        assert all(f.cancelled() for f in second) and held.batcher.canceled == 2
+        assert sum(held.rows) == 6, held.rows  # the canceled rows left their batch
     finally:
-        release.set()
-        batcher.close()
+        held.close()
 
 
 def embed(port: int, files: list[tuple[str, bytes]]) -> list[embedder_pb2.Embedding]:

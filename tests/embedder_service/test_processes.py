@@ -27,19 +27,9 @@ from tests.conftest import (
     spawn_embedder,
     wait_until,
 )
+from tools.procs import children
 
 pytestmark = pytest.mark.processes
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return sorted(found)
 
 
 def batches(metrics_port: int) -> float | None:
